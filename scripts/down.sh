@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make down`: stops what `make up` started (the sample guest, the agent, the manager, and
+# libvirtd if `make up` was the one that started it). Data stays in the data directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${LAMINA_DATA_DIR:-var}
+export LAMINA_DATA_DIR=$DATA
+RUN=$DATA/run
+LAMINA=(.venv/bin/lamina)
+
+running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+stop() {
+  local name=$1 pid
+  if ! running "$name"; then rm -f "$RUN/$name.pid"; return; fi
+  pid=$(cat "$RUN/$name.pid")
+  kill "$pid"
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  rm -f "$RUN/$name.pid"
+  echo "$name stopped"
+}
+
+if running manager && running agent; then
+  "${LAMINA[@]}" instance stop sample --force >/dev/null 2>&1 && echo "sample guest stopped" || true
+fi
+stop agent
+stop manager
+if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
+  for daemon in libvirtd virtlogd; do
+    [ -f "/var/run/$daemon.pid" ] && kill "$(cat "/var/run/$daemon.pid")" 2>/dev/null || true
+  done
+  rm -f "$RUN/libvirtd.started-by-lamina"
+  echo "libvirtd stopped"
+fi

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, unit, integration (real libvirtd, QEMU guests, PostgreSQL) and
+# end-to-end. The integration harness starts and stops its own PostgreSQL, managers and agents.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/start-libvirtd.sh
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,112 @@
+"""The manager's client for one agent: JSON over mutual TLS."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from lamina.agent import wire
+from lamina.errors import BackendUnavailable, LaminaError
+from lamina.remote_errors import raise_for_error
+
+CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
+CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
+
+
+class AgentClient:
+    def __init__(self, address: str, tls: ssl.SSLContext, timeout: float = 30.0) -> None:
+        self.address = address
+        self._http = httpx.Client(base_url=f"https://{address}", verify=tls, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(
+        self, method: str, path: str, out: Any = None, retry: bool = True, **kwargs: Any
+    ) -> Any:
+        response = self._send(method, path, retry, **kwargs)
+        raise_for_error(response)
+        if out is None or response.status_code == 204:
+            return None
+        return TypeAdapter(out).validate_python(response.json())
+
+    def _send(self, method: str, path: str, retry: bool, **kwargs: Any) -> httpx.Response:
+        # A refused connection never reached the agent, so any request may be retried: this
+        # rides out an agent restart. Other failures are reported at once.
+        for delay in (*CONNECT_RETRIES, None):
+            try:
+                return self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as exc:
+                if delay is None or not retry:
+                    raise BackendUnavailable(
+                        f"agent at {self.address} cannot be reached: {exc}"
+                    ) from None
+                time.sleep(delay)
+            except httpx.HTTPError as exc:
+                raise BackendUnavailable(
+                    f"agent at {self.address} failed: {exc or type(exc).__name__}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def status(self) -> wire.HostStatus:
+        return self._call("GET", "/status", wire.HostStatus)
+
+    def heartbeat(self) -> wire.HostStatus:
+        """Status without retries: a silent agent must be noticed, not waited for."""
+        return self._call("GET", "/status", wire.HostStatus, retry=False)
+
+    def info(self) -> wire.ServerInfo:
+        return self._call("GET", "/info", wire.ServerInfo)
+
+    def downloads(self) -> wire.DownloadStatus:
+        return self._call("GET", "/downloads", wire.DownloadStatus)
+
+    def disk_usage(self) -> wire.DiskUsage:
+        return self._call("GET", "/disk", wire.DiskUsage)
+
+    def cache_install(self, source: str, sha256: str | None = None) -> wire.CacheEntry:
+        body = wire.CacheInstall(source=source, sha256=sha256)
+        return self._call("POST", "/cache", wire.CacheEntry, json=_dump(body), timeout=3600)
+
+    def cache_check(self, digest: str) -> wire.CacheEntry:
+        return self._call("GET", f"/cache/{digest}", wire.CacheEntry)
+
+    def cache_remove(self, digest: str) -> None:
+        self._call("DELETE", f"/cache/{digest}")
+
+    def disk_create(self, req: wire.DiskCreate) -> wire.DiskInfo:
+        return self._call("POST", "/disks", wire.DiskInfo, json=_dump(req), timeout=600)
+
+    def disk_remove(self, guest: str, name: str) -> None:
+        self._call("DELETE", f"/disks/{guest}/{name}")
+
+    def guests(self) -> list[wire.GuestStatus]:
+        return self._call("GET", "/guests", list[wire.GuestStatus])
+
+    def guest(self, name: str) -> wire.GuestStatus:
+        return self._call("GET", f"/guests/{name}", wire.GuestStatus)
+
+    def define(self, name: str, spec: wire.GuestDefinition) -> wire.GuestStatus:
+        return self._call("PUT", f"/guests/{name}", wire.GuestStatus, json=_dump(spec))
+
+    def act(self, name: str, action: str) -> wire.GuestStatus:
+        return self._call("POST", f"/guests/{name}/{action}", wire.GuestStatus, timeout=120)
+
+    def undefine(self, name: str) -> None:
+        self._call("DELETE", f"/guests/{name}", timeout=120)
+
+    def console(self, name: str, offset: int = 0) -> wire.ConsoleChunk:
+        return self._call(
+            "GET", f"/guests/{name}/console", wire.ConsoleChunk, params={"offset": offset}
+        )
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+__all__ = ["AgentClient", "LaminaError"]

@@ -1,0 +1,50 @@
+"""Agent side of enrolment: trade the one-time token for a certificate.
+
+The token that ``lamina host add`` prints is ``<secret>.<CA fingerprint>``: the agent fetches
+the manager's CA certificate, refuses it unless its SHA-256 matches the fingerprint (so a
+man in the middle cannot hand it another CA), then sends a CSR with the secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import httpx
+
+from lamina.agent.wire import EnrolRequest, EnrolResponse
+from lamina.errors import Forbidden, InvalidRequest
+from lamina.identity.ca import TLSFiles, fingerprint, key_pem, make_csr, new_key, write_private
+from lamina.remote_errors import raise_for_error
+
+log = logging.getLogger(__name__)
+
+
+def split_token(token: str) -> tuple[str, str]:
+    secret, _, ca_fp = token.strip().rpartition(".")
+    if not secret or len(ca_fp) != 64:
+        raise InvalidRequest("malformed enrolment token: expected <secret>.<CA fingerprint>")
+    return secret, ca_fp
+
+
+def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResponse:
+    _, ca_fp = split_token(token)
+    with httpx.Client(base_url=manager_url, timeout=30) as http:
+        response = http.get("/ca.pem")
+        raise_for_error(response)
+        ca_pem = response.content
+        if not hmac.compare_digest(fingerprint(ca_pem), ca_fp):
+            raise Forbidden(
+                f"the CA certificate served by {manager_url} does not match the token's "
+                "fingerprint; refusing to enrol"
+            )
+        key = new_key()
+        request = EnrolRequest(token=token, csr=make_csr(key, name).decode())
+        response = http.post("/hosts/enrol", json=request.model_dump())
+        raise_for_error(response)
+        result = EnrolResponse.model_validate(response.json())
+    write_private(files.key, key_pem(key))
+    write_private(files.cert, result.certificate.encode())
+    write_private(files.ca, ca_pem)
+    log.info("enrolled as host %s (%s)", result.name, result.host_id)
+    return result

@@ -1,0 +1,59 @@
+"""``lamina agent``: enrol if needed, then serve the manager over mutual TLS."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+
+import uvicorn
+
+from lamina.agent.enrol import enrol
+from lamina.agent.server import Agent, create_agent_app
+from lamina.compute.drivers import load_hypervisor
+from lamina.config import Settings
+from lamina.errors import ConfigError
+from lamina.identity.ca import TLSFiles
+
+log = logging.getLogger(__name__)
+
+
+def agent_tls(settings: Settings) -> TLSFiles:
+    tls = settings.agent_dir / "tls"
+    return TLSFiles(tls / "agent.pem", tls / "agent.key", tls / "ca.pem")
+
+
+def run_agent(settings: Settings, *, manager_url: str | None, token: str | None) -> None:
+    files = agent_tls(settings)
+    if not files.exist():
+        if not token:
+            raise ConfigError(
+                "this agent is not enrolled: start it once with --token TOKEN, the token "
+                "that `lamina host add NAME --address HOST:PORT` printed"
+            )
+        enrol(manager_url or settings.manager.url, token, socket.gethostname(), files)
+    elif token:
+        log.info("already enrolled; ignoring --token")
+    domain_type = None if settings.agent.domain_type == "auto" else settings.agent.domain_type
+    hypervisor = load_hypervisor(
+        settings.agent.hypervisor, uri=settings.agent.libvirt_uri, domain_type=domain_type
+    )
+    log.info(
+        "agent on %s:%d, hypervisor %s (%s)",
+        settings.agent.host,
+        settings.agent.port,
+        settings.agent.libvirt_uri,
+        hypervisor.capabilities.domain_type,
+    )
+    app = create_agent_app(Agent(settings.agent_dir, hypervisor))
+    uvicorn.run(
+        app,
+        host=settings.agent.host,
+        port=settings.agent.port,
+        ssl_certfile=str(files.cert),
+        ssl_keyfile=str(files.key),
+        ssl_ca_certs=str(files.ca),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

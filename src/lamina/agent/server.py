@@ -1,0 +1,209 @@
+"""The host agent (STORM's stormd): answers the manager over mutual TLS.
+
+It owns the host's image cache and guest disks and drives the local hypervisor. It trusts
+only clients with a certificate from the manager's CA (enforced by the TLS layer).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Query
+
+from lamina import __version__
+from lamina.agent.cache import DownloadTracker, ImageCache
+from lamina.agent.disks import DiskStore
+from lamina.agent.wire import (
+    PROCEDURES,
+    CacheEntry,
+    CacheInstall,
+    ConsoleChunk,
+    DiskCreate,
+    DiskInfo,
+    DiskUsage,
+    DownloadStatus,
+    GuestDefinition,
+    GuestStatus,
+    HostStatus,
+    ServerInfo,
+)
+from lamina.compute.drivers.base import DiskSpec, GuestInfo, GuestSpec, Hypervisor
+from lamina.errors import InvalidRequest
+from lamina.httperrors import install_error_handlers
+
+CONSOLE_CHUNK = 256 * 1024
+Action = Literal["start", "stop", "destroy", "pause", "resume", "reboot"]
+
+
+class Agent:
+    """The agent's state: its hypervisor, cache and disks."""
+
+    def __init__(self, root: Path, hypervisor: Hypervisor) -> None:
+        self.root = root
+        self.hypervisor = hypervisor
+        self.tracker = DownloadTracker()
+        self.cache = ImageCache(root / "cache", self.tracker)
+        self.disks = DiskStore(root / "guests")
+        self.started = time.monotonic()
+
+    def info(self) -> ServerInfo:
+        host = self.hypervisor.host_info()
+        caps = self.hypervisor.capabilities
+        return ServerInfo(
+            version=__version__,
+            hostname=socket.gethostname(),
+            uptime_seconds=round(time.monotonic() - self.started, 1),
+            capabilities=list(PROCEDURES),
+            domain_type=caps.domain_type,
+            kvm=caps.kvm,
+            vcpus=host.vcpus,
+            memory_mib=host.memory_mib,
+        )
+
+    def disk_usage(self) -> DiskUsage:
+        usage = shutil.disk_usage(self.root)
+        used = self.disks.used_bytes() + sum(e.size for e in self.cache.entries())
+        return DiskUsage(used_bytes=used, free_bytes=usage.free, total_bytes=usage.total)
+
+    def define(self, name: str, spec: GuestDefinition) -> GuestStatus:
+        guest_dir = self.disks.guest_dir(name)
+        guest_dir.mkdir(parents=True, exist_ok=True)
+        disks = []
+        for i, disk in enumerate(spec.disks):
+            path = self.disks.disk_path(name, disk.name)
+            if not path.is_file():
+                raise InvalidRequest(f"disk {disk.name!r} of {name!r} has not been created")
+            disks.append(DiskSpec(str(path), f"vd{chr(ord('a') + i)}", disk.format, disk.readonly))
+        self.hypervisor.define(
+            GuestSpec(
+                name=name,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                kernel=str(self.cache.check(spec.kernel).path) if spec.kernel else None,
+                initrd=str(self.cache.check(spec.initrd).path) if spec.initrd else None,
+                cmdline=spec.cmdline,
+                disks=tuple(disks),
+                console_log=str(guest_dir / "console.log"),
+            )
+        )
+        return _status(self.hypervisor.info(name))
+
+    def act(self, name: str, action: Action) -> GuestStatus:
+        hv = self.hypervisor
+        if action == "start":
+            # A fresh boot gets a fresh console log, so "first line" means this boot's.
+            log_path = self.disks.guest_dir(name) / "console.log"
+            if hv.info(name).state == "stopped" and log_path.exists():
+                log_path.rename(log_path.with_suffix(".log.0"))
+            hv.start(name)
+        elif action == "stop":
+            hv.shutdown(name, timeout=10)
+        else:
+            getattr(hv, action)(name)
+        return _status(hv.info(name))
+
+    def undefine(self, name: str) -> None:
+        self.hypervisor.undefine(name)
+        self.disks.remove_guest(name)
+
+    def console(self, name: str, offset: int) -> ConsoleChunk:
+        self.hypervisor.info(name)  # 404 for an unknown guest
+        path = self.disks.guest_dir(name) / "console.log"
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(CONSOLE_CHUNK)
+        except FileNotFoundError:
+            data = b""
+        return ConsoleChunk(data=data.decode("utf-8", "replace"), offset=offset + len(data))
+
+
+def _status(info: GuestInfo) -> GuestStatus:
+    return GuestStatus(
+        name=info.name,
+        state=info.state,
+        vcpus=info.vcpus,
+        memory_mib=info.memory_mib,
+        uptime_seconds=info.uptime_seconds,
+    )
+
+
+def create_agent_app(agent: Agent) -> FastAPI:
+    app = FastAPI(title="Lamina agent", version=__version__)
+    install_error_handlers(app)
+
+    @app.get("/info")
+    def server_info() -> ServerInfo:
+        return agent.info()
+
+    @app.get("/status")
+    def status() -> HostStatus:
+        return HostStatus(
+            info=agent.info(),
+            disk=agent.disk_usage(),
+            downloads=agent.tracker.status(),
+            guests=[_status(g) for g in agent.hypervisor.list()],
+        )
+
+    @app.get("/disk")
+    def diskspace() -> DiskUsage:
+        return agent.disk_usage()
+
+    @app.get("/downloads")
+    def downloads() -> DownloadStatus:
+        return agent.tracker.status()
+
+    @app.get("/cache")
+    def cache_list() -> list[CacheEntry]:
+        return agent.cache.entries()
+
+    @app.get("/cache/{digest}")
+    def cache_check(digest: str) -> CacheEntry:
+        return agent.cache.check(digest)
+
+    @app.post("/cache")
+    def cache_install(req: CacheInstall) -> CacheEntry:
+        return agent.cache.install(req.source, req.sha256)
+
+    @app.delete("/cache/{digest}", status_code=204)
+    def cache_remove(digest: str) -> None:
+        agent.cache.remove(digest)
+
+    @app.post("/disks")
+    def disk_create(req: DiskCreate) -> DiskInfo:
+        backing = agent.cache.check(req.backing).path if req.backing else None
+        return agent.disks.create(req, Path(backing) if backing else None)
+
+    @app.delete("/disks/{guest}/{name}", status_code=204)
+    def disk_remove(guest: str, name: str) -> None:
+        agent.disks.remove(guest, name)
+
+    @app.get("/guests")
+    def guests() -> list[GuestStatus]:
+        return [_status(g) for g in agent.hypervisor.list()]
+
+    @app.get("/guests/{name}")
+    def guest(name: str) -> GuestStatus:
+        return _status(agent.hypervisor.info(name))
+
+    @app.put("/guests/{name}")
+    def guest_define(name: str, spec: GuestDefinition) -> GuestStatus:
+        return agent.define(name, spec)
+
+    @app.post("/guests/{name}/{action}")
+    def guest_action(name: str, action: Action) -> GuestStatus:
+        return agent.act(name, action)
+
+    @app.delete("/guests/{name}", status_code=204)
+    def guest_undefine(name: str) -> None:
+        agent.undefine(name)
+
+    @app.get("/guests/{name}/console")
+    def guest_console(name: str, offset: int = Query(0, ge=0)) -> ConsoleChunk:
+        return agent.console(name, offset)
+
+    return app

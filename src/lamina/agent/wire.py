@@ -1,0 +1,143 @@
+"""What the manager and its agents say to each other (JSON over mutual TLS).
+
+Both sides import these schemas; neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GUEST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+DIGEST = r"^[0-9a-f]{64}$"
+PROCEDURES = (
+    "server_info",
+    "get_diskspace_used",
+    "get_virt_uptime",
+    "get_downloadprogress",
+    "get_downloadspeed",
+    "disk_create",
+    "disk_remove",
+    "cache_check",
+    "cache_install",
+    "cache_remove",
+    "guest_define",
+    "guest_start",
+    "guest_stop",
+    "guest_pause",
+    "guest_resume",
+    "guest_reboot",
+    "guest_destroy",
+    "guest_undefine",
+    "guest_console",
+)
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiskUsage(Wire):
+    #: Bytes Lamina's guest disks and cache take on this host.
+    used_bytes: int
+    free_bytes: int
+    total_bytes: int
+
+
+class DownloadStatus(Wire):
+    #: Fraction done of what is being fetched, or -1 when nothing is.
+    progress: float
+    #: Kilobytes per second, or -1 when nothing is being fetched.
+    speed_kbps: float
+    active: list[str] = []
+
+
+class GuestStatus(Wire):
+    name: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    uptime_seconds: float | None
+
+
+class ServerInfo(Wire):
+    version: str
+    hostname: str
+    uptime_seconds: float
+    capabilities: list[str]
+    domain_type: str
+    kvm: bool
+    vcpus: int
+    memory_mib: int
+
+
+class HostStatus(Wire):
+    """Everything a heartbeat needs, in one call."""
+
+    info: ServerInfo
+    disk: DiskUsage
+    downloads: DownloadStatus
+    guests: list[GuestStatus]
+
+
+class CacheInstall(Wire):
+    #: file:// or http(s):// URL, or an absolute path on the host.
+    source: str
+    sha256: str | None = Field(None, pattern=DIGEST)
+
+
+class CacheEntry(Wire):
+    sha256: str
+    size: int
+    path: str
+
+
+class DiskCreate(Wire):
+    guest: str = Field(pattern=GUEST_NAME)
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    size_bytes: int | None = Field(None, gt=0)
+    format: Literal["qcow2", "raw"] = "qcow2"
+    #: Digest of a cached image to use as the disk's read-only base (copy-on-write).
+    backing: str | None = Field(None, pattern=DIGEST)
+
+
+class DiskInfo(Wire):
+    guest: str
+    name: str
+    path: str
+    format: str
+    size_bytes: int
+
+
+class GuestDisk(Wire):
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    format: Literal["qcow2", "raw"] = "qcow2"
+    readonly: bool = False
+
+
+class GuestDefinition(Wire):
+    vcpus: int = Field(ge=1, le=64)
+    memory_mib: int = Field(ge=16, le=1024 * 1024)
+    kernel: str | None = Field(None, pattern=DIGEST)
+    initrd: str | None = Field(None, pattern=DIGEST)
+    cmdline: str = Field("", max_length=4096)
+    disks: list[GuestDisk] = []
+
+
+class ConsoleChunk(Wire):
+    data: str
+    #: Byte offset to ask for next.
+    offset: int
+
+
+class EnrolRequest(Wire):
+    token: str = Field(min_length=10, max_length=300)
+    csr: str = Field(max_length=20000)
+
+
+class EnrolResponse(Wire):
+    host_id: str
+    name: str
+    certificate: str
+    ca_certificate: str

@@ -1,0 +1,48 @@
+"""``/health``, ``/config`` and ``/reconcile``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import text
+
+from lamina import __version__
+from lamina.api.auth import Principal, principal
+from lamina.api.deps import services
+from lamina.compute.reconcile import apply_fixes, find_differences
+from lamina.config import public_view
+from lamina.errors import Forbidden
+from lamina.services import Services
+
+health = APIRouter(tags=["system"])
+system = APIRouter(tags=["system"])
+
+
+@health.get("/health")
+def health_check(svc: Services = Depends(services)) -> dict[str, Any]:
+    """Unauthenticated liveness: the manager answers and its database does."""
+    with svc.db.read() as s:
+        s.execute(text("SELECT 1"))
+    return {"status": "ok", "version": __version__}
+
+
+@system.get("/config")
+def config(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
+    if not who.is_admin:
+        raise Forbidden("only administrators may read the server's settings")
+    return {"config": public_view(svc.settings)}
+
+
+@system.get("/reconcile")
+def reconcile(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
+    if not who.is_admin:
+        raise Forbidden("only administrators may reconcile")
+    return {"differences": [d.to_dict() for d in find_differences(svc)]}
+
+
+@system.post("/reconcile")
+def reconcile_fix(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
+    if not who.is_admin:
+        raise Forbidden("only administrators may reconcile")
+    return {"differences": apply_fixes(find_differences(svc))}

@@ -1,0 +1,81 @@
+"""``lamina host``: register hosts and see their capacity."""
+
+from __future__ import annotations
+
+import click
+
+from lamina.cli.output import emit_json, record, table
+
+COLUMNS = [
+    "name",
+    "status",
+    "address",
+    "vcpus",
+    "vcpus_used",
+    "memory_mib",
+    "memory_used_mib",
+    "instances",
+    "domain_type",
+    "last_heartbeat",
+]
+
+
+@click.group("host")
+def host() -> None:
+    """Hypervisor hosts and their agents."""
+
+
+@host.command("add")
+@click.argument("name")
+@click.option("--address", required=True, help="HOST:PORT where the host's agent will listen.")
+@click.option("--reserved-memory", type=int, help="MiB kept for the host itself.")
+@click.pass_obj
+def add(obj, name: str, address: str, reserved_memory: int | None) -> None:  # type: ignore[no-untyped-def]
+    """Register a host and print the one-time token its agent enrols with."""
+    result = obj.client.add_host(name, address, reserved_memory)
+    if obj.json:
+        emit_json(result)
+        return
+    click.echo(f"host {name} registered; its one-time enrolment token (valid 24 h):")
+    click.echo(f"  {result['token']}")
+    click.echo("start its agent with:")
+    click.echo(f"  lamina agent --manager {obj.client.url} --token {result['token']}")
+
+
+@host.command("list")
+@click.pass_obj
+def list_(obj) -> None:  # type: ignore[no-untyped-def]
+    """List hosts."""
+    hosts = obj.client.hosts()
+    emit_json(hosts) if obj.json else table(hosts, COLUMNS)
+
+
+@host.command("show")
+@click.argument("ref")
+@click.pass_obj
+def show(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """Show one host."""
+    data = obj.client.host(ref)
+    emit_json(data) if obj.json else record(data)
+
+
+@host.command("token")
+@click.argument("ref")
+@click.pass_obj
+def token(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """Issue a new enrolment token for a host."""
+    value = obj.client.host_token(ref)
+    emit_json({"token": value}) if obj.json else click.echo(value)
+
+
+@host.command("remove")
+@click.argument("ref")
+@click.pass_obj
+def remove(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """Forget a host that runs no instance."""
+    data = obj.client.remove_host(ref)
+    emit_json(data) if obj.json else click.echo(f"host {data['name']} removed")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(host)

@@ -1,0 +1,153 @@
+"""``lamina instance``: create, act on, watch and delete instances."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from lamina.cli.output import ProgressBar, emit_json, record, table
+from lamina.errors import LaminaError
+
+COLUMNS = ["name", "id", "status", "host", "vcpus", "memory_mib"]
+
+
+@click.group("instance")
+def instance() -> None:
+    """Virtual machines."""
+
+
+def _wait(obj: Any, job: dict[str, Any], label: str, wait: bool) -> dict[str, Any]:
+    if not wait:
+        return job
+    bar = ProgressBar(label)
+    job = obj.client.wait_job(job["id"], on_progress=bar)
+    bar.done()
+    if job["status"] != "succeeded":
+        raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    return job
+
+
+@instance.command("create")
+@click.argument("name")
+@click.option("--vcpus", type=int, default=1, show_default=True)
+@click.option("--memory", type=int, default=256, show_default=True, help="MiB")
+@click.option("--kernel", help="Kernel: absolute path on the host, file:// or http(s):// URL.")
+@click.option("--initrd", help="Initramfs, same forms as --kernel.")
+@click.option("--cmdline", default="console=ttyS0", show_default=True)
+@click.option("--disk-image", help="Boot disk image (qcow2/raw), used as a copy-on-write base.")
+@click.option("--disk-size", type=int, help="Root disk size in MiB.")
+@click.option("--host", help="Place on this host instead of letting the scheduler choose.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def create(
+    obj,
+    name: str,
+    vcpus: int,
+    memory: int,
+    kernel: str | None,
+    initrd: str | None,  # type: ignore[no-untyped-def]
+    cmdline: str,
+    disk_image: str | None,
+    disk_size: int | None,
+    host: str | None,
+    wait: bool,
+) -> None:
+    """Create and boot an instance."""
+    result = obj.client.create_instance(
+        name=name,
+        vcpus=vcpus,
+        memory_mib=memory,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        disk_image=disk_image,
+        disk_size_mib=disk_size,
+        host=host,
+    )
+    _wait(obj, result["job"], f"creating {name}", wait)
+    data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
+    emit_json(data) if obj.json else record(data)
+
+
+@instance.command("list")
+@click.option("--status")
+@click.option("--host")
+@click.option("--detail", is_flag=True)
+@click.pass_obj
+def list_(obj, status: str | None, host: str | None, detail: bool) -> None:  # type: ignore[no-untyped-def]
+    """List instances."""
+    rows = obj.client.instances(detail=detail, status=status, host=host)
+    emit_json(rows) if obj.json else table(rows, COLUMNS + (["error"] if detail else []))
+
+
+@instance.command("show")
+@click.argument("ref")
+@click.pass_obj
+def show(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+    """Show one instance (by id or name)."""
+    data = obj.client.instance(ref)
+    emit_json(data) if obj.json else record(data)
+
+
+def _action(name: str, doc: str) -> click.Command:
+    @click.command(name, help=doc)
+    @click.argument("ref")
+    @click.option("--wait/--no-wait", default=True, show_default=True)
+    @click.pass_obj
+    def command(obj, ref: str, wait: bool, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+        job = _wait(obj, obj.client.instance_action(ref, name, force), f"{name} {ref}", wait)
+        if obj.json:
+            emit_json(job)
+        else:
+            click.echo(f"{name}: {job['status']} (job {job['id']})")
+
+    return command
+
+
+def _stop() -> click.Command:
+    command = _action("stop", "Shut an instance down (forced off after a grace period).")
+    return click.option("--force", is_flag=True, help="Power off at once.")(command)
+
+
+for _name, _doc in (
+    ("start", "Boot a stopped instance."),
+    ("pause", "Freeze an instance's vCPUs."),
+    ("resume", "Resume a paused instance."),
+    ("reboot", "Reset a running instance."),
+):
+    instance.add_command(_action(_name, _doc))
+instance.add_command(_stop())
+
+
+@instance.command("delete")
+@click.argument("ref")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def delete(obj, ref: str, wait: bool) -> None:  # type: ignore[no-untyped-def]
+    """Destroy an instance and its disks."""
+    job = _wait(obj, obj.client.delete_instance(ref), f"deleting {ref}", wait)
+    emit_json(job) if obj.json else click.echo(f"delete: {job['status']} (job {job['id']})")
+
+
+@instance.command("console")
+@click.argument("ref")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
+@click.pass_obj
+def console(obj, ref: str, follow: bool) -> None:  # type: ignore[no-untyped-def]
+    """Print an instance's console log."""
+    offset = 0
+    while True:
+        chunk = obj.client.console(ref, offset)
+        if chunk["data"]:
+            click.echo(chunk["data"], nl=False)
+        offset = chunk["offset"]
+        if not follow:
+            return
+        if not chunk["data"]:
+            time.sleep(0.5)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(instance)

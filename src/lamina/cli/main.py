@@ -1,0 +1,69 @@
+"""``lamina``: the command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from lamina import __version__
+from lamina.errors import LaminaError
+
+
+class Context:
+    def __init__(self, url: str | None, as_json: bool) -> None:
+        self.url = url
+        self.json = as_json
+        self._client = None
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        from lamina.client import Client
+
+        if self._client is None:
+            self._client = Client(self.url)
+        return self._client
+
+
+class Group(click.Group):
+    """Turns any LaminaError into one clear line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LaminaError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(2 if exc.status == 400 else 1)
+
+
+@click.group(cls=Group)
+@click.option("--url", envvar="LAMINA_URL", help="Manager URL (default from the settings).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.version_option(__version__, prog_name="lamina")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, as_json: bool) -> None:
+    """Lamina: a cloud for virtual appliances."""
+    ctx.obj = Context(url, as_json)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per request to an agent is noise; errors still surface through Lamina's logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    from lamina.cli import host, instance, job, system
+
+    for module in (host, instance, job, system):
+        module.register(cli)
+    # `--json` is accepted anywhere on the line, not only right after `lamina`.
+    args = sys.argv[1:]
+    if "--json" in args:
+        args = ["--json"] + [a for a in args if a != "--json"]
+    cli(args=args)

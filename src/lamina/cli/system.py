@@ -1,0 +1,105 @@
+"""``lamina serve``, ``lamina agent``, ``lamina config show`` and ``lamina reconcile``."""
+
+from __future__ import annotations
+
+import click
+
+from lamina.cli.main import setup_logging
+from lamina.cli.output import emit_json, table
+from lamina.config import load_settings, public_view
+from lamina.errors import LaminaError
+
+
+@click.command("serve")
+@click.option("--host", help="Listen address (default from the settings).")
+@click.option("--port", type=int, help="Listen port (default from the settings).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the manager: REST API, job runner and host monitor."""
+    import uvicorn
+
+    from lamina.api.app import create_app
+    from lamina.services import Services
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    svc = Services.build(settings)
+    app = create_app(svc)
+    uvicorn.run(
+        app,
+        host=host or settings.manager.host,
+        port=port or settings.manager.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+    )
+
+
+@click.command("agent")
+@click.option("--manager", "manager_url", help="Manager URL used to enrol.")
+@click.option("--token", help="One-time enrolment token from `lamina host add`.")
+def agent(manager_url: str | None, token: str | None) -> None:
+    """Run the host agent (enrolling first if it has no certificate)."""
+    from lamina.agent.main import run_agent
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    run_agent(settings, manager_url=manager_url, token=token)
+
+
+@click.group("config")
+def config() -> None:
+    """Settings."""
+
+
+@config.command("show")
+@click.pass_obj
+def config_show(obj) -> None:  # type: ignore[no-untyped-def]
+    """Print the effective client and server settings (never secrets)."""
+    from lamina.config import config_path
+
+    local = load_settings()
+    path = config_path()
+    data: dict[str, object] = {
+        "client": {"manager_url": obj.client.url, "config_file": str(path) if path else None},
+    }
+    try:
+        data["server"] = obj.client.server_config()
+    except LaminaError as exc:
+        data["server"] = {"error": exc.message, "local_view": public_view(local)}
+    if obj.json:
+        emit_json(data)
+        return
+    click.echo(f"manager url    {obj.client.url}")
+    click.echo(f"config file    {path or '(none: built-in defaults)'}")
+    server = data["server"]
+    assert isinstance(server, dict)
+    if "error" in server:
+        click.echo(f"server         unreachable ({server['error']}); local settings:")
+        server = server["local_view"]
+    click.echo(f"data dir       {server['data_dir']}")
+    click.echo(f"database       {server['database']['url']}")
+    click.echo("image store    file (images arrive with the image repository)")
+    click.echo(
+        f"agent          {server['agent']['host']}:{server['agent']['port']} "
+        f"{server['agent']['libvirt_uri']}"
+    )
+
+
+@click.command("reconcile")
+@click.option("--fix", is_flag=True, help="Apply the safe fixes.")
+@click.pass_obj
+def reconcile(obj, fix: bool) -> None:  # type: ignore[no-untyped-def]
+    """Compare the database with what the hosts really run."""
+    diffs = obj.client.reconcile(fix=fix)
+    if obj.json:
+        emit_json(diffs)
+        return
+    if not diffs:
+        click.echo("no differences: the database matches the hosts")
+        return
+    columns = ["kind", "resource", "database", "backend", "fix"] + (["outcome"] if fix else [])
+    table(diffs, columns)
+
+
+def register(cli: click.Group) -> None:
+    for command in (serve, agent, config, reconcile):
+        cli.add_command(command)

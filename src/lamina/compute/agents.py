@@ -1,0 +1,37 @@
+"""The manager's connections to its agents, over mutual TLS with the manager's certificate."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+
+from lamina.agent.client import AgentClient
+from lamina.compute.models import Host
+from lamina.errors import BackendUnavailable
+from lamina.identity.ca import CertificateAuthority, client_context
+
+
+class AgentPool:
+    def __init__(self, ca: CertificateAuthority, timeout: float = 30.0) -> None:
+        self._tls: ssl.SSLContext = client_context(ca.client_files())
+        self._timeout = timeout
+        self._clients: dict[str, AgentClient] = {}
+        self._lock = threading.Lock()
+
+    def for_host(self, host: Host) -> AgentClient:
+        if host.cert_fingerprint is None:
+            raise BackendUnavailable(f"host {host.name!r} has not enrolled its agent yet")
+        return self.for_address(host.address)
+
+    def for_address(self, address: str) -> AgentClient:
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = self._clients[address] = AgentClient(address, self._tls, self._timeout)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

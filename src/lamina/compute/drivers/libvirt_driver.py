@@ -1,0 +1,431 @@
+"""The libvirt hypervisor driver: QEMU/KVM (or TCG) guests, and libvirt's test driver."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import libvirt
+
+from lamina.compute.drivers.base import (
+    Capabilities,
+    GuestInfo,
+    GuestSpec,
+    GuestState,
+    HostInfo,
+    Hypervisor,
+)
+from lamina.compute.drivers.domain_xml import METADATA_NS, METADATA_PREFIX, domain_xml
+from lamina.compute.drivers.kvm import kvm_usable
+from lamina.errors import (
+    BackendUnavailable,
+    GuestNotFound,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+    NotSupported,
+    Timeout,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STATES: dict[int, GuestState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",  # running, waiting on a resource
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",  # suspended to RAM by the guest itself
+    libvirt.VIR_DOMAIN_SHUTDOWN: "stopped",  # shutting down
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+}
+
+# Failures of the connection itself rather than of one call.
+_CONNECTION_ERRORS = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_SYSTEM_ERROR,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    }
+)
+_REQUEST_ERRORS = frozenset(
+    {
+        libvirt.VIR_ERR_XML_ERROR,
+        libvirt.VIR_ERR_XML_DETAIL,
+        libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+        libvirt.VIR_ERR_INVALID_ARG,
+    }
+)
+_UNSUPPORTED_ERRORS = frozenset({libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED})
+
+_SHUTDOWN_POLL_MIN = 0.05  # seconds; the poll backs off to _SHUTDOWN_POLL_MAX
+_SHUTDOWN_POLL_MAX = 0.5
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr unless a handler is registered; we raise instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+def _translate(exc: libvirt.libvirtError, uri: str, guest: str | None) -> LaminaError:
+    code = exc.get_error_code()
+    message = exc.get_error_message() or str(exc)
+    details: dict[str, Any] = {"libvirt_code": code}
+    if code == libvirt.VIR_ERR_NO_DOMAIN and guest is not None:
+        return GuestNotFound(guest)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return InvalidState(message, guest=guest, **details)
+    if code in _CONNECTION_ERRORS:
+        return BackendUnavailable(f"libvirt at {uri} is unavailable: {message}", **details)
+    if code in _REQUEST_ERRORS:
+        return InvalidRequest(f"libvirt rejected the request: {message}", guest=guest, **details)
+    if code in _UNSUPPORTED_ERRORS:
+        return NotSupported(f"not supported by libvirt at {uri}: {message}", **details)
+    if code in (libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_ERR_AGENT_UNRESPONSIVE):
+        return Timeout(message, guest=guest, **details)
+    return LaminaError(f"libvirt: {message}", guest=guest, **details)
+
+
+def default_domain_type(uri: str) -> str:
+    """The domain type to use for ``uri`` when the caller did not choose one."""
+    scheme = urlsplit(uri).scheme
+    if scheme == "test" or scheme.startswith("test+"):
+        return "test"
+    if urlsplit(uri).hostname:
+        # The KVM probe can only look at this host; a remote one may differ.
+        log.warning("remote libvirt URI %s: assuming TCG; set domain_type to use KVM", uri)
+        return "qemu"
+    return "kvm" if kvm_usable() else "qemu"
+
+
+class LibvirtHypervisor(Hypervisor):
+    """Guests of one libvirt connection (``qemu:///system``, ``test:///default``, ...).
+
+    One connection per instance, opened at construction and reopened if it dies; every call
+    on it holds a lock, so an instance may be shared between threads.
+    """
+
+    def __init__(self, uri: str = "qemu:///system", domain_type: str | None = None) -> None:
+        self.uri = uri
+        self._lock = threading.RLock()
+        self._conn: libvirt.virConnect | None = None
+        # Start times of guests whose driver cannot store metadata: name -> (domain id, time).
+        self._started: dict[str, tuple[int, float]] = {}
+        with self._lock:
+            self._connection()
+        self.domain_type = domain_type or default_domain_type(uri)
+        self.capabilities = Capabilities(
+            domain_type=self.domain_type,
+            kvm=self.domain_type == "kvm",
+            extra=("reset",),
+        )
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _connection(self) -> libvirt.virConnect:
+        """The open connection; call with the lock held."""
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+            log.warning("libvirt connection to %s lost; reconnecting", self.uri)
+            with contextlib.suppress(libvirt.libvirtError):
+                self._conn.close()
+            self._conn = None
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise BackendUnavailable(
+                f"cannot connect to libvirt at {self.uri}: {exc.get_error_message() or exc}",
+                uri=self.uri,
+            ) from exc
+        return self._conn
+
+    @contextlib.contextmanager
+    def _call(self, guest: str | None = None) -> Iterator[libvirt.virConnect]:
+        """Hold the lock and turn libvirt errors into Lamina errors."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except libvirt.libvirtError as exc:
+                raise _translate(exc, self.uri, guest) from exc
+
+    def _domain(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise GuestNotFound(name) from exc
+            raise
+
+    def _with_domain(self, name: str, action: Callable[[libvirt.virDomain], T]) -> T:
+        with self._call(name) as conn:
+            return action(self._domain(conn, name))
+
+    @staticmethod
+    def _state(dom: libvirt.virDomain) -> GuestState:
+        state, _reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and _reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+            return "crashed"  # on_crash=destroy leaves a crashed guest shut off
+        return _STATES.get(state, "unknown")
+
+    # -- start time --------------------------------------------------------------------
+
+    def _record_start(self, dom: libvirt.virDomain) -> None:
+        now = time.time()
+        guest = ET.Element("guest")
+        ET.SubElement(guest, "started").text = repr(now)
+        try:
+            # Live only: the record vanishes when the guest stops, so it is never stale.
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                ET.tostring(guest, encoding="unicode"),
+                METADATA_PREFIX,
+                METADATA_NS,
+                libvirt.VIR_DOMAIN_AFFECT_LIVE,
+            )
+            self._started.pop(dom.name(), None)
+        except libvirt.libvirtError as exc:
+            log.info(
+                "cannot store start time of %s in libvirt (%s); keeping it in memory",
+                dom.name(),
+                exc.get_error_message(),
+            )
+            self._started[dom.name()] = (dom.ID(), now)
+
+    def _start_time(self, dom: libvirt.virDomain) -> float | None:
+        try:
+            xml = dom.metadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE
+            )
+        except libvirt.libvirtError:
+            xml = None
+        if xml:
+            started = ET.fromstring(xml).findtext("started")
+            if started:
+                try:
+                    return float(started)
+                except ValueError:
+                    log.warning("bad start time %r in metadata of %s", started, dom.name())
+        remembered = self._started.get(dom.name())
+        if remembered is not None and remembered[0] == dom.ID():
+            return remembered[1]
+        return None  # started outside Lamina: unknown
+
+    def _info(self, dom: libvirt.virDomain) -> GuestInfo:
+        state = self._state(dom)
+        _st, max_mem_kib, _mem_kib, vcpus, _cpu_time = dom.info()
+        uptime = None
+        if state in ("running", "paused"):
+            started = self._start_time(dom)
+            if started is not None:
+                uptime = max(time.time() - started, 0.0)
+        return GuestInfo(
+            name=dom.name(),
+            state=state,
+            vcpus=vcpus,
+            memory_mib=max_mem_kib // 1024,
+            uptime_seconds=uptime,
+        )
+
+    # -- the Hypervisor interface ------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        """CPU and memory of the host as libvirt sees them."""
+        with self._call() as conn:
+            arch, memory_mib, cpus, *_ = conn.getInfo()
+            hostname = conn.getHostname()
+            caps = ET.fromstring(conn.getCapabilities())
+        model = caps.findtext("host/cpu/model") or arch
+        return HostInfo(hostname=hostname, vcpus=cpus, memory_mib=memory_mib, cpu_model=model)
+
+    def define(self, spec: GuestSpec) -> None:
+        """Define the guest persistently; a stopped guest of that name is replaced.
+
+        Raises ``InvalidState`` if a guest of that name is running or paused,
+        ``InvalidRequest`` if libvirt rejects the definition.
+        """
+        with self._call(spec.name) as conn:
+            try:
+                existing = conn.lookupByName(spec.name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                existing = None
+            if existing is not None:
+                if existing.isActive():
+                    raise InvalidState(
+                        f"guest {spec.name!r} is {self._state(existing)}; stop it to redefine",
+                        guest=spec.name,
+                    )
+                if spec.uuid is None:
+                    # Without it libvirt refuses: "domain '...' already exists with uuid ...".
+                    spec = dataclasses.replace(spec, uuid=existing.UUIDString())
+            conn.defineXML(domain_xml(spec, self.domain_type))
+
+    def start(self, name: str) -> None:
+        """Boot a defined guest; a running or paused guest is left alone."""
+
+        def start(dom: libvirt.virDomain) -> None:
+            if dom.isActive():
+                return
+            dom.create()
+            self._record_start(dom)
+
+        self._with_domain(name, start)
+
+    def shutdown(self, name: str, timeout: float = 30.0) -> None:
+        """Press the guest's ACPI power button, wait up to ``timeout`` seconds for it to
+        stop, then force it off. A paused guest is resumed first (it could not react);
+        a stopped guest is left alone."""
+
+        def request(dom: libvirt.virDomain) -> bool:
+            if not dom.isActive():
+                return False
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+                    return False  # it stopped meanwhile
+                raise
+            return True
+
+        if not self._with_domain(name, request):
+            return
+        deadline = time.monotonic() + timeout
+        delay = _SHUTDOWN_POLL_MIN
+        while True:
+            # One cheap state query per poll; the lock is free in between.
+            try:
+                if not self._with_domain(name, lambda dom: bool(dom.isActive())):
+                    return
+            except GuestNotFound:
+                return  # a transient guest vanishes when it stops
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _SHUTDOWN_POLL_MAX)
+        log.info("guest %s ignored the ACPI shutdown for %.1fs; forcing it off", name, timeout)
+        self.destroy(name)
+
+    def destroy(self, name: str) -> None:
+        """Power the guest off at once; a stopped guest is left alone."""
+
+        def destroy(dom: libvirt.virDomain) -> None:
+            if not dom.isActive():
+                return
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+                    return
+                raise
+
+        self._with_domain(name, destroy)
+        self._started.pop(name, None)
+
+    def pause(self, name: str) -> None:
+        """Suspend the guest's vCPUs; a paused guest is left alone.
+        Raises ``InvalidState`` unless the guest is running or paused."""
+
+        def pause(dom: libvirt.virDomain) -> None:
+            state = self._state(dom)
+            if state == "paused":
+                return
+            if state != "running":
+                raise InvalidState(f"cannot pause guest {name!r}: it is {state}", guest=name)
+            dom.suspend()
+
+        self._with_domain(name, pause)
+
+    def resume(self, name: str) -> None:
+        """Resume a paused guest; a running guest is left alone.
+        Raises ``InvalidState`` unless the guest is paused or running."""
+
+        def resume(dom: libvirt.virDomain) -> None:
+            state = self._state(dom)
+            if state == "running":
+                return
+            if state != "paused":
+                raise InvalidState(f"cannot resume guest {name!r}: it is {state}", guest=name)
+            dom.resume()
+
+        self._with_domain(name, resume)
+
+    def reboot(self, name: str) -> None:
+        """Hard-reset a running guest (no guest cooperation needed).
+        Raises ``InvalidState`` unless the guest is running."""
+
+        def reboot(dom: libvirt.virDomain) -> None:
+            state = self._state(dom)
+            if state != "running":
+                raise InvalidState(f"cannot reboot guest {name!r}: it is {state}", guest=name)
+            dom.reset(0)
+
+        self._with_domain(name, reboot)
+
+    def undefine(self, name: str) -> None:
+        """Destroy the guest if it runs and remove its definition; unknown guests are a no-op."""
+        with self._call(name) as conn:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
+            if dom.isActive():
+                dom.destroy()
+            self._started.pop(name, None)
+            try:
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # transient: gone
+                    raise
+
+    def info(self, name: str) -> GuestInfo:
+        """State, size and uptime of one guest. Uptime is None for a guest not running or
+        paused, and for one started outside Lamina."""
+        return self._with_domain(name, self._info)
+
+    def list(self) -> list[GuestInfo]:
+        """Every guest libvirt knows on this connection, sorted by name."""
+        infos = []
+        with self._call() as conn:
+            for dom in conn.listAllDomains(0):
+                try:
+                    infos.append(self._info(dom))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise  # else: undefined while we listed
+        return sorted(infos, key=lambda info: info.name)
+
+    def close(self) -> None:
+        """Close the libvirt connection (a later call reopens it)."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None

@@ -1,0 +1,205 @@
+"""Instances: create, act on, delete, read. Long work is handed to jobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lamina.compute.models import Host, Instance
+from lamina.compute.scheduler import place
+from lamina.config import ComputeSettings
+from lamina.errors import Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.jobs.kinds import JobRegistry
+from lamina.jobs.models import Job
+from lamina.jobs.service import submit
+
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: action -> statuses it may start from
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "start": ("stopped", "error"),
+    "stop": ("running", "paused"),
+    "pause": ("running",),
+    "resume": ("paused",),
+    "reboot": ("running",),
+}
+LIVE = ("building", "running", "paused", "stopped", "error", "deleting")
+
+
+def validate_boot(kernel: str | None, initrd: str | None, disk_image: str | None) -> None:
+    if not kernel and not disk_image:
+        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
+    if initrd and not kernel:
+        raise InvalidRequest("an initrd needs a kernel")
+    for label, value in (("kernel", kernel), ("initrd", initrd), ("disk_image", disk_image)):
+        if value and not re.match(r"^(/|file://|https?://)", value):
+            raise InvalidRequest(
+                f"{label} must be an absolute path, a file:// or an http(s):// URL"
+            )
+
+
+def create_instance(
+    session: Session,
+    registry: JobRegistry,
+    cfg: ComputeSettings,
+    *,
+    name: str,
+    vcpus: int,
+    memory_mib: int,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    cmdline: str = "",
+    disk_image: str | None = None,
+    disk_size_bytes: int | None = None,
+    host: str | None = None,
+    owner: str | None = None,
+) -> tuple[Instance, Job]:
+    if not NAME.match(name):
+        raise InvalidRequest(
+            f"instance name {name!r} must be 1-63 lower-case letters, digits or '-', "
+            "not starting or ending with '-'"
+        )
+    validate_boot(kernel, initrd, disk_image)
+    same_owner = Instance.owner.is_(None) if owner is None else Instance.owner == owner
+    taken = session.scalar(
+        select(Instance.id).where(Instance.name == name, Instance.status.in_(LIVE), same_owner)
+    )
+    if taken:
+        raise Conflict(f"an instance named {name!r} already exists", instance=taken)
+    target = place(session, cfg, vcpus, memory_mib, host)
+    instance = Instance(
+        name=name,
+        owner=owner,
+        host_id=target.id,
+        status="building",
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        disk_image=disk_image,
+        disk_size_bytes=disk_size_bytes,
+    )
+    session.add(instance)
+    session.flush()
+    job = submit(
+        session,
+        registry.get("instance.create"),
+        {"instance_id": instance.id},
+        target_type="instance",
+        target_id=instance.id,
+        owner=owner,
+    )
+    return instance, job
+
+
+def get_instance(session: Session, ref: str, *, include_deleted: bool = False) -> Instance:
+    instance = session.get(Instance, ref)
+    if instance is None:
+        query = select(Instance).where(Instance.name == ref, Instance.status != "deleted")
+        instance = session.scalars(query).first()
+    if instance is None or (instance.status == "deleted" and not include_deleted):
+        raise NotFound(f"instance {ref!r} does not exist", instance=ref)
+    return instance
+
+
+def list_instances(
+    session: Session,
+    *,
+    status: str | None = None,
+    host: str | None = None,
+    limit: int | None = None,
+    include_deleted: bool = False,
+) -> list[Instance]:
+    query = select(Instance).order_by(Instance.created_at, Instance.id)
+    if status:
+        query = query.where(Instance.status == status)
+    elif not include_deleted:
+        query = query.where(Instance.status != "deleted")
+    if host:
+        query = query.join(Host).where((Host.name == host) | (Host.id == host))
+    if limit:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def busy_job(session: Session, instance_id: str) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.target_id == instance_id, Job.status.in_(("queued", "running")))
+    ).first()
+
+
+def _ensure_idle(session: Session, instance: Instance) -> None:
+    job = busy_job(session, instance.id)
+    if job is not None:
+        raise InvalidState(
+            f"instance {instance.name!r} has a {job.kind} job in progress ({job.id})",
+            job=job.id,
+        )
+
+
+def act(
+    session: Session, registry: JobRegistry, instance: Instance, action: str, force: bool = False
+) -> Job:
+    """Queue a lifecycle action. ``force`` (stop only) powers off without asking the guest."""
+    if action not in ACTIONS:
+        raise InvalidRequest(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    _ensure_idle(session, instance)
+    if instance.status not in ACTIONS[action]:
+        raise InvalidState(
+            f"cannot {action} instance {instance.name!r}: it is {instance.status}",
+            status=instance.status,
+        )
+    return submit(
+        session,
+        registry.get(f"instance.{action}"),
+        {"instance_id": instance.id, "force": force and action == "stop"},
+        target_type="instance",
+        target_id=instance.id,
+        owner=instance.owner,
+    )
+
+
+def delete_instance(session: Session, registry: JobRegistry, instance: Instance) -> Job:
+    _ensure_idle(session, instance)
+    if instance.status == "deleting":
+        raise InvalidState(f"instance {instance.name!r} is already being deleted")
+    instance.status = "deleting"
+    return submit(
+        session,
+        registry.get("instance.delete"),
+        {"instance_id": instance.id},
+        target_type="instance",
+        target_id=instance.id,
+        owner=instance.owner,
+    )
+
+
+def describe(instance: Instance, host: Host | None) -> dict[str, Any]:
+    """The instance as the API shows it. While its host is down its state is unknown: the
+    last state Lamina saw is kept in ``last_status``."""
+    status = instance.status
+    if host is not None and host.status == "down" and status not in ("error", "deleted"):
+        status = "unknown"
+    return {
+        "id": instance.id,
+        "name": instance.name,
+        "status": status,
+        "last_status": instance.status,
+        "host": host.name if host else None,
+        "host_id": instance.host_id,
+        "owner": instance.owner,
+        "vcpus": instance.vcpus,
+        "memory_mib": instance.memory_mib,
+        "kernel": instance.kernel,
+        "initrd": instance.initrd,
+        "cmdline": instance.cmdline,
+        "disk_image": instance.disk_image,
+        "disk_size_bytes": instance.disk_size_bytes,
+        "error": instance.error,
+        "created_at": instance.created_at,
+        "updated_at": instance.updated_at,
+        "started_at": instance.started_at,
+    }

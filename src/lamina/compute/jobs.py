@@ -1,0 +1,177 @@
+"""The jobs that change instances, step by step, each step with its undo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lamina.agent.client import AgentClient
+from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk
+from lamina.compute.models import Host, Instance
+from lamina.db.types import utcnow
+from lamina.errors import GuestNotFound, NotFound
+from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+
+GUEST_STATES = {"running": "running", "paused": "paused", "stopped": "stopped", "crashed": "error"}
+
+
+def _load(ctx: StepContext) -> tuple[Instance, Host, AgentClient]:
+    with ctx.services.db.read() as s:
+        instance = s.get(Instance, ctx.params["instance_id"])
+        if instance is None:
+            raise NotFound(f"instance {ctx.params['instance_id']} vanished")
+        host = s.get(Host, instance.host_id)
+        if host is None:
+            raise NotFound(f"host of instance {instance.name} vanished")
+    return instance, host, ctx.services.agents.for_host(host)
+
+
+def _set(ctx: StepContext, **values: Any) -> None:
+    with ctx.services.db.write() as s:
+        instance = s.get(Instance, ctx.params["instance_id"])
+        if instance is not None:
+            for key, value in values.items():
+                setattr(instance, key, value)
+
+
+# -- instance.create ----------------------------------------------------------------------
+
+
+def fetch_boot_files(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    sources = [(k, getattr(instance, k)) for k in ("kernel", "initrd", "disk_image")]
+    sources = [(k, v) for k, v in sources if v]
+    for i, (key, source) in enumerate(sources):
+        entry = agent.cache_install(source)
+        ctx.state[f"{key}_sha256"] = entry.sha256
+        ctx.report(fraction=(i + 1) / len(sources) * 0.5)
+
+
+def create_disk(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    if not (instance.disk_image or instance.disk_size_bytes):
+        return
+    agent.disk_create(
+        DiskCreate(
+            guest=instance.domain_name,
+            name="root",
+            size_bytes=instance.disk_size_bytes,
+            backing=ctx.state.get("disk_image_sha256"),
+            format="qcow2",
+        )
+    )
+    ctx.state["disks"] = ["root"]
+
+
+def remove_disk(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    agent.disk_remove(instance.domain_name, "root")
+
+
+def define_guest(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    agent.define(
+        instance.domain_name,
+        GuestDefinition(
+            vcpus=instance.vcpus,
+            memory_mib=instance.memory_mib,
+            kernel=ctx.state.get("kernel_sha256"),
+            initrd=ctx.state.get("initrd_sha256"),
+            cmdline=instance.cmdline,
+            disks=[GuestDisk(name=d) for d in ctx.state.get("disks", [])],
+        ),
+    )
+    ctx.report(fraction=0.75)
+
+
+def undefine_guest(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    agent.undefine(instance.domain_name)
+
+
+def start_guest(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    status = agent.act(instance.domain_name, "start")
+    _set(ctx, status=GUEST_STATES.get(status.state, "running"), started_at=utcnow(), error=None)
+
+
+def destroy_guest(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    try:
+        agent.act(instance.domain_name, "destroy")
+    except GuestNotFound:
+        pass
+
+
+def mark_error(ctx: StepContext, error: str) -> None:
+    _set(ctx, status="error", error=error)
+
+
+# -- start, stop, pause, resume, reboot ---------------------------------------------------
+
+
+def _action_step(action: str) -> Step:
+    def run(ctx: StepContext) -> None:
+        instance, _, agent = _load(ctx)
+        forced = action == "stop" and ctx.params.get("force")
+        status = agent.act(instance.domain_name, "destroy" if forced else action)
+        values: dict[str, Any] = {"status": GUEST_STATES.get(status.state, "error"), "error": None}
+        if action == "start":
+            values["started_at"] = utcnow()
+        _set(ctx, **values)
+
+    return Step(action, run, timeout=90 if action == "stop" else 60)
+
+
+def refresh_after_failure(ctx: StepContext, error: str) -> None:
+    """A failed action leaves the instance in whatever state its guest is really in."""
+    try:
+        instance, _, agent = _load(ctx)
+        state = GUEST_STATES.get(agent.guest(instance.domain_name).state, "error")
+    except Exception:
+        state = "error"
+    _set(ctx, status=state, error=error)
+
+
+# -- instance.delete ----------------------------------------------------------------------
+
+
+def remove_guest(ctx: StepContext) -> None:
+    instance, _, agent = _load(ctx)
+    agent.undefine(instance.domain_name)
+
+
+def mark_deleted(ctx: StepContext) -> None:
+    _set(ctx, status="deleted")
+
+
+def register_compute_jobs(registry: JobRegistry) -> None:
+    registry.register(
+        JobKind(
+            "instance.create",
+            (
+                Step("fetch_boot_files", fetch_boot_files, timeout=1800),
+                Step("create_disk", create_disk, remove_disk, timeout=600),
+                Step("define_guest", define_guest, undefine_guest),
+                Step("start_guest", start_guest, destroy_guest),
+            ),
+            deadline=3600,
+            on_failure=mark_error,
+        )
+    )
+    for action in ("start", "stop", "pause", "resume", "reboot"):
+        registry.register(
+            JobKind(
+                f"instance.{action}",
+                (_action_step(action),),
+                deadline=300,
+                on_failure=refresh_after_failure,
+            )
+        )
+    registry.register(
+        JobKind(
+            "instance.delete",
+            (Step("remove_guest", remove_guest, timeout=120), Step("release", mark_deleted)),
+            deadline=300,
+            on_failure=mark_error,
+        )
+    )

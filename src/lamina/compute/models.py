@@ -1,0 +1,64 @@
+"""Hosts and instances as stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from lamina.db.types import Base, UTCDateTime, new_id, utcnow
+
+HOST_STATUSES = ("pending", "up", "down", "disabled")
+INSTANCE_STATUSES = ("building", "running", "paused", "stopped", "error", "deleting", "deleted")
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    #: host:port where the agent listens (mutual TLS).
+    address: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_memory_mib: Mapped[int] = mapped_column(Integer, default=128)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    disk_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    domain_type: Mapped[str | None] = mapped_column(String(16))
+    agent_version: Mapped[str | None] = mapped_column(String(32))
+    token_hash: Mapped[str | None] = mapped_column(String(64))
+    token_expires: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="building", index=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    kernel: Mapped[str | None] = mapped_column(Text)
+    initrd: Mapped[str | None] = mapped_column(Text)
+    cmdline: Mapped[str] = mapped_column(Text, default="")
+    disk_image: Mapped[str | None] = mapped_column(Text)
+    disk_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def domain_name(self) -> str:
+        """The hypervisor's name for this instance's guest."""
+        return f"lamina-{self.id}"

@@ -1,0 +1,104 @@
+"""Heartbeats: the manager asks each enrolled agent for its status every few seconds, keeps
+the host's capacity and usage current, notices guests whose state changed behind Lamina's
+back, and marks a host down when it stops answering (its instances then read as unknown)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lamina.compute.hosts import record_heartbeat, record_silence
+from lamina.compute.jobs import GUEST_STATES
+from lamina.compute.models import Host, Instance
+from lamina.errors import LaminaError
+from lamina.jobs.models import Job
+
+if TYPE_CHECKING:
+    from lamina.services import Services
+
+log = logging.getLogger(__name__)
+SYNCED = ("running", "paused", "stopped")
+
+
+class HostMonitor:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="host-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        interval = self.services.settings.compute.heartbeat_interval
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat round failed")
+            self._stop.wait(interval)
+
+    def beat(self) -> None:
+        """One round over every enrolled host."""
+        svc = self.services
+        with svc.db.read() as s:
+            hosts = list(
+                s.scalars(
+                    select(Host).where(
+                        Host.cert_fingerprint.is_not(None), Host.status != "disabled"
+                    )
+                )
+            )
+        for host in hosts:
+            self.beat_host(host.id)
+
+    def beat_host(self, host_id: str) -> None:
+        svc = self.services
+        with svc.db.read() as s:
+            host = s.get(Host, host_id)
+            if host is None:
+                return
+            address, was = host.address, host.status
+        try:
+            status = svc.agents.for_address(address).heartbeat()
+        except LaminaError as exc:
+            with svc.db.write() as s:
+                host = s.get(Host, host_id)
+                down_after = svc.settings.compute.host_down_after
+                if host and record_silence(s, host, exc.message, down_after):
+                    log.warning("host %s is down: %s", host.name, exc.message)
+            return
+        with svc.db.write() as s:
+            host = s.get(Host, host_id)
+            if host is None:
+                return
+            record_heartbeat(s, host, status)
+            if was != "up":
+                log.info("host %s is up", host.name)
+            self._sync_guests(s, host, {g.name: g.state for g in status.guests})
+
+    @staticmethod
+    def _sync_guests(s: Session, host: Host, guests: dict[str, str]) -> None:
+        busy = set(s.scalars(select(Job.target_id).where(Job.status.in_(("queued", "running")))))
+        instances = s.scalars(
+            select(Instance).where(Instance.host_id == host.id, Instance.status.in_(SYNCED))
+        )
+        for instance in instances:
+            if instance.id in busy or instance.domain_name not in guests:
+                continue
+            seen = GUEST_STATES.get(guests[instance.domain_name])
+            if seen and seen != instance.status:
+                log.info(
+                    "instance %s: %s -> %s (seen on host)", instance.name, instance.status, seen
+                )
+                instance.status = seen

@@ -1,0 +1,111 @@
+"""The one error hierarchy of Lamina.
+
+Domain code raises these; the API maps them to HTTP responses by class (see
+``lamina.api.errors``), the CLI prints their message. Each kind has a stable ``code``
+that clients may match on and an HTTP ``status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LaminaError(Exception):
+    """Root of every error Lamina raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidRequest(LaminaError):
+    status = 400
+    code = "invalid_request"
+
+
+class ConfigError(LaminaError):
+    """A bad setting; the message names the key."""
+
+    code = "invalid_config"
+
+
+class Unauthorized(LaminaError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(LaminaError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(LaminaError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(LaminaError):
+    status = 409
+    code = "conflict"
+
+
+class InvalidState(Conflict):
+    code = "invalid_state"
+
+
+class QuotaExceeded(LaminaError):
+    status = 413
+    code = "quota_exceeded"
+
+
+class NotSupported(LaminaError):
+    status = 501
+    code = "not_supported"
+
+
+class NoCapacity(LaminaError):
+    status = 503
+    code = "no_capacity"
+
+
+class BackendUnavailable(LaminaError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class Timeout(LaminaError):
+    status = 504
+    code = "timeout"
+
+
+class GuestNotFound(NotFound):
+    code = "guest_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"guest {name!r} does not exist on this host", guest=name)
+
+
+class CommandFailed(LaminaError):
+    """An external command exited non-zero."""
+
+    code = "command_failed"
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        super().__init__(
+            f"{argv[0]} exited with {returncode}: {stderr.strip()[-500:]}",
+            argv=argv,
+            returncode=returncode,
+        )
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr

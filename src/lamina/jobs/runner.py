@@ -1,0 +1,378 @@
+"""Runs persisted jobs: claims them with a lease, records every step, resumes or rolls back.
+
+Several managers may share one database. A manager owns a job only while it holds the job's
+lease (``lease_owner``/``lease_expires``), taken and renewed with conditional UPDATEs, which are
+atomic on SQLite and PostgreSQL alike. Every step transition is written with ``WHERE
+lease_owner = me``; a manager that finds its lease gone stops at once, so no step is ever run
+by two managers. A job whose lease expired (its manager crashed) is taken over: the step that
+was running is run again (steps are idempotent) or, for kinds that ask for it, everything done
+is undone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from lamina.db import Database
+from lamina.db.types import utcnow
+from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+from lamina.jobs.models import Job, JobStep
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another manager took this job over; stop touching it."""
+
+
+class StepTimeout(Exception):
+    pass
+
+
+class JobRunner:
+    def __init__(
+        self,
+        db: Database,
+        registry: JobRegistry,
+        services: Any,
+        *,
+        workers: int = 4,
+        lease_seconds: float = 15.0,
+        poll_interval: float = 0.5,
+        runner_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.services = services
+        self.workers = workers
+        self.lease = timedelta(seconds=lease_seconds)
+        self.poll_interval = poll_interval
+        self.id = runner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+        self._slots = threading.Semaphore(workers)
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._poll_loop, "jobs-poll"), (self._renew_loop, "jobs-lease")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                while self._slots.acquire(blocking=False):
+                    job_id = self.claim()
+                    if job_id is None:
+                        self._slots.release()
+                        break
+                    threading.Thread(
+                        target=self._run_in_slot,
+                        args=(job_id,),
+                        name=f"job-{job_id[:8]}",
+                        daemon=True,
+                    ).start()
+            except Exception:
+                log.exception("job poll failed")
+            self._wake.wait(self.poll_interval)
+
+    def _run_in_slot(self, job_id: str) -> None:
+        try:
+            self.run(job_id)
+        finally:
+            self._slots.release()
+            self._wake.set()
+
+    def _renew_loop(self) -> None:
+        interval = self.lease.total_seconds() / 3
+        while not self._stop.wait(interval):
+            with self._held_lock:
+                held = list(self._held)
+            for job_id in held:
+                try:
+                    with self.db.write() as s:
+                        done = s.execute(
+                            update(Job)
+                            .where(Job.id == job_id, Job.lease_owner == self.id)
+                            .values(lease_expires=utcnow() + self.lease)
+                        ).rowcount
+                    if not done:
+                        log.warning("lost the lease on job %s", job_id)
+                        self._release(job_id)
+                except Exception:
+                    log.exception("could not renew the lease on job %s", job_id)
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def claim(self) -> str | None:
+        """Take the lease on the oldest runnable job, or return None."""
+        now = utcnow()
+        free = or_(Job.lease_owner.is_(None), Job.lease_expires < now)
+        with self.db.read() as s:
+            candidates = s.scalars(
+                select(Job.id)
+                .where(Job.status.in_(("queued", "running")), free)
+                .order_by(Job.created_at)
+                .limit(10)
+            ).all()
+        for job_id in candidates:
+            with self.db.write() as s:
+                taken = s.execute(
+                    update(Job)
+                    .where(and_(Job.id == job_id, Job.status.in_(("queued", "running")), free))
+                    .values(lease_owner=self.id, lease_expires=now + self.lease, runs=Job.runs + 1)
+                ).rowcount
+            if taken:
+                with self._held_lock:
+                    self._held.add(job_id)
+                return job_id
+        return None
+
+    def _release(self, job_id: str) -> None:
+        with self._held_lock:
+            self._held.discard(job_id)
+
+    def _holds(self, job_id: str) -> bool:
+        with self._held_lock:
+            return job_id in self._held
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, job_id: str) -> None:
+        """Run (or resume, or roll back) a job whose lease this runner holds."""
+        try:
+            self._run(job_id)
+        except LeaseLost:
+            log.warning("job %s: lease lost, leaving it to its new owner", job_id)
+        except Exception:
+            log.exception("job %s: runner error", job_id)
+        finally:
+            self._release(job_id)
+
+    def _run(self, job_id: str) -> None:
+        with self.db.read() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            kind = self.registry.get(job.kind)
+            interrupted = job.status == "running"
+            ctx = StepContext(job.id, dict(job.params), dict(job.state), self.services)
+            steps = {st.seq: st.status for st in job.steps}
+            deadline = job.deadline
+            error = job.error
+        ctx.report = self._reporter(job_id)
+        self._update_job(job_id, status="running", started_at=utcnow())
+
+        was_failing = any(
+            st in ("failed", "undoing", "undone", "undo_failed") for st in steps.values()
+        )
+        if interrupted and was_failing:
+            # The crash came during a rollback: finish it.
+            done = [i for i, st in steps.items() if st in ("succeeded", "running", "undoing")]
+            self._fail(kind, ctx, done, error or "interrupted during its rollback")
+            return
+        if interrupted and kind.on_interrupt == "rollback":
+            done = [i for i, status in steps.items() if status in ("succeeded", "running")]
+            self._fail(kind, ctx, done, "interrupted by a manager restart; rolled back")
+            return
+        if interrupted:
+            log.info("job %s: resuming after an interruption", job_id)
+
+        for seq, step in enumerate(kind.steps):
+            if steps.get(seq) == "succeeded":
+                continue
+            left = (deadline - utcnow()).total_seconds()
+            if left <= 0:
+                error = f"job passed its deadline before step {step.name!r} could start"
+                self._step_done(job_id, seq, "failed", error)
+                self._fail(kind, ctx, list(range(seq)), error)
+                return
+            resumed = steps.get(seq) == "running"
+            self._step_start(job_id, seq, "resumed after an interruption" if resumed else None)
+            timeout = min(step.timeout, left)
+            try:
+                _call_with_timeout(step.do, ctx, timeout)
+            except StepTimeout:
+                which = "its step timeout" if timeout == step.timeout else "the job's deadline"
+                error = (
+                    f"step {step.name!r} did not finish within {timeout:.3g}s ({which}); "
+                    "it is probably hung"
+                )
+                self._step_done(job_id, seq, "failed", error)
+                self._fail(kind, ctx, list(range(seq + 1)), error)
+                return
+            except Exception as exc:
+                error = f"step {step.name!r} failed: {_message(exc)}"
+                self._step_done(job_id, seq, "failed", _message(exc))
+                self._fail(kind, ctx, list(range(seq + 1)), error)
+                return
+            self._step_done(job_id, seq, "succeeded", None, state=ctx.state)
+        self._update_job(
+            job_id,
+            status="succeeded",
+            progress=1.0,
+            finished_at=utcnow(),
+            state=ctx.state,
+            lease_owner=None,
+            lease_expires=None,
+        )
+
+    def _fail(self, kind: JobKind, ctx: StepContext, seqs: list[int], error: str) -> None:
+        """Undo the given steps in reverse order, then record the job's end."""
+        job_id = ctx.job_id
+        log.warning("job %s (%s) failed: %s", job_id, kind.name, error)
+        clean = True
+        for seq in reversed(seqs):
+            step: Step = kind.steps[seq]
+            if step.undo is None:
+                continue
+            self._set_step(job_id, seq, status="undoing")
+            try:
+                _call_with_timeout(step.undo, ctx, step.timeout)
+                self._set_step(job_id, seq, status="undone")
+            except Exception as exc:
+                clean = False
+                self._set_step(job_id, seq, status="undo_failed", message=_message(exc))
+        if kind.on_failure is not None:
+            try:
+                kind.on_failure(ctx, error)
+            except Exception:
+                log.exception("job %s: on_failure hook failed", job_id)
+        self._update_job(
+            job_id,
+            status="rolled_back" if clean else "failed",
+            error=error if clean else error + " (rollback incomplete: see the steps)",
+            finished_at=utcnow(),
+            state=ctx.state,
+            lease_owner=None,
+            lease_expires=None,
+        )
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _update_job(self, job_id: str, **values: Any) -> None:
+        if not self._holds(job_id):
+            raise LeaseLost(job_id)
+        with self.db.write() as s:
+            done = s.execute(
+                update(Job).where(Job.id == job_id, Job.lease_owner == self.id).values(**values)
+            ).rowcount
+        if not done:
+            raise LeaseLost(job_id)
+
+    def _set_step(self, job_id: str, seq: int, **values: Any) -> None:
+        if not self._holds(job_id):
+            raise LeaseLost(job_id)
+        with self.db.write() as s:
+            owner = s.scalar(select(Job.lease_owner).where(Job.id == job_id))
+            if owner != self.id:
+                raise LeaseLost(job_id)
+            s.execute(
+                update(JobStep).where(JobStep.job_id == job_id, JobStep.seq == seq).values(**values)
+            )
+
+    def _step_start(self, job_id: str, seq: int, message: str | None) -> None:
+        self._set_step(
+            job_id,
+            seq,
+            status="running",
+            runner=self.id,
+            started_at=utcnow(),
+            finished_at=None,
+            message=message,
+            attempts=JobStep.attempts + 1,
+        )
+
+    def _step_done(
+        self,
+        job_id: str,
+        seq: int,
+        status: str,
+        message: str | None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow()}
+        if message is not None:
+            values["message"] = message
+        self._set_step(job_id, seq, **values)
+        if state is not None:
+            self._update_job(job_id, state=state)
+
+    def _reporter(self, job_id: str) -> Any:
+        last = [0.0]
+
+        def report(
+            fraction: float | None = None,
+            bytes_done: int | None = None,
+            bytes_total: int | None = None,
+            rate: float | None = None,
+        ) -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5 and fraction not in (0.0, 1.0):
+                return
+            last[0] = now
+            values = {
+                k: v
+                for k, v in (
+                    ("progress", fraction),
+                    ("bytes_done", bytes_done),
+                    ("bytes_total", bytes_total),
+                    ("rate", rate),
+                )
+                if v is not None
+            }
+            if values:
+                self._update_job(job_id, **values)
+
+        return report
+
+
+def _call_with_timeout(fn: Any, ctx: StepContext, timeout: float) -> None:
+    """Run ``fn(ctx)`` in a thread; raise StepTimeout if it outlives ``timeout``.
+
+    A hung step's thread cannot be killed in Python; it is left behind (daemon) and the job
+    moves on to its rollback, which is what keeps resources out of transitional states."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn(ctx)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True, name=f"step-{ctx.job_id[:8]}")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise StepTimeout()
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
+
+
+def _message(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -1,0 +1,80 @@
+"""Creating, reading and listing jobs (the runner executes them)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lamina.db.types import utcnow
+from lamina.errors import NotFound
+from lamina.jobs.kinds import JobKind
+from lamina.jobs.models import FINISHED, Job, JobStep
+
+
+def submit(
+    session: Session,
+    kind: JobKind,
+    params: dict[str, Any],
+    *,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    owner: str | None = None,
+    deadline: float | None = None,
+) -> Job:
+    """Record a queued job with its steps; a runner picks it up."""
+    now = utcnow()
+    job = Job(
+        kind=kind.name,
+        status="queued",
+        params=params,
+        state={},
+        target_type=target_type,
+        target_id=target_id,
+        owner=owner,
+        created_at=now,
+        deadline=now + timedelta(seconds=deadline or kind.deadline),
+    )
+    job.steps = [JobStep(seq=i, name=step.name) for i, step in enumerate(kind.steps)]
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist", job=job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    target_id: str | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    if target_id:
+        query = query.where(Job.target_id == target_id)
+    return list(session.scalars(query))
+
+
+def stuck_jobs(session: Session, fraction: float) -> list[Job]:
+    """Unfinished jobs past their deadline or with less than ``fraction`` of their time left."""
+    now = utcnow()
+    jobs = session.scalars(
+        select(Job).where(Job.status.not_in(FINISHED)).order_by(Job.deadline)
+    ).all()
+    stuck = []
+    for job in jobs:
+        total = (job.deadline - job.created_at).total_seconds()
+        left = (job.deadline - now).total_seconds()
+        if left <= total * fraction:
+            stuck.append(job)
+    return stuck

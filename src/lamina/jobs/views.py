@@ -1,0 +1,43 @@
+"""Jobs as the API shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lamina.jobs.models import Job
+
+
+def describe_job(job: Job, *, steps: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "target_type": job.target_type,
+        "target_id": job.target_id,
+        "owner": job.owner,
+        "error": job.error,
+        "progress": round(job.progress, 4),
+        "bytes_done": job.bytes_done,
+        "bytes_total": job.bytes_total,
+        "rate": job.rate,
+        "runs": job.runs,
+        "deadline": job.deadline,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+    if steps:
+        body["steps"] = [
+            {
+                "seq": st.seq,
+                "name": st.name,
+                "status": st.status,
+                "attempts": st.attempts,
+                "runner": st.runner,
+                "message": st.message,
+                "started_at": st.started_at,
+                "finished_at": st.finished_at,
+            }
+            for st in job.steps
+        ]
+    return body

@@ -1,0 +1,211 @@
+"""Start and stop real Lamina processes (manager, agent) and PostgreSQL for tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LAMINA = [sys.executable, "-m", "lamina"]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    until = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < until:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    """A Lamina process with its own environment, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.args, self.env, self.log = name, args, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            LAMINA + self.args,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        out.close()
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Cloud:
+    """A manager (and agents) sharing one data directory layout under ``root``."""
+
+    def __init__(self, root: Path, database_url: str | None = None, **env: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_env = {
+            **os.environ,
+            "LAMINA_DATA_DIR": str(root / "manager"),
+            "LAMINA_MANAGER__PORT": str(self.port),
+            "LAMINA_COMPUTE__HEARTBEAT_INTERVAL": "0.5",
+            "LAMINA_COMPUTE__HOST_DOWN_AFTER": "3",
+            "LAMINA_JOBS__POLL_INTERVAL": "0.2",
+            "LAMINA_JOBS__LEASE_SECONDS": "3",
+            "LAMINA_URL": self.url,
+            **env,
+        }
+        self.base_env.pop("LAMINA_CONFIG", None)
+        if database_url:
+            self.base_env["LAMINA_DATABASE__URL"] = database_url
+        self.managers: list[Proc] = []
+        self.agents: list[Proc] = []
+
+    def start_manager(self, port: int | None = None, **env: str) -> Proc:
+        port = port or self.port
+        proc_env = {**self.base_env, "LAMINA_MANAGER__PORT": str(port), **env}
+        proc = Proc("manager", ["serve"], proc_env, self.root / f"manager-{port}.log").start()
+        self.managers.append(proc)
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200,
+            30,
+            f"manager on {port} ({proc.log})",
+        )
+        return proc
+
+    def start_agent(
+        self, name: str, token: str | None, port: int, uri: str = "test:///default", **env: str
+    ) -> Proc:
+        proc_env = {
+            **self.base_env,
+            "LAMINA_AGENT__DATA_DIR": str(self.root / f"agent-{name}"),
+            "LAMINA_AGENT__PORT": str(port),
+            "LAMINA_AGENT__LIBVIRT_URI": uri,
+            **env,
+        }
+        args = ["agent", "--manager", self.url] + (["--token", token] if token else [])
+        proc = Proc(f"agent-{name}", args, proc_env, self.root / f"agent-{name}.log").start()
+        self.agents.append(proc)
+        return proc
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            LAMINA + list(args),
+            env=self.base_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"lamina {' '.join(args)} failed: {result.stderr}{result.stdout}")
+        return result
+
+    def stop(self) -> None:
+        for proc in self.agents + self.managers:
+            proc.kill(signal.SIGTERM)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (MACHINE-NOTES recipe): initdb + pg_ctl as postgres."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.data = root / "data"
+
+    def start(self) -> Postgres:
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError("PostgreSQL 15 is not installed: run scripts/install-packages.sh")
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.root, "postgres", "postgres")
+        os.chmod(self.root, 0o755)
+        # Parents must be traversable by the postgres user.
+        for parent in self.root.parents:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+        self._run([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "lamina"])
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                opts,
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "start",
+            ]
+        )
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://lamina@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://lamina@127.0.0.1:{self.port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"], check=False
+        )
+
+    @staticmethod
+    def _run(argv: list[str], check: bool = True) -> None:
+        result = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {result.stderr}{result.stdout}")

@@ -1,0 +1,79 @@
+"""Domain XML against golden files. Regenerate them with LAMINA_REGEN_GOLDEN=1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lamina.compute.drivers.base import DiskSpec, GuestSpec
+from lamina.compute.drivers.domain_xml import domain_xml
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_golden(actual: str, name: str) -> None:
+    """Compare ``actual`` with ``golden/<name>``; rewrite the file when LAMINA_REGEN_GOLDEN=1."""
+    path = GOLDEN / name
+    if os.environ.get("LAMINA_REGEN_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+        return
+    assert path.exists(), f"missing golden file {path}; run with LAMINA_REGEN_GOLDEN=1"
+    assert actual == path.read_text(), f"{name} differs; review and LAMINA_REGEN_GOLDEN=1"
+
+
+KERNEL_BOOT = GuestSpec(
+    name="appliance-1",
+    uuid="5b0c1c5e-3c1f-4f7e-9a53-2f0d0c7a8a11",
+    vcpus=2,
+    memory_mib=512,
+    kernel="/var/lib/lamina/kernels/vmlinuz",
+    initrd="/var/lib/lamina/kernels/initrd.img",
+    cmdline="console=ttyS0 quiet",
+    disks=(
+        DiskSpec(
+            path="/var/lib/lamina/images/base.squashfs", target="vda", format="raw", readonly=True
+        ),
+        DiskSpec(path="/var/lib/lamina/volumes/data.qcow2", target="vdb"),
+    ),
+    console_log="/var/log/lamina/guests/appliance-1.log",
+)
+
+DISK_BOOT = GuestSpec(
+    name="disk-boot",
+    vcpus=1,
+    memory_mib=256,
+    disks=(DiskSpec(path="/var/lib/lamina/volumes/root.qcow2", target="vda"),),
+)
+
+
+@pytest.mark.parametrize("domain_type", ["kvm", "qemu", "test"])
+def test_kernel_boot(domain_type: str) -> None:
+    emulator = "/usr/bin/qemu-system-x86_64" if domain_type != "test" else None
+    assert_golden(domain_xml(KERNEL_BOOT, domain_type, emulator), f"kernel-boot-{domain_type}.xml")
+
+
+def test_disk_boot_without_console_log() -> None:
+    assert_golden(domain_xml(DISK_BOOT, "qemu"), "disk-boot-qemu.xml")
+
+
+def test_names_are_escaped() -> None:
+    spec = GuestSpec(name="a<b&c", vcpus=1, memory_mib=64, cmdline="x='1' && y=\"2\"", kernel="/k")
+    xml = domain_xml(spec, "test")
+    assert "<name>a&lt;b&amp;c</name>" in xml
+    assert "<cmdline>x='1' &amp;&amp; y=\"2\"</cmdline>" in xml
+
+
+@pytest.mark.parametrize(
+    ("spec", "domain_type"),
+    [
+        (DISK_BOOT, "xen"),
+        (GuestSpec(name="g", vcpus=0, memory_mib=64), "qemu"),
+        (GuestSpec(name="g", vcpus=1, memory_mib=64, initrd="/i"), "qemu"),
+    ],
+)
+def test_rejects_bad_input(spec: GuestSpec, domain_type: str) -> None:
+    with pytest.raises(ValueError):
+        domain_xml(spec, domain_type)
