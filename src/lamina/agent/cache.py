@@ -100,39 +100,40 @@ class ImageCache:
             return self.check(known)
         parsed = urllib.parse.urlsplit(source)
         if parsed.scheme in ("http", "https"):
-            entry = self._fetch_http(source)
+            entry = self._fetch_http(source, sha256)
         elif parsed.scheme == "file" or (not parsed.scheme and source.startswith("/")):
-            entry = self._copy_file(Path(urllib.parse.unquote(parsed.path)), source)
+            entry = self._copy_file(Path(urllib.parse.unquote(parsed.path)), source, sha256)
         else:
             raise InvalidRequest(f"cannot fetch {source!r}: use an absolute path or a URL")
-        if sha256 and entry.sha256 != sha256:
-            self.remove(entry.sha256)
-            raise Conflict(
-                f"{source} has digest {entry.sha256}, not the expected {sha256}", source=source
-            )
         self._remember(source, entry.sha256, _file_key(source))
         return entry
 
-    def _copy_file(self, path: Path, source: str) -> CacheEntry:
+    def _copy_file(self, path: Path, source: str, expected: str | None) -> CacheEntry:
         try:
             size = path.stat().st_size
             f = path.open("rb")
         except OSError as exc:
             raise NotFound(f"cannot read {path}: {exc.strerror}", source=source) from None
         with f:
-            return self._store(source, size, iter(lambda: f.read(CHUNK), b""))
+            return self._store(source, size, iter(lambda: f.read(CHUNK), b""), expected)
 
-    def _fetch_http(self, url: str) -> CacheEntry:
+    def _fetch_http(self, url: str, expected: str | None) -> CacheEntry:
         try:
             with httpx.stream("GET", url, timeout=30, follow_redirects=True) as response:
                 if response.status_code != 200:
                     raise BackendUnavailable(f"GET {url} answered {response.status_code}")
                 length = response.headers.get("content-length")
-                return self._store(url, int(length) if length else None, response.iter_bytes(CHUNK))
+                total = int(length) if length else None
+                return self._store(url, total, response.iter_bytes(CHUNK), expected)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"cannot fetch {url}: {exc}") from None
 
-    def _store(self, source: str, total: int | None, chunks: object) -> CacheEntry:
+    def _store(
+        self, source: str, total: int | None, chunks: object, expected: str | None
+    ) -> CacheEntry:
+        """Stream ``chunks`` into the cache under their digest. A digest other than
+        ``expected`` raises ``Conflict`` before anything is renamed into place, so an entry
+        already cached under that digest (perhaps a guest disk's backing file) is untouched."""
         digest = hashlib.sha256()
         transfer = self.tracker.begin(source, total)
         tmp = self.root / f".partial-{os.getpid()}-{threading.get_ident()}"
@@ -144,6 +145,11 @@ class ImageCache:
                     transfer.done += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+            if expected and digest.hexdigest() != expected:
+                raise Conflict(
+                    f"{source} has digest {digest.hexdigest()}, not the expected {expected}",
+                    source=source,
+                )
             final = self.root / digest.hexdigest()
             os.replace(tmp, final)
         finally:

@@ -14,7 +14,6 @@ from lamina.errors import BackendUnavailable, LaminaError
 from lamina.remote_errors import raise_for_error
 
 CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
-CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
 
 
 class AgentClient:
@@ -41,6 +40,11 @@ class AgentClient:
             try:
                 return self._http.request(method, path, **kwargs)
             except httpx.ConnectError as exc:
+                if _certificate_refused(exc):
+                    # Waiting does not change a certificate: report it at once.
+                    raise BackendUnavailable(
+                        f"agent at {self.address} failed certificate verification: {exc}"
+                    ) from None
                 if delay is None or not retry:
                     raise BackendUnavailable(
                         f"agent at {self.address} cannot be reached: {exc}"
@@ -103,6 +107,16 @@ class AgentClient:
         return self._call(
             "GET", f"/guests/{name}/console", wire.ConsoleChunk, params={"offset": offset}
         )
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the agent's certificate was refused."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -170,15 +171,12 @@ def list_instances(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    """Brief listing: id, name, status, host."""
+    """Brief listing: id, name, status, host, vcpus, memory_mib."""
     with svc.db.read() as s:
-        by_id = _hosts_by_id(s)
-        found = instance_service.list_instances(s, status=status, host=host, limit=limit)
-        return {
-            "instances": [
-                _brief(instance_service.describe(i, by_id.get(i.host_id or ""))) for i in found
-            ]
-        }
+        found = instance_service.list_brief(s, status=status, host=host, limit=limit)
+    # Plain str/int/None values: returning the response skips FastAPI's jsonable_encoder,
+    # which took longer than the query itself for 1,000 instances.
+    return JSONResponse({"instances": found})
 
 
 @instances.get("/detail")
@@ -195,10 +193,6 @@ def list_instances_detail(
         return {
             "instances": [instance_service.describe(i, by_id.get(i.host_id or "")) for i in found]
         }
-
-
-def _brief(full: dict[str, Any]) -> dict[str, Any]:
-    return {k: full[k] for k in ("id", "name", "status", "host", "vcpus", "memory_mib")}
 
 
 @instances.get("/{ref}")

@@ -94,7 +94,10 @@ class CertificateAuthority:
 
     def _create(self) -> None:
         key = new_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Lamina CA")])
+        # A unique name per installation, so a foreign certificate reads as "unknown issuer".
+        name = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, f"Lamina CA {os.urandom(4).hex()}")]
+        )
         now = datetime.now(UTC)
         cert = (
             x509.CertificateBuilder()
@@ -134,7 +137,9 @@ class CertificateAuthority:
         if not csr.is_signature_valid:
             raise InvalidRequest("the certificate signing request's signature is wrong")
         now = datetime.now(UTC)
-        usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        # One purpose per certificate: an agent's certificate must not open another agent
+        # as a client, and the manager's client certificate must not serve as an agent.
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -145,7 +150,7 @@ class CertificateAuthority:
             .not_valid_after(now + timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(usage if server else [ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(usage),
                 critical=False,
             )
         )

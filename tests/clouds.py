@@ -1,0 +1,52 @@
+"""Clouds for integration and end-to-end tests: real manager and agent processes (libvirt
+test driver unless a test asks for QEMU), each in its own temporary directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import Cloud, free_port, wait_until
+
+from lamina.client import Client
+
+
+def add_host(cloud: Cloud, name: str, uri: str = "test:///default", **env: str) -> int:
+    """Register a host, start its agent with the token, wait until it is up; return its port."""
+    port = free_port()
+    out = cloud.cli("--json", "host", "add", name, "--address", f"127.0.0.1:{port}")
+    cloud.start_agent(name, json.loads(out.stdout)["token"], port, uri=uri, **env)
+    client = Client(cloud.url)
+    wait_until(lambda: client.host(name)["status"] == "up", 30, f"host {name} up")
+    return port
+
+
+@pytest.fixture
+def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
+    clouds: list[Cloud] = []
+
+    def make(database_url: str | None = None, **env: str) -> Cloud:
+        cloud = Cloud(tmp_path / f"cloud{len(clouds)}", database_url, **env)
+        clouds.append(cloud)
+        return cloud
+
+    yield make
+    for cloud in clouds:
+        cloud.stop()
+
+
+@pytest.fixture
+def cloud(make_cloud: Callable[..., Cloud]) -> Cloud:
+    """A manager on SQLite with one host (test driver) named h1."""
+    c = make_cloud()
+    c.start_manager()
+    add_host(c, "h1")
+    return c
+
+
+@pytest.fixture
+def client(cloud: Cloud) -> Iterator[Client]:
+    with Client(cloud.url) as c:
+        yield c

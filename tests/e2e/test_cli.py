@@ -1,0 +1,134 @@
+"""The `lamina` command line against a running Lamina (manager + agent processes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from harness import Cloud, wait_until
+
+from lamina.agent.wire import GuestDefinition
+from lamina.compute.agents import AgentPool
+from lamina.identity.ca import CertificateAuthority
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> str:
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(b"k" * 4096)
+    return str(path)
+
+
+def test_instances_from_the_command_line(cloud: Cloud, kernel: str) -> None:
+    out = cloud.cli("instance", "create", "cli1", "--kernel", kernel, "--memory", "64").stdout
+    assert "status" in out and "running" in out
+    table = cloud.cli("instance", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "ID", "STATUS", "HOST", "VCPUS", "MEMORY_MIB"]
+    assert table[1].split()[0] == "cli1" and table[1].split()[2] == "running"
+    rows = json.loads(cloud.cli("instance", "list", "--json").stdout)
+    assert [r["name"] for r in rows] == ["cli1"]
+    shown = json.loads(cloud.cli("--json", "instance", "show", "cli1").stdout)
+    assert shown["host"] == "h1" and shown["memory_mib"] == 64
+
+    assert "stop: succeeded" in cloud.cli("instance", "stop", "cli1", "--force").stdout
+    job_line = cloud.cli("instance", "start", "cli1").stdout
+    job_id = job_line.split("job ")[1].rstrip(")\n")
+    shown_job = cloud.cli("job", "show", job_id, "--wait").stdout
+    assert "succeeded" in shown_job and "start" in shown_job
+    assert job_id in cloud.cli("job", "list").stdout
+    hosts = cloud.cli("host", "list").stdout
+    assert "h1" in hosts and "up" in hosts
+    assert "delete: succeeded" in cloud.cli("instance", "delete", "cli1").stdout
+
+
+def test_errors_are_one_clear_line(cloud: Cloud) -> None:
+    missing = cloud.cli("instance", "show", "nope", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr == "error: instance 'nope' does not exist\n"
+    bad = cloud.cli("instance", "create", "Bad_Name", "--kernel", "/k", check=False)
+    assert bad.returncode == 2 and "lower-case" in bad.stderr
+
+
+def test_config_show(cloud: Cloud) -> None:
+    out = cloud.cli("config", "show").stdout
+    assert f"manager url    {cloud.url}" in out
+    assert f"data dir       {cloud.root / 'manager'}" in out
+    assert f"database       sqlite:///{cloud.root / 'manager' / 'lamina.db'}" in out
+    data = json.loads(cloud.cli("config", "show", "--json").stdout)
+    assert data["server"]["manager"]["port"] == cloud.port
+
+
+def test_reconcile_finds_and_fixes_an_orphan_guest(cloud: Cloud) -> None:
+    assert "no differences" in cloud.cli("reconcile").stdout
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+    agent = pool.for_address(
+        json.loads(cloud.cli("--json", "host", "show", "h1").stdout)["address"]
+    )
+    orphan = f"lamina-{uuid.uuid4()}"
+    agent.define(orphan, GuestDefinition(vcpus=1, memory_mib=64))
+    agent.act(orphan, "start")
+    found = json.loads(cloud.cli("--json", "reconcile").stdout)
+    assert found == [
+        {
+            "kind": "orphan_guest",
+            "resource": f"guest {orphan} on host h1",
+            "database": "no record",
+            "backend": "running",
+            "fix": "destroy and undefine the guest and remove its files",
+        }
+    ]
+    fixed = cloud.cli("reconcile", "--fix").stdout
+    assert "fixed" in fixed
+    assert orphan not in [g.name for g in agent.guests()]
+    assert "no differences" in cloud.cli("reconcile").stdout
+    pool.close()
+
+
+class Hang(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        for _ in range(40):
+            self.wfile.write(b"x" * 100)
+            time.sleep(0.25)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hang)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/k"
+    server.shutdown()
+
+
+def test_stuck_jobs_are_listed_with_their_steps(make_cloud, slow_url: str) -> None:  # type: ignore[no-untyped-def]
+    from clouds import add_host
+
+    c = make_cloud(LAMINA_JOBS__STUCK_FRACTION="1.0")  # every unfinished job counts as stuck
+    c.start_manager()
+    add_host(c, "h1")
+    assert c.cli("job", "list", "--stuck").stdout.strip() == "(none)"
+    c.cli("instance", "create", "slow", "--kernel", slow_url, "--no-wait")
+    out = wait_until(
+        lambda: (
+            (r := c.cli("job", "list", "--stuck").stdout)
+            and "fetch_boot_files" in r
+            and "running" in r
+            and r
+        ),
+        20,
+        "a stuck job",
+    )
+    assert "instance.create" in out

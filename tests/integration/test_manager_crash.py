@@ -1,0 +1,74 @@
+"""A manager killed with SIGKILL in the middle of a job: the job is resumed when a manager
+starts again, the interrupted step is run again, and the finished ones are not."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from clouds import add_host
+from harness import Cloud, wait_until
+
+from lamina.client import Client
+
+pytestmark = pytest.mark.integration
+SIZE = 3 * 1024 * 1024
+RATE = 1024 * 1024  # bytes per second: the download takes about 3 s
+
+
+class SlowMirror(BaseHTTPRequestHandler):
+    """Serves a 'kernel' slowly, like a distant mirror."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", str(SIZE))
+        self.end_headers()
+        chunk = b"k" * (RATE // 10)
+        sent = 0
+        while sent < SIZE:
+            self.wfile.write(chunk[: SIZE - sent])
+            sent += len(chunk)
+            time.sleep(0.1)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowMirror)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/vmlinuz"
+    server.shutdown()
+
+
+def test_a_job_killed_mid_way_is_resumed(make_cloud: Callable[..., Cloud], mirror: str) -> None:
+    cloud = make_cloud()
+    manager = cloud.start_manager()
+    add_host(cloud, "h1")
+    client = Client(cloud.url)
+    result = client.create_instance(name="phoenix", kernel=mirror, memory_mib=64)
+    job_id = result["job"]["id"]
+
+    def fetching() -> bool:
+        step = client.job(job_id)["steps"][0]
+        return bool(step["status"] == "running")
+
+    wait_until(fetching, 20, "the download step to start")
+    time.sleep(0.5)
+    manager.kill(signal.SIGKILL)
+    assert not manager.alive()
+
+    cloud.start_manager()
+    job = client.wait_job(job_id, timeout=90)
+    assert job["status"] == "succeeded", job
+    assert job["runs"] == 2
+    fetch = job["steps"][0]
+    assert fetch["attempts"] == 2 and fetch["message"] == "resumed after an interruption"
+    assert all(step["attempts"] == 1 for step in job["steps"][1:])
+    assert client.instance("phoenix")["status"] == "running"
