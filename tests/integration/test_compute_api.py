@@ -3,7 +3,10 @@ test driver, with real processes."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import httpx
@@ -165,3 +168,23 @@ def test_scheduler_spreads_over_hosts_and_honours_a_named_host(
     assert {first["host"], second["host"]} == {"h1", "h2"}  # each went to the roomier host
     pinned = create(client, "c", kernel, host=str(first["host"]))
     assert pinned["host"] == first["host"]
+
+
+def test_an_instance_from_a_disk_image_gets_a_copy_on_write_root(
+    cloud: Cloud, client: Client, tmp_path: Path
+) -> None:
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    result = client.create_instance(name="disky", disk_image=str(base), disk_size_mib=32,
+                                    memory_mib=64)
+    assert client.wait_job(result["job"]["id"], timeout=60)["status"] == "succeeded"
+    vm = client.instance("disky")
+    assert vm["status"] == "running" and vm["disk_size_bytes"] == 32 * 1024 * 1024
+    root = cloud.root / "agent-h1" / "guests" / f"lamina-{vm['id']}" / "root.img"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(root)],
+                                     capture_output=True, check=True).stdout)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 32 * 1024 * 1024
+    assert info["backing-filename-format"] == "qcow2"
+    assert "/cache/" in info["backing-filename"]  # the shared, cached base
+    client.wait_job(client.delete_instance("disky")["id"])
+    assert not root.parent.exists()

@@ -60,7 +60,10 @@ def test_a_job_killed_mid_way_is_resumed(make_cloud: Callable[..., Cloud], mirro
         return bool(step["status"] == "running")
 
     wait_until(fetching, 20, "the download step to start")
-    time.sleep(0.5)
+    # The job shows the agent's byte counts and rate while the kernel downloads.
+    progress = wait_until(lambda: (j := client.job(job_id))["bytes_done"] and j, 10, "bytes")
+    assert progress["bytes_total"] == SIZE and progress["rate"] > 0
+    assert 0 < progress["progress"] < 0.5
     manager.kill(signal.SIGKILL)
     assert not manager.alive()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from lamina.agent.wire import CacheEntry, DownloadStatus
+from lamina.agent.wire import CacheEntry, DownloadStatus, Transfer
 from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
 
 CHUNK = 1024 * 1024
@@ -53,13 +53,23 @@ class DownloadTracker:
             active = list(self._active.values())
         if not active:
             return DownloadStatus(progress=-1, speed_kbps=-1, active=[])
+        now = time.monotonic()
         done = sum(t.done for t in active)
         total = sum(t.total or 0 for t in active)
-        elapsed = max(time.monotonic() - min(t.started for t in active), 1e-3)
+        elapsed = max(now - min(t.started for t in active), 1e-3)
         return DownloadStatus(
             progress=min(done / total, 0.999) if total else 0.0,
             speed_kbps=round(done / 1024 / elapsed, 1),
             active=[t.source for t in active],
+            transfers=[
+                Transfer(
+                    source=t.source,
+                    bytes_done=t.done,
+                    bytes_total=t.total,
+                    rate=round(t.done / max(now - t.started, 1e-3), 1),
+                )
+                for t in active
+            ],
         )
 
 

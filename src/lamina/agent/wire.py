@@ -45,12 +45,21 @@ class DiskUsage(Wire):
     total_bytes: int
 
 
+class Transfer(Wire):
+    source: str
+    bytes_done: int
+    bytes_total: int | None
+    #: Bytes per second since the transfer began.
+    rate: float
+
+
 class DownloadStatus(Wire):
     #: Fraction done of what is being fetched, or -1 when nothing is.
     progress: float
     #: Kilobytes per second, or -1 when nothing is being fetched.
     speed_kbps: float
     active: list[str] = []
+    transfers: list[Transfer] = []
 
 
 class GuestStatus(Wire):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 from lamina.agent.client import AgentClient
 from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
-from lamina.errors import GuestNotFound, NotFound
+from lamina.errors import GuestNotFound, LaminaError, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 
+PROGRESS_INTERVAL = 0.5
 GUEST_STATES = {"running": "running", "paused": "paused", "stopped": "stopped", "crashed": "error"}
 
 
@@ -37,13 +40,38 @@ def _set(ctx: StepContext, **values: Any) -> None:
 
 
 def fetch_boot_files(ctx: StepContext) -> None:
+    """Have the host cache the kernel, initrd and disk image (a no-op for cached ones),
+    reporting the agent's byte counts and rate as the job's progress."""
     instance, _, agent = _load(ctx)
     sources = [(k, getattr(instance, k)) for k in ("kernel", "initrd", "disk_image")]
     sources = [(k, v) for k, v in sources if v]
-    for i, (key, source) in enumerate(sources):
-        entry = agent.cache_install(source)
-        ctx.state[f"{key}_sha256"] = entry.sha256
-        ctx.report(fraction=(i + 1) / len(sources) * 0.5)
+    with ThreadPoolExecutor(1) as pool:
+        for i, (key, source) in enumerate(sources):
+            pending = pool.submit(agent.cache_install, source)
+            while True:
+                try:
+                    entry = pending.result(timeout=PROGRESS_INTERVAL)
+                    break
+                except FuturesTimeout:
+                    _report_transfer(ctx, agent, source, i, len(sources))
+            ctx.state[f"{key}_sha256"] = entry.sha256
+            ctx.report(fraction=(i + 1) / len(sources) * 0.5)
+
+
+def _report_transfer(ctx: StepContext, agent: AgentClient, source: str, i: int, n: int) -> None:
+    try:
+        transfers = agent.downloads().transfers
+    except LaminaError:
+        return  # progress is best effort; the download itself decides the step
+    for t in transfers:
+        if t.source == source:
+            part = t.bytes_done / t.bytes_total if t.bytes_total else 0.0
+            ctx.report(
+                fraction=(i + part) / n * 0.5,
+                bytes_done=t.bytes_done,
+                bytes_total=t.bytes_total,
+                rate=t.rate,
+            )
 
 
 def create_disk(ctx: StepContext) -> None:
