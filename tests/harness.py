@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +213,31 @@ class Postgres:
         )
         if check and result.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {result.stderr}{result.stdout}")
+
+
+@contextlib.contextmanager
+def slow_mirror(body: bytes, rate: float) -> Iterator[str]:
+    """Serve ``body`` over HTTP on 127.0.0.1 at about ``rate`` bytes a second, like a distant
+    mirror; yields its URL."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            piece = 64 * 1024
+            for start in range(0, len(body), piece):
+                self.wfile.write(body[start : start + piece])
+                time.sleep(piece / rate)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/image"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -55,8 +55,6 @@ class JobSettings(Section):
     #: A manager renews its lease on a running job this often; a lease not renewed for
     #: ``lease_seconds`` lets another manager (or this one after a restart) take the job over.
     lease_seconds: float = Field(15.0, gt=0)
-    #: Deadline of a job whose kind sets none.
-    default_deadline: float = Field(600.0, gt=0)
     #: ``lamina job list --stuck`` shows jobs with less than this fraction of their time left.
     stuck_fraction: float = Field(0.2, ge=0, le=1)
 
@@ -150,7 +148,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         env = ENV_PREFIX + "__".join(str(part) for part in err["loc"]).upper()
         message = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"invalid setting {key} (file key or ${env}): {message}")
-    where = f" in {path}" if path else ""
+    where = f" (from {path} or the environment)" if path else " (from the environment)"
     return f"bad configuration{where}: " + "; ".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The one error hierarchy of Lamina.
 
 Domain code raises these; the API maps them to HTTP responses by class (see
-``lamina.api.errors``), the CLI prints their message. Each kind has a stable ``code``
+``lamina.httperrors``), the CLI prints their message. Each kind has a stable ``code``
 that clients may match on and an HTTP ``status``.
 """
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from harness import Cloud, wait_until
+from harness import Cloud, slow_mirror, wait_until
 
 from lamina.agent.wire import GuestDefinition
 from lamina.compute.agents import AgentPool
@@ -92,25 +89,10 @@ def test_reconcile_finds_and_fixes_an_orphan_guest(cloud: Cloud) -> None:
     pool.close()
 
 
-class Hang(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "1000000")
-        self.end_headers()
-        for _ in range(40):
-            self.wfile.write(b"x" * 100)
-            time.sleep(0.25)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def slow_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hang)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/k"
-    server.shutdown()
+    with slow_mirror(b"x" * 1_000_000, 400) as url:  # takes 40 min: stuck by any measure
+        yield url
 
 
 def test_stuck_jobs_are_listed_with_their_steps(make_cloud, slow_url: str) -> None:  # type: ignore[no-untyped-def]

@@ -9,13 +9,11 @@ manager side is ``AgentPool(CertificateAuthority(<manager data dir>/ca))``.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import ssl
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from harness import free_port, wait_until
+from harness import free_port, slow_mirror, wait_until
 
 from lamina import __version__
 from lamina.agent.client import AgentClient
@@ -177,26 +175,6 @@ def test_guest_uptime(served: Served, guest_name: str) -> None:
 # -- download progress and speed ---------------------------------------------------------
 
 
-class _SlowHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``body`` at about ``rate`` bytes a second."""
-
-    body = b""
-    rate = MiB
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        piece = 64 * 1024
-        for start in range(0, len(self.body), piece):
-            self.wfile.write(self.body[start : start + piece])
-            time.sleep(piece / self.rate)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_downloads_idle(served: Served) -> None:
     idle = served.client.downloads()
     assert (idle.progress, idle.speed_kbps, idle.active) == (-1, -1, [])
@@ -205,10 +183,8 @@ def test_downloads_idle(served: Served) -> None:
 def test_download_progress_and_speed_of_a_slow_fetch(served: Served) -> None:
     body = os.urandom(3 * MiB)
     digest = hashlib.sha256(body).hexdigest()
-    handler = type("Handler", (_SlowHandler,), {"body": body, "rate": 1.5 * MiB})
-    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=http_server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{http_server.server_port}/appliance.img"
+    mirror = slow_mirror(body, 1.5 * MiB)
+    url = mirror.__enter__()  # left in the finally below, with the pool
     results: list[object] = []
     # Another connection, as the manager's job runner and its monitor would use.
     installer_pool = AgentPool(served.ca)
@@ -226,8 +202,7 @@ def test_download_progress_and_speed_of_a_slow_fetch(served: Served) -> None:
         assert not fetch.is_alive()
     finally:
         installer_pool.close()
-        http_server.shutdown()
-        http_server.server_close()
+        mirror.__exit__(None, None, None)
     entry = results[0]
     assert not isinstance(entry, BaseException), entry
     assert getattr(entry, "sha256", None) == digest

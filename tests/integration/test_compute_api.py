@@ -56,6 +56,7 @@ def test_instance_lifecycle(client: Client, kernel: str) -> None:
     with pytest.raises(Exception, match="does not exist"):
         client.instance("web")
     assert client.host("h1")["instances"] == 0
+    assert client.remove_host("h1")["name"] == "h1"  # its deleted instances do not hold it
 
 
 def test_create_job_records_its_steps(client: Client, kernel: str) -> None:
@@ -90,6 +91,8 @@ def test_json_and_xml(cloud: Cloud, client: Client, kernel: str) -> None:
     assert error.tag == "error" and error.find("code").text == "not_found"  # type: ignore[union-attr]
     openapi = httpx.get(f"{cloud.url}/openapi.json").json()
     assert "/instances" in openapi["paths"] and "/jobs/{job_id}" in openapi["paths"]
+    create_op = openapi["paths"]["/instances"]["post"]["responses"]
+    assert "422" not in create_op and "400" in create_op  # as the server really answers
 
 
 @pytest.mark.parametrize(
@@ -175,14 +178,18 @@ def test_an_instance_from_a_disk_image_gets_a_copy_on_write_root(
 ) -> None:
     base = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    result = client.create_instance(name="disky", disk_image=str(base), disk_size_mib=32,
-                                    memory_mib=64)
+    result = client.create_instance(
+        name="disky", disk_image=str(base), disk_size_mib=32, memory_mib=64
+    )
     assert client.wait_job(result["job"]["id"], timeout=60)["status"] == "succeeded"
     vm = client.instance("disky")
     assert vm["status"] == "running" and vm["disk_size_bytes"] == 32 * 1024 * 1024
     root = cloud.root / "agent-h1" / "guests" / f"lamina-{vm['id']}" / "root.img"
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(root)],
-                                     capture_output=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "-U", str(root)], capture_output=True, check=True
+        ).stdout
+    )
     assert info["format"] == "qcow2" and info["virtual-size"] == 32 * 1024 * 1024
     assert info["backing-filename-format"] == "qcow2"
     assert "/cache/" in info["backing-filename"]  # the shared, cached base

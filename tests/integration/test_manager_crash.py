@@ -4,14 +4,11 @@ starts again, the interrupted step is run again, and the finished ones are not."
 from __future__ import annotations
 
 import signal
-import threading
-import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from clouds import add_host
-from harness import Cloud, wait_until
+from harness import Cloud, slow_mirror, wait_until
 
 from lamina.client import Client
 
@@ -20,31 +17,10 @@ SIZE = 3 * 1024 * 1024
 RATE = 1024 * 1024  # bytes per second: the download takes about 3 s
 
 
-class SlowMirror(BaseHTTPRequestHandler):
-    """Serves a 'kernel' slowly, like a distant mirror."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(200)
-        self.send_header("Content-Length", str(SIZE))
-        self.end_headers()
-        chunk = b"k" * (RATE // 10)
-        sent = 0
-        while sent < SIZE:
-            self.wfile.write(chunk[: SIZE - sent])
-            sent += len(chunk)
-            time.sleep(0.1)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def mirror() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowMirror)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/vmlinuz"
-    server.shutdown()
+    with slow_mirror(b"k" * SIZE, RATE) as url:
+        yield url
 
 
 def test_a_job_killed_mid_way_is_resumed(make_cloud: Callable[..., Cloud], mirror: str) -> None:

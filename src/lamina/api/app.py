@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from lamina import __version__
+from lamina.api.auth import principal
 from lamina.api.negotiation import NegotiationMiddleware
+from lamina.api.openapi import install_openapi
 from lamina.api.system import health, system
 from lamina.compute.monitor import HostMonitor
 from lamina.compute.routes import enrolment, hosts, instances
@@ -48,7 +50,12 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     app = FastAPI(title="Lamina", version=__version__, lifespan=lifespan)
     app.state.services = svc
     install_error_handlers(app)
-    for router in (health, system, enrolment, hosts, instances, jobs):
+    # The one place authentication plugs in: every router but health and enrolment (which
+    # carries its own one-time token) depends on the caller's identity.
+    for router in (health, enrolment):
         app.include_router(router)
+    for router in (system, hosts, instances, jobs):
+        app.include_router(router, dependencies=[Depends(principal)])
     app.add_middleware(NegotiationMiddleware)
+    install_openapi(app)
     return app

@@ -1,4 +1,5 @@
-"""Where authentication plugs in. Every router except /health depends on ``principal``.
+"""Where authentication plugs in. ``create_app`` makes every router except /health and
+host enrolment depend on ``principal``.
 
 Until signed requests and sessions arrive (the identity issue), the manager listens on
 127.0.0.1 only by default and every caller acts as the local administrator.

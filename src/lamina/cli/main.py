@@ -27,7 +27,8 @@ class Context:
 
 
 class Group(click.Group):
-    """Turns any LaminaError into one clear line on stderr and exit code 1."""
+    """Turns any LaminaError into one clear line on stderr; exit code 2 for a bad request
+    (HTTP 400), 1 for any other error."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:

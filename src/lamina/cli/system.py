@@ -77,7 +77,6 @@ def config_show(obj) -> None:  # type: ignore[no-untyped-def]
         server = server["local_view"]
     click.echo(f"data dir       {server['data_dir']}")
     click.echo(f"database       {server['database']['url']}")
-    click.echo("image store    file (images arrive with the image repository)")
     click.echo(
         f"agent          {server['agent']['host']}:{server['agent']['port']} "
         f"{server['agent']['libvirt_uri']}"

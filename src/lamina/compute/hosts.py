@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from lamina.agent.enrol import split_token
@@ -110,6 +110,8 @@ def remove_host(session: Session, ref: str) -> Host:
     )
     if count:
         raise InvalidState(f"host {host.name!r} still has {count} instance(s); delete them first")
+    # Deleted instances keep their record but no longer point at the host.
+    session.execute(update(Instance).where(Instance.host_id == host.id).values(host_id=None))
     session.delete(host)
     return host
 

@@ -28,6 +28,9 @@ class Database:
     """One engine and its session factories. Create one per process."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
+        if url.startswith(("postgresql://", "postgres://")):
+            # Lamina ships psycopg 3; plain URLs would make SQLAlchemy look for psycopg2.
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"future": True}
