@@ -3,6 +3,8 @@ resumption after an interruption, and several runners on one database."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -14,7 +16,7 @@ from lamina.db import Database
 from lamina.db.types import utcnow
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
-from lamina.jobs.runner import JobRunner
+from lamina.jobs.runner import JobRunner, machine_boot
 from lamina.jobs.service import get_job, stuck_jobs, submit
 
 pytestmark = pytest.mark.integration
@@ -242,3 +244,26 @@ def test_several_runners_never_run_a_step_twice(db: Database) -> None:
     assert all(job_of(db, i).status == "succeeded" for i in ids)
     assert len(rec.calls) == 60  # 30 jobs x 2 steps, each exactly once
     assert all(step.attempts == 1 for i in ids for step in job_of(db, i).steps)
+
+
+def test_a_job_of_a_dead_manager_on_this_machine_is_taken_at_once(db: Database) -> None:
+    reg = JobRegistry()
+    kind = reg.register(JobKind("k", (Step("a", lambda c: None),)))
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid now names no process: a manager that crashed
+    dead_job, live_job = submit_job(db, kind), submit_job(db, kind)
+    later = utcnow() + timedelta(minutes=5)  # neither lease has expired
+    with db.write() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == dead_job)
+            .values(lease_owner=f"{machine_boot()}:{finished.pid}:dead", lease_expires=later)
+        )
+        s.execute(
+            update(Job)
+            .where(Job.id == live_job)
+            .values(lease_owner=f"{machine_boot()}:{os.getpid()}:alive", lease_expires=later)
+        )
+    runner = make_runner(db, reg)
+    assert runner.claim() == dead_job
+    assert runner.claim() is None

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -56,7 +57,7 @@ class JobRunner:
         self.workers = workers
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_interval = poll_interval
-        self.id = runner_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.id = runner_id or f"{machine_boot()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._held: set[str] = set()
@@ -132,7 +133,8 @@ class JobRunner:
     def claim(self) -> str | None:
         """Take the lease on the oldest runnable job, or return None."""
         now = utcnow()
-        free = or_(Job.lease_owner.is_(None), Job.lease_expires < now)
+        dead = self._dead_local_owners()
+        free = or_(Job.lease_owner.is_(None), Job.lease_expires < now, Job.lease_owner.in_(dead))
         with self.db.read() as s:
             candidates = s.scalars(
                 select(Job.id)
@@ -152,6 +154,18 @@ class JobRunner:
                     self._held.add(job_id)
                 return job_id
         return None
+
+    def _dead_local_owners(self) -> list[str]:
+        """Leases held by managers on this machine whose process is gone (a crash, a restart):
+        their jobs need not wait for the lease to expire. Runner ids are host:pid:nonce."""
+        host = self.id.split(":", 1)[0]
+        with self.db.read() as s:
+            owners = s.scalars(
+                select(Job.lease_owner)
+                .where(Job.status.in_(("queued", "running")), Job.lease_owner.like(f"{host}:%"))
+                .distinct()
+            ).all()
+        return [o for o in owners if o and o != self.id and not _process_alive(o)]
 
     def _release(self, job_id: str) -> None:
         with self._held_lock:
@@ -372,6 +386,28 @@ def _call_with_timeout(fn: Any, ctx: StepContext, timeout: float) -> None:
         raise StepTimeout()
     if outcome and outcome[0] is not None:
         raise outcome[0]
+
+
+def machine_boot() -> str:
+    """This machine in this boot: pids mean something only within one boot of one machine."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _process_alive(runner_id: str) -> bool:
+    try:
+        pid = int(runner_id.split(":")[1])
+        os.kill(pid, 0)
+    except (IndexError, ValueError):
+        return True  # not one of ours: let its lease run out
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _message(exc: BaseException) -> str:
