@@ -229,9 +229,12 @@ def boot_with_virsh(
         subprocess.run([*virsh, "undefine", name], capture_output=True)
 
 
-def boot_with_lamina(client: Client, run: int, kernel: Path, initrd: Path) -> tuple[float, ...]:
+def boot_with_lamina(
+    client: Client, run: int, kernel: Path, initrd: Path
+) -> tuple[float, float, float, str]:
     """POST /instances, then poll its console (and, in a second thread, its job).
-    Returns seconds from the POST to job succeeded, to the first line, to the marker."""
+    Returns seconds from the POST to job succeeded, to the first line, to the marker, and
+    the first line itself."""
     t0 = time.monotonic()
     created = client.create_instance(
         name=f"bench-boot-{run}",
@@ -272,7 +275,7 @@ def boot_with_lamina(client: Client, run: int, kernel: Path, initrd: Path) -> tu
         print(f"  (could not delete instance {instance_id}: {exc})", file=sys.stderr)
     if watch.first_line is None or watch.booted_line is None:
         raise RuntimeError(f"instance {instance_id} printed no boot line in {BOOT_TIMEOUT}s")
-    return job_done[0], watch.first_line, watch.booted_line
+    return job_done[0], watch.first_line, watch.booted_line, watch.first_text
 
 
 def bench_boot(work: Path, runs: int) -> None:
@@ -298,6 +301,8 @@ def bench_boot(work: Path, runs: int) -> None:
                     f"virsh {b[0]:.2f} / {b[1]:.2f} / {b[2]:.2f} s "
                     "(started / first line / booted line)"
                 )
+                if run == 0:
+                    print(f"    its first console line: {m[3][:90]!r}")
     finally:
         leftovers = remove_guests_under(work)
         if leftovers:
@@ -372,9 +377,12 @@ def run_wrk(url: str, connections: int, duration: float) -> Load:
     out = subprocess.run(
         argv, check=True, capture_output=True, text=True, timeout=duration + 60
     ).stdout
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    requests = int(re.search(r"^\s+(\d+) requests in", out, re.M)[1])  # type: ignore[index]
-    rps = float(re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)[1])  # type: ignore[index]
+    pct = dict(re.findall(r"^\s*(\d+(?:\.\d+)?)%\s+(\S+)\s*$", out, re.M))
+    total = re.search(r"^\s*(\d+) requests in", out, re.M)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not (total and rate and "50" in pct and "99" in pct):
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    requests, rps = int(total[1]), float(rate[1])
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
     if socket_errors:
@@ -480,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-api", action="store_true", help="skip the API figures")
     args = parser.parse_args(argv)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
     print(f"Lamina benchmarks; working directory {work} (removed at the end)")

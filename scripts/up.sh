@@ -13,6 +13,7 @@ LOG=$DATA/log
 HOST_NAME=local
 AGENT_ADDRESS=${LAMINA_AGENT__HOST:-127.0.0.1}:${LAMINA_AGENT__PORT:-8776}
 mkdir -p "$RUN" "$LOG"
+SAMPLE=$(cd "$DATA" && pwd)/sample
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
@@ -43,7 +44,7 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   bash scripts/start-libvirtd.sh
   touch "$RUN/libvirtd.started-by-lamina"
 fi
-bash scripts/build-sample-guest.sh "$DATA/sample"
+bash scripts/build-sample-guest.sh "$SAMPLE"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
 healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
@@ -72,11 +73,11 @@ sys.exit(not (h['status'] == 'up' and beat and beat >= $since - 1))"
 wait_for 60 "host $HOST_NAME coming up" host_up
 
 # The decompressed kernel boots in half the time under software emulation (see the script).
-KERNEL=$PWD/$DATA/sample/vmlinux
-[ -f "$KERNEL" ] || KERNEL=$PWD/$DATA/sample/vmlinuz
+KERNEL=$SAMPLE/vmlinux
+[ -f "$KERNEL" ] || KERNEL=$SAMPLE/vmlinuz
 create_sample() {
   "${LAMINA[@]}" instance create sample --memory 128 --kernel "$KERNEL" \
-    --initrd "$PWD/$DATA/sample/initrd.img" --cmdline "console=ttyS0" >/dev/null
+    --initrd "$SAMPLE/initrd.img" --cmdline "console=ttyS0" >/dev/null
 }
 sample_status() { "${LAMINA[@]}" --json instance show sample | json_field "['status']"; }
 status=$(sample_status 2>/dev/null || echo absent)
@@ -90,12 +91,21 @@ esac
 console_has_boot() { "${LAMINA[@]}" instance console sample | grep -q "lamina-sample: booted"; }
 wait_for 60 "the sample guest's first console line" console_has_boot
 
+# Put `lamina` on the PATH, unless something else already answers to that name.
+LINK=${LAMINA_CLI_LINK-/usr/local/bin/lamina}
+if [ -n "$LINK" ] && { [ ! -e "$LINK" ] || [ "$(readlink "$LINK")" = "$PWD/.venv/bin/lamina" ]; }; then
+  ln -sfn "$PWD/.venv/bin/lamina" "$LINK" 2>/dev/null && CLI=lamina || CLI=.venv/bin/lamina
+else
+  CLI=.venv/bin/lamina
+fi
+
 cat <<MSG
 
 Lamina is up: manager $URL, one host, the sample guest running.
 
-  .venv/bin/lamina instance list          # the sample guest, running
-  .venv/bin/lamina instance console sample  # its console log
-  .venv/bin/lamina host list               # the local host and its capacity
-  make down                                # stop what make up started
+  $CLI instance list             # the sample guest, running
+  $CLI instance console sample   # its console log (add -f to follow it)
+  $CLI host list                 # the local host and its capacity
+  $CLI job list                  # what Lamina did, step by step
+  make down                      # stop what make up started
 MSG

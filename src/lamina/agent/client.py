@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -13,6 +13,7 @@ from lamina.agent import wire
 from lamina.errors import BackendUnavailable, LaminaError
 from lamina.remote_errors import raise_for_error
 
+T = TypeVar("T")
 CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
 
 
@@ -24,14 +25,15 @@ class AgentClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(
-        self, method: str, path: str, out: Any = None, retry: bool = True, **kwargs: Any
-    ) -> Any:
+    def _call(self, method: str, path: str, out: type[T], retry: bool = True, **kwargs: Any) -> T:
+        """Send a request and read the answer as ``out``."""
         response = self._send(method, path, retry, **kwargs)
         raise_for_error(response)
-        if out is None or response.status_code == 204:
-            return None
         return TypeAdapter(out).validate_python(response.json())
+
+    def _do(self, method: str, path: str, **kwargs: Any) -> None:
+        """Send a request whose answer carries nothing."""
+        raise_for_error(self._send(method, path, True, **kwargs))
 
     def _send(self, method: str, path: str, retry: bool, **kwargs: Any) -> httpx.Response:
         # A refused connection never reached the agent, so any request may be retried: this
@@ -80,13 +82,13 @@ class AgentClient:
         return self._call("GET", f"/cache/{digest}", wire.CacheEntry)
 
     def cache_remove(self, digest: str) -> None:
-        self._call("DELETE", f"/cache/{digest}")
+        self._do("DELETE", f"/cache/{digest}")
 
     def disk_create(self, req: wire.DiskCreate) -> wire.DiskInfo:
         return self._call("POST", "/disks", wire.DiskInfo, json=_dump(req), timeout=600)
 
     def disk_remove(self, guest: str, name: str) -> None:
-        self._call("DELETE", f"/disks/{guest}/{name}")
+        self._do("DELETE", f"/disks/{guest}/{name}")
 
     def guests(self) -> list[wire.GuestStatus]:
         return self._call("GET", "/guests", list[wire.GuestStatus])
@@ -101,7 +103,7 @@ class AgentClient:
         return self._call("POST", f"/guests/{name}/{action}", wire.GuestStatus, timeout=120)
 
     def undefine(self, name: str) -> None:
-        self._call("DELETE", f"/guests/{name}", timeout=120)
+        self._do("DELETE", f"/guests/{name}", timeout=120)
 
     def console(self, name: str, offset: int = 0) -> wire.ConsoleChunk:
         return self._call(

@@ -49,7 +49,7 @@ def to_xml(data: Any) -> bytes:
     else:
         root = ET.Element("response")
         _fill(root, data)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def _fill(element: ET.Element, value: Any, item_name: str = "item") -> None:
@@ -108,16 +108,16 @@ class NegotiationMiddleware:
                 return
             body = b"".join(chunks)
             out = to_xml(json.loads(body)) if body else b""
-            headers = [
+            kept = [
                 (k, v)
                 for k, v in start.get("headers", [])
                 if k not in (b"content-type", b"content-length")
             ]
-            headers += [
+            kept += [
                 (b"content-type", b"application/xml; charset=utf-8"),
                 (b"content-length", str(len(out)).encode()),
             ]
-            await send({**start, "headers": headers})
+            await send({**start, "headers": kept})
             await send({"type": "http.response.body", "body": out})
 
         await self.app(scope, receive, capture)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from lamina.cli.main import Context
 from lamina.cli.output import emit_json, record, table
 
 COLUMNS = [
@@ -30,7 +31,7 @@ def host() -> None:
 @click.option("--address", required=True, help="HOST:PORT where the host's agent will listen.")
 @click.option("--reserved-memory", type=int, help="MiB kept for the host itself.")
 @click.pass_obj
-def add(obj, name: str, address: str, reserved_memory: int | None) -> None:  # type: ignore[no-untyped-def]
+def add(obj: Context, name: str, address: str, reserved_memory: int | None) -> None:
     """Register a host and print the one-time token its agent enrols with."""
     result = obj.client.add_host(name, address, reserved_memory)
     if obj.json:
@@ -44,7 +45,7 @@ def add(obj, name: str, address: str, reserved_memory: int | None) -> None:  # t
 
 @host.command("list")
 @click.pass_obj
-def list_(obj) -> None:  # type: ignore[no-untyped-def]
+def list_(obj: Context) -> None:
     """List hosts."""
     hosts = obj.client.hosts()
     emit_json(hosts) if obj.json else table(hosts, COLUMNS)
@@ -53,7 +54,7 @@ def list_(obj) -> None:  # type: ignore[no-untyped-def]
 @host.command("show")
 @click.argument("ref")
 @click.pass_obj
-def show(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+def show(obj: Context, ref: str) -> None:
     """Show one host."""
     data = obj.client.host(ref)
     emit_json(data) if obj.json else record(data)
@@ -62,7 +63,7 @@ def show(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
 @host.command("token")
 @click.argument("ref")
 @click.pass_obj
-def token(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+def token(obj: Context, ref: str) -> None:
     """Issue a new enrolment token for a host."""
     value = obj.client.host_token(ref)
     emit_json({"token": value}) if obj.json else click.echo(value)
@@ -71,7 +72,7 @@ def token(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
 @host.command("remove")
 @click.argument("ref")
 @click.pass_obj
-def remove(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+def remove(obj: Context, ref: str) -> None:
     """Forget a host that runs no instance."""
     data = obj.client.remove_host(ref)
     emit_json(data) if obj.json else click.echo(f"host {data['name']} removed")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from lamina.cli.main import Context
 from lamina.cli.output import ProgressBar, emit_json, record, table
 from lamina.errors import LaminaError
 
@@ -42,12 +43,12 @@ def _wait(obj: Any, job: dict[str, Any], label: str, wait: bool) -> dict[str, An
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_obj
 def create(
-    obj,
+    obj: Context,
     name: str,
     vcpus: int,
     memory: int,
     kernel: str | None,
-    initrd: str | None,  # type: ignore[no-untyped-def]
+    initrd: str | None,
     cmdline: str,
     disk_image: str | None,
     disk_size: int | None,
@@ -76,7 +77,7 @@ def create(
 @click.option("--host")
 @click.option("--detail", is_flag=True)
 @click.pass_obj
-def list_(obj, status: str | None, host: str | None, detail: bool) -> None:  # type: ignore[no-untyped-def]
+def list_(obj: Context, status: str | None, host: str | None, detail: bool) -> None:
     """List instances."""
     rows = obj.client.instances(detail=detail, status=status, host=host)
     emit_json(rows) if obj.json else table(rows, COLUMNS + (["error"] if detail else []))
@@ -85,7 +86,7 @@ def list_(obj, status: str | None, host: str | None, detail: bool) -> None:  # t
 @instance.command("show")
 @click.argument("ref")
 @click.pass_obj
-def show(obj, ref: str) -> None:  # type: ignore[no-untyped-def]
+def show(obj: Context, ref: str) -> None:
     """Show one instance (by id or name)."""
     data = obj.client.instance(ref)
     emit_json(data) if obj.json else record(data)
@@ -96,7 +97,7 @@ def _action(name: str, doc: str) -> click.Command:
     @click.argument("ref")
     @click.option("--wait/--no-wait", default=True, show_default=True)
     @click.pass_obj
-    def command(obj, ref: str, wait: bool, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def command(obj: Context, ref: str, wait: bool, force: bool = False) -> None:
         job = _wait(obj, obj.client.instance_action(ref, name, force), f"{name} {ref}", wait)
         if obj.json:
             emit_json(job)
@@ -125,7 +126,7 @@ instance.add_command(_stop())
 @click.argument("ref")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_obj
-def delete(obj, ref: str, wait: bool) -> None:  # type: ignore[no-untyped-def]
+def delete(obj: Context, ref: str, wait: bool) -> None:
     """Destroy an instance and its disks."""
     job = _wait(obj, obj.client.delete_instance(ref), f"deleting {ref}", wait)
     emit_json(job) if obj.json else click.echo(f"delete: {job['status']} (job {job['id']})")
@@ -135,7 +136,7 @@ def delete(obj, ref: str, wait: bool) -> None:  # type: ignore[no-untyped-def]
 @click.argument("ref")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
 @click.pass_obj
-def console(obj, ref: str, follow: bool) -> None:  # type: ignore[no-untyped-def]
+def console(obj: Context, ref: str, follow: bool) -> None:
     """Print an instance's console log."""
     offset = 0
     while True:

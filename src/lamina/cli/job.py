@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from lamina.cli.main import Context
 from lamina.cli.output import ProgressBar, emit_json, show_job, table
 
 
@@ -17,7 +18,7 @@ def job() -> None:
 @click.option("--wait", is_flag=True, help="Wait until the job finishes, with a progress bar.")
 @click.option("--timeout", type=float, help="Give up waiting after this many seconds.")
 @click.pass_obj
-def show(obj, job_id: str, wait: bool, timeout: float | None) -> None:  # type: ignore[no-untyped-def]
+def show(obj: Context, job_id: str, wait: bool, timeout: float | None) -> None:
     """Show a job and its steps."""
     if wait:
         bar = ProgressBar(f"job {job_id[:8]}")
@@ -35,7 +36,7 @@ def show(obj, job_id: str, wait: bool, timeout: float | None) -> None:  # type: 
 @click.option("--target", help="Only jobs on this resource id.")
 @click.option("--stuck", is_flag=True, help="Unfinished jobs near or past their deadline.")
 @click.pass_obj
-def list_(obj, status: str | None, target: str | None, stuck: bool) -> None:  # type: ignore[no-untyped-def]
+def list_(obj: Context, status: str | None, target: str | None, stuck: bool) -> None:
     """List recent jobs."""
     jobs = obj.client.jobs(status=status, target=target, stuck=stuck)
     if obj.json:

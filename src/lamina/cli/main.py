@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from lamina import __version__
 from lamina.errors import LaminaError
 
+if TYPE_CHECKING:
+    from lamina.client import Client
+
 
 class Context:
+    """What every command gets: where the manager is, and how to print."""
+
     def __init__(self, url: str | None, as_json: bool) -> None:
         self.url = url
         self.json = as_json
-        self._client = None
+        self._client: Client | None = None
 
     @property
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Client:
         from lamina.client import Client
 
         if self._client is None:

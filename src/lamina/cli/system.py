@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.main import setup_logging
+from lamina.cli.main import Context, setup_logging
 from lamina.cli.output import emit_json, table
 from lamina.config import load_settings, public_view
 from lamina.errors import LaminaError
@@ -52,7 +52,7 @@ def config() -> None:
 
 @config.command("show")
 @click.pass_obj
-def config_show(obj) -> None:  # type: ignore[no-untyped-def]
+def config_show(obj: Context) -> None:
     """Print the effective client and server settings (never secrets)."""
     from lamina.config import config_path
 
@@ -86,7 +86,7 @@ def config_show(obj) -> None:  # type: ignore[no-untyped-def]
 @click.command("reconcile")
 @click.option("--fix", is_flag=True, help="Apply the safe fixes.")
 @click.pass_obj
-def reconcile(obj, fix: bool) -> None:  # type: ignore[no-untyped-def]
+def reconcile(obj: Context, fix: bool) -> None:
     """Compare the database with what the hosts really run."""
     diffs = obj.client.reconcile(fix=fix)
     if obj.json:

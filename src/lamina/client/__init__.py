@@ -51,15 +51,20 @@ class Client:
             return None
         return response.json()
 
+    def _take(self, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's ``key`` member (or the whole answer)."""
+        data = self.request(method, path, **kwargs)
+        return data if key is None else data[key]
+
     # -- system
     def health(self) -> dict[str, Any]:
-        return self.request("GET", "/health")
+        return self._take(None, "GET", "/health")
 
     def server_config(self) -> dict[str, Any]:
-        return self.request("GET", "/config")["config"]
+        return self._take("config", "GET", "/config")
 
     def reconcile(self, fix: bool = False) -> list[dict[str, Any]]:
-        return self.request("POST" if fix else "GET", "/reconcile")["differences"]
+        return self._take("differences", "POST" if fix else "GET", "/reconcile")
 
     # -- hosts
     def add_host(self, name: str, address: str, reserved_memory_mib: int | None = None) -> Any:
@@ -69,16 +74,16 @@ class Client:
         return self.request("POST", "/hosts", json=body)
 
     def hosts(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/hosts")["hosts"]
+        return self._take("hosts", "GET", "/hosts")
 
     def host(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/hosts/{ref}")["host"]
+        return self._take("host", "GET", f"/hosts/{ref}")
 
     def host_token(self, ref: str) -> str:
-        return self.request("POST", f"/hosts/{ref}/token")["token"]
+        return self._take("token", "POST", f"/hosts/{ref}/token")
 
     def remove_host(self, ref: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/hosts/{ref}")["host"]
+        return self._take("host", "DELETE", f"/hosts/{ref}")
 
     # -- instances
     def create_instance(self, **fields: Any) -> dict[str, Any]:
@@ -88,30 +93,28 @@ class Client:
     def instances(self, detail: bool = False, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         path = "/instances/detail" if detail else "/instances"
-        return self.request("GET", path, params=params)["instances"]
+        return self._take("instances", "GET", path, params=params)
 
     def instance(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/instances/{ref}")["instance"]
+        return self._take("instance", "GET", f"/instances/{ref}")
 
     def instance_action(self, ref: str, action: str, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else None
-        return self.request("POST", f"/instances/{ref}/{action}", params=params)["job"]
+        return self._take("job", "POST", f"/instances/{ref}/{action}", params=params)
 
     def delete_instance(self, ref: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/instances/{ref}")["job"]
+        return self._take("job", "DELETE", f"/instances/{ref}")
 
     def console(self, ref: str, offset: int = 0) -> dict[str, Any]:
-        return self.request("GET", f"/instances/{ref}/console", params={"offset": offset})[
-            "console"
-        ]
+        return self._take("console", "GET", f"/instances/{ref}/console", params={"offset": offset})
 
     # -- jobs
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.request("GET", f"/jobs/{job_id}")["job"]
+        return self._take("job", "GET", f"/jobs/{job_id}")
 
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v not in (None, False)}
-        return self.request("GET", "/jobs", params=params)["jobs"]
+        return self._take("jobs", "GET", "/jobs", params=params)
 
     def wait_job(
         self,

@@ -128,7 +128,7 @@ def usage(session: Session) -> dict[str, Usage]:
         .where(Instance.host_id.is_not(None), Instance.status.in_(ACTIVE))
         .group_by(Instance.host_id)
     )
-    return {host_id: Usage(int(c), int(m), int(n)) for host_id, c, m, n in rows}
+    return {str(host_id): Usage(int(c), int(m), int(n)) for host_id, c, m, n in rows}
 
 
 def record_heartbeat(session: Session, host: Host, status: HostStatus) -> None:

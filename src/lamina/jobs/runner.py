@@ -117,11 +117,13 @@ class JobRunner:
             for job_id in held:
                 try:
                     with self.db.write() as s:
-                        done = s.execute(
-                            update(Job)
-                            .where(Job.id == job_id, Job.lease_owner == self.id)
-                            .values(lease_expires=utcnow() + self.lease)
-                        ).rowcount
+                        done = _rowcount(
+                            s.execute(
+                                update(Job)
+                                .where(Job.id == job_id, Job.lease_owner == self.id)
+                                .values(lease_expires=utcnow() + self.lease)
+                            )
+                        )
                     if not done:
                         log.warning("lost the lease on job %s", job_id)
                         self._release(job_id)
@@ -144,11 +146,15 @@ class JobRunner:
             ).all()
         for job_id in candidates:
             with self.db.write() as s:
-                taken = s.execute(
-                    update(Job)
-                    .where(and_(Job.id == job_id, Job.status.in_(("queued", "running")), free))
-                    .values(lease_owner=self.id, lease_expires=now + self.lease, runs=Job.runs + 1)
-                ).rowcount
+                taken = _rowcount(
+                    s.execute(
+                        update(Job)
+                        .where(and_(Job.id == job_id, Job.status.in_(("queued", "running")), free))
+                        .values(
+                            lease_owner=self.id, lease_expires=now + self.lease, runs=Job.runs + 1
+                        )
+                    )
+                )
             if taken:
                 with self._held_lock:
                     self._held.add(job_id)
@@ -292,9 +298,11 @@ class JobRunner:
         if not self._holds(job_id):
             raise LeaseLost(job_id)
         with self.db.write() as s:
-            done = s.execute(
-                update(Job).where(Job.id == job_id, Job.lease_owner == self.id).values(**values)
-            ).rowcount
+            done = _rowcount(
+                s.execute(
+                    update(Job).where(Job.id == job_id, Job.lease_owner == self.id).values(**values)
+                )
+            )
         if not done:
             raise LeaseLost(job_id)
 
@@ -395,6 +403,11 @@ def machine_boot() -> str:
     except OSError:
         boot = "noboot"
     return f"{socket.gethostname()}/{boot}"
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(result.rowcount)
 
 
 def _process_alive(runner_id: str) -> bool:

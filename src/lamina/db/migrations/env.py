@@ -8,7 +8,9 @@ connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only for `alembic revision --autogenerate`
     from sqlalchemy import create_engine
 
-    connection = create_engine(context.config.get_main_option("sqlalchemy.url")).connect()
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "set sqlalchemy.url to autogenerate a revision"
+    connection = create_engine(url).connect()
 
 context.configure(
     connection=connection,

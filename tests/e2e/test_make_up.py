@@ -1,0 +1,77 @@
+"""`make up`'s script on a data directory and ports of its own: it starts a manager, an agent
+enrolled automatically and the sample guest, starts nothing twice, and `make down` stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from harness import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def run(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", f"scripts/{script}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def lamina(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/lamina"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def test_up_twice_then_down(tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    env.update(
+        LAMINA_DATA_DIR=str(data),
+        LAMINA_MANAGER__PORT=str(free_port()),
+        LAMINA_AGENT__PORT=str(free_port()),
+        LAMINA_CLI_LINK="",
+    )
+    up = run("up.sh", env)
+    domain = None
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Lamina is up" in up.stdout and ".venv/bin/lamina instance list" in up.stdout
+        rows = json.loads(lamina(env, "--json", "instance", "list"))
+        assert [(r["name"], r["status"]) for r in rows] == [("sample", "running")]
+        domain = f"lamina-{rows[0]['id']}"
+        assert "lamina-sample: booted" in lamina(env, "instance", "console", "sample")
+        pids = {name: (data / "run" / f"{name}.pid").read_text() for name in ("manager", "agent")}
+
+        again = run("up.sh", env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "manager already running" in again.stdout
+        assert "agent already running" in again.stdout
+        assert {n: (data / "run" / f"{n}.pid").read_text() for n in pids} == pids
+        assert len(json.loads(lamina(env, "--json", "instance", "list"))) == 1
+    finally:
+        down = run("down.sh", env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "sample guest stopped" in down.stdout and "manager stopped" in down.stdout
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid.strip()}").exists()
+    state = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "domstate", domain], capture_output=True, text=True
+    ).stdout.strip()
+    assert state == "shut off"
+    # Leave no guest definition behind on the shared libvirtd.
+    subprocess.run(["virsh", "-c", "qemu:///system", "undefine", domain], capture_output=True)
