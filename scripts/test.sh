@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/start-libvirtd.sh
 .venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy src
 exec .venv/bin/python -m pytest tests "$@"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from lamina.compute.models import Host, Instance
@@ -105,16 +105,18 @@ def get_instance(session: Session, ref: str, *, include_deleted: bool = False) -
     return instance
 
 
-def _filtered(
-    query: Select[Any],
+def list_instances(
+    session: Session,
     *,
-    status: str | None,
-    host: str | None,
-    limit: int | None,
-    include_deleted: bool,
-) -> Select[Any]:
-    """``query`` (of instances or of their columns) with the listing's filters and order."""
-    query = query.order_by(Instance.created_at, Instance.id)
+    status: str | None = None,
+    host: str | None = None,
+    limit: int | None = None,
+    marker: str | None = None,
+    include_deleted: bool = False,
+) -> list[Instance]:
+    """Instances oldest first (the brief listing, ``listing.brief_listing``, has the same
+    filters and order)."""
+    query = select(Instance).order_by(Instance.created_at, Instance.id)
     if status:
         query = query.where(Instance.status == status)
     elif not include_deleted:
@@ -123,59 +125,16 @@ def _filtered(
         query = query.join(Host, Instance.host_id == Host.id).where(
             (Host.name == host) | (Host.id == host)
         )
+    if marker:
+        after = session.get(Instance, marker)
+        if after is None:
+            raise InvalidRequest(f"marker {marker!r} is not an instance id")
+        query = query.where(
+            tuple_(Instance.created_at, Instance.id) > tuple_(after.created_at, after.id)
+        )
     if limit:
         query = query.limit(limit)
-    return query
-
-
-def list_instances(
-    session: Session,
-    *,
-    status: str | None = None,
-    host: str | None = None,
-    limit: int | None = None,
-    include_deleted: bool = False,
-) -> list[Instance]:
-    query = _filtered(
-        select(Instance), status=status, host=host, limit=limit, include_deleted=include_deleted
-    )
     return list(session.scalars(query))
-
-
-def list_brief(
-    session: Session,
-    *,
-    status: str | None = None,
-    host: str | None = None,
-    limit: int | None = None,
-) -> list[dict[str, Any]]:
-    """The brief listing: ``describe`` cut to id, name, status, host, vcpus and memory_mib,
-    read as plain rows. Building ORM objects and full descriptions first cost ~10x more
-    with 1,000 instances (docs/benchmarks.md)."""
-    hosts = {h.id: h for h in session.scalars(select(Host))}
-    columns = select(
-        Instance.id,
-        Instance.name,
-        Instance.status,
-        Instance.host_id,
-        Instance.vcpus,
-        Instance.memory_mib,
-    )
-    query = _filtered(columns, status=status, host=host, limit=limit, include_deleted=False)
-    found = []
-    for id_, name, status_, host_id, vcpus, memory_mib in session.execute(query):
-        on = hosts.get(host_id or "")
-        found.append(
-            {
-                "id": id_,
-                "name": name,
-                "status": _shown_status(status_, on),
-                "host": on.name if on else None,
-                "vcpus": vcpus,
-                "memory_mib": memory_mib,
-            }
-        )
-    return found
 
 
 def busy_job(session: Session, instance_id: str) -> Job | None:

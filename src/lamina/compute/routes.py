@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -14,6 +13,7 @@ from lamina.api.auth import Principal, principal
 from lamina.api.deps import services
 from lamina.compute import hosts as host_service
 from lamina.compute import instances as instance_service
+from lamina.compute.listing import brief_listing
 from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import capacity
 from lamina.jobs.views import describe_job
@@ -168,15 +168,14 @@ def list_instances(
     status: str | None = None,
     host: str | None = None,
     limit: int = Query(1000, ge=1, le=10000),
+    marker: str | None = Query(None, description="Last id of the previous page"),
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    """Brief listing: id, name, status, host, vcpus, memory_mib."""
+    """Brief listing: id, name, status, host, vcpus, memory_mib; oldest first."""
     with svc.db.read() as s:
-        found = instance_service.list_brief(s, status=status, host=host, limit=limit)
-    # Plain str/int/None values: returning the response skips FastAPI's jsonable_encoder,
-    # which took longer than the query itself for 1,000 instances.
-    return JSONResponse({"instances": found})
+        body = brief_listing(s, status=status, host=host, limit=limit, marker=marker)
+    return Response(body, media_type="application/json")
 
 
 @instances.get("/detail")
@@ -184,12 +183,16 @@ def list_instances_detail(
     status: str | None = None,
     host: str | None = None,
     limit: int = Query(1000, ge=1, le=10000),
+    marker: str | None = Query(None, description="Last id of the previous page"),
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
+    """Full listing; oldest first."""
     with svc.db.read() as s:
         by_id = _hosts_by_id(s)
-        found = instance_service.list_instances(s, status=status, host=host, limit=limit)
+        found = instance_service.list_instances(
+            s, status=status, host=host, limit=limit, marker=marker
+        )
         return {
             "instances": [instance_service.describe(i, by_id.get(i.host_id or "")) for i in found]
         }
