@@ -139,6 +139,7 @@ def test_a_silent_agent_marks_its_host_down_and_its_instances_unknown(
     cloud: Cloud, client: Client, kernel: str
 ) -> None:
     create(client, "orphaned", kernel)
+    create(client, "doomed", kernel)
     agent = cloud.agents[0]
     agent.kill(signal.SIGKILL)
     wait_until(lambda: client.host("h1")["status"] == "down", 20, "host down")
@@ -148,6 +149,10 @@ def test_a_silent_agent_marks_its_host_down_and_its_instances_unknown(
     # Nothing fits on a down host.
     response = httpx.post(f"{cloud.url}/instances", json={"name": "n", "kernel": kernel})
     assert response.status_code == 503
+    # An instance there can still be deleted by force, without its host.
+    job = client.wait_job(client.delete_instance("doomed", force=True)["id"], timeout=60)
+    assert job["status"] == "succeeded", job
+    assert [i["name"] for i in client.instances()] == ["orphaned"]
     # The agent comes back (already enrolled: no token); the test driver forgot its guests,
     # which reconcile reports and fixes.
     agent.start()

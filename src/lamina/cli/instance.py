@@ -125,10 +125,11 @@ instance.add_command(_stop())
 @instance.command("delete")
 @click.argument("ref")
 @click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--force", is_flag=True, help="Delete the record even if the host is unreachable.")
 @click.pass_obj
-def delete(obj: Context, ref: str, wait: bool) -> None:
+def delete(obj: Context, ref: str, wait: bool, force: bool) -> None:
     """Destroy an instance and its disks."""
-    job = _wait(obj, obj.client.delete_instance(ref), f"deleting {ref}", wait)
+    job = _wait(obj, obj.client.delete_instance(ref, force), f"deleting {ref}", wait)
     emit_json(job) if obj.json else click.echo(f"delete: {job['status']} (job {job['id']})")
 
 

@@ -102,8 +102,9 @@ class Client:
         params = {"force": "true"} if force else None
         return self._take("job", "POST", f"/instances/{ref}/{action}", params=params)
 
-    def delete_instance(self, ref: str) -> dict[str, Any]:
-        return self._take("job", "DELETE", f"/instances/{ref}")
+    def delete_instance(self, ref: str, force: bool = False) -> dict[str, Any]:
+        params = {"force": "true"} if force else None
+        return self._take("job", "DELETE", f"/instances/{ref}", params=params)
 
     def console(self, ref: str, offset: int = 0) -> dict[str, Any]:
         return self._take("console", "GET", f"/instances/{ref}/console", params={"offset": offset})

@@ -174,7 +174,11 @@ def act(
     )
 
 
-def delete_instance(session: Session, registry: JobRegistry, instance: Instance) -> Job:
+def delete_instance(
+    session: Session, registry: JobRegistry, instance: Instance, force: bool = False
+) -> Job:
+    """Queue the deletion. ``force`` deletes the record even when the instance's host cannot
+    be reached (its guest is then reconciled away when the host returns)."""
     _ensure_idle(session, instance)
     if instance.status == "deleting":
         raise InvalidState(f"instance {instance.name!r} is already being deleted")
@@ -182,7 +186,7 @@ def delete_instance(session: Session, registry: JobRegistry, instance: Instance)
     return submit(
         session,
         registry.get("instance.delete"),
-        {"instance_id": instance.id},
+        {"instance_id": instance.id, "force": force},
         target_type="instance",
         target_id=instance.id,
         owner=instance.owner,

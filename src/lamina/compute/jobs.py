@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
@@ -10,9 +11,10 @@ from lamina.agent.client import AgentClient
 from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
-from lamina.errors import GuestNotFound, LaminaError, NotFound
+from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 
+log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.5
 GUEST_STATES = {"running": "running", "paused": "paused", "stopped": "stopped", "crashed": "error"}
 
@@ -164,8 +166,15 @@ def refresh_after_failure(ctx: StepContext, error: str) -> None:
 
 
 def remove_guest(ctx: StepContext) -> None:
-    instance, _, agent = _load(ctx)
-    agent.undefine(instance.domain_name)
+    instance, host, agent = _load(ctx)
+    try:
+        agent.undefine(instance.domain_name)
+    except BackendUnavailable:
+        if not ctx.params.get("force"):
+            raise
+        # Forced: the record goes now; `lamina reconcile` removes the guest once the host
+        # answers again (it is then an orphan).
+        log.warning("instance %s deleted while host %s is unreachable", instance.name, host.name)
 
 
 def mark_deleted(ctx: StepContext) -> None:

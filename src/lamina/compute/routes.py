@@ -225,11 +225,14 @@ def act(
 
 @instances.delete("/{ref}", status_code=202)
 def delete_instance(
-    ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+    ref: str,
+    force: bool = False,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
 ) -> Any:
     with svc.db.write() as s:
         instance = instance_service.get_instance(s, ref)
-        job = instance_service.delete_instance(s, svc.jobs, instance)
+        job = instance_service.delete_instance(s, svc.jobs, instance, force)
         result = {"job": describe_job(job)}
     svc.wake_jobs()
     return result
