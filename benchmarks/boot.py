@@ -41,6 +41,7 @@ from lamina.compute.drivers.base import GuestSpec  # noqa: E402
 from lamina.compute.drivers.domain_xml import domain_xml  # noqa: E402
 from lamina.compute.drivers.libvirt_driver import default_domain_type  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
+from lamina.identity.signing import sign_headers  # noqa: E402
 
 QEMU_URI = "qemu:///system"
 POLL = 0.05  # seconds between console polls, for Lamina and for the baseline alike
@@ -101,9 +102,9 @@ def running_cloud(
 ) -> Iterator[tuple[Cloud, Client]]:
     """A manager and one enrolled agent (host ``name``) whose data live under ``root``."""
     cloud = Cloud(root, **{**PRODUCTION_DEFAULTS, **env})
-    client = Client(cloud.url)
     try:
         cloud.start_manager()
+        client = cloud.client()
         agent_port = free_port()
         token = client.add_host(name, f"127.0.0.1:{agent_port}")["token"]
         cloud.start_agent(name, token, agent_port, uri=libvirt_uri)
@@ -114,8 +115,8 @@ def running_cloud(
             interval=0.2,
         )
         yield cloud, client
-    finally:
         client.close()
+    finally:
         cloud.stop()
 
 
@@ -248,7 +249,7 @@ def boot_with_lamina(
     job_done: list[float] = []
 
     def watch_job() -> None:
-        with Client(client.url) as own:
+        with client.copy() as own:
             job = own.wait_job(job_id, timeout=BOOT_TIMEOUT, interval=POLL)
         if job["status"] != "succeeded":
             raise RuntimeError(f"create job {job_id} {job['status']}: {job.get('error')}")
@@ -342,7 +343,7 @@ def record_instances(client: Client, kernel: Path, count: int) -> float:
     t0 = time.monotonic()
 
     def create(i: int) -> None:
-        with Client(client.url) as own:
+        with client.copy() as own:
             own.create_instance(
                 name=f"bench-{i:05d}", vcpus=1, memory_mib=32, kernel=str(kernel), cmdline=""
             )
@@ -371,9 +372,18 @@ def _wrk_ms(text: str) -> float:
     return float(match[1]) * _WRK_UNITS[match[2]]
 
 
-def run_wrk(url: str, connections: int, duration: float) -> Load:
+def signed_get(cloud: Cloud, path: str) -> dict[str, str]:
+    """Headers that sign ``GET path``: a load generator replays them, which the server
+    accepts within its 5-minute window (the run is shorter)."""
+    return sign_headers("GET", path, "", b"", *cloud.keys())
+
+
+def run_wrk(url: str, connections: int, duration: float, headers: dict[str, str]) -> Load:
     threads = min(connections, 2)
-    argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", url]
+    argv = ["wrk", "--latency", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
     out = subprocess.run(
         argv, check=True, capture_output=True, text=True, timeout=duration + 60
     ).stdout
@@ -390,7 +400,7 @@ def run_wrk(url: str, connections: int, duration: float) -> Load:
     return Load(rps, _wrk_ms(pct["50"]), _wrk_ms(pct["99"]), requests, errors)
 
 
-def run_httpx(url: str, connections: int, duration: float) -> Load:
+def run_httpx(url: str, connections: int, duration: float, headers: dict[str, str]) -> Load:
     """Fallback when wrk is not installed: keep-alive asyncio clients (heavier on the CPU
     the server also needs, so its figures are lower bounds)."""
 
@@ -398,7 +408,7 @@ def run_httpx(url: str, connections: int, duration: float) -> Load:
         latencies: list[float] = []
         errors = 0
         limits = httpx.Limits(max_connections=connections)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as http:
             deadline = time.monotonic() + duration
 
             async def worker() -> None:
@@ -420,7 +430,9 @@ def run_httpx(url: str, connections: int, duration: float) -> Load:
 
 
 def bench_api(work: Path, count: int, duration: float, concurrencies: tuple[int, ...]) -> None:
-    load: Callable[[str, int, float], Load] = run_wrk if shutil.which("wrk") else run_httpx
+    load: Callable[[str, int, float, dict[str, str]], Load] = (
+        run_wrk if shutil.which("wrk") else run_httpx
+    )
     tool = "wrk" if load is run_wrk else "httpx (asyncio; wrk not installed)"
     print(
         f"\n== API throughput: GET /instances with {count} instances recorded, SQLite, "
@@ -435,7 +447,7 @@ def bench_api(work: Path, count: int, duration: float, concurrencies: tuple[int,
     }
     with running_cloud(work / "api", "bench", "test:///default", **env) as (cloud, client):
         took = record_instances(client, kernel, count)
-        body = httpx.get(f"{cloud.url}/instances")
+        body = cloud.http.get("/instances")
         listed = len(body.json()["instances"])
         print(
             f"  recorded {count} instances through the API in {took:.1f} s "
@@ -444,7 +456,10 @@ def bench_api(work: Path, count: int, duration: float, concurrencies: tuple[int,
         results: dict[tuple[str, int], Load] = {}
         for connections in concurrencies:
             for path in ("/health", "/instances"):
-                results[path, connections] = load(f"{cloud.url}{path}", connections, duration)
+                headers = signed_get(cloud, path) if path != "/health" else {}
+                results[path, connections] = load(
+                    f"{cloud.url}{path}", connections, duration, headers
+                )
     print_api(results, concurrencies)
 
 

@@ -48,6 +48,9 @@ bash scripts/build-sample-guest.sh "$SAMPLE"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
 healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
+# The first administrator, its keys written to ~/.config/lamina/credentials (or
+# $LAMINA_CREDENTIALS), which the CLI signs its requests with.
+"${LAMINA[@]}" user bootstrap
 start_bg manager serve
 wait_for 60 "the manager answering $URL/health" healthy
 

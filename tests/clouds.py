@@ -18,7 +18,7 @@ def add_host(cloud: Cloud, name: str, uri: str = "test:///default", **env: str) 
     port = free_port()
     out = cloud.cli("--json", "host", "add", name, "--address", f"127.0.0.1:{port}")
     cloud.start_agent(name, json.loads(out.stdout)["token"], port, uri=uri, **env)
-    client = Client(cloud.url)
+    client = cloud.client()
     wait_until(lambda: client.host(name)["status"] == "up", 30, f"host {name} up")
     return port
 
@@ -48,5 +48,5 @@ def cloud(make_cloud: Callable[..., Cloud]) -> Cloud:
 
 @pytest.fixture
 def client(cloud: Cloud) -> Iterator[Client]:
-    with Client(cloud.url) as c:
+    with cloud.client() as c:
         yield c

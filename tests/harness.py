@@ -8,15 +8,20 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from lamina.client import Client
+from lamina.identity.signing import LaminaAuth
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMINA = [sys.executable, "-m", "lamina"]
@@ -81,12 +86,22 @@ class Proc:
 
 
 class Cloud:
-    """A manager (and agents) sharing one data directory layout under ``root``."""
+    """A manager (and agents) sharing one data directory layout under ``root``.
+
+    ``LAMINA_MANAGER__TLS`` in ``env`` makes it an HTTPS cloud: ``url`` is then ``https://``
+    and the harness's own clients trust ``ca_file`` (Lamina's CA for "ca";
+    ``LAMINA_MANAGER__TLS_CA_FILE`` or ``LAMINA_CA_FILE`` for "files")."""
 
     def __init__(self, root: Path, database_url: str | None = None, **env: str) -> None:
         self.root = root
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        tls = env.get("LAMINA_MANAGER__TLS", "off")
+        self.scheme = "http" if tls == "off" else "https"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+        self.ca_file: str | None = {
+            "ca": str(root / "manager" / "ca" / "ca.pem"),
+            "files": env.get("LAMINA_MANAGER__TLS_CA_FILE") or env.get("LAMINA_CA_FILE"),
+        }.get(tls)
         self.base_env = {
             **os.environ,
             "LAMINA_DATA_DIR": str(root / "manager"),
@@ -98,19 +113,27 @@ class Cloud:
             "LAMINA_URL": self.url,
             **env,
         }
-        self.base_env.pop("LAMINA_CONFIG", None)
+        for key in ("LAMINA_CONFIG", "LAMINA_ACCESS_KEY", "LAMINA_SECRET_KEY", "LAMINA_PROFILE"):
+            self.base_env.pop(key, None)
+        self.credentials = root / "credentials"
+        self.base_env["LAMINA_CREDENTIALS"] = str(self.credentials)
         if database_url:
             self.base_env["LAMINA_DATABASE__URL"] = database_url
         self.managers: list[Proc] = []
         self.agents: list[Proc] = []
 
     def start_manager(self, port: int | None = None, **env: str) -> Proc:
+        """Start a manager (the first start also makes the administrator whose keys the
+        cloud's clients sign with)."""
+        if not self.credentials.exists():
+            self.cli("user", "bootstrap")
         port = port or self.port
         proc_env = {**self.base_env, "LAMINA_MANAGER__PORT": str(port), **env}
         proc = Proc("manager", ["serve"], proc_env, self.root / f"manager-{port}.log").start()
         self.managers.append(proc)
+        health = f"{self.scheme}://127.0.0.1:{port}/health"
         wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200,
+            lambda: httpx.get(health, verify=self.verify()).status_code == 200,
             30,
             f"manager on {port} ({proc.log})",
         )
@@ -130,6 +153,30 @@ class Cloud:
         proc = Proc(f"agent-{name}", args, proc_env, self.root / f"agent-{name}.log").start()
         self.agents.append(proc)
         return proc
+
+    def keys(self) -> tuple[str, str]:
+        profile = tomllib.loads(self.credentials.read_text())["default"]
+        return profile["access_key"], profile["secret_key"]
+
+    @property
+    def auth(self) -> LaminaAuth:
+        """Signs as the administrator."""
+        return LaminaAuth(*self.keys())
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What the harness's raw HTTP clients check the manager's certificate with."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.scheme == "https" else True
+
+    @property
+    def http(self) -> httpx.Client:
+        """A raw HTTP client of the manager, signing as the administrator."""
+        return httpx.Client(base_url=self.url, auth=self.auth, timeout=60, verify=self.verify())
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None) -> Client:
+        """The Python client, as the administrator unless told otherwise."""
+        if access_key is None:
+            access_key, secret_key = self.keys()
+        return Client(self.url, access_key=access_key, secret_key=secret_key, ca_file=self.ca_file)
 
     def cli(
         self, *args: str, check: bool = True, timeout: float = 120

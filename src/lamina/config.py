@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from lamina.errors import ConfigError
@@ -32,10 +40,40 @@ class ManagerSettings(Section):
     #: The URL agents and clients use to reach this manager; derived from host/port if unset.
     public_url: str | None = None
     job_workers: int = Field(4, ge=1, le=64)
+    #: HTTPS: "off" (plain HTTP), "ca" (a certificate from Lamina's own CA, made at start) or
+    #: "files" (the administrator's ``tls_cert`` and ``tls_key``).
+    tls: Literal["off", "ca", "files"] = "off"
+    tls_cert: Path | None = Field(None, validate_default=True)
+    tls_key: Path | None = Field(None, validate_default=True)
+    #: For "files": the CA certificate clients should trust, written by ``lamina user
+    #: bootstrap`` to the credentials file; unset, clients use the system's trust store.
+    tls_ca_file: Path | None = None
+
+    @field_validator("tls")
+    @classmethod
+    def _https_public_url(cls, value: str, info: ValidationInfo) -> str:
+        public_url = info.data.get("public_url")
+        if value != "off" and public_url and not public_url.startswith("https://"):
+            raise ValueError(
+                f"manager.tls is {value!r} but manager.public_url ({public_url}) is not "
+                "https://: clients would talk plain HTTP to a TLS port"
+            )
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _files_need_paths(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("tls") == "files" and value is None:
+            raise ValueError('required when manager.tls is "files"')
+        return value
 
     @property
     def url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "http" if self.tls == "off" else "https"
+        # A manager listening on all interfaces is reached locally through the loopback,
+        # a name its "ca" certificate carries.
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
+        return self.public_url or f"{scheme}://{host}:{self.port}"
 
 
 class DatabaseSettings(Section):
@@ -67,6 +105,45 @@ class ComputeSettings(Section):
     memory_allocation_ratio: float = Field(1.0, gt=0)
 
 
+class IdentitySettings(Section):
+    #: Seconds a manager keeps a user's keys in memory; other managers see a revoked key
+    #: within this time (changes made through a manager apply there at once). 0: no cache.
+    key_cache_seconds: float = Field(2.0, ge=0)
+    #: Lifetime of a web session.
+    session_hours: float = Field(8.0, gt=0)
+    #: Failed logins for one access key before each further attempt must wait.
+    lockout_threshold: int = Field(5, ge=1)
+    #: The first wait; it doubles with every further failure, up to lockout_max_seconds.
+    lockout_seconds: float = Field(30.0, ge=0)
+    lockout_max_seconds: float = Field(900.0, ge=0)
+
+
+class ImageSettings(Section):
+    #: Stores images may be kept in; a write to one not listed is a 400.
+    stores: tuple[Literal["file", "s3", "http"], ...] = ("file", "http")
+    #: The store of an upload that names none.
+    default_store: Literal["file", "s3"] = "file"
+    #: Access of an image registered without one (VISOR: public).
+    default_access: Literal["public", "private"] = "public"
+    #: Root of the file store; default ``<data_dir>/images``.
+    file_root: Path | None = None
+    #: An S3-compatible service (any, through boto3).
+    s3_endpoint: str | None = None
+    s3_bucket: str = "lamina-images"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    #: Redirects followed when registering an http location.
+    http_max_redirects: int = Field(5, ge=0, le=20)
+    #: Whether http locations may point at loopback or private addresses (the manager
+    #: fetches them: turn off where users must not reach internal services).
+    http_allow_private: bool = True
+    #: An upload whose writer has made no progress for this long is turned to error.
+    stale_upload_seconds: float = Field(120.0, gt=0)
+    #: A resumable upload nobody continued for this long is abandoned.
+    resumable_upload_hours: float = Field(24.0, gt=0)
+
+
 class AgentSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8776, ge=1, le=65535)
@@ -89,6 +166,8 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     jobs: JobSettings = JobSettings()
     compute: ComputeSettings = ComputeSettings()
+    identity: IdentitySettings = IdentitySettings()
+    images: ImageSettings = ImageSettings()
     agent: AgentSettings = AgentSettings()
 
     @classmethod
@@ -106,6 +185,10 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir.resolve() / 'lamina.db'}"
+
+    @property
+    def image_root(self) -> Path:
+        return (self.images.file_root or self.data_dir / "images").resolve()
 
     @property
     def agent_dir(self) -> Path:
@@ -158,6 +241,9 @@ def public_view(settings: Settings) -> dict[str, Any]:
     data["database"]["url"] = _mask(settings.database_url)
     data["data_dir"] = str(settings.data_dir.resolve())
     data["agent"]["data_dir"] = str(settings.agent_dir)
+    data["images"]["file_root"] = str(settings.image_root)
+    if settings.images.s3_secret_key is not None:
+        data["images"]["s3_secret_key"] = "***"
     return data
 
 

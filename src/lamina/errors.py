@@ -109,3 +109,16 @@ class CommandFailed(LaminaError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class AuthenticationFailed(Forbidden):
+    """A request whose caller could not be established; ``code`` says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TooManyRequests(LaminaError):
+    status = 429
+    code = "too_many_requests"

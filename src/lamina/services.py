@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING
 from lamina.compute.agents import AgentPool
 from lamina.config import Settings
 from lamina.db import Database
+from lamina.identity.authn import KeyCache
 from lamina.identity.ca import CertificateAuthority
+from lamina.identity.secretbox import SecretBox
+from lamina.images.stores import load_stores
+from lamina.images.stores.base import ImageStore
 from lamina.jobs.kinds import JobRegistry
 
 if TYPE_CHECKING:
@@ -22,6 +26,9 @@ class Services:
     ca: CertificateAuthority
     agents: AgentPool
     jobs: JobRegistry
+    box: SecretBox
+    keys: KeyCache
+    stores: dict[str, ImageStore]
     runner: JobRunner | None = field(default=None)
 
     @classmethod
@@ -33,7 +40,10 @@ class Services:
         ca = CertificateAuthority(settings.data_dir.resolve() / "ca")
         registry = JobRegistry()
         register_compute_jobs(registry)
-        return cls(settings, db, ca, AgentPool(ca), registry)
+        box = SecretBox(settings.data_dir.resolve())
+        keys = KeyCache(db, box, settings.identity.key_cache_seconds)
+        stores = load_stores(settings)
+        return cls(settings, db, ca, AgentPool(ca), registry, box, keys, stores)
 
     def wake_jobs(self) -> None:
         if self.runner is not None:

@@ -45,6 +45,7 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         LAMINA_MANAGER__PORT=str(free_port()),
         LAMINA_AGENT__PORT=str(free_port()),
         LAMINA_CLI_LINK="",
+        LAMINA_CREDENTIALS=str(tmp_path / "credentials"),
     )
     up = run("up.sh", env)
     domain = None

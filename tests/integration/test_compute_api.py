@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-import httpx
 import pytest
 from clouds import add_host
 from harness import Cloud, wait_until
@@ -75,21 +74,21 @@ def test_create_job_records_its_steps(client: Client, kernel: str) -> None:
 
 def test_json_and_xml(cloud: Cloud, client: Client, kernel: str) -> None:
     create(client, "xml", kernel)
-    as_json = httpx.get(f"{cloud.url}/instances")
+    as_json = cloud.http.get("/instances")
     assert as_json.headers["content-type"] == "application/json"
     assert as_json.json()["instances"][0]["name"] == "xml"
-    as_xml = httpx.get(f"{cloud.url}/instances", headers={"Accept": "application/xml"})
+    as_xml = cloud.http.get("/instances", headers={"Accept": "application/xml"})
     assert as_xml.headers["content-type"].startswith("application/xml")
     root = ET.fromstring(as_xml.content)
     assert root.tag == "instances"
     assert root.find("instance/name").text == "xml"  # type: ignore[union-attr]
-    one = httpx.get(f"{cloud.url}/instances/xml", headers={"Accept": "application/xml"})
+    one = cloud.http.get("/instances/xml", headers={"Accept": "application/xml"})
     assert ET.fromstring(one.content).find("status").text == "running"  # type: ignore[union-attr]
-    missing = httpx.get(f"{cloud.url}/instances/nope", headers={"Accept": "application/xml"})
+    missing = cloud.http.get("/instances/nope", headers={"Accept": "application/xml"})
     assert missing.status_code == 404
     error = ET.fromstring(missing.content)
     assert error.tag == "error" and error.find("code").text == "not_found"  # type: ignore[union-attr]
-    openapi = httpx.get(f"{cloud.url}/openapi.json").json()
+    openapi = cloud.http.get("/openapi.json").json()
     assert "/instances" in openapi["paths"] and "/jobs/{job_id}" in openapi["paths"]
     create_op = openapi["paths"]["/instances"]["post"]["responses"]
     assert "422" not in create_op and "400" in create_op  # as the server really answers
@@ -115,7 +114,7 @@ def test_json_and_xml(cloud: Cloud, client: Client, kernel: str) -> None:
 def test_bad_requests_get_precise_errors(
     cloud: Cloud, body: dict[str, object], status: int, code: str, words: str
 ) -> None:
-    response = httpx.post(f"{cloud.url}/instances", json=body)
+    response = cloud.http.post("/instances", json=body)
     assert response.status_code == status, response.text
     assert response.json()["code"] == code
     assert words in response.json()["message"]
@@ -124,14 +123,14 @@ def test_bad_requests_get_precise_errors(
 def test_state_conflicts_are_409(cloud: Cloud, client: Client, kernel: str) -> None:
     create(client, "c1", kernel)
     act(client, "c1", "stop")
-    response = httpx.post(f"{cloud.url}/instances/c1/pause")
+    response = cloud.http.post("/instances/c1/pause")
     assert response.status_code == 409
     assert response.json() == {
         "code": "invalid_state",
         "message": "cannot pause instance 'c1': it is stopped",
         "details": {"status": "stopped"},
     }
-    again = httpx.post(f"{cloud.url}/instances", json={"name": "c1", "kernel": kernel})
+    again = cloud.http.post("/instances", json={"name": "c1", "kernel": kernel})
     assert again.status_code == 409 and again.json()["code"] == "conflict"
 
 
@@ -147,7 +146,7 @@ def test_a_silent_agent_marks_its_host_down_and_its_instances_unknown(
     assert vm["status"] == "unknown" and vm["last_status"] == "running"
     assert client.instances()[0]["status"] == "unknown"
     # Nothing fits on a down host.
-    response = httpx.post(f"{cloud.url}/instances", json={"name": "n", "kernel": kernel})
+    response = cloud.http.post("/instances", json={"name": "n", "kernel": kernel})
     assert response.status_code == 503
     # An instance there can still be deleted by force, without its host.
     job = client.wait_job(client.delete_instance("doomed", force=True)["id"], timeout=60)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from lamina.compute.instances import describe, list_instances
 from lamina.compute.listing import BRIEF, brief_listing
@@ -14,6 +16,8 @@ from lamina.compute.models import Host, Instance
 from lamina.db import Database
 from lamina.db.types import utcnow
 from lamina.errors import InvalidRequest
+from lamina.identity.models import Grant, User
+from lamina.identity.principal import Principal
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +53,22 @@ def filled(db: Database) -> Database:
     return db
 
 
-def expected(db: Database, **filters: object) -> list[dict[str, object]]:
+ADMIN = Principal("admin-id", "admin", "admin")
+ALICE = Principal("alice-id", "alice", "member")
+
+
+def expected(db: Database, who: Principal = ADMIN, **filters: Any) -> list[dict[str, object]]:
     with db.read() as s:
         hosts = {h.id: h for h in s.query(Host)}
         return [
             {k: describe(i, hosts.get(i.host_id or ""))[k] for k in BRIEF}
-            for i in list_instances(s, **filters)
-        ]  # type: ignore[arg-type]
+            for i in list_instances(s, who=who, **filters)
+        ]
 
 
-def brief(db: Database, **filters: object) -> list[dict[str, object]]:
+def brief(db: Database, who: Principal = ADMIN, **filters: Any) -> list[dict[str, object]]:
     with db.read() as s:
-        return list(json.loads(brief_listing(s, **filters))["instances"])  # type: ignore[arg-type]
+        return list(json.loads(brief_listing(s, who, **filters))["instances"])
 
 
 def test_brief_is_describe_cut_short(filled: Database) -> None:
@@ -108,3 +116,20 @@ def test_an_unknown_marker_is_refused(filled: Database) -> None:
 
 def test_an_empty_listing(db: Database) -> None:
     assert brief(db) == []
+
+
+def test_members_see_their_own_public_and_granted_instances(filled: Database) -> None:
+    with filled.write() as s:
+        s.add(User(id="alice-id", access_key="alice", email="a@example.com"))
+        s.flush()
+        mine = s.scalars(select(Instance).where(Instance.name == "vm1")).one()
+        mine.owner = "alice-id"
+        s.scalars(select(Instance).where(Instance.name == "vm2")).one().visibility = "public"
+        shared = s.scalars(select(Instance).where(Instance.name == "vm6")).one()
+        s.add(Grant(resource_type="instance", resource_id=shared.id, user_id="alice-id"))
+    seen = brief(filled, ALICE)
+    assert [r["name"] for r in seen] == ["vm1", "vm2", "vm6"]
+    assert seen == expected(filled, ALICE)
+    hidden = brief(filled)[0]["id"]  # vm0: neither hers, public nor shared
+    with pytest.raises(InvalidRequest, match="not an instance id"):
+        brief(filled, ALICE, marker=hidden)  # a marker does not reveal what she cannot see

@@ -10,8 +10,6 @@ import pytest
 from clouds import add_host
 from harness import Cloud, slow_mirror, wait_until
 
-from lamina.client import Client
-
 pytestmark = pytest.mark.integration
 SIZE = 3 * 1024 * 1024
 RATE = 1024 * 1024  # bytes per second: the download takes about 3 s
@@ -27,7 +25,7 @@ def test_a_job_killed_mid_way_is_resumed(make_cloud: Callable[..., Cloud], mirro
     cloud = make_cloud()
     manager = cloud.start_manager()
     add_host(cloud, "h1")
-    client = Client(cloud.url)
+    client = cloud.client()
     result = client.create_instance(name="phoenix", kernel=mirror, memory_mib=64)
     job_id = result["job"]["id"]
 

@@ -57,7 +57,7 @@ class Enrolled:
         self.cloud = cloud
         self.ports = ports
         self.ca = CertificateAuthority(cloud.root / "manager" / "ca")
-        self.http = httpx.Client(base_url=cloud.url, timeout=30)
+        self.http = cloud.http
 
     def agent_url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.ports[name]}"

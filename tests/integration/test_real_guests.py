@@ -39,7 +39,7 @@ def test_a_real_guest_boots_and_obeys(make_cloud: Callable[..., Cloud], sample: 
     cloud = make_cloud()
     cloud.start_manager()
     add_host(cloud, "qemu", uri="qemu:///system")
-    client = Client(cloud.url)
+    client = cloud.client()
     assert client.host("qemu")["domain_type"] in ("qemu", "kvm")
     kernel = sample / "vmlinux" if (sample / "vmlinux").exists() else sample / "vmlinuz"
     result = client.create_instance(

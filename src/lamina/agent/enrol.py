@@ -3,17 +3,24 @@
 The token that ``lamina host add`` prints is ``<secret>.<CA fingerprint>``: the agent fetches
 the manager's CA certificate, refuses it unless its SHA-256 matches the fingerprint (so a
 man in the middle cannot hand it another CA), then sends a CSR with the secret.
+
+With an ``https://`` manager URL the agent cannot check the manager's certificate before it
+has the CA: ``/ca.pem`` is fetched without verification (nothing secret is sent, and only the
+fingerprint makes the answer trusted), then the enrolment request, which carries the secret,
+goes over a connection verified against that CA (``manager.tls = "ca"``) or, for a
+certificate the administrator gave (``"files"``), the system's trust store.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import ssl
 
 import httpx
 
 from lamina.agent.wire import EnrolRequest, EnrolResponse
-from lamina.errors import Forbidden, InvalidRequest
+from lamina.errors import BackendUnavailable, Forbidden, InvalidRequest
 from lamina.identity.ca import TLSFiles, fingerprint, key_pem, make_csr, new_key, write_private
 from lamina.remote_errors import raise_for_error
 
@@ -29,8 +36,9 @@ def split_token(token: str) -> tuple[str, str]:
 
 def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResponse:
     _, ca_fp = split_token(token)
-    with httpx.Client(base_url=manager_url, timeout=30) as http:
-        response = http.get("/ca.pem")
+    try:
+        with httpx.Client(base_url=manager_url, timeout=30, verify=False) as unverified:
+            response = unverified.get("/ca.pem")
         raise_for_error(response)
         ca_pem = response.content
         if not hmac.compare_digest(fingerprint(ca_pem), ca_fp):
@@ -38,11 +46,17 @@ def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResp
                 f"the CA certificate served by {manager_url} does not match the token's "
                 "fingerprint; refusing to enrol"
             )
+        # The system's trust store and the pinned CA: either may vouch for the manager.
+        trust = ssl.create_default_context()
+        trust.load_verify_locations(cadata=ca_pem.decode())
         key = new_key()
         request = EnrolRequest(token=token, csr=make_csr(key, name).decode())
-        response = http.post("/hosts/enrol", json=request.model_dump())
-        raise_for_error(response)
-        result = EnrolResponse.model_validate(response.json())
+        with httpx.Client(base_url=manager_url, timeout=30, verify=trust) as http:
+            response = http.post("/hosts/enrol", json=request.model_dump())
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"cannot enrol with the manager at {manager_url}: {exc}") from None
+    raise_for_error(response)
+    result = EnrolResponse.model_validate(response.json())
     write_private(files.key, key_pem(key))
     write_private(files.cert, result.certificate.encode())
     write_private(files.ca, ca_pem)

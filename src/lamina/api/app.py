@@ -8,13 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from lamina import __version__
-from lamina.api.auth import principal
+from lamina.api.auth import admin, principal
 from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
 from lamina.api.system import health, system
+from lamina.audit.middleware import AuditMiddleware
+from lamina.audit.routes import router as audit
+from lamina.compute.instance_routes import instances
 from lamina.compute.monitor import HostMonitor
-from lamina.compute.routes import enrolment, hosts, instances
+from lamina.compute.routes import enrolment, hosts
 from lamina.httperrors import install_error_handlers
+from lamina.identity.routes import login_router, me_router, users_router
+from lamina.images.janitor import UploadJanitor
+from lamina.images.routes import images
 from lamina.jobs.routes import router as jobs
 from lamina.jobs.runner import JobRunner
 from lamina.services import Services
@@ -39,23 +45,39 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
             svc.runner.start()
             monitor = HostMonitor(svc)
             monitor.start()
+            janitor = UploadJanitor(svc)
+            janitor.start()
         try:
             yield
         finally:
             if monitor is not None:
                 monitor.stop()
+                janitor.stop()
             if svc.runner is not None:
                 svc.runner.stop()
 
-    app = FastAPI(title="Lamina", version=__version__, lifespan=lifespan)
+    # No unauthenticated /docs, /redoc or /openapi.json: the document is served by
+    # api.system behind the same authentication as everything else.
+    app = FastAPI(
+        title="Lamina",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.services = svc
     install_error_handlers(app)
-    # The one place authentication plugs in: every router but health and enrolment (which
-    # carries its own one-time token) depends on the caller's identity.
-    for router in (health, enrolment):
+    # The one place authentication plugs in: every router but health, agent enrolment (its
+    # one-time token authenticates it) and login depends on the caller's identity.
+    for router in (health, enrolment, login_router):
         app.include_router(router)
-    for router in (system, hosts, instances, jobs):
+    for router in (system, instances, images, jobs, users_router, me_router):
         app.include_router(router, dependencies=[Depends(principal)])
+    app.include_router(hosts, dependencies=[Depends(admin)])
+    app.include_router(audit, dependencies=[Depends(admin)])
+    # Added first, so it sits inside negotiation and reads error codes from JSON, not XML.
+    app.add_middleware(AuditMiddleware, db=svc.db)
     app.add_middleware(NegotiationMiddleware)
     install_openapi(app)
     return app

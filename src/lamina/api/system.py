@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import text
 
 from lamina import __version__
-from lamina.api.auth import Principal, principal
+from lamina.api.auth import principal, require_admin
 from lamina.api.deps import services
 from lamina.compute.reconcile import apply_fixes, find_differences
 from lamina.config import public_view
-from lamina.errors import Forbidden
+from lamina.identity.principal import Principal
 from lamina.services import Services
 
 health = APIRouter(tags=["system"])
@@ -27,22 +27,25 @@ def health_check(svc: Services = Depends(services)) -> dict[str, Any]:
     return {"status": "ok", "version": __version__}
 
 
+@system.get("/openapi.json", include_in_schema=False)
+def openapi(request: Request) -> Any:
+    """The OpenAPI document of this API."""
+    return request.app.openapi()
+
+
 @system.get("/config")
 def config(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    if not who.is_admin:
-        raise Forbidden("only administrators may read the server's settings")
+    require_admin(who)
     return {"config": public_view(svc.settings)}
 
 
 @system.get("/reconcile")
 def reconcile(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    if not who.is_admin:
-        raise Forbidden("only administrators may reconcile")
+    require_admin(who)
     return {"differences": [d.to_dict() for d in find_differences(svc)]}
 
 
 @system.post("/reconcile")
 def reconcile_fix(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    if not who.is_admin:
-        raise Forbidden("only administrators may reconcile")
+    require_admin(who)
     return {"differences": apply_fixes(find_differences(svc))}

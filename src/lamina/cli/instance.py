@@ -40,6 +40,7 @@ def _wait(obj: Any, job: dict[str, Any], label: str, wait: bool) -> dict[str, An
 @click.option("--disk-image", help="Boot disk image (qcow2/raw), used as a copy-on-write base.")
 @click.option("--disk-size", type=int, help="Root disk size in MiB.")
 @click.option("--host", help="Place on this host instead of letting the scheduler choose.")
+@click.option("--public", is_flag=True, help="Let every user see it (read-only).")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_obj
 def create(
@@ -53,6 +54,7 @@ def create(
     disk_image: str | None,
     disk_size: int | None,
     host: str | None,
+    public: bool,
     wait: bool,
 ) -> None:
     """Create and boot an instance."""
@@ -66,6 +68,7 @@ def create(
         disk_image=disk_image,
         disk_size_mib=disk_size,
         host=host,
+        visibility="public" if public else "private",
     )
     _wait(obj, result["job"], f"creating {name}", wait)
     data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
@@ -149,6 +152,46 @@ def console(obj: Context, ref: str, follow: bool) -> None:
             return
         if not chunk["data"]:
             time.sleep(0.5)
+
+
+@instance.command("update")
+@click.argument("ref")
+@click.option("--visibility", type=click.Choice(["private", "public"]), required=True)
+@click.pass_obj
+def update(obj: Context, ref: str, visibility: str) -> None:
+    """Make an instance public (read-only to every user) or private; owners only."""
+    data = obj.client.set_visibility(ref, visibility)
+    emit_json(data) if obj.json else record(data)
+
+
+@instance.command("share")
+@click.argument("ref")
+@click.argument("user")
+@click.option("--operate", is_flag=True, help="Also let them start, stop, ... it.")
+@click.pass_obj
+def share(obj: Context, ref: str, user: str, operate: bool) -> None:
+    """Let another user (by access key) see a private instance of yours."""
+    data = obj.client.share(ref, user, "operate" if operate else "read")
+    emit_json(data) if obj.json else click.echo(f"{ref} shared with {user} ({data['access']})")
+
+
+@instance.command("unshare")
+@click.argument("ref")
+@click.argument("user")
+@click.pass_obj
+def unshare(obj: Context, ref: str, user: str) -> None:
+    """Take back a user's access to an instance."""
+    data = obj.client.unshare(ref, user)
+    emit_json(data) if obj.json else click.echo(f"{ref} no longer shared with {user}")
+
+
+@instance.command("grants")
+@click.argument("ref")
+@click.pass_obj
+def grants(obj: Context, ref: str) -> None:
+    """Who an instance is shared with."""
+    rows = obj.client.grants(ref)
+    emit_json(rows) if obj.json else table(rows, ["user", "access", "created_at"])
 
 
 def register(cli: click.Group) -> None:

@@ -65,9 +65,9 @@ def setup_logging(level: str) -> None:
 
 
 def main() -> None:
-    from lamina.cli import host, instance, job, system
+    from lamina.cli import audit, host, image, instance, job, system, user
 
-    for module in (host, instance, job, system):
+    for module in (audit, host, image, instance, job, system, user):
         module.register(cli)
     # `--json` is accepted anywhere on the line, not only right after `lamina`.
     args = sys.argv[1:]

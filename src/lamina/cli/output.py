@@ -1,9 +1,11 @@
-"""The CLI's output layer: tables for people, JSON for scripts, a progress bar for jobs."""
+"""The CLI's output layer: tables for people, JSON for scripts, progress bars for jobs and
+transfers."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -80,3 +82,58 @@ def show_job(job: dict[str, Any]) -> None:
     if steps:
         click.echo("")
         table(steps, ["seq", "name", "status", "attempts", "started_at", "finished_at", "message"])
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``1.5 KiB``; binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def byte_line(label: str, done: int, total: int | None, elapsed: float, since: int = 0) -> str:
+    """One line of a transfer's progress: bar, share, bytes, rate and time left. ``since``
+    is where this run started (a resumed download counts only what it moved itself)."""
+    rate = (done - since) / elapsed if elapsed > 0 else 0.0
+    speed = f"{human_bytes(rate)}/s" if rate else "-/s"
+    if not total:
+        return f"{label} {human_bytes(done)} {speed}"
+    fraction = min(done / total, 1.0)
+    width = 30
+    filled = int(width * fraction)
+    left = (total - done) / rate if rate else None
+    eta = "--:--" if left is None else f"{int(left) // 60:02d}:{int(left) % 60:02d}"
+    return (
+        f"{label} [{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}% "
+        f"{human_bytes(done)}/{human_bytes(total)} {speed} ETA {eta}"
+    )
+
+
+class ByteProgress:
+    """A transfer's progress (uploads, downloads) as one line redrawn in place, at most ten
+    times a second; only when stderr is a terminal. Pass it as a client ``progress``."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self._start: float | None = None
+        self._since = 0
+        self._drawn = 0.0
+        self._last = ""
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start, self._since = now, done
+        if not self.tty or (now - self._drawn < 0.1 and done != total):
+            return
+        self._drawn = now
+        line = byte_line(self.label, done, total, now - self._start, self._since)
+        click.echo("\r" + line.ljust(len(self._last)), nl=False, err=True)
+        self._last = line
+
+    def done(self) -> None:
+        if self.tty and self._last:
+            click.echo("", err=True)

@@ -18,18 +18,26 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from lamina.api.app import create_app
+    from lamina.identity.transport import manager_tls
     from lamina.services import Services
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    # Checked before anything starts: a bad certificate or key stops the manager here.
+    tls = manager_tls(settings, host)
     svc = Services.build(settings)
     app = create_app(svc)
     uvicorn.run(
         app,
         host=host or settings.manager.host,
         port=port or settings.manager.port,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
         log_level=settings.log_level.lower(),
         access_log=settings.log_level == "DEBUG",
+        # The client address is the socket's: a forwarded-for header from a local process
+        # must not choose what the audit trail and the login lock-out see.
+        proxy_headers=False,
     )
 
 

@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session
 from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
-from lamina.errors import Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
+from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.principal import Principal
+from lamina.identity.quotas import check_instance_quota
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
@@ -25,6 +28,8 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "resume": ("paused",),
     "reboot": ("running",),
 }
+KIND = "instance"
+VISIBILITIES = ("private", "public")
 LIVE = ("building", "running", "paused", "stopped", "error", "deleting")
 
 
@@ -54,17 +59,27 @@ def create_instance(
     disk_image: str | None = None,
     disk_size_bytes: int | None = None,
     host: str | None = None,
-    owner: str | None = None,
+    visibility: str = "private",
+    who: Principal,
 ) -> tuple[Instance, Job]:
+    """Record an instance owned by ``who``, placed and within their quotas, and queue the job
+    that builds it."""
     if not NAME.match(name):
         raise InvalidRequest(
             f"instance name {name!r} must be 1-63 lower-case letters, digits or '-', "
             "not starting or ending with '-'"
         )
     validate_boot(kernel, initrd, disk_image)
-    same_owner = Instance.owner.is_(None) if owner is None else Instance.owner == owner
+    if visibility not in VISIBILITIES:
+        raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
+    if host and not who.is_admin:
+        raise Forbidden("only administrators may choose the host")
+    owner = who.user_id
+    check_instance_quota(session, owner, vcpus, memory_mib)
     taken = session.scalar(
-        select(Instance.id).where(Instance.name == name, Instance.status.in_(LIVE), same_owner)
+        select(Instance.id).where(
+            Instance.name == name, Instance.status.in_(LIVE), Instance.owner == owner
+        )
     )
     if taken:
         raise Conflict(f"an instance named {name!r} already exists", instance=taken)
@@ -72,6 +87,7 @@ def create_instance(
     instance = Instance(
         name=name,
         owner=owner,
+        visibility=visibility,
         host_id=target.id,
         status="building",
         vcpus=vcpus,
@@ -95,13 +111,30 @@ def create_instance(
     return instance, job
 
 
-def get_instance(session: Session, ref: str, *, include_deleted: bool = False) -> Instance:
+def get_instance(session: Session, ref: str, who: Principal, need: Need = "read") -> Instance:
+    """An instance by id or name, if ``who`` may see it (else 404) and do what ``need`` says
+    (else 403). A name means the caller's own instance of that name first."""
     instance = session.get(Instance, ref)
-    if instance is None:
-        query = select(Instance).where(Instance.name == ref, Instance.status != "deleted")
-        instance = session.scalars(query).first()
-    if instance is None or (instance.status == "deleted" and not include_deleted):
+    if instance is None or instance.status == "deleted":
+        named = list(
+            session.scalars(
+                select(Instance).where(
+                    Instance.name == ref,
+                    Instance.status != "deleted",
+                    visible_to(who, KIND, Instance.id, Instance.owner, Instance.visibility),
+                )
+            )
+        )
+        own = [i for i in named if i.owner == who.user_id]
+        if len(own) == 1 or len(named) == 1:
+            instance = (own or named)[0]
+        elif named:
+            raise InvalidRequest(f"several instances are named {ref!r}: use the id")
+        else:
+            instance = None
+    if instance is None or instance.status == "deleted":
         raise NotFound(f"instance {ref!r} does not exist", instance=ref)
+    check(session, who, KIND, instance, need, ref)
     return instance
 
 
@@ -113,10 +146,13 @@ def list_instances(
     limit: int | None = None,
     marker: str | None = None,
     include_deleted: bool = False,
+    who: Principal | None = None,
 ) -> list[Instance]:
-    """Instances oldest first (the brief listing, ``listing.brief_listing``, has the same
-    filters and order)."""
+    """Instances ``who`` may see (all if None), oldest first (the brief listing,
+    ``listing.brief_listing``, has the same filters and order)."""
     query = select(Instance).order_by(Instance.created_at, Instance.id)
+    if who is not None:
+        query = query.where(visible_to(who, KIND, Instance.id, Instance.owner, Instance.visibility))
     if status:
         query = query.where(Instance.status == status)
     elif not include_deleted:
@@ -127,7 +163,7 @@ def list_instances(
         )
     if marker:
         after = session.get(Instance, marker)
-        if after is None:
+        if after is None or (who is not None and not may_see(session, who, after)):
             raise InvalidRequest(f"marker {marker!r} is not an instance id")
         query = query.where(
             tuple_(Instance.created_at, Instance.id) > tuple_(after.created_at, after.id)
@@ -153,9 +189,15 @@ def _ensure_idle(session: Session, instance: Instance) -> None:
 
 
 def act(
-    session: Session, registry: JobRegistry, instance: Instance, action: str, force: bool = False
+    session: Session,
+    registry: JobRegistry,
+    instance: Instance,
+    action: str,
+    force: bool = False,
+    requester: str | None = None,
 ) -> Job:
-    """Queue a lifecycle action. ``force`` (stop only) powers off without asking the guest."""
+    """Queue a lifecycle action. ``force`` (stop only) powers off without asking the guest.
+    The job belongs to ``requester`` (default: the instance's owner)."""
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     _ensure_idle(session, instance)
@@ -170,7 +212,7 @@ def act(
         {"instance_id": instance.id, "force": force and action == "stop"},
         target_type="instance",
         target_id=instance.id,
-        owner=instance.owner,
+        owner=requester or instance.owner,
     )
 
 
@@ -204,6 +246,7 @@ def describe(instance: Instance, host: Host | None) -> dict[str, Any]:
         "host": host.name if host else None,
         "host_id": instance.host_id,
         "owner": instance.owner,
+        "visibility": instance.visibility,
         "vcpus": instance.vcpus,
         "memory_mib": instance.memory_mib,
         "kernel": instance.kernel,

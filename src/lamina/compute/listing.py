@@ -13,17 +13,32 @@ import functools
 import json
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, literal_column, select, tuple_
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from lamina.compute.models import Host, Instance
 from lamina.errors import InvalidRequest
+from lamina.identity.access import may_see
+from lamina.identity.models import Grant
+from lamina.identity.principal import Principal
 
 BRIEF = ("id", "name", "status", "host", "vcpus", "memory_mib")
 
 
 @functools.cache
-def _statement(dialect: str, status: bool, host: bool, marker: bool) -> Select[Any]:
+def _statement(dialect: str, status: bool, host: bool, marker: bool, member: bool) -> Select[Any]:
     shown = case(
         (and_(Host.status == "down", Instance.status.not_in(("error", "deleted"))), "unknown"),
         else_=Instance.status,
@@ -48,6 +63,14 @@ def _statement(dialect: str, status: bool, host: bool, marker: bool) -> Select[A
         rows = rows.where(Instance.status != "deleted")
     if host:
         rows = rows.where((Host.name == bindparam("host")) | (Host.id == bindparam("host")))
+    if member:  # identity.access.visible_to, with the caller as a parameter
+        me: BindParameter[str] = bindparam("me")
+        granted = exists().where(
+            Grant.resource_type == "instance",
+            Grant.resource_id == Instance.id,
+            Grant.user_id == me,
+        )
+        rows = rows.where(or_(Instance.owner == me, Instance.visibility == "public", granted))
     if marker:
         after = tuple_(
             bindparam("after_created", type_=Instance.created_at.type), bindparam("after_id")
@@ -67,22 +90,29 @@ def _statement(dialect: str, status: bool, host: bool, marker: bool) -> Select[A
 
 def brief_listing(
     session: Session,
+    who: Principal,
     *,
     status: str | None = None,
     host: str | None = None,
     limit: int = 1000,
     marker: str | None = None,
 ) -> bytes:
-    """``{"instances": [...]}`` as JSON bytes, oldest first, ``limit`` at most, starting after
-    the instance ``marker`` (the last id of the previous page)."""
-    params: dict[str, Any] = {"limit": limit, "status": status, "host": host}
+    """``{"instances": [...]}`` as JSON bytes: those ``who`` may see, oldest first, ``limit``
+    at most, starting after the instance ``marker`` (the last id of the previous page)."""
+    member = not who.is_admin
+    params: dict[str, Any] = {
+        "limit": limit,
+        "status": status,
+        "host": host,
+        "me": who.user_id if member else None,
+    }
     if marker:
         after = session.get(Instance, marker)
-        if after is None:
+        if after is None or not (not member or may_see(session, who, after)):
             raise InvalidRequest(f"marker {marker!r} is not an instance id")
         params.update(after_created=after.created_at, after_id=after.id)
     dialect = session.get_bind().dialect.name
-    statement = _statement(dialect, bool(status), bool(host), bool(marker))
+    statement = _statement(dialect, bool(status), bool(host), bool(marker), member)
     document = session.scalar(statement, {k: v for k, v in params.items() if v is not None})
     if dialect == "postgresql":
         document = json.dumps(document, separators=(",", ":"))

@@ -45,7 +45,10 @@ class Instance(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(63), index=True)
+    #: The owning user's id.
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: private: its owner, admins and grantees; public: every user, read-only.
+    visibility: Mapped[str] = mapped_column(String(16), default="private", server_default="private")
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="building", index=True)
     vcpus: Mapped[int] = mapped_column(Integer)

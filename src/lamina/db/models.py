@@ -1,7 +1,10 @@
 """Imports every domain's models so that ``Base.metadata`` knows all tables."""
 
+from lamina.audit import models as audit_models  # noqa: F401
 from lamina.compute import models as compute_models  # noqa: F401
 from lamina.db.types import Base
+from lamina.identity import models as identity_models  # noqa: F401
+from lamina.images import models as image_models  # noqa: F401
 from lamina.jobs import models as job_models  # noqa: F401
 
 metadata = Base.metadata

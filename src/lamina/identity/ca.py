@@ -3,6 +3,7 @@
 The CA's key never leaves the manager's data directory. An agent makes its own key, sends a
 certificate signing request with its one-time enrolment token, and gets back a certificate
 valid for its address. The manager talks to agents with a client certificate from the same CA.
+With ``manager.tls = "ca"`` the same CA also issues the manager's HTTPS certificate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -160,6 +162,29 @@ class CertificateAuthority:
             )
         cert = builder.sign(self._key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_files(self, names: list[str], name: str = "server") -> TLSFiles:
+        """The manager's HTTPS certificate for ``names`` (IP addresses or DNS names), made on
+        first use and made again when the names change, the CA changed or it expires within
+        30 days. Key and certificate share one file, so a reader never sees a mismatched pair.
+        """
+        path = self.dir / f"{name}.pem"
+        if not self._serves(path, names):
+            key = new_key()
+            cert = self.sign(make_csr(key, names[0]), common_name=names[0], sans=names, server=True)
+            write_private(path, cert + key_pem(key))
+        return TLSFiles(path, path, self.cert_path)
+
+    def _serves(self, path: Path, names: list[str]) -> bool:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert.verify_directly_issued_by(self._cert)
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            return False
+        wanted = {_general_name(n) for n in names}
+        fresh = cert.not_valid_after_utc > datetime.now(UTC) + timedelta(days=30)
+        return fresh and set(sans) == wanted
 
     def client_files(self, name: str = "manager") -> TLSFiles:
         """The manager's client certificate, made on first use."""

@@ -410,6 +410,14 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
+def process_alive(runner_id: str) -> bool:
+    """Whether the process a runner id names still exists (ids of other machines or boots
+    count as alive: only their lease or silence can tell)."""
+    if not runner_id.startswith(machine_boot() + ":"):
+        return True
+    return _process_alive(runner_id)
+
+
 def _process_alive(runner_id: str) -> bool:
     try:
         pid = int(runner_id.split(":")[1])

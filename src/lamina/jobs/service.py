@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from lamina.db.types import utcnow
 from lamina.errors import NotFound
+from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobKind
 from lamina.jobs.models import FINISHED, Job, JobStep
 
@@ -43,11 +44,24 @@ def submit(
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, who: Principal | None = None) -> Job:
+    """A job; members see those they started and those on resources they own (``who`` None:
+    no check, for internal use)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (who is not None and not _may_see(session, job, who)):
         raise NotFound(f"job {job_id!r} does not exist", job=job_id)
     return job
+
+
+def _may_see(session: Session, job: Job, who: Principal) -> bool:
+    if who.is_admin or job.owner == who.user_id:
+        return True
+    if job.target_type == "instance" and job.target_id:
+        from lamina.compute.models import Instance
+
+        target = session.get(Instance, job.target_id)
+        return target is not None and target.owner == who.user_id
+    return False
 
 
 def list_jobs(
@@ -56,8 +70,11 @@ def list_jobs(
     status: str | None = None,
     target_id: str | None = None,
     limit: int = 100,
+    who: Principal | None = None,
 ) -> list[Job]:
     query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if who is not None and not who.is_admin:
+        query = query.where(Job.owner == who.user_id)
     if status:
         query = query.where(Job.status == status)
     if target_id:
@@ -65,12 +82,13 @@ def list_jobs(
     return list(session.scalars(query))
 
 
-def stuck_jobs(session: Session, fraction: float) -> list[Job]:
+def stuck_jobs(session: Session, fraction: float, who: Principal | None = None) -> list[Job]:
     """Unfinished jobs past their deadline or with less than ``fraction`` of their time left."""
     now = utcnow()
-    jobs = session.scalars(
-        select(Job).where(Job.status.not_in(FINISHED)).order_by(Job.deadline)
-    ).all()
+    query = select(Job).where(Job.status.not_in(FINISHED)).order_by(Job.deadline)
+    if who is not None and not who.is_admin:
+        query = query.where(Job.owner == who.user_id)
+    jobs = session.scalars(query).all()
     stuck = []
     for job in jobs:
         total = (job.deadline - job.created_at).total_seconds()

@@ -1,0 +1,460 @@
+"""``/images``: VISOR's image API (table 4.2) over the images domain."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from lamina.api.auth import principal
+from lamina.api.deps import services
+from lamina.db.types import utcnow
+from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.identity.principal import Principal
+from lamina.identity.signing import BODY_HEADER, UNSIGNED
+from lamina.images import meta, resumable, service
+from lamina.images.hashing import StreamDigests
+from lamina.images.stores import pick
+from lamina.images.stores.base import CHUNK, ImageStore, StoredObject
+from lamina.images.transfer import body_blocks, parse_range
+from lamina.jobs.runner import machine_boot
+from lamina.services import Services
+
+log = logging.getLogger(__name__)
+images = APIRouter(prefix="/images", tags=["images"])
+WRITER = f"{machine_boot()}:{os.getpid()}:upload"
+RESERVED_QUERY = ("sort", "dir", "limit", "marker")
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _meta_headers(data: dict[str, Any]) -> dict[str, str]:
+    """Metadata as VISOR's headers; times in ISO 8601, as in the JSON answers."""
+    return {
+        f"X-Image-Meta-{key}": value.isoformat() if isinstance(value, datetime) else str(value)
+        for key, value in data.items()
+        if value is not None
+    }
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return bool(request.headers.get("transfer-encoding") or (length and length != "0"))
+
+
+async def _upload(
+    svc: Services,
+    request: Request,
+    who: Principal,
+    image_id: str,
+    store: ImageStore,
+    declared: dict[str, str],
+) -> dict[str, Any]:
+    """Stream the request body into ``store`` as image ``image_id`` (already claimed)."""
+
+    def heartbeat() -> None:
+        from lamina.db.types import utcnow
+        from lamina.images.models import Image
+
+        with svc.db.write() as s:
+            image = s.get(Image, image_id)
+            if image is not None:
+                image.upload_seen = utcnow()
+
+    digests = StreamDigests(body_blocks(request.stream().__aiter__(), heartbeat))
+    try:
+        stored: StoredObject = await anyio.to_thread.run_sync(
+            service.save_file, store, image_id, digests
+        )
+    except BaseException as exc:
+        message = exc.message if isinstance(exc, LaminaError) else f"upload failed: {exc!r}"
+        await run_in_threadpool(_fail, svc, image_id, message)
+        raise
+
+    def finish() -> dict[str, Any]:
+        try:
+            with svc.db.write() as s:
+                image = service.finish_upload(
+                    s, who, image_id, stored, digests.md5, digests.sha256, declared
+                )
+                return service.describe(image, _base(request))
+        except LaminaError as exc:
+            store.delete(stored.location)
+            _fail(svc, image_id, exc.message)
+            raise
+
+    return await run_in_threadpool(finish)
+
+
+def _require_declared(request: Request, declared: dict[str, str]) -> None:
+    """An unsigned body is trusted only through the checksum its client declares."""
+    if request.headers.get(BODY_HEADER.lower()) == UNSIGNED and not (
+        declared.get("sha256") or declared.get("checksum")
+    ):
+        raise InvalidRequest(
+            f"an {UNSIGNED} upload must declare X-Image-Meta-Sha256 (or X-Image-Meta-Checksum):"
+            " it is what keeps the file from being changed on the way"
+        )
+
+
+def _fail(svc: Services, image_id: str, message: str) -> None:
+    with svc.db.write() as s:
+        service.fail_upload(s, image_id, message)
+
+
+def _probe(svc: Services, fields: dict[str, Any]) -> StoredObject:
+    store = pick(svc.stores, fields["store"])
+    return store.probe(fields["location"])
+
+
+@images.post("", status_code=201)
+async def add_image(
+    request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """Register an image from ``X-Image-Meta-*`` headers, with its file in the body, or a
+    ``location`` (an http store), or neither (``locked``)."""
+    fields, others, declared = meta.split(meta.from_headers(request.headers))
+    with_file, location = _has_body(request), fields.get("location")
+    if with_file and location:
+        raise InvalidRequest("give the image's file or its location, not both")
+    fields.setdefault("store", "http" if location else svc.settings.images.default_store)
+    store = pick(svc.stores, fields["store"])
+    if with_file and not store.capabilities.writable:
+        raise InvalidRequest(f"the {store.name} store is read-only: upload to another store")
+    if with_file:
+        _require_declared(request, declared)
+    if location and store.capabilities.writable:
+        raise InvalidRequest(
+            f"a location can only be given for a read-only store, not {store.name}"
+        )
+    probed = await run_in_threadpool(_probe, svc, fields) if location else None
+
+    def create() -> tuple[str, dict[str, Any]]:
+        with svc.db.write() as s:
+            image = service.register(s, who, fields, others, svc.settings.images.default_access)
+            if probed is not None:
+                image = service.finish_upload(
+                    s, who, image.id, probed, probed.checksum, None, declared
+                )
+            elif with_file:
+                service.begin_upload(s, who, image, WRITER)
+            return image.id, service.describe(image, _base(request))
+
+    image_id, described = await run_in_threadpool(create)
+    if with_file:
+        described = await _upload(svc, request, who, image_id, store, declared)
+    return {"image": described}
+
+
+@images.put("/{image_id}")
+async def update_image(
+    image_id: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Change metadata and/or give a ``locked`` or ``error`` image its file."""
+    fields, others, declared = meta.split(meta.from_headers(request.headers))
+    with_file, location = _has_body(request), fields.get("location")
+    if with_file and location:
+        raise InvalidRequest("give the image's file or its location, not both")
+    if with_file:
+        _require_declared(request, declared)
+    if not (fields or others or with_file):
+        raise InvalidRequest("nothing to do: give metadata headers, a file or a location")
+
+    def change() -> tuple[str, dict[str, Any]]:
+        with svc.db.write() as s:
+            image = service.get_image(s, image_id, who)
+            if fields.keys() - {"location"} or others:
+                image = service.update(s, who, image, fields, others)
+            store = pick(svc.stores, image.store)
+            if (with_file or location) and store.capabilities.writable == bool(location):
+                raise InvalidRequest(
+                    f"the {store.name} store is read-only: upload to another store"
+                    if with_file
+                    else "a location can only be given for a read-only store"
+                )
+            if with_file or location:
+                service.begin_upload(s, who, image, WRITER)
+            return image.store, service.describe(image, _base(request))
+
+    store_name, described = await run_in_threadpool(change)
+    store = svc.stores[store_name]
+    if with_file:
+        described = await _upload(svc, request, who, image_id, store, declared)
+    elif location:
+        probed = await run_in_threadpool(store.probe, location)
+
+        def assign() -> dict[str, Any]:
+            with svc.db.write() as s:
+                image = service.finish_upload(
+                    s, who, image_id, probed, probed.checksum, None, declared
+                )
+                return service.describe(image, _base(request))
+
+        described = await run_in_threadpool(assign)
+    return {"image": described}
+
+
+@images.get("")
+def list_brief(
+    request: Request,
+    sort: str = "created_at",
+    dir: str = "asc",
+    limit: int = Query(1000, ge=1, le=10000),
+    marker: str | None = None,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Brief metadata of the images the caller may see; filter by any attribute."""
+    return _list(request, svc, who, sort, dir, limit, marker, brief=True)
+
+
+@images.get("/detail")
+def list_detail(
+    request: Request,
+    sort: str = "created_at",
+    dir: str = "asc",
+    limit: int = Query(1000, ge=1, le=10000),
+    marker: str | None = None,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    return _list(request, svc, who, sort, dir, limit, marker, brief=False)
+
+
+def _list(
+    request: Request,
+    svc: Services,
+    who: Principal,
+    sort: str,
+    direction: str,
+    limit: int,
+    marker: str | None,
+    brief: bool,
+) -> Any:
+    filters = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
+    with svc.db.read() as s:
+        found = service.list_images(
+            s, who, filters=filters, sort=sort, direction=direction, limit=limit, marker=marker
+        )
+        if not found and marker is None:
+            raise NotFound("no images were found", filters=filters)  # VISOR table 4.3
+        return {"images": [service.describe(i, _base(request), brief) for i in found]}
+
+
+@images.head("/{image_id}")
+def head_image(
+    image_id: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Response:
+    """The image's metadata as ``X-Image-Meta-*`` headers, no body."""
+    with svc.db.read() as s:
+        described = service.describe(service.get_image(s, image_id, who), _base(request))
+    return Response(headers=_meta_headers(described))
+
+
+@images.get("/{image_id}/history")
+def image_history(
+    image_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    with svc.db.read() as s:
+        image = service.get_image(s, image_id, who)
+        return {"history": service.history(s, who, image)}
+
+
+@images.get("/{image_id}")
+def get_image(
+    image_id: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Response:
+    """The file, streamed, with the metadata in headers; honours ``Range``."""
+    with svc.db.write() as s:
+        image = service.get_image(s, image_id, who)
+        if image.status != "available" or not image.location or image.size is None:
+            raise NotFound(f"image {image_id} has no file (it is {image.status})")
+        span = parse_range(request.headers.get("range"), image.size)
+        service.touch(s, image)
+        described = service.describe(image, _base(request))
+    store = pick(svc.stores, str(described["store"]))
+    offset, length = span or (0, int(described["size"]))
+    chunks = store.open(str(described["location"]), offset, length)
+    headers = {**_meta_headers(described), "Accept-Ranges": "bytes", "Content-Length": str(length)}
+    if described.get("sha256"):
+        headers["ETag"] = f'"{described["sha256"]}"'
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{described['size']}"
+    return StreamingResponse(
+        chunks, status_code=status, headers=headers, media_type="application/octet-stream"
+    )
+
+
+@images.delete("/{image_id}")
+def delete_image(
+    image_id: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Remove the metadata and the file; answers the removed metadata (to re-post it)."""
+    with svc.db.write() as s:
+        image = service.get_image(s, image_id, who)
+        described = service.describe(image, _base(request))
+        where = service.delete(s, who, image)
+    store = svc.stores.get(where["store"])
+    if store is not None and where["location"] and store.capabilities.writable:
+        try:
+            store.delete(where["location"])
+        except LaminaError as exc:
+            log.warning("image %s: its file could not be removed: %s", image_id, exc.message)
+    return {"image": described}
+
+
+__all__ = ["Conflict", "images"]
+
+
+# -- resumable uploads ---------------------------------------------------------------------
+
+
+class UploadStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+def _uploads(svc: Services) -> Path:
+    return svc.settings.data_dir.resolve() / "uploads"
+
+
+def _upload_state(svc: Services, image: Any) -> dict[str, Any]:
+    size, sha256 = resumable.check_open(image)
+    return {"offset": resumable.received(_uploads(svc), image.id), "size": size, "sha256": sha256}
+
+
+@images.post("/{image_id}/upload", status_code=201)
+def start_resumable(
+    image_id: str,
+    body: UploadStart,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Begin a resumable upload of a ``locked`` or ``error`` image: declare its size and
+    SHA-256, then send parts with PATCH."""
+    store_name = None
+    with svc.db.write() as s:
+        image = service.get_image(s, image_id, who)
+        store_name = image.store
+        if not pick(svc.stores, store_name).capabilities.writable:
+            raise InvalidRequest(f"the {store_name} store is read-only: upload to another store")
+        service.begin_upload(s, who, image, resumable.RESUMABLE)
+        image.upload_size, image.upload_sha256 = body.size, body.sha256
+        resumable.discard(_uploads(svc), image_id)
+        return {"upload": _upload_state(svc, image)}
+
+
+@images.get("/{image_id}/upload")
+def resumable_state(
+    image_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """How much of a resumable upload the server has: continue from ``offset``."""
+    with svc.db.read() as s:
+        return {"upload": _upload_state(svc, service.get_image(s, image_id, who, "own"))}
+
+
+@images.patch("/{image_id}/upload")
+async def upload_part(
+    image_id: str,
+    request: Request,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Append the body at ``Upload-Offset``; the last part makes the image available (or
+    error, if the whole does not match the declared size and SHA-256)."""
+    try:
+        offset = int(request.headers["upload-offset"])
+    except (KeyError, ValueError):
+        raise InvalidRequest("a part needs an Upload-Offset header (bytes already sent)") from None
+
+    def load() -> tuple[int, str, str]:
+        with svc.db.write() as s:
+            image = service.get_image(s, image_id, who, "own")
+            size, sha256 = resumable.check_open(image)
+            image.upload_seen = utcnow()
+            return size, sha256, image.store
+
+    size, sha256, store_name = await run_in_threadpool(load)
+    root = _uploads(svc)
+    done = await anyio.to_thread.run_sync(
+        resumable.append, root, image_id, offset, size, body_blocks(request.stream().__aiter__())
+    )
+    if done < size:
+        return {"upload": {"offset": done, "size": size, "sha256": sha256}}
+    store = pick(svc.stores, store_name)
+
+    def finish() -> dict[str, Any]:
+        staged = resumable.staging_path(root, image_id)
+        digests = StreamDigests(staged_chunks(staged))
+        try:
+            stored = service.save_file(store, image_id, digests)
+        except LaminaError as exc:
+            _fail(svc, image_id, exc.message)
+            raise
+        try:
+            with svc.db.write() as s:
+                image = service.finish_upload(
+                    s,
+                    who,
+                    image_id,
+                    stored,
+                    digests.md5,
+                    digests.sha256,
+                    {"sha256": sha256, "size": str(size)},
+                )
+                described = service.describe(image, _base(request))
+        except LaminaError as exc:
+            store.delete(stored.location)
+            _fail(svc, image_id, exc.message)
+            raise
+        finally:
+            resumable.discard(root, image_id)
+        return described
+
+    described = await run_in_threadpool(finish)
+    return {"upload": {"offset": done, "size": size, "sha256": sha256}, "image": described}
+
+
+@images.delete("/{image_id}/upload")
+def cancel_resumable(
+    image_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """Give up a resumable upload: the staged bytes go, the image turns to ``error``."""
+    with svc.db.write() as s:
+        image = service.get_image(s, image_id, who, "own")
+        resumable.check_open(image)
+        service.fail_upload(s, image_id, "upload cancelled")
+    resumable.discard(_uploads(svc), image_id)
+    return {"upload": None}
+
+
+def staged_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk

@@ -1,0 +1,329 @@
+"""Images: register, upload, update, delete, read and list; who may do what is checked here.
+
+An upload is several steps that must complete or leave nothing: the image is marked
+``uploading`` (with the writing process and a progress time), the file is streamed to its
+store while MD5 and SHA-256 are computed beside the I/O, and only then is the image marked
+``available``. Any failure marks it ``error`` and removes whatever the store had written; an
+upload whose writer died (a killed manager) is found by ``recover_uploads`` and marked
+``error`` the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import String, asc, cast, desc, select, tuple_
+from sqlalchemy.orm import Session
+
+from lamina.db.types import utcnow
+from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
+from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.principal import Principal
+from lamina.images.models import Image, ImageEvent
+from lamina.images.stores.base import ImageStore, StoredObject
+
+log = logging.getLogger(__name__)
+KIND = "image"
+BRIEF = ("id", "name", "architecture", "access", "type", "format", "size", "store", "status")
+SORTABLE = (
+    "name",
+    "architecture",
+    "access",
+    "status",
+    "size",
+    "type",
+    "format",
+    "store",
+    "owner",
+    "created_at",
+    "updated_at",
+    "uploaded_at",
+    "accessed_at",
+    "access_count",
+    "id",
+)
+#: Sort keys no image lacks, so a marker always has a place in the order.
+PAGEABLE = ("name", "access", "status", "store", "created_at", "updated_at", "access_count", "id")
+FILTERABLE = SORTABLE + ("checksum", "sha256", "kernel", "ramdisk", "location")
+
+
+def record(
+    session: Session, image_id: str, who: Principal | None, action: str, detail: str | None = None
+) -> None:
+    session.add(
+        ImageEvent(
+            image_id=image_id,
+            user_id=who.user_id if who else None,
+            access_key=who.access_key if who else None,
+            action=action,
+            detail=detail,
+        )
+    )
+
+
+def get_image(session: Session, image_id: str, who: Principal, need: Need = "read") -> Image:
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"image {image_id!r} does not exist", image=image_id)
+    check(session, who, KIND, image, need, image_id)
+    return image
+
+
+def _check_links(session: Session, who: Principal, fields: dict[str, Any]) -> None:
+    for key, kind in (("kernel", "kernel"), ("ramdisk", "ramdisk")):
+        ref = fields.get(key)
+        if not ref:
+            continue
+        target = session.get(Image, ref)
+        if target is None or not may_see(session, who, target, KIND):
+            raise InvalidRequest(f"{key} {ref!r} is not a registered image")
+        if target.type not in (kind, None):
+            raise InvalidRequest(f"{key} {ref!r} is an image of type {target.type!r}")
+
+
+def register(
+    session: Session,
+    who: Principal,
+    fields: dict[str, Any],
+    others: dict[str, str],
+    default_access: str,
+) -> Image:
+    """Record an image's metadata; it is ``locked`` until a file or location arrives."""
+    if not fields.get("name"):
+        raise InvalidRequest("an image needs a name")
+    _check_links(session, who, fields)
+    image = Image(
+        name=fields["name"],
+        architecture=fields.get("architecture"),
+        access=fields.get("access") or default_access,
+        status="locked",
+        type=fields.get("type"),
+        format=fields.get("format"),
+        store=fields["store"],
+        kernel=fields.get("kernel"),
+        ramdisk=fields.get("ramdisk"),
+        owner=who.user_id,
+        others=others,
+    )
+    session.add(image)
+    session.flush()
+    record(session, image.id, who, "register")
+    return image
+
+
+def update(
+    session: Session, who: Principal, image: Image, fields: dict[str, Any], others: dict[str, str]
+) -> Image:
+    """Change user-managed attributes (owners and admins)."""
+    check(session, who, KIND, image, "own", image.id)
+    _check_links(session, who, fields)
+    if "store" in fields and fields["store"] != image.store and image.status == "available":
+        raise Conflict("the store of an available image cannot change")
+    if "name" in fields and not fields["name"]:
+        raise InvalidRequest("an image needs a name")
+    for key, value in fields.items():
+        if key != "location":
+            setattr(image, key, value)
+    if others:
+        image.others = {**(image.others or {}), **others}
+    image.updated_at = utcnow()
+    record(session, image.id, who, "update", ", ".join(sorted({*fields, *others})))
+    return image
+
+
+def begin_upload(session: Session, who: Principal, image: Image, writer: str) -> None:
+    """Claim a ``locked`` or ``error`` image for a file (VISOR: 409 for any other)."""
+    check(session, who, KIND, image, "own", image.id)
+    if image.status not in ("locked", "error"):
+        raise InvalidState(
+            f"cannot assign a file to image {image.id}: it is {image.status} "
+            "(only locked or error images take one)",
+            status=image.status,
+        )
+    image.status = "uploading"
+    image.error = None
+    image.upload_by = writer
+    image.upload_seen = utcnow()
+    record(session, image.id, who, "upload-start")
+
+
+def finish_upload(
+    session: Session,
+    who: Principal | None,
+    image_id: str,
+    stored: StoredObject,
+    md5: str | None,
+    sha256: str | None,
+    declared: dict[str, str],
+) -> Image:
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"image {image_id!r} was deleted during its upload")
+    _check_declared(stored, md5, sha256, declared)
+    image.status = "available"
+    image.size = stored.size
+    image.location = stored.location
+    image.checksum = md5 or stored.checksum
+    image.sha256 = sha256
+    image.uploaded_at = utcnow()
+    image.upload_by = None
+    image.upload_seen = None
+    record(session, image.id, who, "upload", f"{stored.size} bytes")
+    return image
+
+
+def _check_declared(
+    stored: StoredObject, md5: str | None, sha256: str | None, declared: dict[str, str]
+) -> None:
+    for key, actual in (("checksum", md5), ("sha256", sha256), ("size", str(stored.size))):
+        expected = declared.get(key)
+        if expected and actual and expected != actual:
+            raise InvalidRequest(
+                f"the file's {key} is {actual}, not the declared {expected}: "
+                "it was damaged on the way; the image is left in error",
+                attribute=key,
+            )
+
+
+def fail_upload(session: Session, image_id: str, error: str) -> None:
+    image = session.get(Image, image_id)
+    if image is not None and image.status == "uploading":
+        image.status = "error"
+        image.error = error
+        image.upload_by = None
+        record(session, image.id, None, "upload-failed", error[:500])
+
+
+def save_file(store: ImageStore, image_id: str, chunks: Iterable[bytes]) -> StoredObject:
+    """Write the file; on any failure nothing stays in the store."""
+    try:
+        return store.save(image_id, chunks)
+    except LaminaError:
+        raise
+    except Exception as exc:
+        raise InvalidRequest(f"the upload broke off: {type(exc).__name__}: {exc}") from exc
+
+
+def delete(session: Session, who: Principal, image: Image) -> dict[str, Any]:
+    check(session, who, KIND, image, "own", image.id)
+    if image.status == "uploading":
+        raise InvalidState(f"image {image.id} is being uploaded; try again when it is done")
+    session.delete(image)
+    return {"store": image.store, "location": image.location}
+
+
+def touch(session: Session, image: Image) -> None:
+    """VISOR's tracking: one more download."""
+    image.access_count = (image.access_count or 0) + 1
+    image.accessed_at = utcnow()
+
+
+def list_images(
+    session: Session,
+    who: Principal,
+    *,
+    filters: dict[str, str],
+    sort: str = "created_at",
+    direction: str = "asc",
+    limit: int = 1000,
+    marker: str | None = None,
+) -> list[Image]:
+    """Images ``who`` may see, filtered on any attribute (extra ones too), sorted, paged."""
+    if sort not in SORTABLE:
+        raise InvalidRequest(f"cannot sort by {sort!r}; one of {', '.join(SORTABLE)}")
+    if direction not in ("asc", "desc"):
+        raise InvalidRequest("dir must be asc or desc")
+    query = select(Image).where(visible_to(who, KIND, Image.id, Image.owner, Image.access))
+    for key, value in filters.items():
+        if key in FILTERABLE:
+            query = query.where(cast(getattr(Image, key), String) == value)
+        else:
+            query = query.where(Image.others[key].as_string() == value)
+    column = getattr(Image, sort)
+    order = asc if direction == "asc" else desc
+    if marker and sort not in PAGEABLE:
+        raise InvalidRequest(
+            f"a marker pages by an attribute every image has ({', '.join(PAGEABLE)}), not {sort!r}"
+        )
+    if marker:
+        after = session.get(Image, marker)
+        if after is None or not may_see(session, who, after, KIND):
+            raise InvalidRequest(f"marker {marker!r} is not an image id")
+        pivot = (getattr(after, sort), after.id)
+        bound = tuple_(column, Image.id)
+        query = query.where(bound > pivot if direction == "asc" else bound < pivot)
+    return list(session.scalars(query.order_by(order(column), order(Image.id)).limit(limit)))
+
+
+def describe(image: Image, base_url: str, brief: bool = False) -> dict[str, Any]:
+    full: dict[str, Any] = {
+        "id": image.id,
+        "uri": f"{base_url}/images/{image.id}",
+        "name": image.name,
+        "architecture": image.architecture,
+        "access": image.access,
+        "status": image.status,
+        "size": image.size,
+        "type": image.type,
+        "format": image.format,
+        "store": image.store,
+        "location": image.location,
+        "kernel": image.kernel,
+        "ramdisk": image.ramdisk,
+        "owner": image.owner,
+        "checksum": image.checksum,
+        "sha256": image.sha256,
+        "created_at": image.created_at,
+        "uploaded_at": image.uploaded_at,
+        "updated_at": image.updated_at,
+        "accessed_at": image.accessed_at,
+        "access_count": image.access_count,
+        "error": image.error,
+        **(image.others or {}),
+    }
+    return {k: full[k] for k in BRIEF} if brief else full
+
+
+def history(session: Session, who: Principal, image: Image) -> list[dict[str, Any]]:
+    check(session, who, KIND, image, "read", image.id)
+    events = session.scalars(
+        select(ImageEvent).where(ImageEvent.image_id == image.id).order_by(ImageEvent.id)
+    )
+    return [
+        {"at": e.at, "user": e.access_key, "action": e.action, "detail": e.detail} for e in events
+    ]
+
+
+def recover_uploads(
+    session: Session,
+    stores: dict[str, ImageStore],
+    alive: Any,
+    stale_after: float,
+    resumable_after: float,
+    staging: Path,
+) -> list[str]:
+    """Turn uploads whose writer died, or that made no progress for ``stale_after`` seconds
+    (``resumable_after`` for resumable ones, whose client may pause), to ``error``; remove
+    what they left in their store or staging area. Returns the images fixed."""
+    now = utcnow()
+    fixed = []
+    for image in session.scalars(select(Image).where(Image.status == "uploading")):
+        resumable = image.upload_by == "resumable"
+        limit = timedelta(seconds=resumable_after if resumable else stale_after)
+        silent = image.upload_seen is None or now - image.upload_seen > limit
+        if not silent and (resumable or alive(image.upload_by or "")):
+            continue
+        store = stores.get(image.store)
+        if store is not None:
+            try:
+                store.discard_partial(image.id)
+            except LaminaError:
+                log.warning("could not remove the partial file of image %s", image.id)
+        (staging / f"{image.id}.part").unlink(missing_ok=True)
+        fail_upload(session, image.id, "the upload was interrupted or abandoned")
+        fixed.append(image.id)
+    return fixed
