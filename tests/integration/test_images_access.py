@@ -97,3 +97,21 @@ def test_a_location_with_no_file_is_400(cloud: Cloud, empty_server: str) -> None
     )
     assert code(both) == (400, "invalid_request")  # a writable store takes files, not locations
     assert cloud.http.get("/images/detail").status_code == 404  # nothing was registered
+
+
+def test_statistics_count_what_the_caller_may_see(cloud: Cloud) -> None:
+    http = cloud.http
+    for name, fmt, access in (
+        ("a", "iso", "public"),
+        ("b", "qcow2", "public"),
+        ("c", "iso", "private"),
+    ):
+        http.post(
+            "/images", headers=meta(name=name, format=fmt, access=access, architecture="x86_64")
+        )
+    stats = http.get("/images/stats").json()["stats"]
+    assert stats["images"] == 3 and stats["never_used"] == 3
+    assert stats["by_format"] == {"iso": 2, "qcow2": 1}
+    assert stats["by_status"] == {"locked": 3} and stats["by_store"] == {"file": 3}
+    bob = member(cloud, "bob")
+    assert bob.get("/images/stats").json()["stats"]["images"] == 2  # not the private one

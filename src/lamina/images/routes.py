@@ -255,6 +255,13 @@ def _list(
         return {"images": [service.describe(i, _base(request), brief) for i in found]}
 
 
+@images.get("/stats")
+def image_statistics(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
+    """Counts per store, format, architecture and status; most used; never used."""
+    with svc.db.read() as s:
+        return {"stats": service.statistics(s, who)}
+
+
 @images.head("/{image_id}")
 def head_image(
     image_id: str,

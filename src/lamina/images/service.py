@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, asc, cast, desc, select, tuple_
+from sqlalchemy import String, asc, case, cast, desc, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from lamina.db.types import utcnow
@@ -327,3 +327,37 @@ def recover_uploads(
         fail_upload(session, image.id, "the upload was interrupted or abandoned")
         fixed.append(image.id)
     return fixed
+
+
+def statistics(session: Session, who: Principal, top: int = 10) -> dict[str, Any]:
+    """What the web UI's statistics page shows: images per store, format, architecture and
+    status, the most used, and how many were never downloaded (of those ``who`` may see)."""
+    seen = visible_to(who, KIND, Image.id, Image.owner, Image.access)
+
+    def count_by(column: Any) -> dict[str, int]:
+        rows = session.execute(select(column, func.count()).where(seen).group_by(column))
+        return {str(key): int(n) for key, n in rows}
+
+    most_used = session.execute(
+        select(Image.id, Image.name, Image.access_count)
+        .where(seen, Image.access_count > 0)
+        .order_by(Image.access_count.desc(), Image.id)
+        .limit(top)
+    )
+    total, size, never = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(Image.size), 0),
+            func.coalesce(func.sum(case((Image.access_count == 0, 1), else_=0)), 0),
+        ).where(seen)
+    ).one()
+    return {
+        "images": int(total),
+        "bytes": int(size),
+        "never_used": int(never),
+        "by_store": count_by(Image.store),
+        "by_format": count_by(Image.format),
+        "by_architecture": count_by(Image.architecture),
+        "by_status": count_by(Image.status),
+        "most_used": [{"id": i, "name": n, "access_count": c} for i, n, c in most_used],
+    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 import anyio.from_thread
 
@@ -25,14 +26,16 @@ class RangeNotSatisfiable(LaminaError):
     code = "range_not_satisfiable"
 
 
-async def _next_block(stream: AsyncIterator[bytes], size: int) -> bytes:
+async def _next_block(stream: AsyncIterator[bytes], size: int) -> bytearray:
+    # A fresh bytearray per block, handed on as it is: nothing mutates it afterwards, and
+    # copying it into bytes would cost a second copy of every upload.
     block = bytearray()
     while len(block) < size:
         try:
             block += await stream.__anext__()
         except StopAsyncIteration:
             break
-    return bytes(block)
+    return block
 
 
 def body_blocks(
@@ -48,7 +51,7 @@ def body_blocks(
         if heartbeat is not None and time.monotonic() - last > HEARTBEAT_SECONDS:
             heartbeat()
             last = time.monotonic()
-        yield block
+        yield cast(bytes, block)  # a bytearray: stores and digests take either
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
