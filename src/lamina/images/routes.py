@@ -218,8 +218,18 @@ def list_brief(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    """Brief metadata of the images the caller may see; filter by any attribute."""
-    return _list(request, svc, who, sort, dir, limit, marker, brief=True)
+    """Brief metadata of the images the caller may see; filter by any attribute. The
+    database builds the document (the repository's hottest read)."""
+    filters = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
+    with svc.db.read() as s:
+        body = service.brief_listing(
+            s, who, filters=filters, sort=sort, direction=dir, limit=limit, marker=marker
+        )
+    if body is None:
+        if marker is None:
+            raise NotFound("no images were found", filters=filters)  # VISOR table 4.3
+        body = b'{"images":[]}'
+    return Response(body, media_type="application/json")
 
 
 @images.get("/detail")
@@ -243,7 +253,7 @@ def _list(
     direction: str,
     limit: int,
     marker: str | None,
-    brief: bool,
+    brief: bool = False,
 ) -> Any:
     filters = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
     with svc.db.read() as s:

@@ -10,13 +10,14 @@ upload whose writer died (a killed manager) is found by ``recover_uploads`` and 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import String, asc, case, cast, desc, func, select, tuple_
+from sqlalchemy import String, asc, case, cast, desc, func, literal_column, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from lamina.db.types import utcnow
@@ -222,22 +223,23 @@ def touch(session: Session, image: Image) -> None:
     image.accessed_at = utcnow()
 
 
-def list_images(
+def _listing(
     session: Session,
     who: Principal,
-    *,
+    columns: Any,
     filters: dict[str, str],
-    sort: str = "created_at",
-    direction: str = "asc",
-    limit: int = 1000,
-    marker: str | None = None,
-) -> list[Image]:
-    """Images ``who`` may see, filtered on any attribute (extra ones too), sorted, paged."""
+    sort: str,
+    direction: str,
+    limit: int,
+    marker: str | None,
+) -> Any:
+    """The listing's SELECT of ``columns``: what ``who`` may see, filtered on any attribute
+    (extra ones too), sorted, paged."""
     if sort not in SORTABLE:
         raise InvalidRequest(f"cannot sort by {sort!r}; one of {', '.join(SORTABLE)}")
     if direction not in ("asc", "desc"):
         raise InvalidRequest("dir must be asc or desc")
-    query = select(Image).where(visible_to(who, KIND, Image.id, Image.owner, Image.access))
+    query = select(*columns).where(visible_to(who, KIND, Image.id, Image.owner, Image.access))
     for key, value in filters.items():
         if key in FILTERABLE:
             query = query.where(cast(getattr(Image, key), String) == value)
@@ -256,7 +258,56 @@ def list_images(
         pivot = (getattr(after, sort), after.id)
         bound = tuple_(column, Image.id)
         query = query.where(bound > pivot if direction == "asc" else bound < pivot)
-    return list(session.scalars(query.order_by(order(column), order(Image.id)).limit(limit)))
+    return query.order_by(order(column), order(Image.id)).limit(limit)
+
+
+def list_images(
+    session: Session,
+    who: Principal,
+    *,
+    filters: dict[str, str],
+    sort: str = "created_at",
+    direction: str = "asc",
+    limit: int = 1000,
+    marker: str | None = None,
+) -> list[Image]:
+    """Images ``who`` may see, filtered on any attribute (extra ones too), sorted, paged."""
+    query = _listing(session, who, [Image], filters, sort, direction, limit, marker)
+    return list(session.scalars(query))
+
+
+def brief_listing(
+    session: Session,
+    who: Principal,
+    *,
+    filters: dict[str, str],
+    sort: str = "created_at",
+    direction: str = "asc",
+    limit: int = 1000,
+    marker: str | None = None,
+) -> bytes | None:
+    """The brief listing as JSON bytes built by the database (as compute.listing does for
+    instances), or None when nothing matched. Same order, filters and pages as
+    ``list_images``; a test holds the two together."""
+    columns = [getattr(Image, name).label(name) for name in BRIEF]
+    sort_key = getattr(Image, sort).label("_sort") if sort in SORTABLE else Image.id
+    query = _listing(session, who, [*columns, sort_key], filters, sort, direction, limit, marker)
+    page = query.subquery()
+    fields: list[Any] = []
+    for name in BRIEF:
+        fields += [literal_column(f"'{name}'"), page.c[name]]
+    if session.get_bind().dialect.name == "postgresql":
+        way = "ASC" if direction == "asc" else "DESC"
+        ordered = func.json_build_object(*fields).op("ORDER BY")(text(f"_sort {way}, id {way}"))
+        document = session.scalar(select(func.json_agg(ordered)))
+        if not document:
+            return None
+        return b'{"images":' + json.dumps(document, separators=(",", ":")).encode() + b"}"
+    # SQLite aggregates the ordered subquery in its order (it never flattens it).
+    built: str | None = session.scalar(select(func.json_group_array(func.json_object(*fields))))
+    if not built or built == "[]":
+        return None
+    return b'{"images":' + built.encode() + b"}"
 
 
 def describe(image: Image, base_url: str, brief: bool = False) -> dict[str, Any]:
