@@ -40,6 +40,9 @@ class ManagerSettings(Section):
     #: The URL agents and clients use to reach this manager; derived from host/port if unset.
     public_url: str | None = None
     job_workers: int = Field(4, ge=1, le=64)
+    #: Processes serving the API on one port, each a full manager (job runner, monitor) on
+    #: the shared database: more than one uses more cores.
+    processes: int = Field(1, ge=1, le=64)
     #: HTTPS: "off" (plain HTTP), "ca" (a certificate from Lamina's own CA, made at start) or
     #: "files" (the administrator's ``tls_cert`` and ``tls_key``).
     tls: Literal["off", "ca", "files"] = "off"

@@ -115,3 +115,17 @@ def test_statistics_count_what_the_caller_may_see(cloud: Cloud) -> None:
     assert stats["by_status"] == {"locked": 3} and stats["by_store"] == {"file": 3}
     bob = member(cloud, "bob")
     assert bob.get("/images/stats").json()["stats"]["images"] == 2  # not the private one
+
+
+def test_a_manager_can_serve_with_several_processes(make_cloud) -> None:  # type: ignore[no-untyped-def]
+    cloud = make_cloud(LAMINA_MANAGER__PROCESSES="2")
+    proc = cloud.start_manager()
+    assert proc.proc is not None
+    children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text().split()
+    assert len(children) >= 2  # uvicorn's workers (and its process manager's helper)
+    http = cloud.http
+    made = [
+        http.post("/images", headers=meta(name=f"p{i}")).json()["image"]["id"] for i in range(20)
+    ]
+    listed = [i["id"] for i in http.get("/images", params={"sort": "name"}).json()["images"]]
+    assert sorted(listed) == sorted(made)

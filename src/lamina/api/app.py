@@ -26,6 +26,17 @@ from lamina.jobs.runner import JobRunner
 from lamina.services import Services
 
 
+def app_from_settings() -> FastAPI:
+    """The manager app built from the settings: the factory each worker process of
+    ``lamina serve`` calls when ``manager.processes`` is above 1."""
+    from lamina.config import load_settings
+    from lamina.logs import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    return create_app(Services.build(settings))
+
+
 def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     """The manager's API. With ``background`` the app also runs the job runner and the host
     monitor while it is up (tests may drive them by hand instead)."""

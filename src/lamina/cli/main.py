@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -52,16 +51,6 @@ class Group(click.Group):
 def cli(ctx: click.Context, url: str | None, as_json: bool) -> None:
     """Lamina: a cloud for virtual appliances."""
     ctx.obj = Context(url, as_json)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per request to an agent is noise; errors still surface through Lamina's logs.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.main import Context, setup_logging
+from lamina.cli.main import Context
 from lamina.cli.output import emit_json, table
 from lamina.config import load_settings, public_view
 from lamina.errors import LaminaError
+from lamina.logs import setup_logging
 
 
 @click.command("serve")
@@ -25,10 +26,18 @@ def serve(host: str | None, port: int | None) -> None:
     setup_logging(settings.log_level)
     # Checked before anything starts: a bad certificate or key stops the manager here.
     tls = manager_tls(settings, host)
-    svc = Services.build(settings)
-    app = create_app(svc)
+    processes = settings.manager.processes
+    if processes > 1:
+        # Each worker process builds its own services from the same settings; several
+        # managers on one database are safe (job leases, row locks).
+        Services.build(settings).close()  # migrate once, before the workers race to
+        target: object = "lamina.api.app:app_from_settings"
+    else:
+        target = create_app(Services.build(settings))
     uvicorn.run(
-        app,
+        target,  # type: ignore[arg-type]
+        factory=processes > 1,
+        workers=processes if processes > 1 else None,
         host=host or settings.manager.host,
         port=port or settings.manager.port,
         ssl_certfile=str(tls[0]) if tls else None,
