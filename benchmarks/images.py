@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from boot import Load  # noqa: E402
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 PIECE = 64 * MiB
@@ -524,15 +526,6 @@ def bench_transfers(
 
 
 # -- metadata throughput -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Load:
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    requests: int
-    errors: int
 
 
 def wrk(url: str, method: str, headers: dict[str, str], connections: int, duration: float) -> Load:
