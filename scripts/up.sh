@@ -102,13 +102,10 @@ else
   CLI=.venv/bin/lamina
 fi
 
-cat <<MSG
-
-Lamina is up: manager $URL, one host, the sample guest running.
-
-  $CLI instance list             # the sample guest, running
-  $CLI instance console sample   # its console log (add -f to follow it)
-  $CLI host list                 # the local host and its capacity
-  $CLI job list                  # what Lamina did, step by step
-  make down                      # stop what make up started
-MSG
+printf '\nLamina is up: manager %s, one host, the sample guest running.\n\n' "$URL"
+hint() { printf '  %-38s # %s\n' "$1" "$2"; }
+hint "$CLI instance list" "the sample guest, running"
+hint "$CLI instance console sample" "its console log (add -f to follow it)"
+hint "$CLI host list" "the local host and its capacity"
+hint "$CLI job list" "what Lamina did, step by step"
+hint "make down" "stop what make up started"
