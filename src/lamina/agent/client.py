@@ -10,7 +10,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from lamina.agent import wire
-from lamina.errors import BackendUnavailable, LaminaError
+from lamina.errors import BackendUnavailable
 from lamina.remote_errors import raise_for_error
 
 T = TypeVar("T")
@@ -123,6 +123,3 @@ def _certificate_refused(exc: BaseException) -> bool:
 
 def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
-
-
-__all__ = ["AgentClient", "LaminaError"]

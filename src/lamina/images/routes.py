@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from lamina.api.auth import principal
 from lamina.api.deps import services
 from lamina.db.types import utcnow
-from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.identity.signing import BODY_HEADER, UNSIGNED
 from lamina.images import meta, resumable, service
@@ -220,7 +220,7 @@ def list_brief(
 ) -> Any:
     """Brief metadata of the images the caller may see; filter by any attribute. The
     database builds the document (the repository's hottest read)."""
-    filters = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
+    filters = _filters(request)
     with svc.db.read() as s:
         body = service.brief_listing(
             s, who, filters=filters, sort=sort, direction=dir, limit=limit, marker=marker
@@ -242,27 +242,20 @@ def list_detail(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    return _list(request, svc, who, sort, dir, limit, marker, brief=False)
-
-
-def _list(
-    request: Request,
-    svc: Services,
-    who: Principal,
-    sort: str,
-    direction: str,
-    limit: int,
-    marker: str | None,
-    brief: bool = False,
-) -> Any:
-    filters = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
+    """Full metadata of the images the caller may see; the same filters as the brief list."""
+    filters = _filters(request)
     with svc.db.read() as s:
         found = service.list_images(
-            s, who, filters=filters, sort=sort, direction=direction, limit=limit, marker=marker
+            s, who, filters=filters, sort=sort, direction=dir, limit=limit, marker=marker
         )
         if not found and marker is None:
             raise NotFound("no images were found", filters=filters)  # VISOR table 4.3
-        return {"images": [service.describe(i, _base(request), brief) for i in found]}
+        return {"images": [service.describe(i, _base(request)) for i in found]}
+
+
+def _filters(request: Request) -> dict[str, str]:
+    """Every query parameter but the listing's own is a filter on an attribute."""
+    return {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
 
 
 @images.get("/stats")
@@ -343,9 +336,6 @@ def delete_image(
         except LaminaError as exc:
             log.warning("image %s: its file could not be removed: %s", image_id, exc.message)
     return {"image": described}
-
-
-__all__ = ["Conflict", "images"]
 
 
 # -- resumable uploads ---------------------------------------------------------------------
