@@ -34,9 +34,9 @@ LAYER = f'  <layers>\n    <layer format="squashfs" sha256="{SHA}" size="4096"/>\
 SUBSTRATE = '  <substrate name="debian" version=">=12,&lt;13"/>\n'
 
 
-def refused(data: bytes, **kwargs: bool) -> XMLInvalid:
+def refused(data: bytes, source: bool = False) -> XMLInvalid:
     with pytest.raises(XMLInvalid) as info:
-        parse_appliance(data, **kwargs)
+        parse_appliance(data, source=source)
     return info.value
 
 
