@@ -244,6 +244,14 @@ def test_wrong_content_names_line_and_element(
     assert error.status == 400 and error.details == {"line": line, "element": element}
 
 
+def test_namespaced_attributes_cannot_steer_the_schema() -> None:
+    xsi = 'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+    hardware = f'  <hardware {xsi}>\n    <cpus xsi:type="xs:string">two</cpus>\n  </hardware>\n'
+    error = refused(layered(hardware, kind="traditional"))
+    assert (error.line, error.element) == (6, "cpus")
+    assert "namespaced elements and attributes" in error.message
+
+
 def test_missing_fields_and_wrong_root() -> None:
     error = refused(b'<appliance version="1.0">\n  <version>1</version>\n</appliance>')
     assert (error.line, error.element) == (2, "version")
@@ -288,6 +296,8 @@ def test_undeclared_entity_and_malformed_xml_name_the_line() -> None:
     error = refused(b'<appliance version="1.0">\n<label>x</label>\n<version>1</label>\n')
     assert error.line == 3 and "mismatched tag" in error.message
     assert refused(b"").line == 1
+    error = refused(b'<?xml version="1.0" encoding="utf-J"?>\n<appliance/>')
+    assert error.line == 1 and "unknown encoding" in error.message
 
 
 def test_a_huge_document_is_refused_before_parsing() -> None:

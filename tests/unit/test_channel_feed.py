@@ -173,6 +173,12 @@ def test_a_minimal_feed_parses() -> None:
             "not an http(s) URL",
         ),
         (
+            _feed(_item(APPLIANCE, GOOD_FILE.replace(f"files/{SHA}", "http://[::1/x"))),
+            12,
+            "url",
+            "'http://[::1/x' is not an http(s) URL",
+        ),
+        (
             _feed(_item(APPLIANCE, GOOD_FILE.replace(f"<lamina:url>files/{SHA}</lamina:url>", ""))),
             11,
             "file",

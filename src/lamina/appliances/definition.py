@@ -18,10 +18,7 @@ from lamina.errors import InvalidRequest
 Kind = Literal["substrate", "application", "traditional"]
 KINDS: tuple[Kind, ...] = ("substrate", "application", "traditional")
 BlobRole = Literal["layer", "image", "kernel", "initrd"]
-LAYER_FORMATS = ("squashfs", "erofs")
-IMAGE_FORMATS = ("qcow2", "raw", "iso")
 VariableType = Literal["string", "int", "bool", "ipv4", "ipv6", "hostname"]
-VARIABLE_TYPES: tuple[VariableType, ...] = ("string", "int", "bool", "ipv4", "ipv6", "hostname")
 DiskType = Literal["system", "swap", "user"]
 
 

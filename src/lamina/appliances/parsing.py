@@ -50,16 +50,23 @@ def parse_appliance(data: bytes, *, source: bool = False, what: str = WHAT) -> A
 
 
 def _validate(doc: Document) -> None:
-    for error in schema().iter_errors(doc.root):
-        element = error.elem
-        index = getattr(error, "index", None)
-        if element is not None and isinstance(index, int) and index < len(element):
-            element = element[index]  # an unexpected child: point at the child itself
-        reason = error.reason or str(error)
-        if isinstance(error, xmlschema.XMLSchemaDecodeError):
-            type_name = getattr(error.validator, "name", None) or "value"
-            reason = f"{error.obj!r} is not a valid {local_name(type_name)}"
-        raise doc.error(element, reason.rstrip("."))
+    """Raise the schema's first complaint, if any, at the element it is about."""
+    for node in doc.root.iter():
+        # The format has no namespace; xsi:type and the like would steer the validator.
+        if node.tag.startswith("{") or any(key.startswith("{") for key in node.attrib):
+            raise doc.error(node, "namespaced elements and attributes are not in the format")
+    error = next(schema().iter_errors(doc.root), None)
+    if error is None:
+        return
+    element = error.elem
+    index = getattr(error, "index", None)
+    if element is not None and isinstance(index, int) and index < len(element):
+        element = element[index]  # an unexpected child: point at the child itself
+    reason = error.reason or str(error)
+    if isinstance(error, xmlschema.XMLSchemaDecodeError):
+        type_name = getattr(error.validator, "name", None) or "value"
+        reason = f"{error.obj!r} is not a valid {local_name(type_name)}"
+    raise doc.error(element, reason.rstrip("."))
 
 
 class _Reader:

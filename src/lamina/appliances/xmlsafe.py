@@ -92,6 +92,8 @@ def read_xml(data: bytes, what: str, max_bytes: int) -> Document:
             "attacks are made of them)"
         )
         raise XMLInvalid(what, reason, int(expat.CurrentLineNumber), None) from None
+    except LookupError as exc:  # an XML declaration naming an unknown encoding
+        raise XMLInvalid(what, f"not well-formed XML: {exc}", 1, None) from None
     except ET.ParseError as exc:
         line = exc.position[0]
         reason = str(exc).split(": line ")[0]

@@ -212,9 +212,14 @@ class _Reader:
             raise self.doc.error(element, f"role {role!r} is not one of {', '.join(ROLES)}")
         urls = []
         for url_element in element.findall(_q("url")):
-            url = urljoin(self.url, (url_element.text or "").strip())
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise self.doc.error(url_element, f"{url!r} is not an http(s) URL")
+            text = (url_element.text or "").strip()
+            try:
+                url = urljoin(self.url, text)
+                scheme = urlsplit(url).scheme
+            except ValueError:  # e.g. an unclosed [IPv6 address]
+                scheme = ""
+            if scheme not in ("http", "https"):
+                raise self.doc.error(url_element, f"{text!r} is not an http(s) URL")
             urls.append(url)
         if not urls:
             raise self.doc.error(element, "a file needs at least one <lamina:url>")
