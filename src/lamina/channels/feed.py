@@ -25,11 +25,18 @@ ROLES: tuple[Role, ...] = ("definition", "layer", "image", "kernel", "initrd")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
-ET.register_namespace("lamina", NS)
 
 
 def _q(tag: str) -> str:
+    """A Lamina element's name as the parser sees it."""
     return f"{{{NS}}}{tag}"
+
+
+def _w(tag: str) -> str:
+    """A Lamina element's name as written: prefixed by hand, with ``xmlns:lamina`` set on the
+    root, because ``ET.register_namespace`` is global and the libvirt domain XML maps
+    ``lamina`` to its own namespace."""
+    return f"lamina:{tag}"
 
 
 @dataclass(frozen=True)
@@ -91,20 +98,20 @@ def _file(parent: ET.Element, ref: FileRef) -> None:
     if ref.format is not None:
         attrs["format"] = ref.format
     attrs["signature"] = ref.signature
-    element = ET.SubElement(parent, _q("file"), attrs)
+    element = ET.SubElement(parent, _w("file"), attrs)
     for url in ref.urls:
-        _text(element, _q("url"), url)
+        _text(element, _w("url"), url)
 
 
 def write_feed(feed: Feed) -> bytes:
     """The feed as RSS 2.0, UTF-8, indented."""
-    rss = ET.Element("rss", {"version": "2.0"})
+    rss = ET.Element("rss", {"version": "2.0", "xmlns:lamina": NS})
     channel = ET.SubElement(rss, "channel")
     _text(channel, "title", feed.title)
     _text(channel, "link", feed.link)
     _text(channel, "description", feed.description)
     _text(channel, "generator", "Lamina")
-    _text(channel, _q("key"), feed.public_key)
+    _text(channel, _w("key"), feed.public_key)
     for item in feed.items:
         element = ET.SubElement(channel, "item")
         _text(element, "title", f"{item.label} {item.version}")
@@ -123,7 +130,7 @@ def write_feed(feed: Feed) -> bytes:
             "kind": item.kind,
             "label": item.label,
         }
-        ET.SubElement(element, _q("appliance"), attrs)
+        ET.SubElement(element, _w("appliance"), attrs)
         for ref in (item.definition, *item.files):
             _file(element, ref)
     ET.indent(rss)
