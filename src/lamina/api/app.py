@@ -70,6 +70,8 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # No unauthenticated /docs, /redoc or /openapi.json: the document is served by
     # api.system behind the same authentication as everything else.
     app = FastAPI(
+        # No OpenTelemetry: left on, FastAPI looks up its providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="Lamina",
         version=__version__,
         lifespan=lifespan,
@@ -81,9 +83,10 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     install_error_handlers(app)
     # The one place authentication plugs in: every router but health, agent enrolment (its
     # one-time token authenticates it) and login depends on the caller's identity.
+    # Starlette tries routes in order: the busiest routers come first.
     for router in (health, enrolment, login_router):
         app.include_router(router)
-    for router in (system, instances, images, jobs, users_router, me_router):
+    for router in (images, instances, jobs, system, users_router, me_router):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])

@@ -20,7 +20,7 @@ system = APIRouter(tags=["system"])
 
 
 @health.get("/health")
-def health_check(svc: Services = Depends(services)) -> dict[str, Any]:
+async def health_check(svc: Services = Depends(services)) -> dict[str, Any]:
     """Unauthenticated liveness: the manager answers and its database does."""
     with svc.db.read() as s:
         s.execute(text("SELECT 1"))

@@ -1,17 +1,25 @@
 """The database: engine, sessions and automatic migrations.
 
 SQLite runs in WAL mode; a write session on SQLite starts with ``BEGIN IMMEDIATE`` so two
-writers queue on the busy timeout instead of failing to upgrade a read lock. PostgreSQL uses
-its defaults (READ COMMITTED) and row locks where a domain needs them.
+writers queue instead of failing to upgrade a read lock. SQLite itself lets a waiting writer
+sleep in steps of 1, 2, 5, 10... ms (its busy handler), which caps a busy manager at a few
+hundred writes a second; so Lamina's own writers queue first on a lock that wakes the next one
+as soon as the holder commits: a thread lock within a process, and ``flock(2)`` on
+``<database>.write-lock`` across the processes of one machine (several ``lamina serve``
+workers). Anything else writing the file (the ``sqlite3`` shell) still meets the busy timeout.
+PostgreSQL uses its defaults (READ COMMITTED) and row locks where a domain needs them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -19,7 +27,10 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from lamina.db.batch import WriteBatcher
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -40,12 +51,14 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
+        self._writers = _WriterQueue(url) if self.is_sqlite else None
         if self.is_sqlite:
             _sqlite_tuning(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(lamina_write=True), expire_on_commit=False
         )
+        self._batcher = WriteBatcher(self)
         if migrate:
             self.migrate()
 
@@ -66,17 +79,67 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction committed on success and rolled back on any error."""
-        with self._write() as session, session.begin():
+        if self._writers is None:
+            with self._write() as session, session.begin():
+                yield session
+            return
+        with self._writers, self._write() as session, session.begin():
             yield session
+
+    async def batched(self, fn: Callable[[Session], T]) -> T:
+        """``fn(session)`` in a write transaction shared with other requests' (group commit,
+        ``db.batch``), for short database-only changes; its result once committed."""
+        return await self._batcher.run(fn)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _ensure_parent(url: str) -> None:
+def _sqlite_path(url: str) -> str | None:
     path = url.split(":///", 1)[-1]
-    if path and path != ":memory:":
+    return path if path and path != ":memory:" and "://" not in path else None
+
+
+def _ensure_parent(url: str) -> None:
+    path = _sqlite_path(url)
+    if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+class _WriterQueue:
+    """Lets one SQLite writer of this machine in at a time (see the module's docstring)."""
+
+    def __init__(self, url: str) -> None:
+        self._thread_lock = threading.Lock()
+        path = _sqlite_path(url)
+        self._lock_path = f"{path}.write-lock" if path else None
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._lock_path is not None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _file(self) -> int:
+        # One descriptor per process: flock excludes open file descriptions, and a forked
+        # worker must not share its parent's.
+        if self._fd is None or self._pid != os.getpid():
+            assert self._lock_path is not None
+            self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd
 
 
 def _sqlite_tuning(engine: Engine) -> None:

@@ -64,6 +64,12 @@ class KeyCache:
             self._entries[access_key] = (now, creds)
         return creds
 
+    def fresh(self, access_key: str) -> bool:
+        """True when ``get`` would answer from memory, without the database."""
+        with self._lock:
+            hit = self._entries.get(access_key)
+        return hit is not None and time.monotonic() - hit[0] < self.ttl
+
     def forget(self) -> None:
         with self._lock:
             self._entries.clear()

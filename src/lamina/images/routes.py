@@ -13,10 +13,12 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from lamina.api.auth import principal
-from lamina.api.deps import services
+from lamina.api.deps import caller, services
+from lamina.api.responses import json_response
 from lamina.db.types import utcnow
 from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
@@ -119,11 +121,10 @@ def _probe(svc: Services, fields: dict[str, Any]) -> StoredObject:
 
 
 @images.post("", status_code=201)
-async def add_image(
-    request: Request, svc: Services = Depends(services), who: Principal = Depends(principal)
-) -> Any:
+async def add_image(request: Request) -> Any:
     """Register an image from ``X-Image-Meta-*`` headers, with its file in the body, or a
     ``location`` (an http store), or neither (``locked``)."""
+    svc, who = caller(request)
     fields, others, declared = meta.split(meta.from_headers(request.headers))
     with_file, location = _has_body(request), fields.get("location")
     if with_file and location:
@@ -140,31 +141,26 @@ async def add_image(
         )
     probed = await run_in_threadpool(_probe, svc, fields) if location else None
 
-    def create() -> tuple[str, dict[str, Any]]:
-        with svc.db.write() as s:
-            image = service.register(s, who, fields, others, svc.settings.images.default_access)
-            if probed is not None:
-                image = service.finish_upload(
-                    s, who, image.id, probed, probed.checksum, None, declared
-                )
-            elif with_file:
-                service.begin_upload(s, who, image, WRITER)
+    def create(s: Session) -> tuple[str, dict[str, Any]]:
+        row = service.register(s, who, fields, others, svc.settings.images.default_access)
+        if probed is not None:
+            image = service.finish_upload(s, who, row.id, probed, probed.checksum, None, declared)
             return image.id, service.describe(image, _base(request))
+        if with_file:
+            service.begin_upload(s, who, service.get_image(s, row.id, who), WRITER)
+            row = service.image_row(s, row.id, who)
+        return row.id, service.describe(row, _base(request))
 
-    image_id, described = await run_in_threadpool(create)
+    image_id, described = await svc.db.batched(create)
     if with_file:
         described = await _upload(svc, request, who, image_id, store, declared)
-    return {"image": described}
+    return json_response({"image": described}, status_code=201)
 
 
 @images.put("/{image_id}")
-async def update_image(
-    image_id: str,
-    request: Request,
-    svc: Services = Depends(services),
-    who: Principal = Depends(principal),
-) -> Any:
+async def update_image(image_id: str, request: Request) -> Any:
     """Change metadata and/or give a ``locked`` or ``error`` image its file."""
+    svc, who = caller(request)
     fields, others, declared = meta.split(meta.from_headers(request.headers))
     with_file, location = _has_body(request), fields.get("location")
     if with_file and location:
@@ -174,23 +170,25 @@ async def update_image(
     if not (fields or others or with_file):
         raise InvalidRequest("nothing to do: give metadata headers, a file or a location")
 
-    def change() -> tuple[str, dict[str, Any]]:
-        with svc.db.write() as s:
-            image = service.get_image(s, image_id, who)
-            if fields.keys() - {"location"} or others:
-                image = service.update(s, who, image, fields, others)
-            store = pick(svc.stores, image.store)
-            if (with_file or location) and store.capabilities.writable == bool(location):
-                raise InvalidRequest(
-                    f"the {store.name} store is read-only: upload to another store"
-                    if with_file
-                    else "a location can only be given for a read-only store"
-                )
-            if with_file or location:
-                service.begin_upload(s, who, image, WRITER)
-            return image.store, service.describe(image, _base(request))
+    def change(s: Session) -> tuple[str, dict[str, Any]]:
+        if fields.keys() - {"location"} or others:
+            row = service.update(s, who, image_id, fields, others)
+        else:
+            row = service.image_row(s, image_id, who)
+        if not (with_file or location):
+            return row.store, service.describe(row, _base(request))
+        store = pick(svc.stores, row.store)
+        if store.capabilities.writable == bool(location):
+            raise InvalidRequest(
+                f"the {store.name} store is read-only: upload to another store"
+                if with_file
+                else "a location can only be given for a read-only store"
+            )
+        image = service.get_image(s, image_id, who)
+        service.begin_upload(s, who, image, WRITER)
+        return image.store, service.describe(image, _base(request))
 
-    store_name, described = await run_in_threadpool(change)
+    store_name, described = await svc.db.batched(change)
     store = svc.stores[store_name]
     if with_file:
         described = await _upload(svc, request, who, image_id, store, declared)
@@ -205,21 +203,20 @@ async def update_image(
                 return service.describe(image, _base(request))
 
         described = await run_in_threadpool(assign)
-    return {"image": described}
+    return json_response({"image": described})
 
 
 @images.get("")
-def list_brief(
+async def list_brief(
     request: Request,
     sort: str = "created_at",
     dir: str = "asc",
     limit: int = Query(1000, ge=1, le=10000),
     marker: str | None = None,
-    svc: Services = Depends(services),
-    who: Principal = Depends(principal),
 ) -> Any:
     """Brief metadata of the images the caller may see; filter by any attribute. The
     database builds the document (the repository's hottest read)."""
+    svc, who = caller(request)
     filters = _filters(request)
     with svc.db.read() as s:
         body = service.brief_listing(
@@ -266,15 +263,11 @@ def image_statistics(svc: Services = Depends(services), who: Principal = Depends
 
 
 @images.head("/{image_id}")
-def head_image(
-    image_id: str,
-    request: Request,
-    svc: Services = Depends(services),
-    who: Principal = Depends(principal),
-) -> Response:
+async def head_image(image_id: str, request: Request) -> Response:
     """The image's metadata as ``X-Image-Meta-*`` headers, no body."""
+    svc, who = caller(request)
     with svc.db.read() as s:
-        described = service.describe(service.get_image(s, image_id, who), _base(request))
+        described = service.describe(service.image_row(s, image_id, who), _base(request))
     return Response(headers=_meta_headers(described))
 
 

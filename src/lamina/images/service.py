@@ -15,12 +15,25 @@ import logging
 from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import String, asc, case, cast, desc, func, literal_column, select, text, tuple_
+from sqlalchemy import (
+    Row,
+    String,
+    asc,
+    bindparam,
+    case,
+    cast,
+    desc,
+    func,
+    literal_column,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.orm import Session
 
-from lamina.db.types import utcnow
+from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.access import Need, check, may_see, visible_to
 from lamina.identity.principal import Principal
@@ -55,15 +68,43 @@ FILTERABLE = SORTABLE + ("checksum", "sha256", "kernel", "ramdisk", "location")
 def record(
     session: Session, image_id: str, who: Principal | None, action: str, detail: str | None = None
 ) -> None:
-    session.add(
-        ImageEvent(
-            image_id=image_id,
-            user_id=who.user_id if who else None,
-            access_key=who.access_key if who else None,
-            action=action,
-            detail=detail,
-        )
+    session.connection().execute(
+        _EVENTS.insert(),
+        {
+            "image_id": image_id,
+            "at": utcnow(),
+            "user_id": who.user_id if who else None,
+            "access_key": who.access_key if who else None,
+            "action": action,
+            "detail": detail,
+        },
     )
+
+
+# The metadata requests' path runs these prebuilt Core statements with bound parameters:
+# SQLAlchemy then reuses their compiled form, and no ORM object is built per request.
+ImageRow: TypeAlias = "Row[*tuple[Any, ...]]"
+_IMAGES = Image.metadata.tables[Image.__tablename__]
+_EVENTS = Image.metadata.tables[ImageEvent.__tablename__]
+#: One image as a plain row: attributes as on ``Image``, plus ``visibility`` for the checks.
+_ROW = select(*_IMAGES.c, _IMAGES.c.access.label("visibility")).where(
+    _IMAGES.c.id == bindparam("image_id")
+)
+#: Sets the columns named by the parameters given with it; answers the changed row.
+_UPDATE = (
+    _IMAGES.update()
+    .where(_IMAGES.c.id == bindparam("_image_id"))
+    .returning(*_IMAGES.c, _IMAGES.c.access.label("visibility"))
+)
+
+
+def image_row(session: Session, image_id: str, who: Principal, need: Need = "read") -> ImageRow:
+    """``get_image`` as a read-only row."""
+    row = session.connection().execute(_ROW, {"image_id": image_id}).first()
+    if row is None:
+        raise NotFound(f"image {image_id!r} does not exist", image=image_id)
+    check(session, who, KIND, row, need, image_id)
+    return row
 
 
 def get_image(session: Session, image_id: str, who: Principal, need: Need = "read") -> Image:
@@ -92,48 +133,54 @@ def register(
     fields: dict[str, Any],
     others: dict[str, str],
     default_access: str,
-) -> Image:
+) -> ImageRow:
     """Record an image's metadata; it is ``locked`` until a file or location arrives."""
     if not fields.get("name"):
         raise InvalidRequest("an image needs a name")
     _check_links(session, who, fields)
-    image = Image(
-        name=fields["name"],
-        architecture=fields.get("architecture"),
-        access=fields.get("access") or default_access,
-        status="locked",
-        type=fields.get("type"),
-        format=fields.get("format"),
-        store=fields["store"],
-        kernel=fields.get("kernel"),
-        ramdisk=fields.get("ramdisk"),
-        owner=who.user_id,
-        others=others,
+    now = utcnow()
+    image_id = new_id()
+    session.connection().execute(
+        _IMAGES.insert(),
+        {
+            "id": image_id,
+            "name": fields["name"],
+            "architecture": fields.get("architecture"),
+            "access": fields.get("access") or default_access,
+            "status": "locked",
+            "type": fields.get("type"),
+            "format": fields.get("format"),
+            "store": fields["store"],
+            "kernel": fields.get("kernel"),
+            "ramdisk": fields.get("ramdisk"),
+            "owner": who.user_id,
+            "others": others,
+            "created_at": now,
+            "updated_at": now,
+            "access_count": 0,
+        },
     )
-    session.add(image)
-    session.flush()
-    record(session, image.id, who, "register")
-    return image
+    record(session, image_id, who, "register")
+    return image_row(session, image_id, who)
 
 
 def update(
-    session: Session, who: Principal, image: Image, fields: dict[str, Any], others: dict[str, str]
-) -> Image:
+    session: Session, who: Principal, image_id: str, fields: dict[str, Any], others: dict[str, str]
+) -> ImageRow:
     """Change user-managed attributes (owners and admins)."""
-    check(session, who, KIND, image, "own", image.id)
+    image = image_row(session, image_id, who, "own")
     _check_links(session, who, fields)
     if "store" in fields and fields["store"] != image.store and image.status == "available":
         raise Conflict("the store of an available image cannot change")
     if "name" in fields and not fields["name"]:
         raise InvalidRequest("an image needs a name")
-    for key, value in fields.items():
-        if key != "location":
-            setattr(image, key, value)
+    values = {key: value for key, value in fields.items() if key != "location"}
     if others:
-        image.others = {**(image.others or {}), **others}
-    image.updated_at = utcnow()
-    record(session, image.id, who, "update", ", ".join(sorted({*fields, *others})))
-    return image
+        values["others"] = {**(image.others or {}), **others}
+    values["updated_at"] = utcnow()
+    changed = session.connection().execute(_UPDATE, {"_image_id": image_id, **values}).one()
+    record(session, image_id, who, "update", ", ".join(sorted({*fields, *others})))
+    return changed
 
 
 def begin_upload(session: Session, who: Principal, image: Image, writer: str) -> None:
@@ -310,7 +357,7 @@ def brief_listing(
     return b'{"images":' + built.encode() + b"}"
 
 
-def describe(image: Image, base_url: str, brief: bool = False) -> dict[str, Any]:
+def describe(image: Image | ImageRow, base_url: str, brief: bool = False) -> dict[str, Any]:
     full: dict[str, Any] = {
         "id": image.id,
         "uri": f"{base_url}/images/{image.id}",
