@@ -26,7 +26,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 
-
 def _q(tag: str) -> str:
     """A Lamina element's name as the parser sees it."""
     return f"{{{NS}}}{tag}"
