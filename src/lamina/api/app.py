@@ -12,6 +12,7 @@ from lamina.api.auth import admin, principal
 from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
 from lamina.api.system import health, system
+from lamina.api.zerocopy import ZeroCopy
 from lamina.audit.middleware import AuditMiddleware
 from lamina.audit.routes import router as audit
 from lamina.compute.instance_routes import instances
@@ -26,15 +27,15 @@ from lamina.jobs.runner import JobRunner
 from lamina.services import Services
 
 
-def app_from_settings() -> FastAPI:
-    """The manager app built from the settings: the factory each worker process of
-    ``lamina serve`` calls when ``manager.processes`` is above 1."""
+def app_from_settings() -> ZeroCopy:
+    """The manager app built from the settings, as ``lamina serve`` runs it: the factory each
+    worker process calls when ``manager.processes`` is above 1."""
     from lamina.config import load_settings
     from lamina.logs import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_level)
-    return create_app(Services.build(settings))
+    return ZeroCopy(create_app(Services.build(settings)))
 
 
 def create_app(svc: Services, *, background: bool = True) -> FastAPI:

@@ -49,7 +49,7 @@ async def principal(request: Request) -> Principal:
             authorization=authorization,
             method=request.method,
             path=raw_path.decode("latin-1"),
-            query=request.url.query,
+            query=request.scope["query_string"].decode("latin-1"),
             headers=request.headers,
             body=body,
             streamed_upload=streamed,

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,7 @@ class AuditWriter:
     starts with the first record; ``close`` writes what is queued and stops it."""
 
     BATCH = 100
+    LINGER = 0.02
 
     def __init__(self, db: Database, *, max_pending: int = 10_000) -> None:
         self._db = db
@@ -100,9 +101,12 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < self.BATCH:
+            # Gather what else arrives within LINGER: under load one transaction then holds
+            # many records, instead of one record costing a transaction of its own.
+            until = time.monotonic() + self.LINGER
+            while len(batch) < self.BATCH and batch[-1] is not None:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(until - time.monotonic(), 0)))
                 except queue.Empty:
                     break
             records = [r for r in batch if r is not None]
@@ -114,7 +118,7 @@ class AuditWriter:
     def _write(self, records: list[AuditRecord]) -> None:
         try:
             with self._db.write() as s:
-                s.connection().execute(_EVENTS.insert(), [asdict(r) for r in records])
+                s.connection().execute(_EVENTS.insert(), [vars(r) for r in records])
         except Exception:
             if len(records) > 1:
                 # One bad record must not lose its neighbours.

@@ -19,6 +19,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from lamina.api.app import create_app
+    from lamina.api.zerocopy import ZeroCopy
     from lamina.identity.transport import manager_tls
     from lamina.services import Services
 
@@ -33,7 +34,7 @@ def serve(host: str | None, port: int | None) -> None:
         Services.build(settings).close()  # migrate once, before the workers race to
         target: object = "lamina.api.app:app_from_settings"
     else:
-        target = create_app(Services.build(settings))
+        target = ZeroCopy(create_app(Services.build(settings)))
     uvicorn.run(
         target,  # type: ignore[arg-type]
         factory=processes > 1,

@@ -8,6 +8,7 @@ Signatures are compared in constant time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import threading
@@ -79,17 +80,22 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return headers.get(name.lower())
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_date(date: str) -> datetime:
+    """An HTTP date; cached, as the requests of one second all carry the same few."""
+    when = parsedate_to_datetime(date)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def check_date(date: str | None, now: datetime | None = None) -> None:
     if not date:
         raise AuthenticationFailed(
             "auth_malformed", "the request carries no Date or X-Lamina-Date header to sign"
         )
     try:
-        when = parsedate_to_datetime(date)
+        when = _parse_date(date)
     except (TypeError, ValueError):
         raise AuthenticationFailed("auth_malformed", f"cannot read the date {date!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
     skew = abs(((now or datetime.now(UTC)) - when).total_seconds())
     if skew > signing.MAX_SKEW_SECONDS:
         raise AuthenticationFailed(

@@ -19,6 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from lamina.api.auth import principal
 from lamina.api.deps import caller, services
 from lamina.api.responses import json_response
+from lamina.api.zerocopy import EXTENSION as ZERO_COPY
+from lamina.api.zerocopy import ZeroCopyFileResponse
 from lamina.db.types import utcnow
 from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
@@ -296,8 +298,8 @@ def get_image(
         service.touch(s, image)
         described = service.describe(image, _base(request))
     store = pick(svc.stores, str(described["store"]))
+    location = str(described["location"])
     offset, length = span or (0, int(described["size"]))
-    chunks = store.open(str(described["location"]), offset, length)
     headers = {**_meta_headers(described), "Accept-Ranges": "bytes", "Content-Length": str(length)}
     if described.get("sha256"):
         headers["ETag"] = f'"{described["sha256"]}"'
@@ -305,9 +307,15 @@ def get_image(
     if span is not None:
         status = 206
         headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{described['size']}"
-    return StreamingResponse(
-        chunks, status_code=status, headers=headers, media_type="application/octet-stream"
-    )
+    kind = "application/octet-stream"
+    if ZERO_COPY in request.scope.get("extensions", {}):
+        local = store.open_local(location)
+        if local is not None:
+            return ZeroCopyFileResponse(
+                local, offset, length, status_code=status, headers=headers, media_type=kind
+            )
+    chunks = store.open(location, offset, length)
+    return StreamingResponse(chunks, status_code=status, headers=headers, media_type=kind)
 
 
 @images.delete("/{image_id}")

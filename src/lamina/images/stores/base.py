@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 
@@ -61,6 +62,11 @@ class ImageStore(abc.ABC):
     @abc.abstractmethod
     def size(self, location: str) -> int:
         """The object's size in bytes."""
+
+    def open_local(self, location: str) -> BinaryIO | None:
+        """The object as an open local file, for stores that have one (a download can then
+        go out with ``sendfile``); None for the others."""
+        return None
 
     def discard_partial(self, key: str) -> None:  # noqa: B027 - optional hook
         """Remove what an interrupted write of ``key`` left behind (after a crash)."""
