@@ -98,6 +98,8 @@ def published(tmp_path: Path) -> Iterator[tuple[Server, Path, str, Path]]:
     _application(source, "mailserv", "webserv")
     _application(source, "needy", "firewall")
     _application(source, "broken")
+    _application(source, "ping", "pong")
+    _application(source, "pong", "ping")
     keyfile = tmp_path / "channel.key"
     key = generate_key(keyfile)
     out = tmp_path / "public"
@@ -144,19 +146,19 @@ def test_subscribe_list_refresh_and_refusals(
 
     # The right key, through the CLI: subscribed, its appliances listed.
     added = manager.cli("channel", "add", feed_url, "--key", token)
-    assert "5 appliances" in added.stdout and "webserv" in added.stdout
+    assert "7 appliances" in added.stdout and "webserv" in added.stdout
     client = manager.client()
     [channel] = client.channels()
     assert channel["url"] == feed_url and channel["fingerprint"].startswith("sha256:")
     names = sorted(a["name"] for a in client.appliances())
-    assert names == ["broken", "mailserv", "needy", "tiny-os", "webserv"]
+    assert names == ["broken", "mailserv", "needy", "ping", "pong", "tiny-os", "webserv"]
     assert client.appliances(installed=True) == []
     _error(http.post("/channels", json={"url": feed_url, "key": token}), 409, "conflict")
 
     # Refresh with nothing changed: a conditional GET answered 304, the cache kept.
     assert client.refresh_channel(channel["id"])["changes"] == []
     assert server.feed_answers()[-1] == 304
-    assert len(client.appliances()) == 5
+    assert len(client.appliances()) == 7
 
     # A new version published: the refresh says what is new.
     (source / "webserv" / "appliance.xml").write_text(
@@ -170,7 +172,7 @@ def test_subscribe_list_refresh_and_refusals(
     assert re.search(r"webserv\s+1\.1\.0-0\s+updated", refreshed.stdout), refreshed.stdout
     assert server.feed_answers()[-1] == 200
     versions = {a["name"]: a["version"] for a in client.appliances()}
-    assert versions["webserv"] == "1.1.0-0" and len(versions) == 5
+    assert versions["webserv"] == "1.1.0-0" and len(versions) == 7
 
     # Unsubscribe.
     removed = manager.cli("channel", "remove", channel["id"])
@@ -210,22 +212,25 @@ def test_install_dependencies_shared_layers_refusals_and_remove(
     # mailserv depends on webserv (installed) and shares its first layer: only its own
     # layer is downloaded; the shared one is reused from the image repository.
     files_before = len(server.requests("/files/"))
-    second = _install(manager, "mailserv")
-    assert second["job"]["status"] == "succeeded", second["job"]
-    assert [a["name"] for a in second["appliances"]] == ["mailserv"]
+    second = manager.cli("appliance", "install", "mailserv:1.0.0-0")
+    assert re.search(r"mailserv\s+1\.0\.0-0\s+application", second.stdout), second.stdout
+    assert ": succeeded" in second.stdout
     fetched = server.requests("/files/")[files_before:]
     assert len(fetched) == 2, fetched  # its definition and its own layer
     assert _image_count(manager) == 6
     [mail] = [a for a in client.appliances(installed=True) if a["name"] == "mailserv"]
     assert mail["status"] == "installed"
 
-    # A missing dependency: refused before any file is downloaded (definitions are read,
-    # to look for an appliance that provides it).
+    # A missing dependency, or a cycle: refused before any file is downloaded (definitions
+    # are read, to look for an appliance that provides it).
     feed = parse_feed((tmp_path / "public" / "channel.rss").read_bytes(), server.url)
     definitions = {f"/files/{item.definition.sha256}" for item in feed.items}
     files_before = len(server.requests("/files/"))
     missing = manager.http.post("/appliances/install", json={"name": "needy"})
     assert "firewall" in _error(missing, 409, "conflict")["message"]
+    assert {p for p, _ in server.requests("/files/")[files_before:]} <= definitions
+    cycle = manager.http.post("/appliances/install", json={"name": "ping"})
+    assert "ping 1.0.0-0 -> pong 1.0.0-0 -> ping" in _error(cycle, 409, "conflict")["message"]
     assert {p for p, _ in server.requests("/files/")[files_before:]} <= definitions
     assert _image_count(manager) == 6
 
