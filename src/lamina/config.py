@@ -147,6 +147,13 @@ class ImageSettings(Section):
     resumable_upload_hours: float = Field(24.0, gt=0)
 
 
+class ChannelSettings(Section):
+    #: Minutes between refreshes of every subscribed channel's feed; 0: only on demand.
+    refresh_minutes: float = Field(60.0, ge=0)
+    #: Seconds to wait for a channel's server (connect and each read).
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
 class AgentSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8776, ge=1, le=65535)
@@ -171,6 +178,7 @@ class Settings(BaseSettings):
     compute: ComputeSettings = ComputeSettings()
     identity: IdentitySettings = IdentitySettings()
     images: ImageSettings = ImageSettings()
+    channels: ChannelSettings = ChannelSettings()
     agent: AgentSettings = AgentSettings()
 
     @classmethod

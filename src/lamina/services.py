@@ -33,6 +33,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        from lamina.appliances.install import register_appliance_jobs
         from lamina.compute.jobs import register_compute_jobs
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,7 @@ class Services:
         ca = CertificateAuthority(settings.data_dir.resolve() / "ca")
         registry = JobRegistry()
         register_compute_jobs(registry)
+        register_appliance_jobs(registry)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)

@@ -15,6 +15,8 @@ from lamina.api.system import health, system
 from lamina.api.zerocopy import ZeroCopy
 from lamina.audit.middleware import AuditMiddleware
 from lamina.audit.routes import router as audit
+from lamina.channels.refresher import ChannelRefresher
+from lamina.channels.routes import appliances, channels
 from lamina.compute.instance_routes import instances
 from lamina.compute.monitor import HostMonitor
 from lamina.compute.routes import enrolment, hosts
@@ -59,12 +61,15 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
             monitor.start()
             janitor = UploadJanitor(svc)
             janitor.start()
+            refresher = ChannelRefresher(svc)
+            refresher.start()
         try:
             yield
         finally:
             if monitor is not None:
                 monitor.stop()
                 janitor.stop()
+                refresher.stop()
             if svc.runner is not None:
                 svc.runner.stop()
 
@@ -87,7 +92,7 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # Starlette tries routes in order: the busiest routers come first.
     for router in (health, enrolment, login_router):
         app.include_router(router)
-    for router in (images, instances, jobs, system, users_router, me_router):
+    for router in (images, instances, jobs, system, users_router, me_router, channels, appliances):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])

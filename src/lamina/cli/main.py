@@ -54,9 +54,9 @@ def cli(ctx: click.Context, url: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    from lamina.cli import audit, channel, host, image, instance, job, system, user
+    from lamina.cli import appliance, audit, channel, host, image, instance, job, system, user
 
-    for module in (audit, channel, host, image, instance, job, system, user):
+    for module in (appliance, audit, channel, host, image, instance, job, system, user):
         module.register(cli)
     # `--json` is accepted anywhere on the line, not only right after `lamina`.
     args = sys.argv[1:]

@@ -195,6 +195,32 @@ class Client:
                 raise Timeout(f"job {job_id} still {job['status']} after {timeout:g}s")
             time.sleep(interval)
 
+    # -- channels and appliances
+    def add_channel(self, url: str, key: str) -> dict[str, Any]:
+        return self._take("channel", "POST", "/channels", json={"url": url, "key": key})
+
+    def channels(self) -> list[dict[str, Any]]:
+        return self._take("channels", "GET", "/channels")
+
+    def refresh_channel(self, channel_id: str) -> dict[str, Any]:
+        """The channel and ``changes``: what is new or updated since the last refresh."""
+        return self._take(None, "POST", f"/channels/{channel_id}/refresh")
+
+    def remove_channel(self, channel_id: str) -> dict[str, Any]:
+        return self._take("channel", "DELETE", f"/channels/{channel_id}")
+
+    def appliances(self, installed: bool = False) -> list[dict[str, Any]]:
+        params = {"installed": "true"} if installed else {}
+        return self._take("appliances", "GET", "/appliances", params=params)
+
+    def install_appliance(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Start installing; answers ``job`` and ``appliances`` (those it installs)."""
+        body = {"name": name, "version": version}
+        return self._take(None, "POST", "/appliances/install", json=body)
+
+    def remove_appliance(self, appliance_id: str) -> dict[str, Any]:
+        return self._take("appliance", "DELETE", f"/appliances/{appliance_id}")
+
     # -- sharing
     def set_visibility(self, ref: str, visibility: str) -> dict[str, Any]:
         return self._take("instance", "PATCH", f"/instances/{ref}", json={"visibility": visibility})

@@ -1,0 +1,86 @@
+"""``/channels`` and ``/appliances``: subscriptions and the catalog, over the channels and
+appliances domains (administrators subscribe, refresh, remove and install)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from lamina.api.auth import admin
+from lamina.api.deps import services
+from lamina.appliances import install as installer
+from lamina.channels import service
+from lamina.identity.principal import Principal
+from lamina.services import Services
+
+channels = APIRouter(prefix="/channels", tags=["channels"])
+appliances = APIRouter(prefix="/appliances", tags=["appliances"])
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Subscription(Body):
+    url: str = Field(min_length=8, max_length=2048)
+    key: str = Field(min_length=8, max_length=200)
+
+
+@channels.post("", status_code=201)
+def add_channel(
+    body: Subscription, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
+    """Subscribe: fetch the feed and its signature, verify them with the pinned key, store."""
+    return {"channel": service.subscribe(svc, who, body.url, body.key)}
+
+
+@channels.get("")
+def list_channels(svc: Services = Depends(services)) -> Any:
+    with svc.db.read() as s:
+        return {"channels": service.list_channels(s)}
+
+
+@channels.post("/{channel_id}/refresh", dependencies=[Depends(admin)])
+def refresh_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
+    """Fetch the feed again (conditionally); answers the channel and what is new."""
+    found = service.refresh(svc, channel_id)
+    with svc.db.read() as s:
+        described = service.describe(service.get_channel(s, channel_id))
+    changes = [{"name": n, "version": v, "change": c} for n, v, c in found]
+    return {"channel": described, "changes": changes}
+
+
+@channels.delete("/{channel_id}", dependencies=[Depends(admin)])
+def remove_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
+    """Unsubscribe; 409 while appliances installed from it remain."""
+    return {"channel": service.remove(svc, channel_id)}
+
+
+@appliances.get("")
+def list_appliances(installed: bool = False, svc: Services = Depends(services)) -> Any:
+    """The catalog: every channel's appliances and the installed ones."""
+    with svc.db.read() as s:
+        return {"appliances": service.catalog(s, installed)}
+
+
+class Install(Body):
+    name: str = Field(min_length=1, max_length=64)
+    version: str | None = Field(None, max_length=128)
+
+
+@appliances.post("/install", status_code=202)
+def install_appliance(
+    body: Install, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
+    """Install an appliance and what it needs: 202 with the job and the appliances."""
+    return installer.start_install(svc, who, body.name, body.version)
+
+
+@appliances.delete("/{appliance_id}")
+def remove_appliance(
+    appliance_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
+    """Remove an installed appliance and the images only it used; 409 while in use."""
+    return {"appliance": installer.remove_appliance(svc, who, appliance_id)}

@@ -1,0 +1,298 @@
+"""Subscribed channels: subscribe, refresh, list, remove, and the catalog of their appliances.
+
+A feed is verified against the pinned key before anything of it is stored, and the network
+is used outside any database transaction: a slow channel server never holds the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from lamina.appliances.models import InstalledAppliance
+from lamina.appliances.parsing import parse_appliance
+from lamina.channels.feed import MAX_BYTES, Feed, Item, parse_feed
+from lamina.channels.models import Channel
+from lamina.channels.signing import fingerprint, parse_public_key
+from lamina.channels.verify import verify_feed
+from lamina.db.types import utcnow
+from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.identity.principal import Principal
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from lamina.services import Services
+
+log = logging.getLogger(__name__)
+MAX_SIGNATURE = 4096
+Change = tuple[str, str, Literal["new", "updated"]]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A feed as its server sent it, with the validators to send back next time."""
+
+    data: bytes
+    signature: str
+    etag: str | None
+    last_modified: str | None
+
+
+def http_client(svc: Services) -> httpx.Client:
+    """A client for channel servers: the configured timeout, a few redirects."""
+    timeout = svc.settings.channels.timeout_seconds
+    return httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=5)
+
+
+def _get(
+    client: httpx.Client, url: str, limit: int, headers: dict[str, str]
+) -> tuple[httpx.Response, bytes]:
+    """GET ``url`` reading at most ``limit`` bytes of body; BackendUnavailable if it fails,
+    InvalidRequest if the body is larger."""
+    try:
+        with client.stream("GET", url, headers=headers) as response:
+            if response.status_code == 304:
+                return response, b""
+            if response.status_code >= 400:
+                raise BackendUnavailable(
+                    f"channel server: GET {url} answered {response.status_code}", url=url
+                )
+            body = bytearray()
+            for block in response.iter_bytes():
+                body += block
+                if len(body) > limit:
+                    raise InvalidRequest(f"{url} is larger than {limit} bytes", url=url)
+            return response, bytes(body)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
+
+
+def fetch_feed(
+    client: httpx.Client, url: str, etag: str | None = None, last_modified: str | None = None
+) -> Fetched | None:
+    """The feed and its signature; None if the server says the feed has not changed (304)
+    since the ``etag`` / ``last_modified`` given."""
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    response, data = _get(client, url, MAX_BYTES, headers)
+    if response.status_code == 304:
+        return None
+    _, signature = _get(client, url + ".sig", MAX_SIGNATURE, {})
+    return Fetched(
+        data,
+        signature.decode("ascii", "replace"),
+        response.headers.get("etag"),
+        response.headers.get("last-modified"),
+    )
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidRequest(f"{url!r} is not an http(s) URL of a channel feed", url=url)
+    return url
+
+
+def feed_of(channel: Channel) -> Feed:
+    """The channel's last verified feed."""
+    return parse_feed(channel.feed, channel.url)
+
+
+def describe(channel: Channel) -> dict[str, Any]:
+    return {
+        "id": channel.id,
+        "url": channel.url,
+        "title": channel.title,
+        "public_key": channel.public_key,
+        "fingerprint": channel.fingerprint,
+        "appliances": len(feed_of(channel).items),
+        "etag": channel.etag,
+        "last_modified": channel.last_modified,
+        "refreshed_at": channel.refreshed_at,
+        "last_error": channel.last_error,
+        "owner": channel.owner,
+        "created_at": channel.created_at,
+    }
+
+
+def get_channel(session: Session, channel_id: str) -> Channel:
+    channel = session.get(Channel, channel_id)
+    if channel is None:
+        raise NotFound(f"channel {channel_id!r} does not exist", channel=channel_id)
+    return channel
+
+
+def subscribe(svc: Services, who: Principal, url: str, public_key: str) -> dict[str, Any]:
+    """Fetch the feed at ``url`` and ``<url>.sig``, verify them with the pinned key and only
+    then store the channel. Raises InvalidRequest (bad URL or key), Conflict (already
+    subscribed), VerificationFailed (502), BackendUnavailable (server unreachable)."""
+    key = parse_public_key(public_key)
+    _check_url(url)
+    with svc.db.read() as s:
+        if s.scalar(select(Channel.id).where(Channel.url == url)) is not None:
+            raise Conflict(f"already subscribed to {url}", url=url)
+    with http_client(svc) as client:
+        fetched = fetch_feed(client, url)
+    assert fetched is not None  # nothing conditional was asked
+    feed = verify_feed(key, fetched.data, fetched.signature, url)
+    try:
+        with svc.db.write() as s:
+            channel = Channel(
+                url=url,
+                public_key=public_key.strip(),
+                fingerprint=fingerprint(key),
+                title=feed.title,
+                etag=fetched.etag,
+                last_modified=fetched.last_modified,
+                feed=fetched.data,
+                refreshed_at=utcnow(),
+                owner=who.user_id,
+                created_at=utcnow(),
+            )
+            s.add(channel)
+            s.flush()
+            return describe(channel)
+    except IntegrityError:
+        raise Conflict(f"already subscribed to {url}", url=url) from None
+
+
+def changes(old: Feed, new: Feed) -> list[Change]:
+    """The items of ``new`` that ``old`` lacked: a ``new`` appliance, or an ``updated`` one
+    (another version of an appliance ``old`` listed)."""
+    known = {(i.name, i.version) for i in old.items}
+    names = {i.name for i in old.items}
+    return [
+        (i.name, str(i.version), "updated" if i.name in names else "new")
+        for i in new.items
+        if (i.name, i.version) not in known
+    ]
+
+
+def refresh(svc: Services, channel_id: str) -> list[Change]:
+    """Fetch the feed again, conditionally (an unchanged feed is a 304 and keeps the cache),
+    verify it with the pinned key, store it; answers what is new or updated. A failure is
+    recorded as the channel's ``last_error`` and raised; the cached feed stays."""
+    with svc.db.read() as s:
+        channel = get_channel(s, channel_id)
+        url, token = channel.url, channel.public_key
+        etag, modified, old = channel.etag, channel.last_modified, feed_of(channel)
+    try:
+        with http_client(svc) as client:
+            fetched = fetch_feed(client, url, etag, modified)
+        if fetched is not None:
+            feed = verify_feed(parse_public_key(token), fetched.data, fetched.signature, url)
+    except LaminaError as exc:
+        with svc.db.write() as s:
+            get_channel(s, channel_id).last_error = exc.message
+        raise
+    with svc.db.write() as s:
+        channel = get_channel(s, channel_id)
+        channel.refreshed_at = utcnow()
+        channel.last_error = None
+        if fetched is None:
+            return []
+        channel.feed, channel.title = fetched.data, feed.title
+        channel.etag, channel.last_modified = fetched.etag, fetched.last_modified
+    found = changes(old, feed)
+    for name, version, what in found:
+        log.info("channel %s: %s %s (%s)", url, name, version, what)
+    return found
+
+
+def list_channels(session: Session) -> list[dict[str, Any]]:
+    return [describe(c) for c in session.scalars(select(Channel).order_by(Channel.created_at))]
+
+
+def remove(svc: Services, channel_id: str) -> dict[str, Any]:
+    """Unsubscribe; Conflict while appliances installed from the channel remain."""
+    with svc.db.write() as s:
+        channel = get_channel(s, channel_id)
+        installed = s.scalars(
+            select(InstalledAppliance.name).where(InstalledAppliance.channel_id == channel_id)
+        ).all()
+        if installed:
+            raise Conflict(
+                f"channel {channel_id} still has installed appliances ({', '.join(installed)}): "
+                "remove them first",
+                channel=channel_id,
+                appliances=list(installed),
+            )
+        described = describe(channel)
+        s.delete(channel)
+    return described
+
+
+def items(session: Session) -> list[tuple[Channel, Item]]:
+    """Every item of every subscribed channel."""
+    channels = session.scalars(select(Channel).order_by(Channel.created_at))
+    return [(c, item) for c in channels for item in feed_of(c).items]
+
+
+def catalog(session: Session, installed_only: bool = False) -> list[dict[str, Any]]:
+    """The appliances of every channel, and those installed (from a channel that may no
+    longer list them), each once, with whether and how it is installed."""
+    rows = {
+        (a.channel_id, a.name, a.version): a for a in session.scalars(select(InstalledAppliance))
+    }
+    entries = []
+    for channel, item in items(session):
+        row = rows.pop((channel.id, item.name, str(item.version)), None)
+        entries.append(
+            _entry(
+                item.name,
+                str(item.version),
+                item.kind,
+                item.label,
+                item.description,
+                channel.id,
+                row,
+            )
+        )
+    for row in rows.values():
+        appliance = parse_appliance(row.definition)
+        entries.append(
+            _entry(
+                row.name,
+                row.version,
+                row.kind,
+                appliance.label,
+                appliance.description,
+                row.channel_id,
+                row,
+            )
+        )
+    if installed_only:
+        entries = [e for e in entries if e["installed"]]
+    return sorted(entries, key=lambda e: (e["name"], e["version"], e["channel"] or ""))
+
+
+def _entry(
+    name: str,
+    version: str,
+    kind: str,
+    label: str,
+    description: str,
+    channel_id: str | None,
+    row: InstalledAppliance | None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "label": label,
+        "description": description,
+        "channel": channel_id,
+        "installed": row is not None and row.status == "installed",
+        "id": row.id if row else None,
+        "status": row.status if row else None,
+    }
