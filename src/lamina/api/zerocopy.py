@@ -89,11 +89,17 @@ async def _send(cycle: Any, file: Any, offset: int | None, count: int) -> int:
         await asyncio.sleep(0.001)
     if transport.is_closing():
         raise ConnectionResetError("the client went away before the file")
-    fd = transport.get_extra_info("socket").fileno()
-    start = file.tell() if offset is None else offset
-    sent: int = await anyio.to_thread.run_sync(
-        _sendfile, fd, file.fileno(), start, count, limiter=_SENDERS
-    )
+    # A descriptor of our own: should uvloop close the connection meanwhile (a reset seen by
+    # its reader), the thread must not go on writing to a number the process may have
+    # reused for another connection or file.
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    try:
+        start = file.tell() if offset is None else offset
+        sent: int = await anyio.to_thread.run_sync(
+            _sendfile, fd, file.fileno(), start, count, limiter=_SENDERS
+        )
+    finally:
+        os.close(fd)
     return sent
 
 
