@@ -39,10 +39,6 @@ class ZeroCopy:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    def __getattr__(self, name: str) -> Any:
-        # The wrapped application's attributes (``state``, ``openapi`` ...) stay reachable.
-        return getattr(self.app, name)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         cycle = getattr(send, "__self__", None)
         if scope["type"] != "http" or not _servable(cycle):
