@@ -8,8 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from lamina.api.auth import admin
+from lamina.api.auth import admin, principal
 from lamina.api.deps import services
+from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
 from lamina.identity.principal import Principal
@@ -84,3 +85,30 @@ def remove_appliance(
 ) -> Any:
     """Remove an installed appliance and the images only it used; 409 while in use."""
     return {"appliance": installer.remove_appliance(svc, who, appliance_id)}
+
+
+class Deploy(Body):
+    name: str = Field(min_length=1, max_length=63, description="The instance's name")
+    vars: dict[str, str] = Field(default_factory=dict, description="Instance variables")
+    memory_mib: int | None = Field(None, ge=32, le=1024 * 1024)
+    vcpus: int | None = Field(None, ge=1, le=64)
+
+
+@appliances.post("/{appliance_ref}/deploy", status_code=202)
+def deploy_appliance(
+    appliance_ref: str,
+    body: Deploy,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Create an instance of an installed appliance (id or name): 202 with the instance, its
+    job and the resolved variables; 400 naming every bad variable before anything is made."""
+    return deployer.deploy(
+        svc,
+        who,
+        appliance_ref,
+        name=body.name,
+        variables=body.vars,
+        memory_mib=body.memory_mib,
+        vcpus=body.vcpus,
+    )

@@ -1,12 +1,12 @@
-"""``lamina appliance``: the catalog of the subscribed channels; install and remove."""
+"""``lamina appliance``: the catalog of the subscribed channels; install, deploy and remove."""
 
 from __future__ import annotations
 
 import click
 
 from lamina.cli.main import Context
-from lamina.cli.output import ProgressBar, emit_json, table
-from lamina.errors import LaminaError
+from lamina.cli.output import ProgressBar, emit_json, record, table
+from lamina.errors import InvalidRequest, LaminaError
 
 COLUMNS = ["name", "version", "kind", "label", "installed", "status", "id", "channel"]
 
@@ -46,6 +46,49 @@ def install(obj: Context, ref: str, wait: bool) -> None:
         return
     table(result["appliances"], ["name", "version", "kind", "id"])
     click.echo(f"job {job['id']}: {job['status']}")
+
+
+def _vars(pairs: tuple[str, ...]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"--var {pair!r}: write it as name=value")
+        values[key] = value
+    return values
+
+
+@appliance.command("deploy")
+@click.argument("ref", metavar="NAME_OR_ID")
+@click.option("--name", "instance_name", required=True, help="The new instance's name.")
+@click.option("--var", "pairs", multiple=True, metavar="NAME=VALUE", help="Instance variable.")
+@click.option("--memory", type=int, help="MiB (default: the appliance's <hardware>).")
+@click.option("--vcpus", type=int, help="Default: the appliance's <hardware>.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def deploy(
+    obj: Context,
+    ref: str,
+    instance_name: str,
+    pairs: tuple[str, ...],
+    memory: int | None,
+    vcpus: int | None,
+    wait: bool,
+) -> None:
+    """Create an instance of an installed appliance: a traditional one boots from a qcow2
+    overlay on its disk image, cached once per host."""
+    result = obj.client.deploy_appliance(
+        ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus
+    )
+    job = result["job"]
+    if wait:
+        bar = ProgressBar(f"deploying {ref} as {instance_name}")
+        job = obj.client.wait_job(job["id"], on_progress=bar)
+        bar.done()
+        if job["status"] != "succeeded":
+            raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
+    emit_json({**result, "instance": data, "job": job}) if obj.json else record(data)
 
 
 @appliance.command("remove")

@@ -218,6 +218,23 @@ class Client:
         body = {"name": name, "version": version}
         return self._take(None, "POST", "/appliances/install", json=body)
 
+    def deploy_appliance(
+        self,
+        ref: str,
+        name: str,
+        variables: dict[str, str] | None = None,
+        memory_mib: int | None = None,
+        vcpus: int | None = None,
+    ) -> dict[str, Any]:
+        """Create an instance of an installed appliance (id or name); answers ``instance``,
+        ``job``, ``appliance`` and the resolved ``variables``."""
+        body: dict[str, Any] = {"name": name, "vars": variables or {}}
+        if memory_mib is not None:
+            body["memory_mib"] = memory_mib
+        if vcpus is not None:
+            body["vcpus"] = vcpus
+        return self._take(None, "POST", f"/appliances/{ref}/deploy", json=body)
+
     def remove_appliance(self, appliance_id: str) -> dict[str, Any]:
         return self._take("appliance", "DELETE", f"/appliances/{appliance_id}")
 
