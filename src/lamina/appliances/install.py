@@ -38,10 +38,8 @@ from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidState, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.images import service as images
-from lamina.images.hashing import StreamDigests
 from lamina.images.models import Image
 from lamina.images.stores import pick
-from lamina.images.stores.base import CHUNK
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.runner import machine_boot
 from lamina.jobs.service import submit
@@ -224,29 +222,9 @@ def _store(ctx: StepContext, ref: FileRef, part: Path) -> str:
             image_id = row.id
         images.begin_upload(s, who, images.get_image(s, image_id, who), WRITER)
     store = pick(svc.stores, store_name)
-    digests = StreamDigests(_chunks(part))
-    try:
-        stored = images.save_file(store, image_id, digests)
-    except LaminaError as exc:
-        with svc.db.write() as s:
-            images.fail_upload(s, image_id, exc.message)
-        raise
-    try:
-        with svc.db.write() as s:
-            declared = {"sha256": ref.sha256, "size": str(ref.size)}
-            images.finish_upload(s, who, image_id, stored, digests.md5, digests.sha256, declared)
-    except LaminaError as exc:
-        store.delete(stored.location)
-        with svc.db.write() as s:
-            images.fail_upload(s, image_id, exc.message)
-        raise
+    declared = {"sha256": ref.sha256, "size": str(ref.size)}
+    images.store_file(svc.db, store, who, image_id, images.file_chunks(part), declared)
     return image_id
-
-
-def _chunks(path: Path) -> Any:
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
 
 
 def remove_new_images(ctx: StepContext) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.identity.signing import BODY_HEADER, UNSIGNED
 from lamina.images import meta, resumable, service
-from lamina.images.hashing import StreamDigests
 from lamina.images.stores import pick
-from lamina.images.stores.base import CHUNK, ImageStore, StoredObject
+from lamina.images.stores.base import ImageStore, StoredObject
 from lamina.images.transfer import body_blocks, parse_range
 from lamina.jobs.runner import machine_boot
 from lamina.services import Services
@@ -76,29 +74,16 @@ async def _upload(
             if image is not None:
                 image.upload_seen = utcnow()
 
-    digests = StreamDigests(body_blocks(request.stream().__aiter__(), heartbeat))
-    try:
-        stored: StoredObject = await anyio.to_thread.run_sync(
-            service.save_file, store, image_id, digests
-        )
-    except BaseException as exc:
-        message = exc.message if isinstance(exc, LaminaError) else f"upload failed: {exc!r}"
-        await run_in_threadpool(_fail, svc, image_id, message)
-        raise
-
-    def finish() -> dict[str, Any]:
-        try:
-            with svc.db.write() as s:
-                image = service.finish_upload(
-                    s, who, image_id, stored, digests.md5, digests.sha256, declared
-                )
-                return service.describe(image, _base(request))
-        except LaminaError as exc:
-            store.delete(stored.location)
-            _fail(svc, image_id, exc.message)
-            raise
-
-    return await run_in_threadpool(finish)
+    image = await anyio.to_thread.run_sync(
+        service.store_file,
+        svc.db,
+        store,
+        who,
+        image_id,
+        body_blocks(request.stream().__aiter__(), heartbeat),
+        declared,
+    )
+    return service.describe(image, _base(request))
 
 
 def _require_declared(request: Request, declared: dict[str, str]) -> None:
@@ -110,11 +95,6 @@ def _require_declared(request: Request, declared: dict[str, str]) -> None:
             f"an {UNSIGNED} upload must declare X-Image-Meta-Sha256 (or X-Image-Meta-Checksum):"
             " it is what keeps the file from being changed on the way"
         )
-
-
-def _fail(svc: Services, image_id: str, message: str) -> None:
-    with svc.db.write() as s:
-        service.fail_upload(s, image_id, message)
 
 
 def _probe(svc: Services, fields: dict[str, Any]) -> StoredObject:
@@ -419,31 +399,14 @@ async def upload_part(
 
     def finish() -> dict[str, Any]:
         staged = resumable.staging_path(root, image_id)
-        digests = StreamDigests(staged_chunks(staged))
+        declared = {"sha256": sha256, "size": str(size)}
         try:
-            stored = service.save_file(store, image_id, digests)
-        except LaminaError as exc:
-            _fail(svc, image_id, exc.message)
-            raise
-        try:
-            with svc.db.write() as s:
-                image = service.finish_upload(
-                    s,
-                    who,
-                    image_id,
-                    stored,
-                    digests.md5,
-                    digests.sha256,
-                    {"sha256": sha256, "size": str(size)},
-                )
-                described = service.describe(image, _base(request))
-        except LaminaError as exc:
-            store.delete(stored.location)
-            _fail(svc, image_id, exc.message)
-            raise
+            image = service.store_file(
+                svc.db, store, who, image_id, service.file_chunks(staged), declared
+            )
         finally:
             resumable.discard(root, image_id)
-        return described
+        return service.describe(image, _base(request))
 
     described = await run_in_threadpool(finish)
     return {"upload": {"offset": done, "size": size, "sha256": sha256}, "image": described}
@@ -460,9 +423,3 @@ def cancel_resumable(
         service.fail_upload(s, image_id, "upload cancelled")
     resumable.discard(_uploads(svc), image_id)
     return {"upload": None}
-
-
-def staged_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk

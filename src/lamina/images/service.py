@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -33,12 +33,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lamina.db import Database
 from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.access import Need, check, may_see, visible_to
 from lamina.identity.principal import Principal
+from lamina.images.hashing import StreamDigests
 from lamina.images.models import Image, ImageEvent
-from lamina.images.stores.base import ImageStore, StoredObject
+from lamina.images.stores.base import CHUNK, ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
 KIND = "image"
@@ -254,6 +256,43 @@ def save_file(store: ImageStore, image_id: str, chunks: Iterable[bytes]) -> Stor
         raise
     except Exception as exc:
         raise InvalidRequest(f"the upload broke off: {type(exc).__name__}: {exc}") from exc
+
+
+def store_file(
+    db: Database,
+    store: ImageStore,
+    who: Principal | None,
+    image_id: str,
+    chunks: Iterable[bytes],
+    declared: dict[str, str],
+) -> Image:
+    """Stream ``chunks`` into ``store`` as the file of image ``image_id`` (claimed by
+    ``begin_upload``), MD5 and SHA-256 computed on the way, and make the image available.
+    On any failure the image is left in ``error`` with nothing in the store, and the
+    exception propagates. Blocking: runs in a worker thread."""
+    digests = StreamDigests(chunks)
+    try:
+        stored = save_file(store, image_id, digests)
+    except BaseException as exc:
+        message = exc.message if isinstance(exc, LaminaError) else f"upload failed: {exc!r}"
+        with db.write() as s:
+            fail_upload(s, image_id, message)
+        raise
+    try:
+        with db.write() as s:
+            return finish_upload(s, who, image_id, stored, digests.md5, digests.sha256, declared)
+    except LaminaError as exc:
+        store.delete(stored.location)
+        with db.write() as s:
+            fail_upload(s, image_id, exc.message)
+        raise
+
+
+def file_chunks(path: Path) -> Iterator[bytes]:
+    """A local file in the stores' chunk size."""
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
 
 
 def delete(session: Session, who: Principal, image: Image) -> dict[str, Any]:
