@@ -33,6 +33,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
+        from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
         from lamina.compute.jobs import register_compute_jobs
 
@@ -42,6 +43,7 @@ class Services:
         registry = JobRegistry()
         register_compute_jobs(registry)
         register_appliance_jobs(registry)
+        register_capture_jobs(registry)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)

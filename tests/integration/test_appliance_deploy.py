@@ -1,14 +1,16 @@
 """Deploying installed appliances, end to end: a channel built by ``build_channel`` and served
 by ``python -m http.server`` on loopback, a real manager and an agent on libvirt's test
 driver. A traditional appliance becomes a running instance whose root disk is a qcow2 overlay
-on the host's cached copy of the appliance's image; bad variables and layered appliances are
-refused before anything is created."""
+on the host's cached copy of the appliance's image; a substrate becomes a layered instance
+(its layer shared from the cache, an ext4 instance layer, a config disk); bad variables are
+refused before anything is created. Layered guests really booting: test_layered_appliances."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,12 +118,6 @@ def test_deploy_a_traditional_appliance_and_refusals(
     assert bad_cli.returncode != 0 and "domain is required" in bad_cli.stderr
     assert _instances(cloud) == []
 
-    # Layered appliances: a clear refusal, no instance.
-    _install(cloud, "tiny-os")
-    layered = http.post("/appliances/tiny-os/deploy", json={"name": "t0", "vars": {}})
-    assert "not built yet" in _error(layered, 409, "conflict")["message"]
-    assert _instances(cloud) == []
-
     # Deployed through the CLI, by name, with a variable: a running instance on h1 sized by
     # the appliance's <hardware>, its root a qcow2 overlay on the cached image.
     out = cloud.cli(
@@ -164,3 +160,21 @@ def test_deploy_a_traditional_appliance_and_refusals(
     assert info2["backing-filename"] == info["backing-filename"]
     cached = [p for p in (cloud.root / "agent-h1" / "cache").iterdir() if len(p.name) == 64]
     assert len(cached) == 1
+
+    # A substrate deploys as a layered instance: its layer by digest, serials on the command
+    # line, an ext4 instance layer and a tar config disk made by the host.
+    _install(cloud, "tiny-os")
+    with cloud.client() as client:
+        layered = client.deploy_appliance("tiny-os", "t0")
+        assert client.wait_job(layered["job"]["id"], timeout=60)["status"] == "succeeded"
+        t0 = client.instance("t0")
+    [layer] = t0["layers"]
+    assert t0["disk_image"] is None and t0["kernel"].startswith("file://")
+    assert t0["cmdline"].endswith("lamina.layers=l0 lamina.upper=upper lamina.config=config")
+    guest = root.parent.parent / f"lamina-{t0['id']}"
+    fs = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(guest / "upper.img")],
+                        capture_output=True, text=True)  # fmt: skip
+    assert fs.stdout.strip() == "ext4"
+    with tarfile.open(guest / "config.img") as tar:
+        assert tar.extractfile("hostname").read() == b"t0\n"  # type: ignore[union-attr]
+    assert (cloud.root / "agent-h1" / "cache" / layer["sha256"]).is_file()

@@ -34,7 +34,11 @@ KERNEL_BOOT = GuestSpec(
     cmdline="console=ttyS0 quiet",
     disks=(
         DiskSpec(
-            path="/var/lib/lamina/images/base.squashfs", target="vda", format="raw", readonly=True
+            path="/var/lib/lamina/images/base.squashfs",
+            target="vda",
+            format="raw",
+            readonly=True,
+            serial="l0",
         ),
         DiskSpec(path="/var/lib/lamina/volumes/data.qcow2", target="vdb"),
     ),

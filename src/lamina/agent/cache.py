@@ -167,6 +167,17 @@ class ImageCache:
             self.tracker.end(transfer)
         return CacheEntry(sha256=final.name, size=final.stat().st_size, path=str(final))
 
+    def adopt(self, path: Path) -> CacheEntry:
+        """Move ``path`` (a file on the cache's filesystem) into the cache under its digest."""
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+            os.fsync(f.fileno())
+        final = self.root / digest.hexdigest()
+        os.replace(path, final)
+        return self.check(final.name)
+
     # A source's last digest, so a local file or URL already fetched is not fetched again.
     def _known(self, source: str) -> str | None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -81,6 +81,21 @@ class AgentClient:
     def cache_check(self, digest: str) -> wire.CacheEntry:
         return self._call("GET", f"/cache/{digest}", wire.CacheEntry)
 
+    def cache_read(self, digest: str, out: BinaryIO) -> int:
+        """Stream a cached file into ``out``; answer its size."""
+        done = 0
+        try:
+            with self._http.stream("GET", f"/cache/{digest}/data", timeout=3600) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise_for_error(response)
+                for chunk in response.iter_bytes(1024 * 1024):
+                    out.write(chunk)
+                    done += len(chunk)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"agent at {self.address} failed: {exc}") from None
+        return done
+
     def cache_remove(self, digest: str) -> None:
         self._do("DELETE", f"/cache/{digest}")
 
@@ -101,6 +116,11 @@ class AgentClient:
 
     def act(self, name: str, action: str) -> wire.GuestStatus:
         return self._call("POST", f"/guests/{name}/{action}", wire.GuestStatus, timeout=120)
+
+    def capture(self, name: str, req: wire.GuestCapture) -> wire.CacheEntry:
+        return self._call(
+            "POST", f"/guests/{name}/capture", wire.CacheEntry, json=_dump(req), timeout=1800
+        )
 
     def undefine(self, name: str) -> None:
         self._do("DELETE", f"/guests/{name}", timeout=120)

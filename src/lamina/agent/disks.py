@@ -1,10 +1,15 @@
-"""Guest disks: files under ``<agent>/guests/<guest>/``, made with qemu-img."""
+"""Guest disks: files under ``<agent>/guests/<guest>/``, made with qemu-img, ``mkfs.ext4``
+(an empty instance layer) or as a tar archive (a config disk)."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
+import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from lamina.agent.wire import DiskCreate, DiskInfo
@@ -19,6 +24,51 @@ def qemu_img_create(path: Path, fmt: str, size: int | None, backing: Path | None
     if size is not None:
         argv.append(str(size))
     return argv
+
+
+def mkfs_argv(path: Path) -> list[str]:
+    """An empty ext4 filesystem on a raw file, quickly: the inode tables and journal are
+    zeroed lazily, so creating it writes a few MiB whatever the size."""
+    return [
+        "mkfs.ext4", "-q", "-F", "-L", "lamina-upper",
+        "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path),
+    ]  # fmt: skip
+
+
+def write_tar_disk(path: Path, files: Mapping[str, str]) -> None:
+    """A raw disk whose bytes are a ustar archive of ``files`` (name -> text), padded to
+    whole sectors: the guest reads it with ``tar -x -f /dev/vdX``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, text in sorted(files.items()):
+            if "/" in name or name in ("", ".", ".."):
+                raise InvalidRequest(f"config file name {name!r} must be a plain name")
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    data += b"\0" * (-len(data) % 65536)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_request(req: DiskCreate, backing: Path | None) -> None:
+    if req.files is not None:
+        if backing is not None or req.filesystem or req.size_bytes is not None:
+            raise InvalidRequest("a config disk (files) has no size, backing or filesystem")
+        if req.format != "raw":
+            raise InvalidRequest("a config disk (files) is raw")
+        return
+    if req.size_bytes is None and backing is None:
+        raise InvalidRequest("a disk needs a size, a backing image, or both")
+    if backing is not None and req.format != "qcow2":
+        raise InvalidRequest("only qcow2 disks can have a backing image")
+    if req.filesystem and (req.format != "raw" or backing is not None or not req.size_bytes):
+        raise InvalidRequest("a disk with a filesystem is raw, sized and has no backing image")
 
 
 def run(argv: list[str], timeout: float = 120) -> str:
@@ -49,15 +99,17 @@ class DiskStore:
         return self.guest_dir(guest) / f"{name}.img"
 
     def create(self, req: DiskCreate, backing: Path | None) -> DiskInfo:
-        if req.size_bytes is None and backing is None:
-            raise InvalidRequest("a disk needs a size, a backing image, or both")
-        if backing is not None and req.format != "qcow2":
-            raise InvalidRequest("only qcow2 disks can have a backing image")
+        _check_request(req, backing)
         path = self.disk_path(req.guest, req.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():  # idempotent: a step run again after a crash finds it done
             tmp = path.with_suffix(".partial")
-            run(qemu_img_create(tmp, req.format, req.size_bytes, backing))
+            if req.files is not None:
+                write_tar_disk(tmp, req.files)
+            else:
+                run(qemu_img_create(tmp, req.format, req.size_bytes, backing))
+                if req.filesystem:
+                    run(mkfs_argv(tmp))
             tmp.rename(path)
         return self.info(req.guest, req.name)
 

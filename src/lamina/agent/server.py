@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query
+from fastapi.responses import FileResponse
 
 from lamina import __version__
 from lamina.agent.cache import DownloadTracker, ImageCache
+from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
 from lamina.agent.wire import (
     PROCEDURES,
@@ -26,13 +28,14 @@ from lamina.agent.wire import (
     DiskInfo,
     DiskUsage,
     DownloadStatus,
+    GuestCapture,
     GuestDefinition,
     GuestStatus,
     HostStatus,
     ServerInfo,
 )
 from lamina.compute.drivers.base import DiskSpec, GuestInfo, GuestSpec, Hypervisor
-from lamina.errors import InvalidRequest
+from lamina.errors import InvalidRequest, InvalidState
 from lamina.httperrors import install_error_handlers
 
 CONSOLE_CHUNK = 256 * 1024
@@ -74,10 +77,16 @@ class Agent:
         guest_dir.mkdir(parents=True, exist_ok=True)
         disks = []
         for i, disk in enumerate(spec.disks):
+            target = f"vd{chr(ord('a') + i)}"
+            if disk.layer:
+                # A cached layer, shared read-only by every guest of this host that uses it.
+                path = Path(self.cache.check(disk.layer).path)
+                disks.append(DiskSpec(str(path), target, "raw", True, disk.serial))
+                continue
             path = self.disks.disk_path(name, disk.name)
             if not path.is_file():
                 raise InvalidRequest(f"disk {disk.name!r} of {name!r} has not been created")
-            disks.append(DiskSpec(str(path), f"vd{chr(ord('a') + i)}", disk.format, disk.readonly))
+            disks.append(DiskSpec(str(path), target, disk.format, disk.readonly, disk.serial))
         self.hypervisor.define(
             GuestSpec(
                 name=name,
@@ -105,6 +114,13 @@ class Agent:
         else:
             getattr(hv, action)(name)
         return _status(hv.info(name))
+
+    def capture(self, name: str, req: GuestCapture) -> CacheEntry:
+        state = self.hypervisor.info(name).state
+        if state != "stopped":
+            raise InvalidState(f"guest {name} is {state}: stop it before capturing its layer")
+        disk = self.disks.disk_path(name, req.disk)
+        return capture_layer(disk, req.exclude, req.format, self.cache)
 
     def undefine(self, name: str) -> None:
         self.hypervisor.undefine(name)
@@ -169,6 +185,10 @@ def create_agent_app(agent: Agent) -> FastAPI:
     def cache_install(req: CacheInstall) -> CacheEntry:
         return agent.cache.install(req.source, req.sha256)
 
+    @app.get("/cache/{digest}/data")
+    def cache_read(digest: str) -> FileResponse:
+        return FileResponse(agent.cache.check(digest).path, media_type="application/octet-stream")
+
     @app.delete("/cache/{digest}", status_code=204)
     def cache_remove(digest: str) -> None:
         agent.cache.remove(digest)
@@ -193,6 +213,10 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.put("/guests/{name}")
     def guest_define(name: str, spec: GuestDefinition) -> GuestStatus:
         return agent.define(name, spec)
+
+    @app.post("/guests/{name}/capture")
+    def guest_capture(name: str, req: GuestCapture) -> CacheEntry:
+        return agent.capture(name, req)
 
     @app.post("/guests/{name}/{action}")
     def guest_action(name: str, action: Action) -> GuestStatus:

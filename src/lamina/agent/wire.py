@@ -31,7 +31,12 @@ PROCEDURES = (
     "guest_destroy",
     "guest_undefine",
     "guest_console",
+    "guest_capture",
+    "cache_read",
 )
+#: A disk's serial number as the guest sees it (``/sys/block/vdX/serial``): virtio-blk keeps
+#: 20 bytes.
+SERIAL = r"^[a-z0-9_-]{1,20}$"
 
 
 class Wire(BaseModel):
@@ -109,6 +114,10 @@ class DiskCreate(Wire):
     format: Literal["qcow2", "raw"] = "qcow2"
     #: Digest of a cached image to use as the disk's read-only base (copy-on-write).
     backing: str | None = Field(None, pattern=DIGEST)
+    #: A raw disk made with this filesystem (``mkfs.ext4``), empty: an instance layer.
+    filesystem: Literal["ext4"] | None = None
+    #: A raw disk holding a tar archive of these files (name -> text): a config disk.
+    files: dict[str, str] | None = None
 
 
 class DiskInfo(Wire):
@@ -120,9 +129,15 @@ class DiskInfo(Wire):
 
 
 class GuestDisk(Wire):
+    """A disk of a guest: one made with ``disk_create`` (by ``name``), or, with ``layer``,
+    a read-only layer image in the host's cache that every guest using it shares."""
+
     name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
     format: Literal["qcow2", "raw"] = "qcow2"
     readonly: bool = False
+    layer: str | None = Field(None, pattern=DIGEST)
+    #: What the guest finds the disk by (``lamina.layers=`` etc. on the kernel command line).
+    serial: str | None = Field(None, pattern=SERIAL)
 
 
 class GuestDefinition(Wire):
@@ -132,6 +147,16 @@ class GuestDefinition(Wire):
     initrd: str | None = Field(None, pattern=DIGEST)
     cmdline: str = Field("", max_length=4096)
     disks: list[GuestDisk] = []
+
+
+class GuestCapture(Wire):
+    """Turn a guest's instance layer into a read-only layer image in the host's cache."""
+
+    #: The ext4 disk whose ``data`` folder (the overlay's upper directory) is captured.
+    disk: str = Field("upper", pattern=r"^[a-z0-9_-]{1,32}$")
+    #: Paths, relative to the root, left out of the layer (and everything under them).
+    exclude: list[str] = []
+    format: Literal["squashfs", "erofs"] = "squashfs"
 
 
 class ConsoleChunk(Wire):

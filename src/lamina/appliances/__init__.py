@@ -1,2 +1,2 @@
 """Appliances (STORM): definitions in XML, versions and ranges, instance variables and
-templates. Pure domain code: no database, no HTTP."""
+templates, installing from channels, deploying (traditional and layered) and capturing."""

@@ -6,14 +6,17 @@ store) is the instance's ``disk_image``, which the host fetches into its content
 cache once and puts a qcow2 overlay on (``instance.create``: ``fetch_boot_files``,
 ``create_disk``), so an instance disk costs the same whatever the base's size.
 
+A ``substrate`` or ``application`` appliance deploys as a layered instance
+(``lamina.appliances.layered``): the substrate's kernel and initramfs boot its read-only
+layers joined by overlayfs under a writable instance layer, with the instance variables on a
+config disk that the initramfs renders into the template files at first boot.
+
 Everything is checked before anything is created: the variables (every unknown, missing or
-wrongly typed one in one 400), the appliance's kind and state, the image's place.
-Layered appliances (``substrate``, ``application``) are not deployable yet.
+wrongly typed one in one 400), the appliance's kind and state, the images' places.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,15 +24,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.appliances.definition import Appliance, Hardware
+from lamina.appliances.layered import file_of, kernel_cmdline, layered_boot
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.parsing import parse_appliance
 from lamina.appliances.variables import resolve_variables
 from lamina.appliances.versions import Version
 from lamina.compute import instances
 from lamina.compute.models import Host
-from lamina.errors import Conflict, InvalidState, NotFound, NotSupported
+from lamina.errors import InvalidState, NotFound
 from lamina.identity.principal import Principal
-from lamina.images import service as images
 from lamina.jobs.views import describe_job
 
 if TYPE_CHECKING:
@@ -38,8 +41,9 @@ if TYPE_CHECKING:
 #: Memory and vCPUs of an instance whose appliance's ``<hardware>`` does not say.
 DEFAULT_MEMORY_MIB = 256
 DEFAULT_VCPUS = 1
-#: Image locations a host's cache can fetch itself (``lamina.agent.cache.ImageCache``).
-FETCHABLE = ("file", "http", "https")
+#: The writable layer of a layered instance whose appliance does not size it (sparse: it
+#: takes only what the instance writes).
+DEFAULT_UPPER_BYTES = 1024**3
 
 
 def find_installed(session: Session, ref: str) -> InstalledAppliance:
@@ -71,10 +75,10 @@ def deploy(
     """Create an instance of the installed appliance ``ref`` (id or name) owned by ``who``;
     answers the instance, its ``instance.create`` job and the resolved variables.
 
-    Raises NotFound (not installed), InvalidState (still installing, or failed),
-    Conflict (a layered appliance: not deployable yet), InvalidRequest (the variables:
-    every problem named; or the instance's name, size), NotSupported (an image store hosts
-    cannot fetch from), and what ``create_instance`` raises (quota, capacity, name taken)."""
+    Raises NotFound (not installed), InvalidState (still installing, or failed, or its
+    substrate not installed), InvalidRequest (the variables: every problem named; or the
+    instance's name, size), NotSupported (an image store hosts cannot fetch from), and what
+    ``create_instance`` raises (quota, capacity, name taken)."""
     with svc.db.write() as s:
         row = find_installed(s, ref)
         if row.status != "installed":
@@ -84,16 +88,19 @@ def deploy(
                 status=row.status,
             )
         appliance = parse_appliance(row.definition)
-        if appliance.kind != "traditional":
-            raise Conflict(
-                f"appliance {row.name} is a {appliance.kind} appliance: deploying layered "
-                "appliances is not built yet (only traditional ones deploy)",
-                appliance=row.id,
-                kind=appliance.kind,
-            )
         values = resolve_variables(appliance, variables)
-        source = _disk_image(s, who, row, appliance)
         hardware = appliance.hardware or Hardware()
+        boot: dict[str, Any]
+        if appliance.kind == "traditional":
+            boot = {"disk_image": _disk_image(s, who, row, appliance)}
+        else:
+            layered = layered_boot(s, who, row, appliance)
+            boot = {
+                "kernel": layered.kernel.source,
+                "initrd": layered.initrd and layered.initrd.source,
+                "cmdline": kernel_cmdline(layered.cmdline, len(layered.layers)),
+                "disk_size_bytes": upper_bytes(hardware),
+            }
         instance, job = instances.create_instance(
             s,
             svc.jobs,
@@ -101,9 +108,14 @@ def deploy(
             name=name,
             vcpus=vcpus or hardware.cpus or DEFAULT_VCPUS,
             memory_mib=memory_mib or hardware.memory_mib or DEFAULT_MEMORY_MIB,
-            disk_image=source,
             who=who,
+            **boot,
         )
+        instance.appliance_id = row.id
+        if appliance.kind != "traditional":
+            instance.layers = [f.as_dict() for f in layered.layers]
+            instance.variables = values
+            instance.templates = list(appliance.templates)
         answer = {
             "instance": instances.describe(instance, s.get(Host, instance.host_id)),
             "job": describe_job(job),
@@ -114,26 +126,18 @@ def deploy(
     return answer
 
 
+def upper_bytes(hardware: Hardware) -> int:
+    """The size of a layered instance's writable layer: its ``user`` disk, else 1 GiB."""
+    for disk in hardware.disks:
+        if disk.type == "user" and disk.size_mib:
+            return disk.size_mib * 1024 * 1024
+    return DEFAULT_UPPER_BYTES
+
+
 def _disk_image(
     session: Session, who: Principal, row: InstalledAppliance, appliance: Appliance
 ) -> str:
     """Where a host fetches the appliance's disk image from: its store location."""
     if appliance.image is None or not row.images:
         raise InvalidState(f"appliance {row.name} {row.version} has no disk image to boot")
-    # ``row.images`` follows ``Appliance.blobs()``: a traditional appliance's image is last
-    # but kernel and initrd, which it does not have.
-    image = images.get_image(session, row.images[appliance.blobs().index(appliance.image)], who)
-    if image.status != "available" or not image.location:
-        raise InvalidState(
-            f"image {image.id} of appliance {row.name} is {image.status}", image=image.id
-        )
-    where = urllib.parse.urlsplit(image.location)
-    # A location with credentials in it would show them in the instance's ``disk_image``.
-    if where.scheme not in FETCHABLE or where.username or where.password:
-        raise NotSupported(
-            f"image {image.id} is in the {image.store!r} store, which hosts cannot fetch from "
-            "yet (use the file or http store)",
-            image=image.id,
-            store=image.store,
-        )
-    return image.location
+    return file_of(session, who, row, appliance, appliance.image).source

@@ -314,6 +314,10 @@ def remove_appliance(svc: Services, who: Principal, appliance_id: str) -> dict[s
         if row.status == "installing":
             raise InvalidState(f"appliance {row.name} is being installed (job {row.job_id})")
         users = _instances_using(s, row.images)
+        deployed = select(Instance.name).where(
+            Instance.appliance_id == row.id, Instance.status != "deleted"
+        )
+        users = sorted({*users, *s.scalars(deployed)})
         if users:
             raise Conflict(
                 f"appliance {row.name} {row.version} is used by instances {', '.join(users)}",
@@ -334,7 +338,7 @@ def remove_appliance(svc: Services, who: Principal, appliance_id: str) -> dict[s
 
 def _instances_using(session: Session, image_ids: list[str]) -> list[str]:
     """Names of the live instances that boot from one of these images (by id in their
-    kernel, initrd or disk image reference)."""
+    kernel, initrd or disk image reference, or among their layers)."""
     if not image_ids:
         return []
     live = session.scalars(select(Instance).where(Instance.status != "deleted"))
@@ -345,4 +349,5 @@ def _instances_using(session: Session, image_ids: list[str]) -> list[str]:
             ref and any(image in ref for image in image_ids)
             for ref in (i.kernel, i.initrd, i.disk_image)
         )
+        or any(layer["image"] in image_ids for layer in i.layers or [])
     ]

@@ -20,7 +20,10 @@ def check_value(type_: VariableType, value: str) -> str:
     ``int``: decimal); raise InvalidRequest naming the type if it is not one."""
     text = value.strip()
     if type_ == "string":
-        return value
+        # One line: the config disk carries a variable per line (``name<TAB>value``).
+        if not any(c in value for c in "\n\r\0"):
+            return value
+        raise InvalidRequest(f"{value!r} is not a valid string: it must be one line")
     if type_ == "int" and re.fullmatch(r"[+-]?[0-9]{1,18}", text):
         return str(int(text))
     if type_ == "bool" and text.lower() in _BOOLS:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import admin, principal
 from lamina.api.deps import services
+from lamina.appliances import capture as capturer
 from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
@@ -85,6 +86,21 @@ def remove_appliance(
 ) -> Any:
     """Remove an installed appliance and the images only it used; 409 while in use."""
     return {"appliance": installer.remove_appliance(svc, who, appliance_id)}
+
+
+class Capture(Body):
+    instance: str = Field(min_length=1, max_length=64, description="A stopped layered instance")
+    name: str = Field(min_length=1, max_length=64, description="The new appliance's name")
+    version: str | None = Field(None, max_length=128, description="Default 1.0.0")
+
+
+@appliances.post("/capture", status_code=202)
+def capture_appliance(
+    body: Capture, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
+    """Turn a stopped layered instance's configuration into a deployment layer: 202 with the
+    job and the new appliance (``installing`` until the job is done)."""
+    return capturer.start_capture(svc, who, body.instance, body.name, body.version)
 
 
 class Deploy(Body):

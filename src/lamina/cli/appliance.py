@@ -1,4 +1,5 @@
-"""``lamina appliance``: the catalog of the subscribed channels; install, deploy and remove."""
+"""``lamina appliance``: the catalog of the subscribed channels; install, deploy, capture and
+remove."""
 
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def deploy(
     vcpus: int | None,
     wait: bool,
 ) -> None:
-    """Create an instance of an installed appliance: a traditional one boots from a qcow2
-    overlay on its disk image, cached once per host."""
+    """Create an instance of an installed appliance: a layered one boots its substrate with
+    the read-only layers shared on the host and a writable instance layer of its own; a
+    traditional one boots from a qcow2 overlay on its disk image, cached once per host."""
     result = obj.client.deploy_appliance(
         ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus
     )
@@ -89,6 +91,31 @@ def deploy(
             raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
     data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
     emit_json({**result, "instance": data, "job": job}) if obj.json else record(data)
+
+
+@appliance.command("capture")
+@click.argument("instance")
+@click.option("--as", "name", required=True, help="The new appliance's name.")
+@click.option("--version", default=None, help="The new appliance's version (default 1.0.0).")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def capture(obj: Context, instance: str, name: str, version: str | None, wait: bool) -> None:
+    """Turn the configuration made inside a stopped layered INSTANCE (its instance layer,
+    less logs, caches and rendered templates) into a deployment layer, installed as a new
+    appliance that deploys with that configuration."""
+    result = obj.client.capture_appliance(instance, name, version)
+    job = result["job"]
+    if wait:
+        bar = ProgressBar(f"capturing {instance} as {name}")
+        job = obj.client.wait_job(job["id"], on_progress=bar)
+        bar.done()
+        if job["status"] != "succeeded":
+            raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    if obj.json:
+        emit_json({"job": job, "appliance": result["appliance"]})
+        return
+    click.echo(f"captured {instance} as {name} {result['appliance']['version']}")
+    click.echo(f"job {job['id']}: {job['status']}")
 
 
 @appliance.command("remove")

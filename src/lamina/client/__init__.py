@@ -218,6 +218,13 @@ class Client:
         body = {"name": name, "version": version}
         return self._take(None, "POST", "/appliances/install", json=body)
 
+    def capture_appliance(
+        self, instance: str, name: str, version: str | None = None
+    ) -> dict[str, Any]:
+        """Start capturing a stopped layered instance; answers ``job`` and ``appliance``."""
+        body = {"instance": instance, "name": name, "version": version}
+        return self._take(None, "POST", "/appliances/capture", json=body)
+
     def deploy_appliance(
         self,
         ref: str,

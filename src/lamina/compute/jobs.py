@@ -9,6 +9,7 @@ from typing import Any
 
 from lamina.agent.client import AgentClient
 from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk
+from lamina.appliances.layered import CONFIG, UPPER, current_boot, layer_serial
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
@@ -42,14 +43,22 @@ def _set(ctx: StepContext, **values: Any) -> None:
 
 
 def fetch_boot_files(ctx: StepContext) -> None:
-    """Have the host cache the kernel, initrd and disk image (a no-op for cached ones),
-    reporting the agent's byte counts and rate as the job's progress."""
+    """Have the host cache the kernel, initrd, disk image and layers (a no-op for cached
+    ones), reporting the agent's byte counts and rate as the job's progress."""
     instance, _, agent = _load(ctx)
-    sources = [(k, getattr(instance, k)) for k in ("kernel", "initrd", "disk_image")]
-    sources = [(k, v) for k, v in sources if v]
+    _fetch(ctx, agent, instance)
+
+
+def _fetch(ctx: StepContext, agent: AgentClient, instance: Instance) -> None:
+    sources: list[tuple[str, str, str | None]] = [
+        (k, getattr(instance, k), None)
+        for k in ("kernel", "initrd", "disk_image")
+        if getattr(instance, k)
+    ]
+    sources += [(f"layer{i}", x["source"], x["sha256"]) for i, x in enumerate(_layers(instance))]
     with ThreadPoolExecutor(1) as pool:
-        for i, (key, source) in enumerate(sources):
-            pending = pool.submit(agent.cache_install, source)
+        for i, (key, source, digest) in enumerate(sources):
+            pending = pool.submit(agent.cache_install, source, digest)
             while True:
                 try:
                     entry = pending.result(timeout=PROGRESS_INTERVAL)
@@ -76,8 +85,33 @@ def _report_transfer(ctx: StepContext, agent: AgentClient, source: str, i: int, 
             )
 
 
+def _layers(instance: Instance) -> list[dict[str, str]]:
+    return list(instance.layers or [])
+
+
+def config_files(instance: Instance) -> dict[str, str]:
+    """The config disk of a layered instance: what its initramfs reads (docs/appliances.md)."""
+    variables = instance.variables or {}
+    return {
+        "variables": "".join(f"{k}\t{v}\n" for k, v in sorted(variables.items())),
+        "templates": "".join(f"{path}\n" for path in instance.templates or []),
+        "hostname": f"{instance.name}\n",
+    }
+
+
 def create_disk(ctx: StepContext) -> None:
     instance, _, agent = _load(ctx)
+    if instance.layers is not None:
+        guest = instance.domain_name
+        size = instance.disk_size_bytes
+        agent.disk_create(
+            DiskCreate(guest=guest, name=UPPER, size_bytes=size, format="raw", filesystem="ext4")
+        )
+        agent.disk_create(
+            DiskCreate(guest=guest, name=CONFIG, format="raw", files=config_files(instance))
+        )
+        ctx.state["disks"] = [UPPER, CONFIG]
+        return
     if not (instance.disk_image or instance.disk_size_bytes):
         return
     agent.disk_create(
@@ -94,23 +128,36 @@ def create_disk(ctx: StepContext) -> None:
 
 def remove_disk(ctx: StepContext) -> None:
     instance, _, agent = _load(ctx)
-    agent.disk_remove(instance.domain_name, "root")
+    for name in ctx.state.get("disks", ["root"]):
+        agent.disk_remove(instance.domain_name, name)
 
 
 def define_guest(ctx: StepContext) -> None:
     instance, _, agent = _load(ctx)
-    agent.define(
-        instance.domain_name,
-        GuestDefinition(
-            vcpus=instance.vcpus,
-            memory_mib=instance.memory_mib,
-            kernel=ctx.state.get("kernel_sha256"),
-            initrd=ctx.state.get("initrd_sha256"),
-            cmdline=instance.cmdline,
-            disks=[GuestDisk(name=d) for d in ctx.state.get("disks", [])],
-        ),
-    )
+    agent.define(instance.domain_name, _definition(ctx, instance))
     ctx.report(fraction=0.75)
+
+
+def _definition(ctx: StepContext, instance: Instance) -> GuestDefinition:
+    if instance.layers is None:
+        disks = [GuestDisk(name=d) for d in ctx.state.get("disks", [])]
+    else:
+        # Read-only layers lowest first, then the instance layer and the config disk, each
+        # with the serial number the kernel command line names (``lamina.appliances.layered``).
+        disks = [
+            GuestDisk(name=layer_serial(i), layer=x["sha256"], serial=layer_serial(i))
+            for i, x in enumerate(_layers(instance))
+        ]
+        disks.append(GuestDisk(name=UPPER, format="raw", serial=UPPER))
+        disks.append(GuestDisk(name=CONFIG, format="raw", readonly=True, serial=CONFIG))
+    return GuestDefinition(
+        vcpus=instance.vcpus,
+        memory_mib=instance.memory_mib,
+        kernel=ctx.state.get("kernel_sha256"),
+        initrd=ctx.state.get("initrd_sha256"),
+        cmdline=instance.cmdline,
+        disks=disks,
+    )
 
 
 def undefine_guest(ctx: StepContext) -> None:
@@ -137,6 +184,28 @@ def mark_error(ctx: StepContext, error: str) -> None:
 
 
 # -- start, stop, pause, resume, reboot ---------------------------------------------------
+
+
+def refresh_layers(ctx: StepContext) -> None:
+    """Before a layered instance boots: if a newer substrate has been installed since it last
+    booted, fetch it into the host's cache and redefine the guest on it. The application,
+    deployment and instance layers stay as they are."""
+    instance, _, agent = _load(ctx)
+    if instance.layers is None or not instance.appliance_id:
+        return
+    with ctx.services.db.read() as s:
+        boot = current_boot(s, instance)
+    if boot == (instance.kernel, instance.initrd, instance.cmdline, instance.layers):
+        return
+    if agent.guest(instance.domain_name).state != "stopped":
+        return  # a running guest keeps its layers until it is stopped and started again
+    kernel, initrd, cmdline, layers = boot
+    _set(ctx, kernel=kernel, initrd=initrd, cmdline=cmdline, layers=layers)
+    instance, _, agent = _load(ctx)
+    _fetch(ctx, agent, instance)
+    ctx.state["disks"] = [UPPER, CONFIG]
+    agent.define(instance.domain_name, _definition(ctx, instance))
+    log.info("instance %s boots on its new substrate next", instance.name)
 
 
 def _action_step(action: str) -> Step:
@@ -196,10 +265,13 @@ def register_compute_jobs(registry: JobRegistry) -> None:
         )
     )
     for action in ("start", "stop", "pause", "resume", "reboot"):
+        steps: tuple[Step, ...] = (_action_step(action),)
+        if action == "start":
+            steps = (Step("refresh_layers", refresh_layers, timeout=1800), *steps)
         registry.register(
             JobKind(
                 f"instance.{action}",
-                (_action_step(action),),
+                steps,
                 deadline=300,
                 on_failure=refresh_after_failure,
             )

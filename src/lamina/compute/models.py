@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lamina.db.types import Base, UTCDateTime, new_id, utcnow
@@ -58,6 +59,14 @@ class Instance(Base):
     cmdline: Mapped[str] = mapped_column(Text, default="")
     disk_image: Mapped[str | None] = mapped_column(Text)
     disk_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: The installed appliance it was deployed from, if any.
+    appliance_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: A layered instance's read-only layers, lowest first, as last booted:
+    #: ``[{"image": id, "source": location, "sha256": digest}]``.
+    layers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: Its instance variables (name -> value) and the template files they are rendered into.
+    variables: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    templates: Mapped[list[str] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

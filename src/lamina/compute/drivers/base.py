@@ -21,6 +21,7 @@ class DiskSpec:
     target: str  # vda, vdb, ...
     format: Literal["raw", "qcow2"] = "qcow2"
     readonly: bool = False
+    serial: str | None = None  # what the guest finds the disk by
 
 
 @dataclass(frozen=True)

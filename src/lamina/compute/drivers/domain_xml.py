@@ -80,6 +80,8 @@ def domain_xml(spec: GuestSpec, domain_type: str, emulator: str | None = None) -
         _sub(disk_el, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
             _sub(disk_el, "readonly")
+        if disk.serial:
+            _sub(disk_el, "serial", disk.serial)
 
     if spec.console_log:
         serial = _sub(devices, "serial", type="file")
