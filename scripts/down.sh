@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make down`: stops what `make up` started (the sample guest, the agent, the manager, and
-# libvirtd if `make up` was the one that started it). Data stays in the data directory.
+# `make down`: stops what `make up` started (the sample web appliance, the agent, the manager,
+# the sample channel's server, and libvirtd if `make up` was the one that started it). Data
+# stays in the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +24,11 @@ stop() {
 }
 
 if running manager && running agent; then
-  "${LAMINA[@]}" instance stop sample --force >/dev/null 2>&1 && echo "sample guest stopped" || true
+  "${LAMINA[@]}" instance stop web --force >/dev/null 2>&1 && echo "web appliance stopped" || true
 fi
 stop agent
 stop manager
+stop channel-server
 if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
   for daemon in libvirtd virtlogd; do
     [ -f "/var/run/$daemon.pid" ] && kill "$(cat "/var/run/$daemon.pid")" 2>/dev/null || true

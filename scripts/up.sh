@@ -13,9 +13,22 @@ LOG=$DATA/log
 HOST_NAME=local
 AGENT_ADDRESS=${LAMINA_AGENT__HOST:-127.0.0.1}:${LAMINA_AGENT__PORT:-8776}
 mkdir -p "$RUN" "$LOG"
-SAMPLE=$(cd "$DATA" && pwd)/sample
+CHANNEL=$(cd "$DATA" && pwd)/sample-channel
+CHANNEL_PORT=${LAMINA_SAMPLE_CHANNEL_PORT:-8777}
+CHANNEL_URL=http://127.0.0.1:$CHANNEL_PORT/channel.rss
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start_cmd() {  # name, command...
+  local name=$1; shift
+  if running "$name"; then
+    echo "$name already running (pid $(cat "$RUN/$name.pid"))"
+    return
+  fi
+  nohup "$@" >>"$LOG/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  echo "$name started (pid $!, log $LOG/$name.log)"
+}
 
 start_bg() {  # name, args...
   local name=$1; shift
@@ -44,7 +57,7 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   bash scripts/start-libvirtd.sh
   touch "$RUN/libvirtd.started-by-lamina"
 fi
-bash scripts/build-sample-guest.sh "$SAMPLE"
+bash scripts/build-sample-channel.sh "$CHANNEL"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
 healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
@@ -75,24 +88,40 @@ sys.exit(not (h['status'] == 'up' and beat and beat >= $since - 1))"
 }
 wait_for 60 "host $HOST_NAME coming up" host_up
 
-# The decompressed kernel boots in half the time under software emulation (see the script).
-KERNEL=$SAMPLE/vmlinux
-[ -f "$KERNEL" ] || KERNEL=$SAMPLE/vmlinuz
-create_sample() {
-  "${LAMINA[@]}" instance create sample --memory 128 --kernel "$KERNEL" \
-    --initrd "$SAMPLE/initrd.img" --cmdline "console=ttyS0" >/dev/null
+# The bundled sample channel (one substrate, two applications, built from this machine's
+# Debian packages), signed with a key of this data directory and served on loopback.
+"${LAMINA[@]}" channel keygen "$CHANNEL/channel.key" >/dev/null 2>&1 || true
+"${LAMINA[@]}" channel build "$CHANNEL/sources" --out "$CHANNEL/public" \
+  --key "$CHANNEL/channel.key" >/dev/null
+start_cmd channel-server .venv/bin/python -m http.server --bind 127.0.0.1 \
+  --directory "$CHANNEL/public" "$CHANNEL_PORT"
+channel_served() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$CHANNEL_URL').status_code != 200)"; }
+wait_for 30 "the sample channel served at $CHANNEL_URL" channel_served
+if ! "${LAMINA[@]}" --json channel list | grep -q "\"$CHANNEL_URL\""; then
+  "${LAMINA[@]}" channel add "$CHANNEL_URL" --key "$(cat "$CHANNEL/public/channel.pub")" >/dev/null
+fi
+
+# The sample web appliance (and the substrate it builds on), deployed as instance "web".
+installed() {
+  "${LAMINA[@]}" --json appliance list --installed | .venv/bin/python -c "
+import json, sys
+sys.exit(not any(a['name'] == 'webserv' and a['status'] == 'installed' for a in json.load(sys.stdin)))"
 }
-sample_status() { "${LAMINA[@]}" --json instance show sample | json_field "['status']"; }
-status=$(sample_status 2>/dev/null || echo absent)
+installed || "${LAMINA[@]}" appliance install webserv >/dev/null
+web_status() { "${LAMINA[@]}" --json instance show web | json_field "['status']"; }
+deploy_web() {
+  "${LAMINA[@]}" appliance deploy webserv --name web --var domain=web.lamina.test --no-wait >/dev/null
+}
+status=$(web_status 2>/dev/null || echo absent)
 case "$status" in
-  absent) create_sample ;;
-  stopped) "${LAMINA[@]}" instance start sample >/dev/null ;;
+  absent) deploy_web ;;
+  stopped) "${LAMINA[@]}" instance start web --no-wait >/dev/null ;;
   error)
-    "${LAMINA[@]}" instance delete sample >/dev/null
-    create_sample ;;
+    "${LAMINA[@]}" instance delete web >/dev/null
+    deploy_web ;;
 esac
-console_has_boot() { "${LAMINA[@]}" instance console sample | grep -q "lamina-sample: booted"; }
-wait_for 60 "the sample guest's first console line" console_has_boot
+console_ready() { "${LAMINA[@]}" instance console web | grep -q "lamina-base: ready"; }
+wait_for 180 "the web appliance's ready line on its console" console_ready
 
 # Put `lamina` on the PATH, unless something else already answers to that name.
 LINK=${LAMINA_CLI_LINK-/usr/local/bin/lamina}
@@ -102,10 +131,14 @@ else
   CLI=.venv/bin/lamina
 fi
 
-printf '\nLamina is up: manager %s, one host, the sample guest running.\n\n' "$URL"
-hint() { printf '  %-38s # %s\n' "$1" "$2"; }
-hint "$CLI instance list" "the sample guest, running"
-hint "$CLI instance console sample" "its console log (add -f to follow it)"
+printf '\nLamina is up: manager %s, one host, the sample web appliance running as "web".\n' "$URL"
+printf 'Its page (http://web.lamina.test/) is served inside the guest; until instances get a\n'
+printf 'network, reach the appliance through its console:\n\n'
+hint() { printf '  %-44s # %s\n' "$1" "$2"; }
+hint "$CLI instance console web" "its console: the page it serves, its site id"
+hint "$CLI instance list" "the web appliance, running"
+hint "$CLI appliance list" "the sample channel: lamina-base, webserv, dnsserv"
+hint "$CLI appliance deploy dnsserv --name dns --var domain=example.org" "a second appliance on the same substrate"
 hint "$CLI host list" "the local host and its capacity"
 hint "$CLI job list" "what Lamina did, step by step"
 hint "make down" "stop what make up started"

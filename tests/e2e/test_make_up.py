@@ -1,5 +1,6 @@
 """`make up`'s script on a data directory and ports of its own: it starts a manager, an agent
-enrolled automatically and the sample guest, starts nothing twice, and `make down` stops it."""
+enrolled automatically, the bundled sample channel and the sample web appliance deployed from
+it, starts nothing twice, and `make down` stops it."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         LAMINA_DATA_DIR=str(data),
         LAMINA_MANAGER__PORT=str(free_port()),
         LAMINA_AGENT__PORT=str(free_port()),
+        LAMINA_SAMPLE_CHANNEL_PORT=str(free_port()),
         LAMINA_CLI_LINK="",
         LAMINA_CREDENTIALS=str(tmp_path / "credentials"),
     )
@@ -51,23 +53,29 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
     domain = None
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "Lamina is up" in up.stdout and ".venv/bin/lamina instance list" in up.stdout
+        assert "Lamina is up" in up.stdout and ".venv/bin/lamina instance console web" in up.stdout
         rows = json.loads(lamina(env, "--json", "instance", "list"))
-        assert [(r["name"], r["status"]) for r in rows] == [("sample", "running")]
+        assert [(r["name"], r["status"]) for r in rows] == [("web", "running")]
         domain = f"lamina-{rows[0]['id']}"
-        assert "lamina-sample: booted" in lamina(env, "instance", "console", "sample")
-        pids = {name: (data / "run" / f"{name}.pid").read_text() for name in ("manager", "agent")}
+        console = lamina(env, "instance", "console", "web")
+        assert "webserv: serving web.lamina.test on port 80" in console
+        # The bundled channel, subscribed: its substrate and both applications.
+        listed = {a["name"] for a in json.loads(lamina(env, "--json", "appliance", "list"))}
+        assert listed >= {"lamina-base", "webserv", "dnsserv"}
+        names = ("manager", "agent", "channel-server")
+        pids = {name: (data / "run" / f"{name}.pid").read_text() for name in names}
 
         again = run("up.sh", env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "manager already running" in again.stdout
         assert "agent already running" in again.stdout
+        assert "channel-server already running" in again.stdout
         assert {n: (data / "run" / f"{n}.pid").read_text() for n in pids} == pids
         assert len(json.loads(lamina(env, "--json", "instance", "list"))) == 1
     finally:
         down = run("down.sh", env)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert "sample guest stopped" in down.stdout and "manager stopped" in down.stdout
+    assert "web appliance stopped" in down.stdout and "manager stopped" in down.stdout
     for pid in pids.values():
         assert not Path(f"/proc/{pid.strip()}").exists()
     state = subprocess.run(

@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import ssl
+import stat
 import subprocess
+import tarfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +30,13 @@ from harness import free_port, slow_mirror, wait_until
 from lamina import __version__
 from lamina.agent.client import AgentClient
 from lamina.agent.server import Agent, create_agent_app
-from lamina.agent.wire import PROCEDURES, DiskCreate, GuestDefinition, GuestDisk
+from lamina.agent.wire import (
+    PROCEDURES,
+    DiskCreate,
+    GuestCapture,
+    GuestDefinition,
+    GuestDisk,
+)
 from lamina.compute.agents import AgentPool
 from lamina.compute.drivers import load_hypervisor
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
@@ -463,3 +472,83 @@ def test_error_envelopes(served: Served, guest_name: str) -> None:
     served.client.act(guest_name, "start")
     redefine = raw.put(f"/guests/{guest_name}", json={"vcpus": 1, "memory_mib": 64})
     assert_envelope(redefine, 409, "invalid_state")
+
+
+# -- layered guests: instance layer, config disk, shared layers, capture -----------------
+
+
+def test_layered_disks_define_and_capture(served: Served, guest_name: str, tmp_path: Path) -> None:
+    client = served.client
+    upper = client.disk_create(
+        DiskCreate(guest=guest_name, name="upper", size_bytes=64 * MiB, format="raw",
+                   filesystem="ext4")
+    )  # fmt: skip
+    kind = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", upper.path], capture_output=True)
+    assert kind.stdout.strip() == b"ext4"
+    config = client.disk_create(
+        DiskCreate(guest=guest_name, name="config", format="raw",
+                   files={"variables": "domain\texample.org\n", "hostname": "web1\n"})
+    )  # fmt: skip
+    with tarfile.open(config.path) as tar:
+        assert sorted(tar.getnames()) == ["hostname", "variables"]
+        assert tar.extractfile("variables").read() == b"domain\texample.org\n"  # type: ignore[union-attr]
+    assert Path(config.path).stat().st_size % 512 == 0
+    for bad in (
+        {"guest": guest_name, "name": "c2", "format": "raw", "files": {"../x": "y"}},
+        {"guest": guest_name, "name": "c2", "format": "qcow2", "files": {"x": "y"}},
+        {"guest": guest_name, "name": "u2", "format": "qcow2", "size_bytes": MiB,
+         "filesystem": "ext4"},
+    ):  # fmt: skip
+        assert_envelope(served.raw.post("/disks", json=bad), 400, "invalid_request")
+
+    layer_source = tmp_path / "layer"
+    (layer_source / "etc").mkdir(parents=True)
+    (layer_source / "etc" / "release").write_text("base 1\n")
+    image = tmp_path / "layer.squashfs"
+    subprocess.run(["mksquashfs", str(layer_source), str(image), "-quiet", "-no-progress"],
+                   check=True)  # fmt: skip
+    layer = client.cache_install(str(image))
+    spec = GuestDefinition(
+        vcpus=1,
+        memory_mib=64,
+        disks=[
+            GuestDisk(name="l0", layer=layer.sha256, serial="l0"),
+            GuestDisk(name="upper", format="raw", serial="upper"),
+            GuestDisk(name="config", format="raw", readonly=True, serial="config"),
+        ],
+    )
+    assert client.define(guest_name, spec).state == "stopped"
+    xml = served.agent.hypervisor._connection().lookupByName(guest_name).XMLDesc(0)  # type: ignore[attr-defined]
+    assert f"<source file='{layer.path}'/>" in xml and "<serial>l0</serial>" in xml
+
+    # What an instance wrote in its overlay's upper folder: a file, noise, a whiteout.
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", upper.path, str(mnt)], check=True)
+    try:
+        (mnt / "data" / "etc").mkdir(parents=True)
+        (mnt / "data" / "etc" / "site.conf").write_text("configured\n")
+        (mnt / "data" / "var" / "log").mkdir(parents=True)
+        (mnt / "data" / "var" / "log" / "messages").write_text("noise\n")
+        os.mknod(mnt / "data" / "etc" / "release", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    finally:
+        subprocess.run(["umount", "-d", str(mnt)], check=True)
+    captured = client.capture(guest_name, GuestCapture(exclude=["/var/log"]))
+    listing = subprocess.run(["unsquashfs", "-lls", captured.path], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "squashfs-root/etc/site.conf" in listing and "var/log" not in listing
+    assert re.search(r"^c.* 0,\s+0 .*squashfs-root/etc/release$", listing, re.M), listing
+    out = tmp_path / "copy"
+    with out.open("wb") as sink:
+        assert client.cache_read(captured.sha256, sink) == captured.size
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == captured.sha256
+    for escape in (["/"], ["../etc"]):
+        with pytest.raises(InvalidRequest):
+            client.capture(guest_name, GuestCapture(exclude=escape))
+
+    client.act(guest_name, "start")
+    with pytest.raises(InvalidState, match="stop it"):
+        client.capture(guest_name, GuestCapture())
+    client.act(guest_name, "destroy")
+    client.cache_remove(layer.sha256)
+    client.cache_remove(captured.sha256)
