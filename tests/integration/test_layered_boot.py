@@ -6,6 +6,7 @@ config disk, each found by its virtio serial, never by its place on the command 
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import tarfile
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from harness import ROOT
 
-from lamina.channels.build import build_channel, mksquashfs_argv
+from lamina.channels.build import build_channel, mkfs_erofs_argv, mksquashfs_argv
 from lamina.channels.signing import generate_key, load_private_key
 
 pytestmark = [
@@ -39,6 +40,7 @@ class Channel:
     initrd: Path
     cmdline: str
     layers: dict[str, Path]  # squashfs images by appliance name
+    kernel_version: str
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,9 @@ class Disk:
     readonly: bool = True
 
 
-@pytest.fixture(scope="module")
-def channel(tmp_path_factory: pytest.TempPathFactory) -> Channel:
-    out = tmp_path_factory.mktemp("channel")
+def build(out: Path, *options: str) -> Channel:
     script = ROOT / "scripts" / "build-sample-channel.sh"
-    subprocess.run(["bash", str(script), str(out)], check=True, timeout=600)
+    subprocess.run(["bash", str(script), str(out), *options], check=True, timeout=600)
     sources = out / "sources"
     base = ET.parse(sources / "lamina-base" / "appliance.xml").getroot()
     kernel = base.find("boot/kernel")
@@ -71,7 +71,21 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Channel:
         initrd=sources / "lamina-base" / initrd.attrib["source"],
         cmdline=base.findtext("boot/cmdline", "").strip(),
         layers=layers,
+        kernel_version=max(
+            (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
+            key=kernel_sort_key,
+        ),
     )
+
+
+def kernel_sort_key(version: str) -> list[int]:
+    """Enough of ``sort -V`` for Debian's kernel versions (6.1.0-56-amd64)."""
+    return [int(part) for part in re.findall(r"\d+", version)]
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Channel:
+    return build(tmp_path_factory.mktemp("channel"))
 
 
 def make_upper(path: Path) -> Path:
@@ -189,6 +203,7 @@ def test_webserv_boots_twice_on_one_instance_layer(channel: Channel, tmp_path: P
     )
     assert_ready(first)
     got = lines(first)
+    assert f"lamina-init: kernel {channel.kernel_version}" in got
     assert "lamina-init: layers l0,l1 upper upper config config" in got
     assert "lamina-init: layer l0 is /dev/vdd (squashfs)" in got
     assert "lamina-init: rendered 2 templates" in got
@@ -244,7 +259,62 @@ def test_values_are_inserted_literally(channel: Channel, tmp_path: Path) -> None
     assert f"webserv: title Welcome to {domain}" in lines(text)
 
 
+def test_an_instance_layer_survives_a_substrate_upgrade(
+    channel: Channel, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Same instance layer, webserv layer and config; l0 replaced by lamina-base 1.1.0."""
+    newer = build(tmp_path_factory.mktemp("channel-1.1.0"), "--substrate-version", "1.1.0")
+    definition = (newer.sources / "lamina-base" / "appliance.xml").read_text()
+    assert "<version>1.1.0</version>" in definition
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": "example.com", "port": "80"},
+        ["/etc/webserv/site.conf", "/srv/www/index.html"],
+        "web3",
+    )
+    web = channel.layers["webserv"]
+    disks = [Disk("upper", upper, False), Disk("l1", web), Disk("config", config)]
+    old = boot(channel, ["l0", "l1"], [Disk("l0", channel.layers["lamina-base"]), *disks],
+               tmp_path / "console-1.log")  # fmt: skip
+    assert_ready(old)
+    assert "lamina-base: release lamina-base 1.0.0" in lines(old)
+    site_id = line_starting(old, "webserv: site-id ")
+
+    new = boot(newer, ["l0", "l1"], [*disks, Disk("l0", newer.layers["lamina-base"])],
+               tmp_path / "console-2.log")  # fmt: skip
+    assert_ready(new)
+    got = lines(new)
+    assert "lamina-base: release lamina-base 1.1.0" in got
+    assert "lamina-base: boot 2" in got
+    assert site_id in got
+    assert "webserv: serving example.com on port 80" in got
+
+
+def test_a_missing_disk_is_reported(channel: Channel, tmp_path: Path) -> None:
+    """No config disk: the initramfs names the serial it waited for and stays up."""
+    text = boot(
+        channel,
+        ["l0", "l1"],
+        [
+            Disk("l0", channel.layers["lamina-base"]),
+            Disk("l1", channel.layers["webserv"]),
+            Disk("upper", make_upper(tmp_path / "upper.img"), False),
+        ],
+        tmp_path / "console.log",
+    )
+    assert "lamina-init: ERROR no disk with serial(s) config after 10 s" in text, text
+    assert "Kernel panic" not in text
+
+
 def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> None:
+    """Also on an erofs layer: the initramfs takes either format."""
+    erofs = tmp_path / "dnsserv.erofs"
+    subprocess.run(
+        mkfs_erofs_argv(channel.sources / "dnsserv" / "layer", erofs),
+        check=True,
+        capture_output=True,
+    )
     upper = make_upper(tmp_path / "upper.img")
     config = make_config(
         tmp_path / "config.tar",
@@ -257,7 +327,7 @@ def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> Non
         ["l0", "l1"],
         [
             Disk("upper", upper, False),
-            Disk("l1", channel.layers["dnsserv"]),
+            Disk("l1", erofs),
             Disk("config", config),
             Disk("l0", channel.layers["lamina-base"]),
         ],
@@ -265,6 +335,7 @@ def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> Non
     )
     assert_ready(text)
     got = lines(text)
+    assert "lamina-init: layer l1 is /dev/vdb (erofs)" in got
     assert "lamina-init: rendered 1 templates" in got
     assert "lamina-base: boot 1" in got
     assert "dnsserv: dns.example.net -> 192.0.2.77" in got
