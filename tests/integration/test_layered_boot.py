@@ -1,0 +1,342 @@
+"""The sample channel's layered appliances (``scripts/build-sample-channel.sh``) booted for
+real under QEMU (TCG), directly, without libvirt: exactly as the manager boots them. The
+substrate's kernel and initramfs, read-only squashfs layers, an ext4 instance layer and a
+config disk, each found by its virtio serial, never by its place on the command line."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import ROOT
+
+from lamina.channels.build import build_channel, mkfs_erofs_argv, mksquashfs_argv
+from lamina.channels.signing import generate_key, load_private_key
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed"
+    ),
+]
+
+READY = "lamina-base: ready"
+# TCG boots take ~3-5 s here; generous for a loaded 2-core machine.
+BOOT_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Channel:
+    sources: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    layers: dict[str, Path]  # squashfs images by appliance name
+    kernel_version: str
+
+
+@dataclass(frozen=True)
+class Disk:
+    serial: str
+    path: Path
+    readonly: bool = True
+
+
+def build(out: Path, *options: str) -> Channel:
+    script = ROOT / "scripts" / "build-sample-channel.sh"
+    subprocess.run(["bash", str(script), str(out), *options], check=True, timeout=600)
+    sources = out / "sources"
+    base = ET.parse(sources / "lamina-base" / "appliance.xml").getroot()
+    kernel = base.find("boot/kernel")
+    initrd = base.find("boot/initrd")
+    assert kernel is not None and initrd is not None
+    layers = {}
+    for name, tree in (("lamina-base", "rootfs"), ("webserv", "layer"), ("dnsserv", "layer")):
+        image = out / f"{name}.squashfs"
+        subprocess.run(
+            mksquashfs_argv(sources / name / tree, image), check=True, capture_output=True
+        )
+        layers[name] = image
+    return Channel(
+        sources=sources,
+        kernel=sources / "lamina-base" / kernel.attrib["source"],
+        initrd=sources / "lamina-base" / initrd.attrib["source"],
+        cmdline=base.findtext("boot/cmdline", "").strip(),
+        layers=layers,
+        kernel_version=max(
+            (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
+            key=kernel_sort_key,
+        ),
+    )
+
+
+def kernel_sort_key(version: str) -> list[int]:
+    """Enough of ``sort -V`` for Debian's kernel versions (6.1.0-56-amd64)."""
+    return [int(part) for part in re.findall(r"\d+", version)]
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Channel:
+    return build(tmp_path_factory.mktemp("channel"))
+
+
+def make_upper(path: Path) -> Path:
+    """An empty instance layer, formatted as the host formats it."""
+    with path.open("wb") as f:
+        f.truncate(256 * 1024 * 1024)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)],
+        check=True,
+    )
+    return path
+
+
+def make_config(path: Path, variables: dict[str, str], templates: list[str], host: str) -> Path:
+    """The config disk: a ustar archive of variables, templates and hostname, padded."""
+    files = {
+        "variables": "".join(f"{name}\t{value}\n" for name, value in variables.items()),
+        "templates": "".join(f"{p}\n" for p in templates),
+        "hostname": f"{host}\n",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    path.write_bytes(data + b"\0" * (-len(data) % 512))
+    return path
+
+
+def boot(channel: Channel, layers: list[str], disks: list[Disk], console: Path) -> str:
+    """Boot once with ``disks`` in the given order on the command line; return the console
+    once the substrate says it is ready (or the initramfs reports an error)."""
+    argv = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
+        "-monitor", "none", "-nic", "none", "-serial", f"file:{console}",
+        "-kernel", str(channel.kernel), "-initrd", str(channel.initrd),
+        "-append", " ".join(filter(None, [
+            "console=ttyS0", channel.cmdline,
+            f"lamina.layers={','.join(layers)}", "lamina.upper=upper", "lamina.config=config",
+        ])),
+    ]  # fmt: skip
+    for n, disk in enumerate(disks):
+        readonly = ",readonly=on" if disk.readonly else ""
+        argv += [
+            "-drive", f"file={disk.path},if=none,id=d{n},format=raw{readonly}",
+            "-device", f"virtio-blk-pci,drive=d{n},serial={disk.serial}",
+        ]  # fmt: skip
+    stderr = console.with_suffix(".stderr")
+    with stderr.open("wb") as errors:
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
+    try:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        text = ""
+        while time.monotonic() < deadline:
+            text = console.read_text(errors="replace") if console.exists() else ""
+            if READY in text or "lamina-init: ERROR" in text:
+                return text
+            if qemu.poll() is not None:
+                return f"{text}\nQEMU exited {qemu.returncode}: {stderr.read_text()}"
+            time.sleep(0.2)
+        return f"{text}\n(no {READY!r} after {BOOT_TIMEOUT} s)"
+    finally:
+        qemu.terminate()
+        try:
+            qemu.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            qemu.kill()
+            qemu.wait()
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.replace("\r", "").splitlines()]
+
+
+def line_starting(text: str, prefix: str) -> str:
+    found = [line for line in lines(text) if line.startswith(prefix)]
+    assert len(found) == 1, f"expected one line starting {prefix!r} in:\n{text}"
+    return found[0]
+
+
+def assert_ready(text: str) -> None:
+    assert "lamina-init: ERROR" not in text, text
+    assert READY in lines(text), text
+
+
+def test_the_sample_channel_builds(channel: Channel, tmp_path: Path) -> None:
+    key = tmp_path / "channel.key"
+    generate_key(key)
+    out = tmp_path / "public"
+    build_channel(channel.sources, out, load_private_key(key))
+    feed = (out / "channel.rss").read_text()
+    for name in ("lamina-base", "webserv", "dnsserv"):
+        assert f'name="{name}"' in feed
+
+
+def test_webserv_boots_twice_on_one_instance_layer(channel: Channel, tmp_path: Path) -> None:
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": "example.org", "port": "8080"},
+        ["/etc/webserv/site.conf", "/srv/www/index.html"],
+        "web1",
+    )
+    base, web = channel.layers["lamina-base"], channel.layers["webserv"]
+    # Serial order is l0, l1, upper, config; the command line says otherwise.
+    first = boot(
+        channel,
+        ["l0", "l1"],
+        [Disk("config", config), Disk("upper", upper, False), Disk("l1", web), Disk("l0", base)],
+        tmp_path / "console-1.log",
+    )
+    assert_ready(first)
+    got = lines(first)
+    assert f"lamina-init: kernel {channel.kernel_version}" in got
+    assert "lamina-init: layers l0,l1 upper upper config config" in got
+    assert "lamina-init: layer l0 is /dev/vdd (squashfs)" in got
+    assert "lamina-init: rendered 2 templates" in got
+    assert "lamina-base: release lamina-base 1.0.0" in got
+    assert "lamina-base: boot 1" in got
+    assert "webserv: serving example.org on port 8080" in got
+    assert "webserv: title Welcome to example.org" in got
+    site_id = line_starting(first, "webserv: site-id ")
+    assert len(site_id.split()[-1]) == 36
+    print(line_starting(first, "lamina-base: uptime "))
+
+    second = boot(
+        channel,
+        ["l0", "l1"],
+        [Disk("l0", base), Disk("upper", upper, False), Disk("l1", web), Disk("config", config)],
+        tmp_path / "console-2.log",
+    )
+    assert_ready(second)
+    got = lines(second)
+    assert "lamina-base: boot 2" in got
+    assert site_id in got
+    assert "lamina-init: templates already rendered on an earlier boot" in got
+    assert not any(line.startswith("lamina-init: rendered") for line in got)
+    assert "webserv: serving example.org on port 8080" in got
+    print(line_starting(second, "lamina-base: uptime "))
+
+
+def test_values_are_inserted_literally(channel: Channel, tmp_path: Path) -> None:
+    """The guest's renderer matches lamina.appliances.variables.render: & \\ / $ in a value
+    are plain text, a placeholder inside a value is not rendered again, and the port's
+    default still comes from the host (the guest has no defaults of its own)."""
+    domain = r"a&b\1/$x{{ port }}"
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": domain, "port": "80"},
+        ["/etc/webserv/site.conf", "/srv/www/index.html"],
+        "web2",
+    )
+    text = boot(
+        channel,
+        ["l0", "l1"],
+        [
+            Disk("l1", channel.layers["webserv"]),
+            Disk("config", config),
+            Disk("l0", channel.layers["lamina-base"]),
+            Disk("upper", upper, False),
+        ],
+        tmp_path / "console.log",
+    )
+    assert_ready(text)
+    assert f"webserv: serving {domain} on port 80" in lines(text)
+    assert f"webserv: title Welcome to {domain}" in lines(text)
+
+
+def test_an_instance_layer_survives_a_substrate_upgrade(
+    channel: Channel, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """Same instance layer, webserv layer and config; l0 replaced by lamina-base 1.1.0."""
+    newer = build(tmp_path_factory.mktemp("channel-1.1.0"), "--substrate-version", "1.1.0")
+    definition = (newer.sources / "lamina-base" / "appliance.xml").read_text()
+    assert "<version>1.1.0</version>" in definition
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": "example.com", "port": "80"},
+        ["/etc/webserv/site.conf", "/srv/www/index.html"],
+        "web3",
+    )
+    web = channel.layers["webserv"]
+    disks = [Disk("upper", upper, False), Disk("l1", web), Disk("config", config)]
+    old = boot(channel, ["l0", "l1"], [Disk("l0", channel.layers["lamina-base"]), *disks],
+               tmp_path / "console-1.log")  # fmt: skip
+    assert_ready(old)
+    assert "lamina-base: release lamina-base 1.0.0" in lines(old)
+    site_id = line_starting(old, "webserv: site-id ")
+
+    new = boot(newer, ["l0", "l1"], [*disks, Disk("l0", newer.layers["lamina-base"])],
+               tmp_path / "console-2.log")  # fmt: skip
+    assert_ready(new)
+    got = lines(new)
+    assert "lamina-base: release lamina-base 1.1.0" in got
+    assert "lamina-base: boot 2" in got
+    assert site_id in got
+    assert "webserv: serving example.com on port 80" in got
+
+
+def test_a_missing_disk_is_reported(channel: Channel, tmp_path: Path) -> None:
+    """No config disk: the initramfs names the serial it waited for and stays up."""
+    text = boot(
+        channel,
+        ["l0", "l1"],
+        [
+            Disk("l0", channel.layers["lamina-base"]),
+            Disk("l1", channel.layers["webserv"]),
+            Disk("upper", make_upper(tmp_path / "upper.img"), False),
+        ],
+        tmp_path / "console.log",
+    )
+    assert "lamina-init: ERROR no disk with serial(s) config after 10 s" in text, text
+    assert "Kernel panic" not in text
+
+
+def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> None:
+    """Also on an erofs layer: the initramfs takes either format."""
+    erofs = tmp_path / "dnsserv.erofs"
+    subprocess.run(
+        mkfs_erofs_argv(channel.sources / "dnsserv" / "layer", erofs),
+        check=True,
+        capture_output=True,
+    )
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": "dns.example.net", "address": "192.0.2.77"},
+        ["/etc/dnsmasq.d/lamina.conf"],
+        "dns1",
+    )
+    text = boot(
+        channel,
+        ["l0", "l1"],
+        [
+            Disk("upper", upper, False),
+            Disk("l1", erofs),
+            Disk("config", config),
+            Disk("l0", channel.layers["lamina-base"]),
+        ],
+        tmp_path / "console.log",
+    )
+    assert_ready(text)
+    got = lines(text)
+    assert "lamina-init: layer l1 is /dev/vdb (erofs)" in got
+    assert "lamina-init: rendered 1 templates" in got
+    assert "lamina-base: boot 1" in got
+    assert "dnsserv: dns.example.net -> 192.0.2.77" in got
+    print(line_starting(text, "lamina-base: uptime "))
