@@ -1,9 +1,10 @@
 """Capturing an instance layer: the ``data`` folder of a guest's ext4 instance disk (the
 overlay's upper directory) made into a read-only layer image in the host's cache.
 
-The disk is mounted read-only through a loop device (the guest is stopped, so nothing
-writes it), the layer is made with the same tools and flags as ``lamina channel build``
-except that extended attributes are kept: overlayfs marks opaque folders with them, and
+The disk is checked (``e2fsck -p``: a guest forced off leaves a journal to replay) and
+mounted read-only through a loop device (the guest is stopped, so nothing writes it). The
+layer is made with the same tools and flags as ``lamina channel build`` except that extended
+attributes are kept: overlayfs marks opaque folders with them, and
 files deleted inside the instance are whiteouts (character devices 0:0) that the layer keeps,
 so the deletions carry over too.
 """
@@ -11,6 +12,7 @@ so the deletions carry over too.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 from lamina.agent.cache import ImageCache
 from lamina.agent.disks import run
 from lamina.agent.wire import CacheEntry
-from lamina.errors import InvalidRequest, InvalidState
+from lamina.errors import CommandFailed, InvalidRequest, InvalidState
 
 
 def capture_layer(disk: Path, exclude: Sequence[str], fmt: str, cache: ImageCache) -> CacheEntry:
@@ -62,8 +64,11 @@ def _relative(path: str) -> str:
 def _mounted(disk: Path, mountpoint: Path) -> Iterator[None]:
     if not disk.is_file():
         raise InvalidState(f"{disk.name} does not exist: the instance has no instance layer")
-    # noload: a read-only mount that does not replay the journal (the guest shut down
-    # cleanly, or the capture takes what reached the disk).
+    # A guest forced off leaves its journal to replay: e2fsck replays it (and fixes what a
+    # crash may leave) so the capture sees everything the guest wrote. Exit 1 means "fixed".
+    fsck = subprocess.run(["e2fsck", "-p", str(disk)], capture_output=True, text=True)
+    if fsck.returncode not in (0, 1):
+        raise CommandFailed(["e2fsck", "-p", str(disk)], fsck.returncode, fsck.stdout + fsck.stderr)
     run(["mount", "-t", "ext4", "-o", "ro,loop,noload", str(disk), str(mountpoint)])
     try:
         yield
