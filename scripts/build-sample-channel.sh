@@ -3,11 +3,14 @@
 # Debian packages, ready for `lamina channel build OUTDIR/sources --out ... --key ...`:
 #   OUTDIR/sources/lamina-base/  kind="substrate", version 1.0.0 (or --substrate-version):
 #       rootfs/          busybox-static with applet symlinks, busybox init, an rc that prints
-#                        "lamina-base: release|boot <n>|ready" and runs /etc/lamina/start.d/*
+#                        "lamina-base: release|boot <n>|ready" and runs /etc/lamina/start.d/*,
+#                        acpid (power button -> poweroff) and a shutdown rc (rcK) that leaves
+#                        the instance layer's ext4 clean
 #       boot/vmlinux     the newest /boot/vmlinuz-* decompressed (QEMU boots the ELF by its
 #                        PVH entry ~2x faster under TCG); boot/vmlinuz when it cannot be
 #       boot/initrd.img  gzip'd cpio (newc): samples/channel/initramfs/init, busybox and the
-#                        kernel's modules for virtio disks, squashfs, erofs, overlay and ext4
+#                        kernel's modules for virtio disks, squashfs, erofs, overlay and ext4,
+#                        and for the ACPI power button (button, evdev)
 #   OUTDIR/sources/webserv/      kind="application": busybox httpd serving a templated page
 #   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and the libraries it needs
 # The static parts (init scripts, definitions, templates) are in samples/channel/.
@@ -45,7 +48,9 @@ dnsmasq=/usr/sbin/dnsmasq
 substrate_cmdline="quiet"
 # Modules the initramfs needs; modules.dep adds what each depends on.
 # crc32c_generic: ext4's checksums (libcrc32c asks the crypto API for crc32c).
-modules=(crc32c_generic virtio_pci virtio_blk squashfs erofs overlay ext4)
+# button, evdev: the ACPI power button as /dev/input/event*, which the substrate's
+# acpid turns into a clean poweroff (libvirt's graceful shutdown presses that button).
+modules=(crc32c_generic virtio_pci virtio_blk squashfs erofs overlay ext4 button evdev)
 
 [[ -d "$samples" ]] || die "$samples not found"
 kernel="$(find /boot -maxdepth 1 -name 'vmlinuz-*' -type f -printf '%f\n' | sort -V | tail -n 1)"

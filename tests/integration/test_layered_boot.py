@@ -6,8 +6,10 @@ config disk, each found by its virtio serial, never by its place on the command 
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -31,6 +33,9 @@ pytestmark = [
 READY = "lamina-base: ready"
 # TCG boots take ~3-5 s here; generous for a loaded 2-core machine.
 BOOT_TIMEOUT = 180.0
+# From the ACPI power button to QEMU's exit: libvirt's graceful shutdown gives the guest
+# 10 s before Lamina forces it off; the substrate takes ~2.5 s under TCG.
+POWEROFF_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,11 @@ def make_config(path: Path, variables: dict[str, str], templates: list[str], hos
     return path
 
 
-def boot(channel: Channel, layers: list[str], disks: list[Disk], console: Path) -> str:
-    """Boot once with ``disks`` in the given order on the command line; return the console
-    once the substrate says it is ready (or the initramfs reports an error)."""
+def start(
+    channel: Channel, layers: list[str], disks: list[Disk], console: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """Start QEMU with ``disks`` in the given order on the command line; the console goes
+    to ``console``, QEMU's own output next to it (``.stderr``)."""
     argv = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
         "-monitor", "none", "-nic", "none", "-serial", f"file:{console}",
@@ -130,6 +137,7 @@ def boot(channel: Channel, layers: list[str], disks: list[Disk], console: Path) 
             "console=ttyS0", channel.cmdline,
             f"lamina.layers={','.join(layers)}", "lamina.upper=upper", "lamina.config=config",
         ])),
+        *extra,
     ]  # fmt: skip
     for n, disk in enumerate(disks):
         readonly = ",readonly=on" if disk.readonly else ""
@@ -137,27 +145,68 @@ def boot(channel: Channel, layers: list[str], disks: list[Disk], console: Path) 
             "-drive", f"file={disk.path},if=none,id=d{n},format=raw{readonly}",
             "-device", f"virtio-blk-pci,drive=d{n},serial={disk.serial}",
         ]  # fmt: skip
-    stderr = console.with_suffix(".stderr")
-    with stderr.open("wb") as errors:
-        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
+    with console.with_suffix(".stderr").open("wb") as errors:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
+
+
+def wait_ready(qemu: subprocess.Popen[bytes], console: Path) -> str:
+    """The console once the substrate says it is ready (or the initramfs reports an
+    error, or QEMU exits, or BOOT_TIMEOUT passes)."""
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    text = ""
+    while time.monotonic() < deadline:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if READY in text or "lamina-init: ERROR" in text:
+            return text
+        if qemu.poll() is not None:
+            stderr = console.with_suffix(".stderr").read_text()
+            return f"{text}\nQEMU exited {qemu.returncode}: {stderr}"
+        time.sleep(0.2)
+    return f"{text}\n(no {READY!r} after {BOOT_TIMEOUT} s)"
+
+
+def stop(qemu: subprocess.Popen[bytes]) -> None:
+    """Stop QEMU if it still runs, as a forced power-off would."""
+    if qemu.poll() is not None:
+        return
+    qemu.terminate()
     try:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        text = ""
-        while time.monotonic() < deadline:
-            text = console.read_text(errors="replace") if console.exists() else ""
-            if READY in text or "lamina-init: ERROR" in text:
-                return text
-            if qemu.poll() is not None:
-                return f"{text}\nQEMU exited {qemu.returncode}: {stderr.read_text()}"
-            time.sleep(0.2)
-        return f"{text}\n(no {READY!r} after {BOOT_TIMEOUT} s)"
+        qemu.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        qemu.kill()
+        qemu.wait()
+
+
+def boot(channel: Channel, layers: list[str], disks: list[Disk], console: Path) -> str:
+    """Boot once with ``disks`` in the given order on the command line; return the console
+    once the substrate says it is ready (or the initramfs reports an error)."""
+    qemu = start(channel, layers, disks, console)
+    try:
+        return wait_ready(qemu, console)
     finally:
-        qemu.terminate()
-        try:
-            qemu.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            qemu.kill()
-            qemu.wait()
+        stop(qemu)
+
+
+def qmp(socket_path: Path, command: str) -> None:
+    """Run one QMP command (after the capabilities handshake) on QEMU's QMP socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(socket_path))
+        replies = sock.makefile("rb")
+
+        def call(name: str) -> None:
+            sock.sendall(json.dumps({"execute": name}).encode() + b"\r\n")
+            while True:  # events (e.g. POWERDOWN) may come before the reply
+                line = replies.readline()
+                assert line, f"QMP closed before answering {name}"
+                reply = json.loads(line)
+                assert "error" not in reply, reply
+                if "return" in reply:
+                    return
+
+        assert "QMP" in json.loads(replies.readline())  # the greeting
+        call("qmp_capabilities")
+        call(command)
 
 
 def lines(text: str) -> list[str]:
@@ -340,3 +389,61 @@ def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> Non
     assert "lamina-base: boot 1" in got
     assert "dnsserv: dns.example.net -> 192.0.2.77" in got
     print(line_starting(text, "lamina-base: uptime "))
+
+
+def test_the_power_button_powers_off_cleanly(channel: Channel, tmp_path: Path) -> None:
+    """libvirt's graceful shutdown presses the ACPI power button (QMP system_powerdown):
+    acpid and busybox init stop everything, leave the instance layer's ext4 clean, and
+    power off; QEMU exits by itself. The next boot finds what the first one wrote."""
+    upper = make_upper(tmp_path / "upper.img")
+    config = make_config(
+        tmp_path / "config.tar",
+        {"domain": "example.org", "port": "8080"},
+        ["/etc/webserv/site.conf", "/srv/www/index.html"],
+        "web4",
+    )
+    disks = [
+        Disk("l0", channel.layers["lamina-base"]),
+        Disk("l1", channel.layers["webserv"]),
+        Disk("upper", upper, False),
+        Disk("config", config),
+    ]
+    console = tmp_path / "console-1.log"
+    monitor = tmp_path / "qmp.sock"
+    qemu = start(channel, ["l0", "l1"], disks, console,
+                 "-qmp", f"unix:{monitor},server=on,wait=off")  # fmt: skip
+    try:
+        first = wait_ready(qemu, console)
+        assert_ready(first)
+        assert "lamina-base: boot 1" in lines(first)
+        pressed = time.monotonic()
+        qmp(monitor, "system_powerdown")
+        try:
+            qemu.wait(timeout=POWEROFF_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"still running {POWEROFF_TIMEOUT} s after the power button:\n"
+                + console.read_text(errors="replace")
+            )
+        took = time.monotonic() - pressed
+    finally:
+        stop(qemu)
+    text = console.read_text(errors="replace")
+    print(f"power button to QEMU exit: {took:.2f} s")
+    assert qemu.returncode == 0, text
+    got = lines(text)
+    assert "lamina-base: power button pressed, powering off" in got, text
+    assert "lamina-base: instance layer clean" in got, text
+    assert not any("WARNING" in line for line in got), text
+
+    header = subprocess.run(
+        ["dumpe2fs", "-h", str(upper)], check=True, capture_output=True, text=True
+    ).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", header, re.MULTILINE), header
+    features = line_starting(header, "Filesystem features:")
+    assert "needs_recovery" not in features.split(), header
+
+    second = boot(channel, ["l0", "l1"], disks, tmp_path / "console-2.log")
+    assert_ready(second)
+    assert "lamina-base: boot 2" in lines(second)
+    assert line_starting(first, "webserv: site-id ") in lines(second)
