@@ -325,6 +325,21 @@ def test_only_layers_are_built_from_directories(source: Path, key: Path, tmp_pat
         build_channel(source, tmp_path / "out", load_private_key(key))
 
 
+def test_a_prebuilt_layer_must_be_a_filesystem_image(
+    source: Path, key: Path, tmp_path: Path
+) -> None:
+    layer = source / "webserv" / "layer"
+    shutil.rmtree(layer)
+    layer.write_bytes(b"#!/bin/sh\necho not a filesystem\n" * 100)
+    with pytest.raises(InvalidRequest, match="layer layer is not a .* filesystem image"):
+        build_channel(source, tmp_path / "out", load_private_key(key))
+    assert not (tmp_path / "out" / "channel.rss").exists()
+    # The same bytes after a real image's superblock pass: the check is the magic number.
+    subprocess.run(["mksquashfs", str(source / "tiny-os" / "rootfs"), str(layer), "-noappend",
+                    "-quiet", "-no-progress"], check=True)  # fmt: skip
+    build_channel(source, tmp_path / "out", load_private_key(key))
+
+
 def test_an_appliance_version_is_built_once(source: Path, key: Path, tmp_path: Path) -> None:
     shutil.copytree(source / "legacy", source / "legacy-copy")
     with pytest.raises(Conflict, match="legacy 2 is defined twice"):

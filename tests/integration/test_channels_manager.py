@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -43,7 +44,10 @@ APPLICATION = """<appliance version="1.0" name="{name}" kind="application">
   </layers>
 </appliance>
 """
-SHARED = os.urandom(40_000)
+#: Layers are squashfs images by their magic number (``lamina.appliances.layerfs``); these
+#: tests move bytes, so the rest is random. Real layers boot in test_layered_appliances.
+SQUASHFS = b"hsqs"
+SHARED = SQUASHFS + os.urandom(40_000)
 
 
 def _write(path: Path, data: str | bytes) -> None:
@@ -55,7 +59,7 @@ def _application(root: Path, name: str, dependency: str = "") -> None:
     element = f"<dependency>{dependency}</dependency>" if dependency else ""
     _write(root / name / "appliance.xml", APPLICATION.format(name=name, dependency=element))
     _write(root / name / "shared.img", SHARED)
-    _write(root / name / "own.img", os.urandom(30_000))
+    _write(root / name / "own.img", SQUASHFS + os.urandom(30_000))
 
 
 class Server:
@@ -93,17 +97,21 @@ def published(tmp_path: Path) -> Iterator[tuple[Server, Path, str, Path]]:
     source = tmp_path / "appliances"
     _write(source / "tiny-os" / "appliance.xml", SUBSTRATE)
     for name in ("rootfs.img", "vmlinuz", "initrd.img"):
-        _write(source / "tiny-os" / name, os.urandom(20_000))
+        _write(source / "tiny-os" / name, SQUASHFS + os.urandom(20_000))
     _application(source, "webserv")
     _application(source, "mailserv", "webserv")
     _application(source, "needy", "firewall")
     _application(source, "broken")
     _application(source, "ping", "pong")
     _application(source, "pong", "ping")
+    # A publisher whose layer is no filesystem at all (past `channel build`'s own check).
+    _application(source, "notfs")
+    _write(source / "notfs" / "own.img", os.urandom(30_000))
     keyfile = tmp_path / "channel.key"
     key = generate_key(keyfile)
     out = tmp_path / "public"
-    build_channel(source, out, load_private_key(keyfile))
+    with mock.patch("lamina.channels.build.check_layer"):
+        build_channel(source, out, load_private_key(keyfile))
     server = Server(out, tmp_path / "http.log")
     yield server, source, public_key_text(key), keyfile
     server.stop()
@@ -241,6 +249,14 @@ def test_install_dependencies_shared_layers_refusals_and_remove(
     assert failed["job"]["status"] == "rolled_back", failed["job"]
     assert "not the signed file" in failed["job"]["error"]
     assert "broken" not in {a["name"] for a in client.appliances(installed=True)}
+    assert _image_count(manager) == 6
+    assert list((manager.root / "manager" / "downloads").glob("*.part")) == []
+
+    # A signed layer that is not a filesystem image: refused the same way.
+    failed = _install(manager, "notfs")
+    assert failed["job"]["status"] == "rolled_back", failed["job"]
+    assert "is not a squashfs filesystem image" in failed["job"]["error"]
+    assert "notfs" not in {a["name"] for a in client.appliances(installed=True)}
     assert _image_count(manager) == 6
     assert list((manager.root / "manager" / "downloads").glob("*.part")) == []
 

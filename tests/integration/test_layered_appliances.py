@@ -165,7 +165,9 @@ def test_layered_appliances_boot_persist_capture_and_upgrade(
         # start, without touching their application or instance layers.
         channel.add_substrate("1.1.0")
         cloud.cli("channel", "refresh", _channel_id(cloud))
-        cloud.cli("appliance", "install", "lamina-base")
+        cloud.cli("appliance", "upgrade", "lamina-base")
+        again = cloud.cli("appliance", "upgrade", "lamina-base", check=False)
+        assert again.returncode == 1 and "up to date" in again.stderr
         _act(cloud, "web1", "start")
         _act(cloud, "dns1", "start")
         upgraded = _wait_ready(cloud, "web1")

@@ -27,6 +27,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from lamina.agent.wire import GuestCapture
 from lamina.appliances.definition import Appliance, Blob, Requirement
@@ -137,7 +138,10 @@ def start_capture(
             created_at=utcnow(),
         )
         s.add(row)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError:
+            raise Conflict(f"appliance {name} {release} exists already", appliance=name) from None
         answer = {"job": describe_job(job), "appliance": describe(row)}
     svc.wake_jobs()
     return answer

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lamina.appliances.layerfs import check_layer
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.resolve import Planned, Resolver
 from lamina.channels.feed import FileRef
@@ -35,7 +37,7 @@ from lamina.channels.signing import VerificationFailed, parse_public_key
 from lamina.channels.verify import fetch_verified
 from lamina.compute.models import Instance
 from lamina.db.types import new_id, utcnow
-from lamina.errors import Conflict, InvalidState, LaminaError, NotFound
+from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.images import service as images
 from lamina.images.models import Image
@@ -106,7 +108,13 @@ def start_install(
             for p, entry in zip(plan, entries, strict=True)
         ]
         s.add_all(rows)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError:
+            # Another install of one of them began since the plan was made.
+            raise Conflict(
+                f"{name} (or an appliance it needs) is being installed already", appliance=name
+            ) from None
         answer = {"job": describe_job(job), "appliances": [describe(r) for r in rows]}
     svc.wake_jobs()
     return answer
@@ -192,6 +200,12 @@ def _image_for(ctx: StepContext, key: str, ref: FileRef, client: Any, progress: 
                     f"signed file; refusing them (tampered or corrupted): {exc.message}",
                     sha256=ref.sha256,
                 ) from None
+            raise
+    if ref.role == "layer":
+        try:
+            check_layer(part, ref.format, f"layer {ref.sha256} (signed by the channel)")
+        except InvalidRequest:
+            part.unlink(missing_ok=True)
             raise
     image_id = _store(ctx, ref, part)
     part.unlink(missing_ok=True)

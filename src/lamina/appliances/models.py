@@ -14,7 +14,8 @@ STATUSES = ("installing", "installed", "error")
 
 class InstalledAppliance(Base):
     __tablename__ = "appliances"
-    __table_args__ = (Index("ix_appliances_name_version", "name", "version"),)
+    #: One record per name and version: two installs of one appliance cannot both go ahead.
+    __table_args__ = (Index("ix_appliances_name_version", "name", "version", unique=True),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64))

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lamina.agent.disks import run
 from lamina.appliances.definition import Appliance, Blob
+from lamina.appliances.layerfs import check_layer
 from lamina.appliances.parsing import parse_appliance
 from lamina.appliances.variables import template_names
 from lamina.appliances.versions import Version
@@ -139,6 +140,8 @@ class _Builder:
                 raise
             sha256, size = self._place(image, move=True)
         else:
+            if blob.role == "layer":
+                check_layer(path, blob.format, f"{folder.name}/{DEFINITION}: layer {blob.source}")
             sha256, size = self._place(path, move=False)
         published = dataclasses.replace(blob, sha256=sha256, size=size, source=None)
         return published, self._ref(blob.role, sha256, size, blob.format)

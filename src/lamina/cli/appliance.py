@@ -7,7 +7,7 @@ import click
 
 from lamina.cli.main import Context
 from lamina.cli.output import ProgressBar, emit_json, record, table
-from lamina.errors import InvalidRequest, LaminaError
+from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
 
 COLUMNS = ["name", "version", "kind", "label", "installed", "status", "id", "channel"]
 
@@ -47,6 +47,26 @@ def install(obj: Context, ref: str, wait: bool) -> None:
         return
     table(result["appliances"], ["name", "version", "kind", "id"])
     click.echo(f"job {job['id']}: {job['status']}")
+
+
+@appliance.command("upgrade")
+@click.argument("name")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_context
+def upgrade(ctx: click.Context, name: str, wait: bool) -> None:
+    """Install the newest version of an installed appliance. For an OS substrate, its
+    layered instances move onto it the next time they start; the older version stays
+    installed (and in use) until removed."""
+    obj: Context = ctx.obj
+    rows = obj.client.appliances(installed=True)
+    if not any(a["name"] == name and a["status"] == "installed" for a in rows):
+        raise NotFound(f"{name} is not installed; install it with: lamina appliance install {name}")
+    try:
+        ctx.invoke(install, ref=name, wait=wait)
+    except Conflict as exc:
+        if exc.code != "conflict":
+            raise
+        raise Conflict(f"{name} is up to date: {exc.message}") from None
 
 
 def _vars(pairs: tuple[str, ...]) -> dict[str, str]:
