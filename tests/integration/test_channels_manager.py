@@ -154,25 +154,26 @@ def test_subscribe_list_refresh_and_refusals(
 
     # The right key, through the CLI: subscribed, its appliances listed.
     added = manager.cli("channel", "add", feed_url, "--key", token)
-    assert "7 appliances" in added.stdout and "webserv" in added.stdout
+    assert "8 appliances" in added.stdout and "webserv" in added.stdout
     client = manager.client()
     [channel] = client.channels()
     assert channel["url"] == feed_url and channel["fingerprint"].startswith("sha256:")
     names = sorted(a["name"] for a in client.appliances())
-    assert names == ["broken", "mailserv", "needy", "ping", "pong", "tiny-os", "webserv"]
+    assert names == ["broken", "mailserv", "needy", "notfs", "ping", "pong", "tiny-os", "webserv"]
     assert client.appliances(installed=True) == []
     _error(http.post("/channels", json={"url": feed_url, "key": token}), 409, "conflict")
 
     # Refresh with nothing changed: a conditional GET answered 304, the cache kept.
     assert client.refresh_channel(channel["id"])["changes"] == []
     assert server.feed_answers()[-1] == 304
-    assert len(client.appliances()) == 7
+    assert len(client.appliances()) == 8
 
     # A new version published: the refresh says what is new.
     (source / "webserv" / "appliance.xml").write_text(
         APPLICATION.format(name="webserv", dependency="").replace("1.0.0-0", "1.1.0-0")
     )
-    build_channel(source, tmp_path / "public", load_private_key(keyfile))
+    with mock.patch("lamina.channels.build.check_layer"):  # notfs, as first published
+        build_channel(source, tmp_path / "public", load_private_key(keyfile))
     feed = tmp_path / "public" / "channel.rss"
     later = time.time() + 5
     os.utime(feed, (later, later))
@@ -180,7 +181,7 @@ def test_subscribe_list_refresh_and_refusals(
     assert re.search(r"webserv\s+1\.1\.0-0\s+updated", refreshed.stdout), refreshed.stdout
     assert server.feed_answers()[-1] == 200
     versions = {a["name"]: a["version"] for a in client.appliances()}
-    assert versions["webserv"] == "1.1.0-0" and len(versions) == 7
+    assert versions["webserv"] == "1.1.0-0" and len(versions) == 8
 
     # Unsubscribe.
     removed = manager.cli("channel", "remove", channel["id"])
