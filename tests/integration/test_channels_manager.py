@@ -272,3 +272,26 @@ def test_install_dependencies_shared_layers_refusals_and_remove(
     assert _image_count(manager) == 0
     client.remove_channel(channel["id"])
     assert client.channels() == []
+
+
+def test_the_manager_refreshes_its_channels_by_itself(
+    make_cloud: Callable[..., Cloud], published: tuple[Server, Path, str, Path], tmp_path: Path
+) -> None:
+    server, source, token, keyfile = published
+    cloud = make_cloud()
+    cloud.start_manager(LAMINA_CHANNELS__REFRESH_MINUTES="0.02")  # every 1.2 s
+    client = cloud.client()
+    client.add_channel(server.url + "channel.rss", token)
+    (source / "webserv" / "appliance.xml").write_text(
+        APPLICATION.format(name="webserv", dependency="").replace("1.0.0-0", "2.0.0-0")
+    )
+    with mock.patch("lamina.channels.build.check_layer"):  # notfs, as first published
+        build_channel(source, tmp_path / "public", load_private_key(keyfile))
+    later = time.time() + 5
+    os.utime(tmp_path / "public" / "channel.rss", (later, later))
+
+    def webserv() -> str:
+        return str({a["name"]: a["version"] for a in client.appliances()}["webserv"])
+
+    wait_until(lambda: webserv() == "2.0.0-0", 30, "the periodic refresh")
+    assert server.feed_answers()[-1] == 200
