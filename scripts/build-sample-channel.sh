@@ -4,6 +4,7 @@
 #   OUTDIR/sources/lamina-base/  kind="substrate", version 1.0.0 (or --substrate-version):
 #       rootfs/          busybox-static with applet symlinks, busybox init, an rc that prints
 #                        "lamina-base: release|boot <n>|ready" and runs /etc/lamina/start.d/*,
+#                        a disk watcher (hot-plugged disks appear and go on the console),
 #                        acpid (power button -> poweroff) and a shutdown rc (rcK) that leaves
 #                        the instance layer's ext4 clean
 #       boot/vmlinux     the newest /boot/vmlinuz-* decompressed (QEMU boots the ELF by its
@@ -13,6 +14,7 @@
 #                        and for the ACPI power button (button, evdev)
 #   OUTDIR/sources/webserv/      kind="application": busybox httpd serving a templated page
 #   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and the libraries it needs
+#   OUTDIR/sources/diskprobe/    kind="application": marks hot-plugged block volumes (vol-*)
 # The static parts (init scripts, definitions, templates) are in samples/channel/.
 # The boot contract (disks found by virtio serial, kernel command line
 # lamina.layers=/lamina.upper=/lamina.config=) is described in samples/channel/initramfs/init.
@@ -199,6 +201,10 @@ sed -e "s|@VERSION@|${version}|" -e "s|@KERNEL@|${kernel_file}|" -e "s|@CMDLINE@
 # --- webserv ---
 cp -R "${samples}/webserv" "${src}/webserv"
 normalize_modes "${src}/webserv/layer"
+
+# --- diskprobe ---
+cp -R "${samples}/diskprobe" "${src}/diskprobe"
+normalize_modes "${src}/diskprobe/layer"
 
 # --- dnsserv: dnsmasq and exactly the libraries ldd lists, at the same paths ---
 cp -R "${samples}/dnsserv" "${src}/dnsserv"

@@ -1,7 +1,9 @@
 """The sample channel's layered appliances (``scripts/build-sample-channel.sh``) booted for
 real under QEMU (TCG), directly, without libvirt: exactly as the manager boots them. The
 substrate's kernel and initramfs, read-only squashfs layers, an ext4 instance layer and a
-config disk, each found by its virtio serial, never by its place on the command line."""
+config disk, each found by its virtio serial, never by its place on the command line. Block
+volumes are hot-plugged over QMP as Lamina's manager has libvirt do it: a virtio-blk disk whose
+serial is the volume id."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import ROOT
@@ -64,7 +67,12 @@ def build(out: Path, *options: str) -> Channel:
     initrd = base.find("boot/initrd")
     assert kernel is not None and initrd is not None
     layers = {}
-    for name, tree in (("lamina-base", "rootfs"), ("webserv", "layer"), ("dnsserv", "layer")):
+    for name, tree in (
+        ("lamina-base", "rootfs"),
+        ("webserv", "layer"),
+        ("dnsserv", "layer"),
+        ("diskprobe", "layer"),
+    ):
         image = out / f"{name}.squashfs"
         subprocess.run(
             mksquashfs_argv(sources / name / tree, image), check=True, capture_output=True
@@ -143,7 +151,7 @@ def start(
         readonly = ",readonly=on" if disk.readonly else ""
         argv += [
             "-drive", f"file={disk.path},if=none,id=d{n},format=raw{readonly}",
-            "-device", f"virtio-blk-pci,drive=d{n},serial={disk.serial}",
+            "-device", f"virtio-blk-pci,drive=d{n},id=disk{n},serial={disk.serial}",
         ]  # fmt: skip
     with console.with_suffix(".stderr").open("wb") as errors:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
@@ -209,6 +217,68 @@ def qmp(socket_path: Path, command: str) -> None:
         call(command)
 
 
+class Qmp:
+    """A QMP session on QEMU's socket: commands with arguments, and the events QEMU sends."""
+
+    def __init__(self, socket_path: Path, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not socket_path.exists():  # QEMU makes it while starting
+            assert time.monotonic() < deadline, f"no QMP socket {socket_path}"
+            time.sleep(0.1)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(socket_path))
+        self.replies = self.sock.makefile("rb")
+        self.events: list[dict[str, Any]] = []
+        assert "QMP" in self._read()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict[str, Any]:
+        line = self.replies.readline()
+        assert line, "QMP closed"
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def execute(self, name: str, **arguments: Any) -> Any:
+        command: dict[str, Any] = {"execute": name}
+        if arguments:
+            command["arguments"] = arguments
+        self.sock.sendall(json.dumps(command).encode() + b"\r\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            assert "error" not in reply, (command, reply)
+            return reply["return"]
+
+    def wait_event(self, name: str, timeout: float, **data: Any) -> dict[str, Any]:
+        """The first event ``name`` (received earlier or within ``timeout``) whose data
+        has the given items."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event["event"] == name and data.items() <= event.get("data", {}).items():
+                    self.events.remove(event)
+                    return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"no QMP event {name} {data} after {timeout} s")
+            self.sock.settimeout(left)
+            try:
+                message = self._read()
+            except TimeoutError:
+                continue
+            finally:
+                self.sock.settimeout(30)
+            if "event" in message:
+                self.events.append(message)
+
+    def close(self) -> None:
+        self.replies.close()
+        self.sock.close()
+
+
 def lines(text: str) -> list[str]:
     return [line.strip() for line in text.replace("\r", "").splitlines()]
 
@@ -230,7 +300,7 @@ def test_the_sample_channel_builds(channel: Channel, tmp_path: Path) -> None:
     out = tmp_path / "public"
     build_channel(channel.sources, out, load_private_key(key))
     feed = (out / "channel.rss").read_text()
-    for name in ("lamina-base", "webserv", "dnsserv"):
+    for name in ("lamina-base", "webserv", "dnsserv", "diskprobe"):
         assert f'name="{name}"' in feed
 
 
@@ -447,3 +517,195 @@ def test_the_power_button_powers_off_cleanly(channel: Channel, tmp_path: Path) -
     assert_ready(second)
     assert "lamina-base: boot 2" in lines(second)
     assert line_starting(first, "webserv: site-id ") in lines(second)
+
+
+# Hot-plug of block volumes: QEMU's default machine (i440fx, what Lamina's domains use)
+# hot-plugs PCI devices through ACPI (acpiphp, built into Debian's kernel); device_del asks
+# the guest to eject the device and completes, with a DEVICE_DELETED event, when it has.
+VOLUME_SERIAL = "vol-0123456789abcdef"
+MiB = 1024 * 1024
+# The watchers poll every second; generous for a loaded 2-core machine under TCG.
+HOTPLUG_TIMEOUT = 60.0
+ASKFIRST = "Please press Enter to activate this console."
+
+
+def wait_line(qemu: subprocess.Popen[bytes], console: Path, pattern: str, after: int = 0) -> str:
+    """The first console line (from the ``after``-th line on) matching the regular
+    expression ``pattern``, waiting up to HOTPLUG_TIMEOUT. Busybox init's prompt has no
+    newline: the first line printed after it follows it on the same line."""
+    deadline = time.monotonic() + HOTPLUG_TIMEOUT
+    while time.monotonic() < deadline:
+        for line in guest_lines(console.read_text(errors="replace"))[after:]:
+            if re.fullmatch(pattern, line):
+                return line
+        assert qemu.poll() is None, f"QEMU exited {qemu.returncode}"
+        time.sleep(0.1)
+    pytest.fail(f"no line matching {pattern!r} after {HOTPLUG_TIMEOUT} s:\n"
+                + console.read_text(errors="replace"))  # fmt: skip
+
+
+def guest_lines(text: str) -> list[str]:
+    """lines(), with busybox init's prompt taken off the line it shares."""
+    return [line.removeprefix(ASKFIRST).lstrip() for line in lines(text)]
+
+
+def console_length(console: Path) -> int:
+    """The number of complete console lines: the last may still grow (init's prompt)."""
+    return max(0, len(lines(console.read_text(errors="replace"))) - 1)
+
+
+def plug(monitor: Qmp, node: str, path: Path, serial: str) -> None:
+    """Hot-plug the raw file ``path`` as a virtio-blk disk with this serial."""
+    monitor.execute("blockdev-add", driver="raw", **{"node-name": node},
+                    file={"driver": "file", "filename": str(path)})  # fmt: skip
+    monitor.execute("device_add", driver="virtio-blk-pci", drive=node, id=f"dev-{node}",
+                    serial=serial)  # fmt: skip
+
+
+def unplug(monitor: Qmp, device: str, node: str | None = None) -> float:
+    """Hot-unplug a disk; return how long the guest took to release it (device_del to
+    DEVICE_DELETED). Then QEMU lets go of the file (blockdev-del) when it was hot-plugged."""
+    asked = time.monotonic()
+    monitor.execute("device_del", id=device)
+    monitor.wait_event("DEVICE_DELETED", HOTPLUG_TIMEOUT, device=device)
+    took = time.monotonic() - asked
+    if node is not None:
+        monitor.execute("blockdev-del", **{"node-name": node})
+    return took
+
+
+def power_off(qemu: subprocess.Popen[bytes], monitor: Qmp, console: Path) -> None:
+    monitor.execute("system_powerdown")
+    try:
+        qemu.wait(timeout=POWEROFF_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {POWEROFF_TIMEOUT} s after the power button:\n"
+                    + console.read_text(errors="replace"))  # fmt: skip
+    assert qemu.returncode == 0
+
+
+def probe_disks(channel: Channel, upper: Path, host: str) -> list[Disk]:
+    """The disks of a diskprobe instance (no variables, no templates)."""
+    config = make_config(upper.with_suffix(".config"), {}, [], host)
+    return [
+        Disk("l0", channel.layers["lamina-base"]),
+        Disk("l1", channel.layers["diskprobe"]),
+        Disk("upper", upper, False),
+        Disk("config", config),
+    ]
+
+
+def test_a_volume_moves_between_instances(channel: Channel, tmp_path: Path) -> None:
+    """A zeroed volume hot-plugged into instance vm-a gets vm-a's pattern; unplugged, and
+    hot-plugged into instance vm-b, it still holds it; an extended copy shows its new size."""
+    volume = tmp_path / "volume.img"
+    with volume.open("wb") as f:
+        f.truncate(64 * MiB)
+    disk_line = rf"lamina-base: disk (vd[a-z]+) appeared: serial {VOLUME_SERIAL}, (\d+) bytes"
+
+    # --- vm-a: the first attach writes the pattern ---
+    console = tmp_path / "console-a.log"
+    disks = probe_disks(channel, make_upper(tmp_path / "a.img"), "vm-a")
+    qemu = start(channel, ["l0", "l1"], disks, console,
+                 "-qmp", f"unix:{tmp_path / 'qmp-a.sock'},server=on,wait=off")  # fmt: skip
+    try:
+        boot_text = wait_ready(qemu, console)
+        assert_ready(boot_text)
+        assert "diskprobe: watching for volumes" in lines(boot_text)
+        # The initramfs' own disks are not announced.
+        assert not any(line.startswith("lamina-base: disk") for line in lines(boot_text))
+        monitor = Qmp(tmp_path / "qmp-a.sock")
+        mark = console_length(console)
+        plugged = time.monotonic()
+        plug(monitor, "vol", volume, VOLUME_SERIAL)
+        appeared = wait_line(qemu, console, disk_line, mark)
+        seen = time.monotonic() - plugged
+        match = re.fullmatch(disk_line, appeared)
+        assert match and match[2] == str(64 * MiB), appeared
+        name = match[1]
+        wait_line(qemu, console, rf"diskprobe: {name} is {VOLUME_SERIAL}, {64 * MiB} bytes", mark)
+        wait_line(qemu, console, rf"diskprobe: {name} wrote LAMINA-PATTERN from vm-a", mark)
+        released = unplug(monitor, "dev-vol", "vol")
+        deleted = time.monotonic()
+        wait_line(qemu, console, rf"lamina-base: disk {name} gone", mark)
+        gone = time.monotonic() - deleted
+        print(f"vm-a: device_add to 'appeared' {seen:.2f} s; device_del to DEVICE_DELETED "
+              f"{released:.2f} s, then 'gone' {gone:.2f} s later")  # fmt: skip
+        power_off(qemu, monitor, console)
+        monitor.close()
+    finally:
+        stop(qemu)
+    text = console.read_text(errors="replace")
+    assert not any("WARNING" in line for line in lines(text)), text
+    with volume.open("rb") as f:
+        assert f.read(512) == b"LAMINA-PATTERN from vm-a\n".ljust(512, b"\0")
+
+    # --- vm-b: the same volume holds vm-a's pattern; extended, its new size shows ---
+    bigger = tmp_path / "volume-bigger.img"
+    shutil.copyfile(volume, bigger)
+    with bigger.open("r+b") as f:
+        f.truncate(96 * MiB)
+    console = tmp_path / "console-b.log"
+    disks = probe_disks(channel, make_upper(tmp_path / "b.img"), "vm-b")
+    qemu = start(channel, ["l0", "l1"], disks, console,
+                 "-qmp", f"unix:{tmp_path / 'qmp-b.sock'},server=on,wait=off")  # fmt: skip
+    try:
+        assert_ready(wait_ready(qemu, console))
+        monitor = Qmp(tmp_path / "qmp-b.sock")
+        mark = console_length(console)
+        plug(monitor, "vol", volume, VOLUME_SERIAL)
+        match = re.fullmatch(disk_line, wait_line(qemu, console, disk_line, mark))
+        assert match and match[2] == str(64 * MiB)
+        wait_line(qemu, console, rf"diskprobe: {match[1]} holds LAMINA-PATTERN from vm-a", mark)
+        unplug(monitor, "dev-vol", "vol")
+        wait_line(qemu, console, rf"lamina-base: disk {match[1]} gone", mark)
+
+        mark = console_length(console)
+        plug(monitor, "vol2", bigger, VOLUME_SERIAL)
+        match = re.fullmatch(disk_line, wait_line(qemu, console, disk_line, mark))
+        assert match and match[2] == str(96 * MiB)
+        wait_line(qemu, console, rf"diskprobe: {match[1]} is {VOLUME_SERIAL}, {96 * MiB} bytes",
+                  mark)  # fmt: skip
+        wait_line(qemu, console, rf"diskprobe: {match[1]} holds LAMINA-PATTERN from vm-a", mark)
+        power_off(qemu, monitor, console)
+        monitor.close()
+    finally:
+        stop(qemu)
+    text = console.read_text(errors="replace")
+    print(text)
+    assert not any(re.match(r"diskprobe: \w+ wrote", line) for line in guest_lines(text)), text
+    with volume.open("rb") as f:
+        assert f.read(26) == b"LAMINA-PATTERN from vm-a\n\0"
+
+
+def test_a_volume_attached_before_boot_is_probed(channel: Channel, tmp_path: Path) -> None:
+    """A volume attached while the instance was stopped is there at boot: announced once as
+    present (the initramfs' own disks are not), probed, and it can still be unplugged."""
+    volume = tmp_path / "volume.img"
+    with volume.open("wb") as f:
+        f.truncate(64 * MiB)
+    disks = probe_disks(channel, make_upper(tmp_path / "c.img"), "vm-c")
+    disks.append(Disk(VOLUME_SERIAL, volume, False))
+    console = tmp_path / "console.log"
+    qemu = start(channel, ["l0", "l1"], disks, console,
+                 "-qmp", f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off")  # fmt: skip
+    try:
+        assert_ready(wait_ready(qemu, console))
+        present = rf"lamina-base: disk (vd[a-z]+) present: serial {VOLUME_SERIAL}, {64 * MiB} bytes"
+        match = re.fullmatch(present, wait_line(qemu, console, present))
+        assert match
+        wait_line(qemu, console, rf"diskprobe: {match[1]} wrote LAMINA-PATTERN from vm-c")
+        monitor = Qmp(tmp_path / "qmp.sock")
+        unplug(monitor, f"disk{len(disks) - 1}")
+        wait_line(qemu, console, rf"lamina-base: disk {match[1]} gone")
+        power_off(qemu, monitor, console)
+        monitor.close()
+    finally:
+        stop(qemu)
+    text = console.read_text(errors="replace")
+    assert [line for line in guest_lines(text) if line.startswith("lamina-base: disk")] == [
+        f"lamina-base: disk {match[1]} present: serial {VOLUME_SERIAL}, {64 * MiB} bytes",
+        f"lamina-base: disk {match[1]} gone",
+    ], text
+    with volume.open("rb") as f:
+        assert f.read(25) == b"LAMINA-PATTERN from vm-c\n"
