@@ -1,0 +1,279 @@
+"""Block volumes: throughput through the iSCSI export, create-from-snapshot by copy and by
+copy-on-write, and attach/detach of a running guest — each beside a baseline measured in the
+same run.
+
+Run from the repository root (needs what ``make test`` installs: tgt, QEMU, libvirtd)::
+
+    .venv/bin/python benchmarks/volumes.py [--size 1G] [--backends qcow2,raw] [--runs 3]
+                                           [--skip-throughput] [--skip-snapshot]
+                                           [--skip-attach]
+
+1. Throughput: a volume of each backend made by the agent's volume server
+   (``lamina.agent.volumes.VolumeServer``: the backend's command patterns) and exported with
+   tgt; ``qemu-img bench`` writes then reads it sequentially (1 MiB requests, queue depth 4,
+   ``cache=none``) through ``iscsi://127.0.0.1/<iqn>/1`` (QEMU's own initiator, as guests use
+   it), against the same command on the volume's file directly.
+2. Create from snapshot: a volume of ``--size`` filled with data, snapshotted, then a volume
+   made from the snapshot by copy-on-write clone and by copy (the volume server's
+   ``create``), against ``cp`` of the snapshot file plus ``sync``.
+3. Attach and detach of a running guest: the sample guest booted through a real manager and
+   agent (libvirt, TCG), a volume attached and detached through the API; the ``volume.attach``
+   and ``volume.detach`` jobs' wall time from request to succeeded.
+
+Everything lives in one temporary directory, removed at the end; targets and guests it made
+are removed too. It prints figures; it never fails because a figure is slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from boot import QEMU_URI, build_sample_guest, remove_guests_under, running_cloud  # noqa: E402
+
+from lamina.agent.cache import DownloadTracker  # noqa: E402
+from lamina.agent.volumes import VolumeConfig, VolumeServer  # noqa: E402
+from lamina.agent.wire import SnapshotCreate, VolumeCreate  # noqa: E402
+from lamina.client import Client  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+THROUGHPUT_TARGET = 0.8
+COW_TARGET_S = 0.100
+ATTACH_TARGET_S = 3.0
+BENCH_REQUEST = 1 * MiB
+BENCH_DEPTH = 4
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:16]}"
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:5.2f}x" if base > 0 else "  n/a"
+
+
+def start_tgtd() -> None:
+    subprocess.run(["bash", str(ROOT / "scripts" / "start-tgtd.sh")], check=True)
+
+
+@contextlib.contextmanager
+def volume_server(work: Path, backend: str) -> Iterator[VolumeServer]:
+    server = VolumeServer(VolumeConfig(backend=backend), work / backend, DownloadTracker())
+    made: list[str] = []
+    original = server.create
+
+    def create(req: VolumeCreate) -> object:
+        made.append(req.volume)
+        return original(req)
+
+    server.create = create  # type: ignore[method-assign]
+    try:
+        yield server
+    finally:
+        for volume in made:
+            with contextlib.suppress(Exception):
+                server.unexport(volume)
+
+
+# -- 1. throughput ------------------------------------------------------------------------
+
+
+def qemu_img_bench(target: str, fmt: str, size: int, write: bool) -> float:
+    """Bytes a second of one sequential pass over ``size`` bytes."""
+    argv = ["qemu-img", "bench", "-f", fmt, "-t", "none", "-n", "-s", str(BENCH_REQUEST)]
+    argv += ["-S", str(BENCH_REQUEST), "-d", str(BENCH_DEPTH), "-c", str(size // BENCH_REQUEST)]
+    if write:
+        argv += ["-w", "--pattern=90"]
+    t0 = time.perf_counter()
+    subprocess.run([*argv, target], check=True, capture_output=True, timeout=1800)
+    return size / (time.perf_counter() - t0)
+
+
+def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> None:
+    print(
+        f"\n== Throughput: {human(size)} sequential, {human(BENCH_REQUEST)} requests, "
+        f"depth {BENCH_DEPTH}, cache=none, median of {runs} (MB/s)"
+    )
+    print(
+        f"  {'backend':8} {'op':6} {'iSCSI export':>13} {'file directly':>14} {'ratio':>7}  target"
+    )
+    for backend in backends:
+        with volume_server(work, backend) as server:
+            volume = new_id("vol")
+            server.create(VolumeCreate(volume=volume, size_bytes=size))
+            fmt = server.backend.export_format
+            path = server.volume_path(volume)
+            export = server.export(volume, "127.0.0.1")
+            url = f"iscsi://127.0.0.1/{export.iqn}/{export.lun}"
+            try:
+                for write in (True, False):
+                    over, direct = [], []
+                    for _ in range(runs):  # interleaved
+                        over.append(qemu_img_bench(url, fmt, size, write))
+                        direct.append(qemu_img_bench(path, fmt, size, write))
+                    a, b = statistics.median(over), statistics.median(direct)
+                    verdict = "met" if a >= THROUGHPUT_TARGET * b else "MISSED"
+                    print(
+                        f"  {backend:8} {'write' if write else 'read':6} {a / 1e6:13.1f} "
+                        f"{b / 1e6:14.1f} {ratio(a, b):>7}  >= {THROUGHPUT_TARGET}x ({verdict})"
+                    )
+            finally:
+                server.unexport(volume)
+                server.delete(volume)
+
+
+# -- 2. create from snapshot --------------------------------------------------------------
+
+
+def bench_snapshot(work: Path, size: int, backends: list[str]) -> None:
+    print(f"\n== Create from a snapshot of {human(size)} of data")
+    print(f"  {'backend':8} {'clone (CoW)':>12} {'copy':>10} {'cp + sync':>10}  target (CoW)")
+    for backend in backends:
+        with volume_server(work, backend) as server:
+            source = new_id("vol")
+            server.create(VolumeCreate(volume=source, size_bytes=size))
+            fmt = server.backend.export_format
+            fill = ["qemu-io", "-f", fmt, "-c", f"write -P 0x33 0 {size}"]
+            subprocess.run([*fill, server.volume_path(source)], check=True, capture_output=True)
+            snap = new_id("snap")
+            server.snapshot(source, SnapshotCreate(snapshot=snap))
+            made = [source]
+            clone_s: float | None = None
+            if server.backend.can_clone:
+                clone = new_id("vol")
+                t0 = time.perf_counter()
+                server.create(
+                    VolumeCreate(volume=clone, size_bytes=size, snapshot=snap, clone=True)
+                )
+                clone_s = time.perf_counter() - t0
+                made.append(clone)
+            copy = new_id("vol")
+            t0 = time.perf_counter()
+            server.create(VolumeCreate(volume=copy, size_bytes=size, snapshot=snap, clone=False))
+            copy_s = time.perf_counter() - t0
+            made.append(copy)
+            target = work / "cp-target"
+            subprocess.run(["sync"], check=True)
+            t0 = time.perf_counter()
+            subprocess.run(["cp", "--sparse=never", server.snapshot_path(snap), str(target)],
+                           check=True)  # fmt: skip
+            subprocess.run(["sync", str(target)], check=True)
+            cp_s = time.perf_counter() - t0
+            target.unlink()
+            for volume in made:
+                server.delete(volume)
+            server.delete_snapshot(snap)
+            cell = f"{clone_s * 1000:9.1f} ms" if clone_s is not None else "   (cannot)"
+            verdict = "n/a" if clone_s is None else "met" if clone_s <= COW_TARGET_S else "MISSED"
+            print(
+                f"  {backend:8} {cell:>12} {copy_s:8.2f} s {cp_s:8.2f} s  "
+                f"<= {COW_TARGET_S * 1000:g} ms ({verdict})"
+            )
+
+
+# -- 3. attach and detach of a running guest ----------------------------------------------
+
+
+def timed_job(client: Client, answer: dict[str, object]) -> float:
+    t0 = time.monotonic()
+    job = answer["job"]
+    assert isinstance(job, dict)
+    done = client.wait_job(job["id"], timeout=300, interval=0.05)
+    if done["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} {done['status']}: {done.get('error')}")
+    return time.monotonic() - t0
+
+
+def bench_attach(work: Path, runs: int) -> None:
+    kernel, initrd = build_sample_guest(work / "sample")
+    print(f"\n== Attach and detach of a running guest (sample guest, TCG), {runs} run(s)")
+    attach, detach = [], []
+    try:
+        with running_cloud(work / "cloud", "bench", QEMU_URI) as (_, client):
+            made = client.create_instance(name="volume-bench", vcpus=1, memory_mib=128,
+                                          kernel=str(kernel), initrd=str(initrd),
+                                          cmdline="console=ttyS0")  # fmt: skip
+            client.wait_job(made["job"]["id"], timeout=120)
+            time.sleep(5)  # let the guest's kernel reach the point where it handles ACPI
+            created = client.create_volume(size_bytes=64 * MiB)
+            timed_job(client, created)
+            volume = created["volume"]["id"]
+            for i in range(runs):
+                t0 = time.monotonic()
+                answer = client.attach_volume(volume, "volume-bench")
+                timed_job(client, answer)
+                attach.append(time.monotonic() - t0)
+                t0 = time.monotonic()
+                answer = client.detach_volume(volume)
+                timed_job(client, answer)
+                detach.append(time.monotonic() - t0)
+                print(f"  run {i + 1}: attach {attach[-1]:.2f} s, detach {detach[-1]:.2f} s")
+            timed_job(client, client.delete_volume(volume))
+            client.wait_job(client.delete_instance("volume-bench")["id"], timeout=120)
+    finally:
+        remove_guests_under(work)
+    for label, values in (("attach", attach), ("detach", detach)):
+        median = statistics.median(values)
+        verdict = "met" if median <= ATTACH_TARGET_S else "MISSED"
+        print(
+            f"  {label}: {median:.2f} s median (request to job succeeded); "
+            f"target <= {ATTACH_TARGET_S:g} s ({verdict})"
+        )
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1024, "M": MiB, "G": GiB}
+    text = text.strip().upper()
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--size", default="1G")
+    parser.add_argument("--backends", default="qcow2,raw")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-snapshot", action="store_true")
+    parser.add_argument("--skip-attach", action="store_true")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    backends = args.backends.split(",")
+    start_tgtd()
+    work = Path(tempfile.mkdtemp(prefix="lamina-bench-volumes-", dir="/var/tmp"))
+    try:
+        if not args.skip_throughput:
+            bench_throughput(work / "throughput", size, backends, args.runs)
+        if not args.skip_snapshot:
+            bench_snapshot(work / "snapshot", size, backends)
+        if not args.skip_attach:
+            bench_attach(work / "attach", args.runs)
+    finally:
+        remove_guests_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
