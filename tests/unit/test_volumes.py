@@ -578,3 +578,42 @@ def test_the_initiator_address_is_the_host_part_of_the_agent_address() -> None:
     assert initiator_address(Host(address="192.0.2.7:7000")) == "192.0.2.7"
     assert initiator_address(Host(address="[2001:db8::1]:7000")) == "2001:db8::1"
     assert initiator_address(Host(address="localhost:7000")) in ("127.0.0.1", "::1")
+
+
+def test_an_attach_whose_detach_cannot_be_undone_is_safe_once_unexported(svc: Services) -> None:
+    """The instance's host cannot be told to detach: the export's withdrawal alone keeps the
+    guest from the volume, so it is available again; the job says the rollback is
+    incomplete."""
+    volume_id = new_volume(svc)
+    world(svc).fail.update({"guest_attach_disk", "guest_detach_disk"})
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed" and "rollback incomplete" in (job.error or "")
+    assert [st.status for st in job.steps] == ["undone", "undo_failed", "pending"]
+    assert volume(svc, volume_id).status == "available" and attachment(svc, volume_id) is None
+    assert store(svc).exports == {}
+
+
+def test_an_attach_whose_export_cannot_be_withdrawn_is_an_error(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    world(svc).fail.update({"guest_attach_disk", "guest_detach_disk", "volume_unexport"})
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed"
+    vol = volume(svc, volume_id)
+    assert vol.status == "error" and "may still be exported" in (vol.error or "")
+    # Deleting it withdraws the export first.
+    world(svc).fail.clear()
+    with svc.db.write() as s:
+        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    [gone] = run_jobs(svc)
+    assert gone.status == "succeeded" and store(svc).exports == {} and store(svc).volumes == {}
+
+
+def test_a_detach_that_cannot_be_undone_marks_the_volume_error(svc: Services) -> None:
+    volume_id = attached_volume(svc)
+    world(svc).fail.update({"volume_unexport", "guest_attach_disk"})
+    job = service_detach(svc, volume_id)
+    assert job.status == "failed"
+    vol = volume(svc, volume_id)
+    assert vol.status == "error" and "could not undo detach" in (vol.error or "")

@@ -27,6 +27,7 @@ from lamina.compute.hosts import parse_address
 from lamina.compute.models import Host, Instance
 from lamina.errors import GuestNotFound, InvalidState, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+from lamina.jobs.models import JobStep
 from lamina.volumes.models import Attachment, Snapshot, Volume
 
 if TYPE_CHECKING:
@@ -342,15 +343,34 @@ def record_attached(ctx: StepContext) -> None:
     _set_volume(ctx, status="in-use", error=None)
 
 
-def attach_failed(ctx: StepContext, error: str) -> None:
-    """Everything done was undone: the volume is available again and attached nowhere."""
+def _undo_failed(ctx: StepContext, *names: str) -> list[str]:
+    """Which of the named steps of this job could not be undone."""
     svc: Services = ctx.services
+    with svc.db.read() as s:
+        query = select(JobStep.name).where(
+            JobStep.job_id == ctx.job_id, JobStep.name.in_(names), JobStep.status == "undo_failed"
+        )
+        return list(s.scalars(query))
+
+
+def attach_failed(ctx: StepContext, error: str) -> None:
+    """The volume is available again and attached nowhere, once its export is withdrawn:
+    without the target no guest can reach its bytes, even one on a host that could not be
+    told to detach (the step's undo failed; ``lamina reconcile`` finds that disk). If the
+    unexport failed too, the volume is ``error`` (delete unexports it first)."""
+    svc: Services = ctx.services
+    exported = _undo_failed(ctx, "export")
     with svc.db.write() as s:
-        s.execute(delete(Attachment).where(Attachment.volume_id == ctx.params["volume_id"]))
         volume = s.get(Volume, ctx.params["volume_id"])
-        if volume is not None:
-            volume.status = "available"
-            volume.error = error
+        if volume is None:
+            return
+        if exported:
+            volume.status = "error"
+            volume.error = f"{error}; its iSCSI target may still be exported"
+            return
+        s.execute(delete(Attachment).where(Attachment.volume_id == volume.id))
+        volume.status = "available"
+        volume.error = error
 
 
 # -- volume.detach ------------------------------------------------------------------------
@@ -394,9 +414,14 @@ def record_detached(ctx: StepContext) -> None:
 
 
 def detach_failed(ctx: StepContext, error: str) -> None:
-    """Everything done was undone: the volume is still attached, in use."""
+    """Everything done was undone: the volume is still attached, in use. If an undo failed
+    (the disk could not be put back, or the target exported again), it is ``error``."""
+    broken = _undo_failed(ctx, "detach", "unexport")
     _set_attachment(ctx, status="attached")
-    _set_volume(ctx, status="in-use", error=error)
+    if broken:
+        _set_volume(ctx, status="error", error=f"{error}; could not undo {', '.join(broken)}")
+    else:
+        _set_volume(ctx, status="in-use", error=error)
 
 
 def register_volume_jobs(registry: JobRegistry) -> None:

@@ -41,9 +41,9 @@ DEVICES = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "creating": ("available", "error"),
     "available": ("attaching", "extending", "deleting"),
-    "attaching": ("in-use", "available"),
+    "attaching": ("in-use", "available", "error"),
     "in-use": ("detaching",),
-    "detaching": ("available", "in-use"),
+    "detaching": ("available", "in-use", "error"),
     "extending": ("available",),
     "deleting": ("error",),
     "error": ("deleting",),
@@ -84,6 +84,12 @@ class SnapshotNotFound(NotFound):
 def move(session: Session, volume: Volume, to: str) -> None:
     """Set a volume's status, or raise InvalidState naming the one it is in (and, when the
     volume is attached or attaching, the instance)."""
+    refuse(session, volume, to)
+    volume.status = to
+
+
+def refuse(session: Session, volume: Volume, to: str) -> None:
+    """Raise InvalidState unless the volume may move to ``to``; change nothing."""
     if to not in TRANSITIONS.get(volume.status, ()):
         where = _whereabouts(session, volume)
         raise InvalidState(
@@ -91,7 +97,6 @@ def move(session: Session, volume: Volume, to: str) -> None:
             volume=volume.id,
             status=volume.status,
         )
-    volume.status = to
 
 
 def move_snapshot(snapshot: Snapshot, to: str) -> None:
@@ -387,7 +392,7 @@ def attach_volume(
         raise InvalidRequest(f"device {device!r} must be vdb ... vdz")
     with svc.db.read() as s:
         instance = get_instance(s, instance_ref, who, "operate")
-        get_volume(s, volume_id, who, "operate")
+        refuse(s, get_volume(s, volume_id, who, "operate"), "attaching")
         host = s.get(Host, instance.host_id) if instance.host_id else None
         if host is None:
             raise InvalidState(f"instance {instance.name!r} has no host")
