@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make down`: stops what `make up` started (the sample web appliance, the agent, the manager,
-# the sample channel's server, and libvirtd if `make up` was the one that started it). Data
-# stays in the data directory.
+# the sample channel's server, and libvirtd and tgtd if `make up` was the one that started
+# them). Data stays in the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +35,14 @@ if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
   done
   rm -f "$RUN/libvirtd.started-by-lamina"
   echo "libvirtd stopped"
+fi
+if [ -f "$RUN/tgtd.started-by-lamina" ]; then
+  # tgtd ignores SIGTERM: remove its targets, then ask it to exit.
+  for tid in $(tgtadm --lld iscsi --mode target --op show 2>/dev/null \
+      | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
+    tgtadm --lld iscsi --mode target --op delete --force --tid "$tid" || true
+  done
+  tgtadm --mode system --op delete 2>/dev/null || true
+  rm -f "$RUN/tgtd.started-by-lamina"
+  echo "tgtd stopped"
 fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, unit, integration (real libvirtd, QEMU guests, PostgreSQL) and
+# The whole test suite: lint, unit, integration (real libvirtd, QEMU guests, tgtd, PostgreSQL) and
 # end-to-end. The integration harness starts and stops its own PostgreSQL, managers and agents.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/start-libvirtd.sh
+bash scripts/start-tgtd.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy src
 exec .venv/bin/python -m pytest tests "$@"

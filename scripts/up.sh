@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: libvirtd, the manager and one local agent (enrolled automatically), then the
+# `make up`: libvirtd, tgtd, the manager and one local agent (enrolled automatically), then the
 # bundled sample guest. Everything runs in the background with logs and pid files under the
 # data directory. Running it again starts nothing twice.
 set -euo pipefail
@@ -56,6 +56,11 @@ json_field() { .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)$
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   bash scripts/start-libvirtd.sh
   touch "$RUN/libvirtd.started-by-lamina"
+fi
+# tgtd: the iSCSI target the agent (a volume server) exports volumes with.
+if ! tgtadm --mode sys --op show >/dev/null 2>&1; then
+  bash scripts/start-tgtd.sh
+  touch "$RUN/tgtd.started-by-lamina"
 fi
 bash scripts/build-sample-channel.sh "$CHANNEL"
 

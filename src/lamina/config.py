@@ -163,6 +163,20 @@ class AgentSettings(Section):
     domain_type: Literal["auto", "kvm", "qemu", "test"] = "auto"
     #: The agent's own files (certificates, layer cache, guest disks); default ``<data_dir>/agent``.
     data_dir: Path | None = None
+    #: Whether this agent is a volume server (owns volumes and exports them over iSCSI).
+    volumes: bool = True
+    #: The volume backend: a pattern file of ``lamina/volumes/patterns/`` (qcow2, raw, lvm, rbd).
+    volume_backend: str = Field("qcow2", pattern=r"^[a-z0-9_]+$")
+    #: Folder of a file backend's volumes; default ``<agent data_dir>/volumes``.
+    volume_root: Path | None = None
+    #: host:port of this host's iSCSI portal, as initiators reach it.
+    iscsi_portal: str = Field(
+        "127.0.0.1:3260", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$"
+    )
+    #: The LVM volume group (lvm backend).
+    volume_vg: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+][A-Za-z0-9_.+-]*$")
+    #: The LVM thin pool (lvm backend) or the Ceph pool (rbd backend).
+    volume_pool: str | None = Field(None, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
 
 
 class Settings(BaseSettings):
@@ -204,6 +218,10 @@ class Settings(BaseSettings):
     @property
     def agent_dir(self) -> Path:
         return (self.agent.data_dir or self.data_dir / "agent").resolve()
+
+    @property
+    def volume_root(self) -> Path:
+        return (self.agent.volume_root or self.agent_dir / "volumes").resolve()
 
 
 def config_path() -> Path | None:
@@ -252,6 +270,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     data["database"]["url"] = _mask(settings.database_url)
     data["data_dir"] = str(settings.data_dir.resolve())
     data["agent"]["data_dir"] = str(settings.agent_dir)
+    data["agent"]["volume_root"] = str(settings.volume_root)
     data["images"]["file_root"] = str(settings.image_root)
     if settings.images.s3_secret_key is not None:
         data["images"]["s3_secret_key"] = "***"

@@ -378,7 +378,13 @@ def test_guest_names_cannot_leave_the_guests_directory(served: Served) -> None:
         assert_envelope(served.raw.delete(f"/guests/{name}"), 400, "invalid_request")
     # A name with a slash matches no route at all.
     assert served.raw.put("/guests/..%2Fescape", json=spec).status_code in (404, 405)
-    assert sorted(p.name for p in served.agent.root.iterdir()) == ["cache", "guests", "tls"]
+    assert sorted(p.name for p in served.agent.root.iterdir()) == [
+        "cache",
+        "guests",
+        "tls",
+        "volume-meta",
+        "volumes",
+    ]
 
 
 # -- guest lifecycle and console ---------------------------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.compute.drivers.base import DiskSpec, GuestSpec
-from lamina.compute.drivers.domain_xml import domain_xml
+from lamina.compute.drivers.base import DiskSpec, GuestSpec, NetworkDisk
+from lamina.compute.drivers.domain_xml import domain_xml, guest_disks, network_disk_xml
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -81,3 +81,25 @@ def test_names_are_escaped() -> None:
 def test_rejects_bad_input(spec: GuestSpec, domain_type: str) -> None:
     with pytest.raises(ValueError):
         domain_xml(spec, domain_type)
+
+
+def test_network_disk() -> None:
+    disk = NetworkDisk(
+        iqn="iqn.2026-11.lamina:vol-0123456789abcdef",
+        host="192.0.2.5",
+        port=3260,
+        target="vdb",
+        format="qcow2",
+        serial="vol-0123456789abcdef",
+    )
+    assert_golden(network_disk_xml(disk), "network-disk-iscsi.xml")
+    plain = NetworkDisk(iqn="iqn.2026-11.lamina:vol-00000001", host="::1", target="vdc", lun=2)
+    assert_golden(network_disk_xml(plain), "network-disk-iscsi-raw.xml")
+    assert plain.source == "iscsi://[::1]:3260/iqn.2026-11.lamina:vol-00000001/2"
+    domain = domain_xml(DISK_BOOT, "qemu").replace(
+        "</devices>", network_disk_xml(disk) + "</devices>"
+    )
+    assert [(d.target, d.source) for d in guest_disks(domain)] == [
+        ("vda", "/var/lib/lamina/volumes/root.qcow2"),
+        ("vdb", disk.source),
+    ]

@@ -7,6 +7,7 @@ closes each driver it builds (``make`` below).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +16,15 @@ from typing import Any
 import pytest
 
 from lamina.compute.drivers import HYPERVISORS, load_hypervisor
-from lamina.compute.drivers.base import DiskSpec, GuestSpec
+from lamina.compute.drivers.base import DiskSpec, GuestDisk, GuestSpec, NetworkDisk
 from lamina.compute.drivers.libvirt_driver import LibvirtHypervisor
-from lamina.errors import BackendUnavailable, ConfigError, GuestNotFound, InvalidState
+from lamina.errors import (
+    BackendUnavailable,
+    ConfigError,
+    Conflict,
+    GuestNotFound,
+    InvalidState,
+)
 
 SPEC = GuestSpec(
     name="web-1",
@@ -240,3 +247,41 @@ def test_one_driver_shared_by_threads(hv: LibvirtHypervisor) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# -- iSCSI disks (hot-plug; on the test driver, edits of the definition) ---------------------
+
+VOLUME_DISK = NetworkDisk(
+    iqn="iqn.2026-11.lamina:vol-0123456789abcdef",
+    host="127.0.0.1",
+    target="vdb",
+    format="qcow2",
+    serial="vol-0123456789abcdef",
+)
+
+
+def test_attach_and_detach_an_iscsi_disk(hv: LibvirtHypervisor) -> None:
+    hv.define(SPEC)
+    try:
+        hv.attach_disk(SPEC.name, VOLUME_DISK)
+        hv.attach_disk(SPEC.name, VOLUME_DISK)  # the same disk again: a no-op
+        assert hv.disks(SPEC.name) == [
+            GuestDisk("vda", "/tmp/root.img"),
+            GuestDisk("vdb", "iscsi://127.0.0.1:3260/iqn.2026-11.lamina:vol-0123456789abcdef/1"),
+        ]
+        other = dataclasses.replace(VOLUME_DISK, iqn="iqn.2026-11.lamina:vol-00000000")
+        with pytest.raises(Conflict, match="already has a disk at vdb"):
+            hv.attach_disk(SPEC.name, other)
+        # Redefining the guest (a stopped one) keeps its attached volumes.
+        hv.define(SPEC)
+        assert [d.target for d in hv.disks(SPEC.name)] == ["vda", "vdb"]
+        hv.start(SPEC.name)
+        hv.detach_disk(SPEC.name, "vdb")
+        hv.detach_disk(SPEC.name, "vdb")  # idempotent
+        assert [d.target for d in hv.disks(SPEC.name)] == ["vda"]
+    finally:
+        hv.undefine(SPEC.name)
+    with pytest.raises(GuestNotFound):
+        hv.attach_disk(SPEC.name, VOLUME_DISK)
+    with pytest.raises(GuestNotFound):
+        hv.disks(SPEC.name)

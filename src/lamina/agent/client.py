@@ -130,6 +130,64 @@ class AgentClient:
             "GET", f"/guests/{name}/console", wire.ConsoleChunk, params={"offset": offset}
         )
 
+    # -- volumes (the volume server role) ---------------------------------------------
+
+    def volume_create(self, req: wire.VolumeCreate) -> wire.VolumeInfo:
+        """Create a volume, empty or from a snapshot (a copy may be long: see
+        ``downloads()`` for its progress, source ``volume:<id>``)."""
+        return self._call("POST", "/volumes", wire.VolumeInfo, json=_dump(req), timeout=3600)
+
+    def volume_delete(self, volume: str) -> None:
+        """Idempotent; ``InvalidState`` while the volume is exported."""
+        self._do("DELETE", f"/volumes/{volume}", timeout=600)
+
+    def volume_extend(self, volume: str, req: wire.VolumeExtend) -> wire.VolumeInfo:
+        return self._call(
+            "POST", f"/volumes/{volume}/extend", wire.VolumeInfo, json=_dump(req), timeout=600
+        )
+
+    def volume_list(self) -> list[wire.VolumeInfo]:
+        return self._call("GET", "/volumes", list[wire.VolumeInfo], timeout=120)
+
+    def snapshot_create(self, volume: str, req: wire.SnapshotCreate) -> wire.SnapshotInfo:
+        """Snapshot a volume (progress in ``downloads()``, source ``snapshot:<id>``)."""
+        return self._call(
+            "POST", f"/volumes/{volume}/snapshots", wire.SnapshotInfo, json=_dump(req),
+            timeout=3600,
+        )  # fmt: skip
+
+    def snapshot_delete(self, snapshot: str) -> None:
+        """Idempotent; ``InvalidState`` while a copy-on-write clone depends on it."""
+        self._do("DELETE", f"/snapshots/{snapshot}", timeout=600)
+
+    def snapshot_list(self) -> list[wire.SnapshotInfo]:
+        return self._call("GET", "/snapshots", list[wire.SnapshotInfo], timeout=120)
+
+    def volume_export(self, volume: str, req: wire.VolumeExport) -> wire.ExportInfo:
+        """Idempotent for the same address; ``InvalidState`` for another one."""
+        return self._call("PUT", f"/volumes/{volume}/export", wire.ExportInfo, json=_dump(req))
+
+    def volume_unexport(self, volume: str) -> None:
+        """Idempotent."""
+        self._do("DELETE", f"/volumes/{volume}/export")
+
+    def export_list(self) -> list[wire.ExportInfo]:
+        return self._call("GET", "/exports", list[wire.ExportInfo])
+
+    # -- guest disks (the instance's host) ----------------------------------------------
+
+    def guest_attach_disk(self, name: str, target: str, req: wire.DiskAttach) -> None:
+        """Attach an iSCSI disk at ``target`` (vdb..vdz), live when the guest runs;
+        idempotent if that disk is already there, ``Conflict`` if another one is."""
+        self._do("PUT", f"/guests/{name}/disks/{target}", json=_dump(req), timeout=120)
+
+    def guest_detach_disk(self, name: str, target: str) -> None:
+        """Idempotent; ``Timeout`` (504) when a running guest does not release the disk."""
+        self._do("DELETE", f"/guests/{name}/disks/{target}", timeout=120)
+
+    def guest_disks(self, name: str) -> list[wire.GuestDiskInfo]:
+        return self._call("GET", f"/guests/{name}/disks", list[wire.GuestDiskInfo])
+
 
 def _certificate_refused(exc: BaseException) -> bool:
     """Whether a connection failed because the agent's certificate was refused."""

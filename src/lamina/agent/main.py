@@ -10,6 +10,7 @@ import uvicorn
 
 from lamina.agent.enrol import enrol
 from lamina.agent.server import Agent, create_agent_app
+from lamina.agent.volumes import VolumeConfig
 from lamina.compute.drivers import load_hypervisor
 from lamina.config import Settings
 from lamina.errors import ConfigError
@@ -45,7 +46,15 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         settings.agent.libvirt_uri,
         hypervisor.capabilities.domain_type,
     )
-    app = create_agent_app(Agent(settings.agent_dir, hypervisor))
+    volumes = VolumeConfig(
+        enabled=settings.agent.volumes,
+        backend=settings.agent.volume_backend,
+        root=settings.volume_root,
+        portal=settings.agent.iscsi_portal,
+        vg=settings.agent.volume_vg,
+        pool=settings.agent.volume_pool,
+    )
+    app = create_agent_app(Agent(settings.agent_dir, hypervisor, volumes))
     uvicorn.run(
         app,
         host=settings.agent.host,

@@ -6,6 +6,7 @@ only clients with a certificate from the manager's CA (enforced by the TLS layer
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import time
@@ -19,38 +20,54 @@ from lamina import __version__
 from lamina.agent.cache import DownloadTracker, ImageCache
 from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
+from lamina.agent.volumes import VolumeConfig, VolumeServer
 from lamina.agent.wire import (
+    DISK_TARGET,
     PROCEDURES,
     CacheEntry,
     CacheInstall,
     ConsoleChunk,
+    DiskAttach,
     DiskCreate,
     DiskInfo,
     DiskUsage,
     DownloadStatus,
+    ExportInfo,
     GuestCapture,
     GuestDefinition,
+    GuestDiskInfo,
     GuestStatus,
     HostStatus,
     ServerInfo,
+    SnapshotCreate,
+    SnapshotInfo,
+    VolumeCreate,
+    VolumeExport,
+    VolumeExtend,
+    VolumeInfo,
 )
-from lamina.compute.drivers.base import DiskSpec, GuestInfo, GuestSpec, Hypervisor
+from lamina.compute.drivers.base import DiskSpec, GuestInfo, GuestSpec, Hypervisor, NetworkDisk
 from lamina.errors import InvalidRequest, InvalidState
 from lamina.httperrors import install_error_handlers
 
 CONSOLE_CHUNK = 256 * 1024
+#: How long a detach waits for a running guest to release the disk (ACPI hot-unplug).
+DETACH_TIMEOUT = 30.0
 Action = Literal["start", "stop", "destroy", "pause", "resume", "reboot"]
 
 
 class Agent:
     """The agent's state: its hypervisor, cache and disks."""
 
-    def __init__(self, root: Path, hypervisor: Hypervisor) -> None:
+    def __init__(
+        self, root: Path, hypervisor: Hypervisor, volumes: VolumeConfig | None = None
+    ) -> None:
         self.root = root
         self.hypervisor = hypervisor
         self.tracker = DownloadTracker()
         self.cache = ImageCache(root / "cache", self.tracker)
         self.disks = DiskStore(root / "guests")
+        self.volumes = VolumeServer(volumes or VolumeConfig(), root, self.tracker)
         self.started = time.monotonic()
 
     def info(self) -> ServerInfo:
@@ -126,6 +143,29 @@ class Agent:
         self.hypervisor.undefine(name)
         self.disks.remove_guest(name)
 
+    def attach_disk(self, name: str, target: str, req: DiskAttach) -> None:
+        _check_target(target)
+        host, port = _portal(req.portal)
+        disk = NetworkDisk(
+            iqn=req.iqn,
+            host=host,
+            port=port,
+            lun=req.lun,
+            target=target,
+            format=req.format,
+            serial=req.serial,
+        )
+        self.hypervisor.attach_disk(name, disk)
+
+    def detach_disk(self, name: str, target: str) -> None:
+        _check_target(target)
+        self.hypervisor.detach_disk(name, target, timeout=DETACH_TIMEOUT)
+
+    def guest_disks(self, name: str) -> list[GuestDiskInfo]:
+        return [
+            GuestDiskInfo(target=d.target, source=d.source) for d in self.hypervisor.disks(name)
+        ]
+
     def console(self, name: str, offset: int) -> ConsoleChunk:
         self.hypervisor.info(name)  # 404 for an unknown guest
         path = self.disks.guest_dir(name) / "console.log"
@@ -146,6 +186,25 @@ def _status(info: GuestInfo) -> GuestStatus:
         memory_mib=info.memory_mib,
         uptime_seconds=info.uptime_seconds,
     )
+
+
+def _check_target(target: str) -> None:
+    if not re.fullmatch(DISK_TARGET, target):
+        raise InvalidRequest(f"disk target {target!r} is not vdb..vdz", target=target)
+
+
+def _portal(portal: str) -> tuple[str, int]:
+    """(host, port) of ``host:port``, ``[v6]:port`` or a bare address (port 3260)."""
+    match = re.fullmatch(
+        r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([A-Za-z0-9.-]+)(?::(\d{1,5}))?", portal
+    )
+    if not match:
+        raise InvalidRequest(f"portal {portal!r} is not host:port", portal=portal)
+    host = match[1] or match[3]
+    port = int(match[2] or match[4] or 3260)
+    if not 0 < port < 65536:
+        raise InvalidRequest(f"portal {portal!r} has a bad port", portal=portal)
+    return host, port
 
 
 def create_agent_app(agent: Agent) -> FastAPI:
@@ -229,5 +288,59 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.get("/guests/{name}/console")
     def guest_console(name: str, offset: int = Query(0, ge=0)) -> ConsoleChunk:
         return agent.console(name, offset)
+
+    @app.get("/guests/{name}/disks")
+    def guest_disks(name: str) -> list[GuestDiskInfo]:
+        return agent.guest_disks(name)
+
+    @app.put("/guests/{name}/disks/{target}", status_code=204)
+    def guest_attach_disk(name: str, target: str, req: DiskAttach) -> None:
+        agent.attach_disk(name, target, req)
+
+    @app.delete("/guests/{name}/disks/{target}", status_code=204)
+    def guest_detach_disk(name: str, target: str) -> None:
+        agent.detach_disk(name, target)
+
+    volumes = agent.volumes
+
+    @app.post("/volumes")
+    def volume_create(req: VolumeCreate) -> VolumeInfo:
+        return volumes.create(req)
+
+    @app.get("/volumes")
+    def volume_list() -> list[VolumeInfo]:
+        return volumes.volumes()
+
+    @app.delete("/volumes/{volume}", status_code=204)
+    def volume_delete(volume: str) -> None:
+        volumes.delete(volume)
+
+    @app.post("/volumes/{volume}/extend")
+    def volume_extend(volume: str, req: VolumeExtend) -> VolumeInfo:
+        return volumes.extend(volume, req)
+
+    @app.post("/volumes/{volume}/snapshots")
+    def snapshot_create(volume: str, req: SnapshotCreate) -> SnapshotInfo:
+        return volumes.snapshot(volume, req)
+
+    @app.get("/snapshots")
+    def snapshot_list() -> list[SnapshotInfo]:
+        return volumes.snapshots()
+
+    @app.delete("/snapshots/{snapshot}", status_code=204)
+    def snapshot_delete(snapshot: str) -> None:
+        volumes.delete_snapshot(snapshot)
+
+    @app.put("/volumes/{volume}/export")
+    def volume_export(volume: str, req: VolumeExport) -> ExportInfo:
+        return volumes.export(volume, req.initiator_address)
+
+    @app.delete("/volumes/{volume}/export", status_code=204)
+    def volume_unexport(volume: str) -> None:
+        volumes.unexport(volume)
+
+    @app.get("/exports")
+    def export_list() -> list[ExportInfo]:
+        return volumes.exports()
 
     return app

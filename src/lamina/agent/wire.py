@@ -33,10 +33,27 @@ PROCEDURES = (
     "guest_console",
     "guest_capture",
     "cache_read",
+    "volume_create",
+    "volume_delete",
+    "volume_extend",
+    "volume_list",
+    "snapshot_create",
+    "snapshot_delete",
+    "snapshot_list",
+    "volume_export",
+    "volume_unexport",
+    "export_list",
+    "guest_attach_disk",
+    "guest_detach_disk",
+    "guest_disks",
 )
 #: A disk's serial number as the guest sees it (``/sys/block/vdX/serial``): virtio-blk keeps
 #: 20 bytes.
 SERIAL = r"^[a-z0-9_-]{1,20}$"
+VOLUME_ID = r"^vol-[0-9a-f]{8,32}$"
+SNAPSHOT_ID = r"^snap-[0-9a-f]{8,32}$"
+#: A hot-plugged disk's device name in the guest (vda is the boot disk).
+DISK_TARGET = r"^vd[b-z]$"
 
 
 class Wire(BaseModel):
@@ -175,3 +192,73 @@ class EnrolResponse(Wire):
     name: str
     certificate: str
     ca_certificate: str
+
+
+# -- volumes (the volume server role) and guest disks ------------------------------------
+
+
+class VolumeCreate(Wire):
+    volume: str = Field(pattern=VOLUME_ID)
+    size_bytes: int = Field(gt=0)
+    #: Create from this snapshot (a size below the snapshot's is refused).
+    snapshot: str | None = Field(None, pattern=SNAPSHOT_ID)
+    #: Copy-on-write when the backend can, else a full copy.
+    clone: bool = True
+
+
+class VolumeInfo(Wire):
+    volume: str
+    #: Virtual size.
+    size_bytes: int
+    allocated_bytes: int
+    backend: str
+    export_format: Literal["raw", "qcow2"]
+    #: The snapshot a copy-on-write clone depends on.
+    cloned_from: str | None = None
+
+
+class VolumeExtend(Wire):
+    size_bytes: int = Field(gt=0)
+
+
+class SnapshotCreate(Wire):
+    snapshot: str = Field(pattern=SNAPSHOT_ID)
+
+
+class SnapshotInfo(Wire):
+    snapshot: str
+    volume: str
+    size_bytes: int
+    allocated_bytes: int
+
+
+class VolumeExport(Wire):
+    #: IPv4/IPv6 address of the attaching host: the only initiator allowed.
+    initiator_address: str = Field(max_length=64)
+
+
+class ExportInfo(Wire):
+    volume: str
+    iqn: str
+    lun: int
+    tid: int
+    #: host:port the initiator connects to.
+    portal: str
+    initiator_address: str
+    export_format: Literal["raw", "qcow2"]
+
+
+class DiskAttach(Wire):
+    iqn: str = Field(max_length=223)
+    lun: int = Field(1, ge=0, le=16383)
+    #: host:port of the iSCSI portal.
+    portal: str = Field(max_length=300)
+    format: Literal["raw", "qcow2"] = "raw"
+    #: The volume id, shown in the guest as the disk's serial.
+    serial: str | None = Field(None, pattern=SERIAL)
+
+
+class GuestDiskInfo(Wire):
+    target: str
+    #: A file path, or ``iscsi://host:port/<iqn>/<lun>`` for an iSCSI disk.
+    source: str | None = None

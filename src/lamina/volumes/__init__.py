@@ -1,2 +1,7 @@
-"""Block volumes: persistent disks, their snapshots, and their attachment to instances
-over iSCSI (docs/volumes.md)."""
+"""Block volumes (VBS): volumes, snapshots and their attachments to instances over iSCSI.
+
+The manager keeps the metadata and runs the multi-step operations as jobs; the volume server
+(an agent role, ``lamina.agent.volumes``) runs a backend's *command patterns*
+(``lamina.volumes.patterns``, one TOML file per backend under ``patterns/``) and exports
+volumes with tgt. See docs/volumes.md.
+"""

@@ -7,6 +7,7 @@ agent is the only caller; the manager reaches a hypervisor through its host's ag
 from __future__ import annotations
 
 import abc
+import builtins
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +23,34 @@ class DiskSpec:
     format: Literal["raw", "qcow2"] = "qcow2"
     readonly: bool = False
     serial: str | None = None  # what the guest finds the disk by
+
+
+@dataclass(frozen=True)
+class NetworkDisk:
+    """A disk reached over the network by the hypervisor itself: an iSCSI LUN read by
+    QEMU's own initiator (no kernel initiator on the host)."""
+
+    iqn: str
+    host: str  # the portal's address
+    target: str  # vdb, vdc, ...
+    port: int = 3260
+    lun: int = 1
+    format: Literal["raw", "qcow2"] = "raw"
+    serial: str | None = None  # what the guest finds the disk by (the volume id)
+
+    @property
+    def source(self) -> str:
+        """``iscsi://host:port/<iqn>/<lun>``, as ``disks()`` reports it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"iscsi://{host}:{self.port}/{self.iqn}/{self.lun}"
+
+
+@dataclass(frozen=True)
+class GuestDisk:
+    """A disk a guest has: its device name and where its bytes come from."""
+
+    target: str
+    source: str | None  # a file path, an ``iscsi://`` URL (see NetworkDisk), or None
 
 
 @dataclass(frozen=True)
@@ -117,6 +146,23 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[GuestInfo]:
         """Every guest defined on this hypervisor (Lamina's and others')."""
+
+    @abc.abstractmethod
+    def attach_disk(self, name: str, disk: NetworkDisk) -> None:
+        """Attach ``disk`` to the guest: live and persistently when it runs, persistently
+        when it is stopped. The same disk already attached at that target is a no-op.
+        Raises ``Conflict`` when the target holds another disk."""
+
+    @abc.abstractmethod
+    def detach_disk(self, name: str, target: str, timeout: float = 30.0) -> None:
+        """Detach the disk at ``target`` (live and persistently); a missing one is a no-op.
+        A running guest must release it (ACPI hot-unplug); raises ``Timeout`` when it has
+        not within ``timeout`` seconds: the disk is then gone from the persistent definition
+        but still attached live, and detaching again waits again."""
+
+    @abc.abstractmethod
+    def disks(self, name: str) -> builtins.list[GuestDisk]:
+        """The guest's disks as they are now (live when it runs)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from lamina.compute.drivers.base import GuestSpec
+from lamina.compute.drivers.base import GuestDisk, GuestSpec, NetworkDisk
 
 # Lamina's own element under <metadata>; the libvirt driver stores the start time in it.
 METADATA_NS = "https://lamina.dev/xmlns/guest/1"
@@ -102,3 +102,50 @@ def domain_xml(spec: GuestSpec, domain_type: str, emulator: str | None = None) -
 
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def network_disk_xml(disk: NetworkDisk) -> str:
+    """The ``<disk type='network'>`` device of an iSCSI LUN, for attachDeviceFlags."""
+    disk_el = ET.Element("disk", type="network", device="disk")
+    _sub(disk_el, "driver", name="qemu", type=disk.format)
+    source = _sub(disk_el, "source", protocol="iscsi", name=f"{disk.iqn}/{disk.lun}")
+    _sub(source, "host", name=disk.host, port=str(disk.port))
+    _sub(disk_el, "target", dev=disk.target, bus="virtio")
+    if disk.serial:
+        _sub(disk_el, "serial", disk.serial)
+    ET.indent(disk_el, space="  ")
+    return ET.tostring(disk_el, encoding="unicode") + "\n"
+
+
+def disk_elements(domain: str) -> dict[str, ET.Element]:
+    """Target device name -> ``<disk>`` element of a domain document."""
+    root = ET.fromstring(domain)
+    found = {}
+    for disk in root.iterfind("devices/disk"):
+        target = disk.find("target")
+        if target is not None and target.get("dev"):
+            found[str(target.get("dev"))] = disk
+    return found
+
+
+def disk_source(disk: ET.Element) -> str | None:
+    """Where a ``<disk>`` element's bytes come from (see ``GuestDisk.source``)."""
+    source = disk.find("source")
+    if source is None:
+        return None
+    if disk.get("type") == "network":
+        host = source.find("host")
+        name = source.get("name", "")
+        if host is None:
+            return f"{source.get('protocol')}:///{name}"
+        address = host.get("name", "")
+        address = f"[{address}]" if ":" in address else address
+        return f"{source.get('protocol')}://{address}:{host.get('port', '3260')}/{name}"
+    return source.get("file") or source.get("dev")
+
+
+def guest_disks(domain: str) -> list[GuestDisk]:
+    """The disks of a domain document, in target order."""
+    return [
+        GuestDisk(target, disk_source(el)) for target, el in sorted(disk_elements(domain).items())
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import logging
@@ -16,16 +17,27 @@ import libvirt
 
 from lamina.compute.drivers.base import (
     Capabilities,
+    GuestDisk,
     GuestInfo,
     GuestSpec,
     GuestState,
     HostInfo,
     Hypervisor,
+    NetworkDisk,
 )
-from lamina.compute.drivers.domain_xml import METADATA_NS, METADATA_PREFIX, domain_xml
+from lamina.compute.drivers.domain_xml import (
+    METADATA_NS,
+    METADATA_PREFIX,
+    disk_elements,
+    disk_source,
+    domain_xml,
+    guest_disks,
+    network_disk_xml,
+)
 from lamina.compute.drivers.kvm import kvm_usable
 from lamina.errors import (
     BackendUnavailable,
+    Conflict,
     GuestNotFound,
     InvalidRequest,
     InvalidState,
@@ -73,6 +85,7 @@ _UNSUPPORTED_ERRORS = frozenset({libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARG
 
 _SHUTDOWN_POLL_MIN = 0.05  # seconds; the poll backs off to _SHUTDOWN_POLL_MAX
 _SHUTDOWN_POLL_MAX = 0.5
+_DETACH_POLL = 0.1
 
 
 def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
@@ -111,6 +124,25 @@ def default_domain_type(uri: str) -> str:
         log.warning("remote libvirt URI %s: assuming TCG; set domain_type to use KVM", uri)
         return "qemu"
     return "kvm" if kvm_usable() else "qemu"
+
+
+def _keep_network_disks(new: str, old: str) -> str:
+    """``new`` plus the attached network disks (volumes) of ``old`` at targets ``new`` leaves
+    free: redefining a guest must not detach its volumes."""
+    taken = disk_elements(new)
+    kept = [
+        el
+        for target, el in disk_elements(old).items()
+        if el.get("type") == "network" and target not in taken
+    ]
+    if not kept:
+        return new
+    domain = ET.fromstring(new)
+    devices = domain.find("devices")
+    assert devices is not None
+    for el in kept:
+        devices.append(el)
+    return ET.tostring(domain, encoding="unicode")
 
 
 class LibvirtHypervisor(Hypervisor):
@@ -278,7 +310,10 @@ class LibvirtHypervisor(Hypervisor):
                 if spec.uuid is None:
                     # Without it libvirt refuses: "domain '...' already exists with uuid ...".
                     spec = dataclasses.replace(spec, uuid=existing.UUIDString())
-            conn.defineXML(domain_xml(spec, self.domain_type))
+            xml = domain_xml(spec, self.domain_type)
+            if existing is not None:
+                xml = _keep_network_disks(xml, existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            conn.defineXML(xml)
 
     def start(self, name: str) -> None:
         """Boot a defined guest; a running or paused guest is left alone."""
@@ -421,6 +456,112 @@ class LibvirtHypervisor(Hypervisor):
                     if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                         raise  # else: undefined while we listed
         return sorted(infos, key=lambda info: info.name)
+
+    # -- disks -------------------------------------------------------------------------
+    #
+    # libvirt's test driver has no device hot-plug; there (domain type "test") attach and
+    # detach edit the persistent definition and disks() reads it.
+
+    def _disk_view(self, dom: libvirt.virDomain) -> str:
+        if self.domain_type == "test":
+            return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return str(dom.XMLDesc(0))
+
+    def _edit_definition(
+        self, conn: libvirt.virConnect, dom: libvirt.virDomain, add: str | None, remove: str
+    ) -> None:
+        domain = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        devices = domain.find("devices")
+        assert devices is not None
+        for disk in list(devices.iterfind("disk")):
+            target = disk.find("target")
+            if target is not None and target.get("dev") == remove:
+                devices.remove(disk)
+        if add is not None:
+            devices.append(ET.fromstring(add))
+        conn.defineXML(ET.tostring(domain, encoding="unicode"))
+
+    def attach_disk(self, name: str, disk: NetworkDisk) -> None:
+        """Attach an iSCSI disk, live and persistently (``AFFECT_LIVE | AFFECT_CONFIG``)
+        when the guest runs, persistently when it is stopped. The same disk already at
+        ``disk.target`` is a no-op; another one there raises ``Conflict``."""
+        xml = network_disk_xml(disk)
+        with self._call(name) as conn:
+            dom = self._domain(conn, name)
+            existing = disk_elements(self._disk_view(dom)).get(disk.target)
+            if existing is not None:
+                if disk_source(existing) == disk.source:
+                    return
+                raise Conflict(
+                    f"guest {name!r} already has a disk at {disk.target} ({disk_source(existing)})",
+                    guest=name,
+                    target=disk.target,
+                )
+            if self.domain_type == "test":
+                self._edit_definition(conn, dom, xml, disk.target)
+                return
+            flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if dom.isActive():
+                flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.attachDeviceFlags(xml, flags)
+        log.info("attached %s to %s as %s", disk.source, name, disk.target)
+
+    def detach_disk(self, name: str, target: str, timeout: float = 30.0) -> None:
+        """Detach the disk at ``target``: from the persistent definition at once, and from a
+        running guest by ACPI hot-unplug, which the guest must carry out. Waits until the
+        disk has left the live definition; raises ``Timeout`` after ``timeout`` seconds (a
+        guest that ignores the request keeps the disk until it powers off; detaching again
+        asks again). A disk not there is a no-op."""
+        with self._call(name) as conn:
+            dom = self._domain(conn, name)
+            if self.domain_type == "test":
+                if target in disk_elements(self._disk_view(dom)):
+                    self._edit_definition(conn, dom, None, target)
+                return
+            persistent = disk_elements(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if target in persistent:
+                dom.detachDeviceFlags(
+                    ET.tostring(persistent[target], encoding="unicode"),
+                    libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+                )
+            if not dom.isActive():
+                return
+            live = disk_elements(dom.XMLDesc(0)).get(target)
+            if live is None:
+                return
+            try:
+                dom.detachDeviceFlags(
+                    ET.tostring(live, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE
+                )
+            except libvirt.libvirtError as exc:
+                # An unplug asked for earlier and still pending: wait for it below.
+                log.info("detach of %s from %s: %s", target, name, exc.get_error_message())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                present = self._with_domain(
+                    name,
+                    lambda dom: dom.isActive() and target in disk_elements(dom.XMLDesc(0)),
+                )
+            except GuestNotFound:
+                return
+            if not present:
+                log.info("detached %s from %s", target, name)
+                return
+            if time.monotonic() >= deadline:
+                raise Timeout(
+                    f"guest {name!r} has not released disk {target} within {timeout:g}s "
+                    "(hot-unplug needs the guest's cooperation); it is gone from the "
+                    "guest's definition and leaves at the next power-off; detach again "
+                    "to keep waiting",
+                    guest=name,
+                    target=target,
+                )
+            time.sleep(_DETACH_POLL)
+
+    def disks(self, name: str) -> builtins.list[GuestDisk]:
+        """The guest's disks: live when it runs, else as defined."""
+        return self._with_domain(name, lambda dom: guest_disks(self._disk_view(dom)))
 
     def close(self) -> None:
         """Close the libvirt connection (a later call reopens it)."""

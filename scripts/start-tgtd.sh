@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start tgtd (the userspace iSCSI target the volume server exports volumes with) on a machine
+# without systemd. Idempotent: does nothing when tgtd already answers `tgtadm`. tgtd ignores
+# SIGTERM; to stop it, delete its targets and then the daemon:
+#   tgtadm --lld iscsi --mode target --op delete --force --tid N   (each target)
+#   tgtadm --mode system --op delete
+# Usage: scripts/start-tgtd.sh   (as root)
+set -euo pipefail
+
+WAIT_SECONDS="${LAMINA_TGTD_WAIT:-10}"
+LOG=/var/log/lamina-tgtd.log
+
+log() { echo "start-tgtd: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+((EUID == 0)) || die "must run as root"
+for tool in tgtd tgtadm; do
+    command -v "$tool" >/dev/null || die "$tool not found; run scripts/install-packages.sh"
+done
+
+answers() { tgtadm --mode sys --op show >/dev/null 2>&1; }
+
+# Serialise concurrent callers (parallel test runs); tgtd is started with fd 9 closed so it
+# does not hold the lock forever.
+exec 9>/run/lamina-start-tgtd.lock
+flock -w 30 9 || die "timed out waiting for /run/lamina-start-tgtd.lock"
+
+answers && exit 0
+log "starting tgtd"
+# tgtd daemonises itself (two processes).
+tgtd >>"$LOG" 2>&1 9>&-
+deadline=$((SECONDS + WAIT_SECONDS))
+until answers; do
+    ((SECONDS < deadline)) || die "tgtd did not answer within ${WAIT_SECONDS}s; see $LOG"
+    sleep 0.1
+done
