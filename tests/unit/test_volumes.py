@@ -456,8 +456,15 @@ def test_the_constraints_refuse_a_double_attachment_on_their_own(svc: Services) 
         s.add(Attachment(volume_id=first, instance_id="i-db", device="vdc"))
     with pytest.raises(IntegrityError), svc.db.write() as s:
         s.add(Attachment(volume_id=second, instance_id="i-web", device="vdb"))
-    conflict = service._attach_conflict(svc, first, SimpleNamespace(name="db", id="i-db"), "vdc")  # type: ignore[arg-type]
+    conflict = service._attach_conflict(svc, first, "i-db", "db", "vdc")
     assert "already attached to instance 'web'" in conflict.message
+    # Through the service: a device taken by another volume loses to the constraint.
+    with svc.db.write() as s:
+        s.get(Attachment, 1).status = "attached"  # type: ignore[union-attr]
+        s.get(Volume, first).status = "in-use"  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="device vdb of instance 'web' is taken"):
+        service.attach_volume(svc, ALICE, second, "web", "vdb")
+    assert volume(svc, second).status == "available"
 
 
 def test_attach_needs_operate_access_to_both(svc: Services) -> None:

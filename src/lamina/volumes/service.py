@@ -424,20 +424,21 @@ def attach_volume(
                 device=device,
             )
         move(s, volume, "attaching")
-        attachment = Attachment(
-            volume_id=volume.id, instance_id=instance.id, device=device, status="attaching"
-        )
-        s.add(attachment)
+        # Plain values: a failed flush expires the session's objects.
+        names = (volume.id, instance.id, instance.name, device)
+        s.add(Attachment(volume_id=volume.id, instance_id=instance.id, device=device))
         try:
             s.flush()
         except IntegrityError:
-            raise _attach_conflict(svc, volume.id, instance, device) from None
+            raise _attach_conflict(svc, *names) from None
         job = _submit(s, svc.jobs, "volume.attach", volume, instance_id=instance.id, device=device)
         return describe_volume(s, volume), job
 
 
-def _attach_conflict(svc: Services, volume_id: str, instance: Instance, device: str) -> Conflict:
-    """What lost a race to the attachments' unique constraints (read after the rollback)."""
+def _attach_conflict(
+    svc: Services, volume_id: str, instance_id: str, instance_name: str, device: str
+) -> Conflict:
+    """What lost a race to the attachments' unique constraints, as committed."""
     with svc.db.read() as s:
         held = attachment_of(s, volume_id)
         if held is not None:
@@ -450,8 +451,8 @@ def _attach_conflict(svc: Services, volume_id: str, instance: Instance, device: 
                 instance=held.instance_id,
             )
     return Conflict(
-        f"device {device} of instance {instance.name!r} is taken by another volume",
-        instance=instance.id,
+        f"device {device} of instance {instance_name!r} is taken by another volume",
+        instance=instance_id,
         device=device,
     )
 
