@@ -187,9 +187,10 @@ class Interrupted:
     volume: dict[str, Any]
     job_id: str
     pool: AgentPool
+    addresses: dict[str, str]
 
     def agent(self, host: str) -> AgentClient:
-        return self.pool.for_address(self.cloud.client().host(host)["address"])
+        return self.pool.for_address(self.addresses[host])
 
 
 @pytest.fixture
@@ -206,8 +207,9 @@ def interrupted(make_cloud: Callable[..., Cloud], kernel: str) -> Iterator[Inter
     vol = new_volume(client, size_bytes=16 * MiB)
     assert vol["host"] == "h1"
     assert vmm.proc is not None
+    addresses = {h: client.host(h)["address"] for h in ("h1", "h2")}
     vmm.proc.send_signal(signal.SIGSTOP)
-    job_id = client.attach_volume(vol["id"], "web")["job"]["id"]
+    job_id = client.attach_volume(vol["id"], "web", "vdb")["job"]["id"]
 
     def attaching() -> bool:
         steps = client.job(job_id)["steps"]
@@ -217,7 +219,7 @@ def interrupted(make_cloud: Callable[..., Cloud], kernel: str) -> Iterator[Inter
         wait_until(attaching, 30, "the attach step to start")
     finally:
         manager.kill(signal.SIGKILL)
-    state = Interrupted(cloud, vmm, vm, vol, job_id, AgentPool(cloud_ca(cloud)))
+    state = Interrupted(cloud, vmm, vm, vol, job_id, AgentPool(cloud_ca(cloud)), addresses)
     assert [e.volume for e in state.agent("h1").export_list()] == [vol["id"]]
     try:
         yield state

@@ -385,7 +385,8 @@ def attach_volume(
     svc: Services, who: Principal, volume_id: str, instance_ref: str, device: str | None
 ) -> tuple[dict[str, Any], Job]:
     """Queue attaching an ``available`` volume to an instance of the caller's as ``device``
-    (default: the instance's first free ``vd[b-z]``, asked of its host). A volume attached
+    (default: the instance's first free ``vd[b-z]``, asked of its host, which must then be
+    reachable). A volume attached
     (or attaching) anywhere is refused naming that instance, also when two requests race:
     the attachments table's unique constraints decide."""
     if device is not None and not DEVICE.match(device):
@@ -396,8 +397,12 @@ def attach_volume(
         host = s.get(Host, instance.host_id) if instance.host_id else None
         if host is None:
             raise InvalidState(f"instance {instance.name!r} has no host")
-    # The guest's own disks (a layered instance has several) take devices too.
-    used = {d.target for d in svc.agents.for_host(host).guest_disks(instance.domain_name)}
+    # The default device skips the guest's own disks (a layered instance has several), which
+    # only its host knows. A device given is taken at its word: if the guest has it, the
+    # job's attach step fails and everything is undone.
+    used: set[str] = set()
+    if device is None:
+        used = {d.target for d in svc.agents.for_host(host).guest_disks(instance.domain_name)}
     with svc.db.write() as s:
         volume = get_volume(s, volume_id, who, "operate", lock=True)
         instance = get_instance(s, instance.id, who, "operate")
@@ -417,12 +422,6 @@ def attach_volume(
             if not free:
                 raise Conflict(f"instance {instance.name!r} has no free device left")
             device = free[0]
-        elif device in used and device not in taken:
-            raise Conflict(
-                f"device {device} of instance {instance.name!r} is one of its own disks",
-                instance=instance.id,
-                device=device,
-            )
         move(s, volume, "attaching")
         # Plain values: a failed flush expires the session's objects.
         names = (volume.id, instance.id, instance.name, device)
