@@ -36,6 +36,7 @@ class Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
         from lamina.compute.jobs import register_compute_jobs
+        from lamina.volumes.jobs import register_volume_jobs
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url)
@@ -44,6 +45,7 @@ class Services:
         register_compute_jobs(registry)
         register_appliance_jobs(registry)
         register_capture_jobs(registry)
+        register_volume_jobs(registry)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)

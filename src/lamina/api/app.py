@@ -27,6 +27,7 @@ from lamina.images.routes import images
 from lamina.jobs.routes import router as jobs
 from lamina.jobs.runner import JobRunner
 from lamina.services import Services
+from lamina.volumes.routes import snapshots, volumes
 
 
 def app_from_settings() -> ZeroCopy:
@@ -92,7 +93,8 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # Starlette tries routes in order: the busiest routers come first.
     for router in (health, enrolment, login_router):
         app.include_router(router)
-    for router in (images, instances, jobs, system, users_router, me_router, channels, appliances):
+    domains = (images, instances, jobs, system, users_router, me_router, channels, appliances)
+    for router in (*domains, volumes, snapshots):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])

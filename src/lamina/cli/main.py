@@ -54,9 +54,22 @@ def cli(ctx: click.Context, url: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    from lamina.cli import appliance, audit, channel, host, image, instance, job, system, user
+    from lamina.cli import (
+        appliance,
+        audit,
+        channel,
+        host,
+        image,
+        instance,
+        job,
+        snapshot,
+        system,
+        user,
+        volume,
+    )
 
-    for module in (appliance, audit, channel, host, image, instance, job, system, user):
+    groups = (appliance, audit, channel, host, image, instance, job, system, user)
+    for module in (*groups, volume, snapshot):
         module.register(cli)
     # `--json` is accepted anywhere on the line, not only right after `lamina`.
     args = sys.argv[1:]

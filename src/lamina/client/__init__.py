@@ -245,6 +245,72 @@ class Client:
     def remove_appliance(self, appliance_id: str) -> dict[str, Any]:
         return self._take("appliance", "DELETE", f"/appliances/{appliance_id}")
 
+    # -- volumes and snapshots
+    def create_volume(
+        self,
+        size_bytes: int | None = None,
+        snapshot: str | None = None,
+        comment: str = "",
+        host: str | None = None,
+        clone: bool = True,
+    ) -> dict[str, Any]:
+        """Answer ``{"volume", "job"}``: the volume comes back ``creating``."""
+        body: dict[str, Any] = {"comment": comment, "clone": clone}
+        for key, value in (("size_bytes", size_bytes), ("snapshot", snapshot), ("host", host)):
+            if value is not None:
+                body[key] = value
+        return self.request("POST", "/volumes", json=body)
+
+    def volumes(
+        self, ids: list[str] | None = None, status: str | None = None, instance: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {
+            k: v for k, v in (("status", status), ("instance", instance)) if v
+        }
+        if ids:
+            params["id"] = list(ids)
+        return self._take("volumes", "GET", "/volumes", params=params)
+
+    def volume(self, volume_id: str) -> dict[str, Any]:
+        return self._take("volume", "GET", f"/volumes/{volume_id}")
+
+    def delete_volume(self, volume_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/volumes/{volume_id}")
+
+    def extend_volume(self, volume_id: str, size_bytes: int) -> dict[str, Any]:
+        body = {"size_bytes": size_bytes}
+        return self.request("POST", f"/volumes/{volume_id}/extend", json=body)
+
+    def attach_volume(
+        self, volume_id: str, instance: str, device: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"instance": instance}
+        if device:
+            body["device"] = device
+        return self.request("PUT", f"/volumes/{volume_id}/attachment", json=body)
+
+    def detach_volume(self, volume_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/volumes/{volume_id}/attachment")
+
+    def create_snapshot(self, volume_id: str, comment: str = "") -> dict[str, Any]:
+        """Answer ``{"snapshot", "job"}``: the snapshot comes back ``pending``."""
+        body = {"volume": volume_id, "comment": comment}
+        return self.request("POST", "/snapshots", json=body)
+
+    def snapshots(
+        self, ids: list[str] | None = None, status: str | None = None, volume: str | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {k: v for k, v in (("status", status), ("volume", volume)) if v}
+        if ids:
+            params["id"] = list(ids)
+        return self._take("snapshots", "GET", "/snapshots", params=params)
+
+    def snapshot(self, snapshot_id: str) -> dict[str, Any]:
+        return self._take("snapshot", "GET", f"/snapshots/{snapshot_id}")
+
+    def delete_snapshot(self, snapshot_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/snapshots/{snapshot_id}")
+
     # -- sharing
     def set_visibility(self, ref: str, visibility: str) -> dict[str, Any]:
         return self._take("instance", "PATCH", f"/instances/{ref}", json={"visibility": visibility})

@@ -1,0 +1,518 @@
+"""Volumes and snapshots: the use cases, their states, and who may do what.
+
+Every change of state goes through ``move`` (volumes) or ``move_snapshot``, which know the
+legal transitions and refuse the others with a 409 ``invalid_state`` naming the current
+state. Long work (copying, exporting, attaching) is handed to the jobs of
+``lamina.volumes.jobs``; these functions only check, record the transitional state and submit.
+
+The volume server of a new volume is the first host (oldest registered) that is ``up``;
+administrators may name another. A volume made from a snapshot lives on the snapshot's host,
+which holds the snapshot's bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lamina.compute.hosts import get_host
+from lamina.compute.instances import get_instance
+from lamina.compute.models import Host, Instance
+from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NoCapacity, NotFound
+from lamina.identity.access import Need, check
+from lamina.identity.principal import Principal
+from lamina.jobs.kinds import JobRegistry
+from lamina.jobs.models import Job
+from lamina.jobs.service import submit
+from lamina.volumes.models import Attachment, Snapshot, Volume
+
+if TYPE_CHECKING:
+    from lamina.services import Services
+
+VOLUME = "volume"
+SNAPSHOT = "snapshot"
+DEVICE = re.compile(r"^vd[b-z]$")
+DEVICES = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
+#: volume status -> the statuses it may move to (docs/volumes.md, "States").
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "creating": ("available", "error"),
+    "available": ("attaching", "extending", "deleting"),
+    "attaching": ("in-use", "available", "error"),
+    "in-use": ("detaching",),
+    "detaching": ("available", "in-use", "error"),
+    "extending": ("available",),
+    "deleting": ("error",),
+    "error": ("deleting",),
+}
+SNAPSHOT_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "pending": ("completed", "error"),
+    "completed": ("deleting",),
+    "deleting": ("error",),
+    "error": ("deleting",),
+}
+#: What each operation is called in messages, by the status it moves a volume to.
+VERBS = {
+    "attaching": "attach",
+    "detaching": "detach",
+    "extending": "extend",
+    "deleting": "delete",
+    "available": "make available",
+    "in-use": "mark in-use",
+    "error": "mark failed",
+}
+#: Statuses of an instance a volume may be attached to.
+ATTACHABLE = ("running", "stopped", "paused")
+
+
+class VolumeNotFound(NotFound):
+    def __init__(self, volume_id: str) -> None:
+        super().__init__(f"volume {volume_id!r} does not exist", volume=volume_id)
+
+
+class SnapshotNotFound(NotFound):
+    def __init__(self, snapshot_id: str) -> None:
+        super().__init__(f"snapshot {snapshot_id!r} does not exist", snapshot=snapshot_id)
+
+
+# -- states -------------------------------------------------------------------------------
+
+
+def move(session: Session, volume: Volume, to: str) -> None:
+    """Set a volume's status, or raise InvalidState naming the one it is in (and, when the
+    volume is attached or attaching, the instance)."""
+    refuse(session, volume, to)
+    volume.status = to
+
+
+def refuse(session: Session, volume: Volume, to: str) -> None:
+    """Raise InvalidState unless the volume may move to ``to``; change nothing."""
+    if to not in TRANSITIONS.get(volume.status, ()):
+        where = _whereabouts(session, volume)
+        raise InvalidState(
+            f"cannot {VERBS.get(to, to)} volume {volume.id}: it is {volume.status}{where}",
+            volume=volume.id,
+            status=volume.status,
+        )
+
+
+def move_snapshot(snapshot: Snapshot, to: str) -> None:
+    if to not in SNAPSHOT_TRANSITIONS.get(snapshot.status, ()):
+        verb = "delete" if to == "deleting" else f"mark {to}"
+        raise InvalidState(
+            f"cannot {verb} snapshot {snapshot.id}: it is {snapshot.status}",
+            snapshot=snapshot.id,
+            status=snapshot.status,
+        )
+    snapshot.status = to
+
+
+def _whereabouts(session: Session, volume: Volume) -> str:
+    attachment = attachment_of(session, volume.id)
+    if attachment is None:
+        return ""
+    instance = session.get(Instance, attachment.instance_id)
+    name = instance.name if instance else attachment.instance_id
+    word = "attaching to" if volume.status == "attaching" else "attached to"
+    return f" ({word} instance {name!r}, {attachment.instance_id}, as {attachment.device})"
+
+
+def attachment_of(session: Session, volume_id: str) -> Attachment | None:
+    return session.scalar(select(Attachment).where(Attachment.volume_id == volume_id))
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def get_volume(
+    session: Session, volume_id: str, who: Principal, need: Need = "read", lock: bool = False
+) -> Volume:
+    """A volume ``who`` may see (else VolumeNotFound) and do ``need`` on (else Forbidden).
+    ``lock`` takes its row lock (PostgreSQL) for a change of state."""
+    query = select(Volume).where(Volume.id == volume_id)
+    volume = session.scalar(query.with_for_update() if lock else query)
+    if volume is None:
+        raise VolumeNotFound(volume_id)
+    try:
+        check(session, who, VOLUME, volume, need, volume_id)
+    except NotFound:
+        raise VolumeNotFound(volume_id) from None
+    return volume
+
+
+def get_snapshot(
+    session: Session, snapshot_id: str, who: Principal, need: Need = "read", lock: bool = False
+) -> Snapshot:
+    query = select(Snapshot).where(Snapshot.id == snapshot_id)
+    snapshot = session.scalar(query.with_for_update() if lock else query)
+    if snapshot is None:
+        raise SnapshotNotFound(snapshot_id)
+    try:
+        check(session, who, SNAPSHOT, snapshot, need, snapshot_id)
+    except NotFound:
+        raise SnapshotNotFound(snapshot_id) from None
+    return snapshot
+
+
+def list_volumes(
+    session: Session,
+    who: Principal,
+    *,
+    ids: list[str] | None = None,
+    status: str | None = None,
+    instance: str | None = None,
+) -> list[Volume]:
+    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ids, status and
+    the instance (id or name) they are attached to."""
+    query = select(Volume).order_by(Volume.created_at, Volume.id)
+    if not who.is_admin:
+        query = query.where(Volume.owner == who.user_id)
+    if ids:
+        query = query.where(Volume.id.in_(ids))
+    if status:
+        query = query.where(Volume.status == status)
+    if instance:
+        query = (
+            query.join(Attachment, Attachment.volume_id == Volume.id)
+            .join(Instance, Instance.id == Attachment.instance_id)
+            .where((Instance.id == instance) | (Instance.name == instance))
+        )
+    return list(session.scalars(query))
+
+
+def list_snapshots(
+    session: Session,
+    who: Principal,
+    *,
+    ids: list[str] | None = None,
+    status: str | None = None,
+    volume: str | None = None,
+) -> list[Snapshot]:
+    query = select(Snapshot).order_by(Snapshot.created_at, Snapshot.id)
+    if not who.is_admin:
+        query = query.where(Snapshot.owner == who.user_id)
+    if ids:
+        query = query.where(Snapshot.id.in_(ids))
+    if status:
+        query = query.where(Snapshot.status == status)
+    if volume:
+        query = query.where(Snapshot.volume_id == volume)
+    return list(session.scalars(query))
+
+
+def describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
+    """The volume as the API shows it, with its attachment if it has one."""
+    host = session.get(Host, volume.host_id) if volume.host_id else None
+    attachment = attachment_of(session, volume.id)
+    attached = None
+    if attachment is not None:
+        instance = session.get(Instance, attachment.instance_id)
+        attached = {
+            "instance": attachment.instance_id,
+            "instance_name": instance.name if instance else None,
+            "device": attachment.device,
+            "status": attachment.status,
+            "iqn": attachment.iqn,
+            "lun": attachment.lun,
+            "portal": attachment.portal,
+            "created_at": attachment.created_at,
+        }
+    return {
+        "id": volume.id,
+        "owner": volume.owner,
+        "size_bytes": volume.size_bytes,
+        "status": volume.status,
+        "host": host.name if host else None,
+        "host_id": volume.host_id,
+        "backend": volume.backend,
+        "export_format": volume.export_format,
+        "snapshot": volume.snapshot_id,
+        "cloned_from": volume.cloned_from,
+        "comment": volume.comment,
+        "progress": round(volume.progress, 4),
+        "error": volume.error,
+        "attachment": attached,
+        "created_at": volume.created_at,
+        "updated_at": volume.updated_at,
+    }
+
+
+def describe_snapshot(session: Session, snapshot: Snapshot) -> dict[str, Any]:
+    host = session.get(Host, snapshot.host_id) if snapshot.host_id else None
+    return {
+        "id": snapshot.id,
+        "volume": snapshot.volume_id,
+        "owner": snapshot.owner,
+        "size_bytes": snapshot.size_bytes,
+        "status": snapshot.status,
+        "progress": round(snapshot.progress, 4),
+        "host": host.name if host else None,
+        "host_id": snapshot.host_id,
+        "comment": snapshot.comment,
+        "error": snapshot.error,
+        "created_at": snapshot.created_at,
+        "updated_at": snapshot.updated_at,
+    }
+
+
+# -- volumes ------------------------------------------------------------------------------
+
+
+def volume_server(session: Session, host: str | None, who: Principal) -> Host:
+    """The host that will keep a new volume: the named one (administrators only), else the
+    oldest registered host that is up."""
+    if host:
+        if not who.is_admin:
+            raise Forbidden("only administrators may choose the volume server")
+        chosen = get_host(session, host)
+        if chosen.status != "up":
+            raise NoCapacity(f"host {chosen.name!r} is {chosen.status}", host=chosen.name)
+        return chosen
+    first = session.scalar(
+        select(Host).where(Host.status == "up").order_by(Host.created_at, Host.name).limit(1)
+    )
+    if first is None:
+        raise NoCapacity("no host is up to keep the volume")
+    return first
+
+
+def _submit(session: Session, registry: JobRegistry, kind: str, target: Any, **params: Any) -> Job:
+    target_type = SNAPSHOT if isinstance(target, Snapshot) else VOLUME
+    return submit(
+        session,
+        registry.get(kind),
+        {f"{target_type}_id": target.id, **params},
+        target_type=target_type,
+        target_id=target.id,
+        owner=target.owner,
+    )
+
+
+def create_volume(
+    session: Session,
+    registry: JobRegistry,
+    who: Principal,
+    *,
+    size_bytes: int | None = None,
+    snapshot: str | None = None,
+    comment: str = "",
+    host: str | None = None,
+    clone: bool = True,
+) -> tuple[Volume, Job]:
+    """Record a ``creating`` volume of ``size_bytes`` (empty) or made from a completed
+    ``snapshot`` (at least the snapshot's size; copy-on-write if ``clone`` and the backend can,
+    else a copy) and queue the ``volume.create`` job."""
+    source = None
+    if snapshot:
+        source = get_snapshot(session, snapshot, who)
+        if source.status != "completed":
+            raise InvalidState(
+                f"cannot create a volume from snapshot {source.id}: it is {source.status}",
+                snapshot=source.id,
+                status=source.status,
+            )
+        if host:
+            raise InvalidRequest("a volume made from a snapshot lives on the snapshot's host")
+        size_bytes = size_bytes or source.size_bytes
+        if size_bytes < source.size_bytes:
+            raise InvalidRequest(
+                f"size {size_bytes} is smaller than snapshot {source.id} ({source.size_bytes})"
+            )
+        server = session.get(Host, source.host_id) if source.host_id else None
+        if server is None:
+            raise NotFound(f"the host of snapshot {source.id} no longer exists")
+    else:
+        if not size_bytes or size_bytes <= 0:
+            raise InvalidRequest("give the volume's size, or a snapshot to make it from")
+        server = volume_server(session, host, who)
+    volume = Volume(
+        owner=who.user_id,
+        size_bytes=size_bytes,
+        status="creating",
+        host_id=server.id,
+        snapshot_id=source.id if source else None,
+        comment=comment,
+        progress=0.0,
+    )
+    session.add(volume)
+    session.flush()
+    job = _submit(
+        session,
+        registry,
+        "volume.create",
+        volume,
+        snapshot=source.id if source else None,
+        clone=clone,
+    )
+    return volume, job
+
+
+def _no_pending_snapshot(session: Session, volume: Volume, verb: str) -> None:
+    pending = session.scalar(
+        select(Snapshot.id).where(Snapshot.volume_id == volume.id, Snapshot.status == "pending")
+    )
+    if pending:
+        raise InvalidState(
+            f"cannot {verb} volume {volume.id}: snapshot {pending} of it is pending",
+            volume=volume.id,
+            snapshot=pending,
+        )
+
+
+def delete_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
+    """Queue the deletion of an ``available`` (or failed) volume. Its snapshots stay."""
+    _no_pending_snapshot(session, volume, "delete")
+    move(session, volume, "deleting")
+    return _submit(session, registry, "volume.delete", volume)
+
+
+def extend_volume(session: Session, registry: JobRegistry, volume: Volume, size_bytes: int) -> Job:
+    """Queue growing an ``available`` volume to ``size_bytes`` (never shrinking)."""
+    if size_bytes <= volume.size_bytes:
+        raise InvalidRequest(
+            f"volume {volume.id} is {volume.size_bytes} bytes: extend it to a bigger size "
+            f"(asked {size_bytes})"
+        )
+    _no_pending_snapshot(session, volume, "extend")
+    move(session, volume, "extending")
+    return _submit(session, registry, "volume.extend", volume, size_bytes=size_bytes)
+
+
+def attach_volume(
+    svc: Services, who: Principal, volume_id: str, instance_ref: str, device: str | None
+) -> tuple[dict[str, Any], Job]:
+    """Queue attaching an ``available`` volume to an instance of the caller's as ``device``
+    (default: the instance's first free ``vd[b-z]``, asked of its host, which must then be
+    reachable). A volume attached
+    (or attaching) anywhere is refused naming that instance, also when two requests race:
+    the attachments table's unique constraints decide."""
+    if device is not None and not DEVICE.match(device):
+        raise InvalidRequest(f"device {device!r} must be vdb ... vdz")
+    with svc.db.read() as s:
+        instance = get_instance(s, instance_ref, who, "operate")
+        refuse(s, get_volume(s, volume_id, who, "operate"), "attaching")
+        host = s.get(Host, instance.host_id) if instance.host_id else None
+        if host is None:
+            raise InvalidState(f"instance {instance.name!r} has no host")
+    # The default device skips the guest's own disks (a layered instance has several), which
+    # only its host knows. A device given is taken at its word: if the guest has it, the
+    # job's attach step fails and everything is undone.
+    used: set[str] = set()
+    if device is None:
+        used = {d.target for d in svc.agents.for_host(host).guest_disks(instance.domain_name)}
+    with svc.db.write() as s:
+        volume = get_volume(s, volume_id, who, "operate", lock=True)
+        instance = get_instance(s, instance.id, who, "operate")
+        if instance.status not in ATTACHABLE:
+            raise InvalidState(
+                f"cannot attach a volume to instance {instance.name!r}: it is {instance.status}",
+                instance=instance.id,
+                status=instance.status,
+            )
+        if volume.host_id is None:
+            raise InvalidState(f"volume {volume.id} has no volume server")
+        taken = set(
+            s.scalars(select(Attachment.device).where(Attachment.instance_id == instance.id))
+        )
+        if device is None:
+            free = [d for d in DEVICES if d not in used and d not in taken]
+            if not free:
+                raise Conflict(f"instance {instance.name!r} has no free device left")
+            device = free[0]
+        move(s, volume, "attaching")
+        # Plain values: a failed flush expires the session's objects.
+        names = (volume.id, instance.id, instance.name, device)
+        s.add(Attachment(volume_id=volume.id, instance_id=instance.id, device=device))
+        try:
+            s.flush()
+        except IntegrityError:
+            raise _attach_conflict(svc, *names) from None
+        job = _submit(s, svc.jobs, "volume.attach", volume, instance_id=instance.id, device=device)
+        return describe_volume(s, volume), job
+
+
+def _attach_conflict(
+    svc: Services, volume_id: str, instance_id: str, instance_name: str, device: str
+) -> Conflict:
+    """What lost a race to the attachments' unique constraints, as committed."""
+    with svc.db.read() as s:
+        held = attachment_of(s, volume_id)
+        if held is not None:
+            other = s.get(Instance, held.instance_id)
+            name = other.name if other else held.instance_id
+            return Conflict(
+                f"volume {volume_id} is already attached to instance {name!r} "
+                f"({held.instance_id}): a volume is attached to one instance at a time",
+                volume=volume_id,
+                instance=held.instance_id,
+            )
+    return Conflict(
+        f"device {device} of instance {instance_name!r} is taken by another volume",
+        instance=instance_id,
+        device=device,
+    )
+
+
+def detach_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
+    """Queue detaching an ``in-use`` volume from its instance."""
+    move(session, volume, "detaching")
+    attachment = attachment_of(session, volume.id)
+    if attachment is None:  # pragma: no cover - in-use always has one (attach job's record)
+        raise InvalidState(f"volume {volume.id} is in-use but has no attachment")
+    attachment.status = "detaching"
+    return _submit(
+        session,
+        registry,
+        "volume.detach",
+        volume,
+        instance_id=attachment.instance_id,
+        device=attachment.device,
+    )
+
+
+# -- snapshots ----------------------------------------------------------------------------
+
+
+def create_snapshot(
+    session: Session, registry: JobRegistry, who: Principal, volume: Volume, comment: str = ""
+) -> tuple[Snapshot, Job]:
+    """Record a ``pending`` snapshot of an ``available`` or ``in-use`` volume (crash-consistent
+    while attached, as EBS's) and queue the ``snapshot.create`` job."""
+    if volume.status not in ("available", "in-use"):
+        raise InvalidState(
+            f"cannot snapshot volume {volume.id}: it is {volume.status}",
+            volume=volume.id,
+            status=volume.status,
+        )
+    _no_pending_snapshot(session, volume, "snapshot")
+    snapshot = Snapshot(
+        volume_id=volume.id,
+        owner=volume.owner,
+        size_bytes=volume.size_bytes,
+        status="pending",
+        host_id=volume.host_id,
+        comment=comment,
+        progress=0.0,
+    )
+    session.add(snapshot)
+    session.flush()
+    return snapshot, _submit(session, registry, "snapshot.create", snapshot)
+
+
+def delete_snapshot(session: Session, registry: JobRegistry, snapshot: Snapshot) -> Job:
+    """Queue deleting a snapshot, refused while a volume is a copy-on-write clone of it."""
+    clones = list(
+        session.scalars(select(Volume.id).where(Volume.cloned_from == snapshot.id).limit(5))
+    )
+    if clones:
+        raise InvalidState(
+            f"cannot delete snapshot {snapshot.id}: volume(s) {', '.join(clones)} are "
+            "copy-on-write clones of it",
+            snapshot=snapshot.id,
+            volumes=clones,
+        )
+    move_snapshot(snapshot, "deleting")
+    return _submit(session, registry, "snapshot.delete", snapshot)

@@ -1,0 +1,629 @@
+"""The volume service's states and its jobs' rollback, against a fake agent.
+
+The agents are fakes here (unit tests only): they keep volumes, snapshots, exports and guest
+disks in dictionaries and fail the procedure a test names. A failure injected at each step of
+attach and detach must leave every earlier step undone and the volume in the state it had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from lamina.agent.wire import (
+    DiskAttach,
+    ExportInfo,
+    SnapshotCreate,
+    SnapshotInfo,
+    VolumeCreate,
+    VolumeExport,
+    VolumeExtend,
+    VolumeInfo,
+)
+from lamina.compute.models import Host, Instance
+from lamina.config import load_settings
+from lamina.errors import CommandFailed, Conflict, InvalidRequest, InvalidState, LaminaError
+from lamina.identity.principal import Principal
+from lamina.jobs.models import Job
+from lamina.jobs.runner import JobRunner
+from lamina.services import Services
+from lamina.volumes import service
+from lamina.volumes.jobs import initiator_address
+from lamina.volumes.models import Attachment, Snapshot, Volume
+
+ALICE = Principal("u-alice", "alice", "member")
+BOB = Principal("u-bob", "bob", "member")
+ADMIN = Principal("u-admin", "admin", "admin")
+GiB = 1024**3
+
+
+class FakeAgent:
+    """One host's agent: what the design's AgentClient procedures would leave behind."""
+
+    def __init__(self, name: str, world: World) -> None:
+        self.name = name
+        self.world = world
+        self.volumes: dict[str, VolumeInfo] = {}
+        self.snapshots: dict[str, SnapshotInfo] = {}
+        self.exports: dict[str, ExportInfo] = {}
+        self.disks: dict[tuple[str, str], DiskAttach] = {}
+        self.guest_own_disks: dict[str, list[str]] = {}
+
+    def _call(self, what: str) -> None:
+        self.world.calls.append(f"{self.name}:{what}")
+        if what in self.world.fail:
+            raise CommandFailed([what], 1, f"{what} broke (injected)")
+
+    def downloads(self) -> Any:
+        return SimpleNamespace(transfers=[])
+
+    def volume_create(self, req: VolumeCreate) -> VolumeInfo:
+        self._call("volume_create")
+        cloned = req.snapshot if req.snapshot and req.clone else None
+        info = VolumeInfo(
+            volume=req.volume,
+            size_bytes=req.size_bytes,
+            allocated_bytes=0,
+            backend="qcow2",
+            export_format="qcow2",
+            cloned_from=cloned,
+        )
+        self.volumes[req.volume] = info
+        return info
+
+    def volume_delete(self, volume: str) -> None:
+        self._call("volume_delete")
+        if volume in self.exports:
+            raise InvalidState(f"volume {volume} is exported")
+        self.volumes.pop(volume, None)
+
+    def volume_extend(self, volume: str, req: VolumeExtend) -> VolumeInfo:
+        self._call("volume_extend")
+        info = self.volumes[volume].model_copy(update={"size_bytes": req.size_bytes})
+        self.volumes[volume] = info
+        return info
+
+    def snapshot_create(self, volume: str, req: SnapshotCreate) -> SnapshotInfo:
+        self._call("snapshot_create")
+        size = self.volumes[volume].size_bytes
+        info = SnapshotInfo(
+            snapshot=req.snapshot, volume=volume, size_bytes=size, allocated_bytes=0
+        )
+        self.snapshots[req.snapshot] = info
+        return info
+
+    def snapshot_delete(self, snapshot: str) -> None:
+        self._call("snapshot_delete")
+        self.snapshots.pop(snapshot, None)
+
+    def volume_export(self, volume: str, req: VolumeExport) -> ExportInfo:
+        self._call("volume_export")
+        info = self.exports.get(volume) or ExportInfo(
+            volume=volume,
+            iqn=f"iqn.2026-11.lamina:{volume}",
+            lun=1,
+            tid=len(self.exports) + 1,
+            portal="10.0.0.1:3260",
+            initiator_address=req.initiator_address,
+            export_format=self.volumes[volume].export_format,
+        )
+        self.exports[volume] = info
+        return info
+
+    def volume_unexport(self, volume: str) -> None:
+        self._call("volume_unexport")
+        self.exports.pop(volume, None)
+
+    def export_list(self) -> list[ExportInfo]:
+        return list(self.exports.values())
+
+    def guest_attach_disk(self, name: str, target: str, req: DiskAttach) -> None:
+        self._call("guest_attach_disk")
+        self.disks[(name, target)] = req
+
+    def guest_detach_disk(self, name: str, target: str) -> None:
+        self._call("guest_detach_disk")
+        self.disks.pop((name, target), None)
+
+    def guest_disks(self, name: str) -> list[Any]:
+        self._call("guest_disks")
+        own = self.guest_own_disks.get(name, ["vda"])
+        attached = [t for (guest, t) in self.disks if guest == name]
+        return [SimpleNamespace(target=t, source=None) for t in own + attached]
+
+
+class World:
+    """The fake agents of every host, as an ``AgentPool``."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: set[str] = set()
+        self.agents: dict[str, FakeAgent] = {}
+
+    def for_host(self, host: Host) -> FakeAgent:
+        return self.agents.setdefault(host.name, FakeAgent(host.name, self))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    for key in list(__import__("os").environ):
+        if key.startswith("LAMINA_"):
+            monkeypatch.delenv(key)
+    empty = tmp_path / "lamina.toml"
+    empty.write_text("")
+    services = Services.build(load_settings(empty, data_dir=tmp_path / "var"))
+    services.agents = World()  # type: ignore[assignment]
+    with services.db.write() as s:
+        s.add(Host(id="h-store", name="store", address="10.0.0.1:7000", status="up"))
+        s.add(Host(id="h-vmm", name="vmm", address="10.0.0.2:7000", status="up"))
+        s.flush()
+        s.add(
+            Instance(
+                id="i-web",
+                name="web",
+                owner=ALICE.user_id,
+                host_id="h-vmm",
+                status="running",
+                vcpus=1,
+                memory_mib=64,
+            )
+        )
+        s.add(
+            Instance(
+                id="i-db",
+                name="db",
+                owner=ALICE.user_id,
+                host_id="h-vmm",
+                status="running",
+                vcpus=1,
+                memory_mib=64,
+            )
+        )
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+def world(svc: Services) -> World:
+    agents: Any = svc.agents
+    assert isinstance(agents, World)
+    return agents
+
+
+def store(svc: Services) -> FakeAgent:
+    return world(svc).agents.setdefault("store", FakeAgent("store", world(svc)))
+
+
+def vmm(svc: Services) -> FakeAgent:
+    return world(svc).agents.setdefault("vmm", FakeAgent("vmm", world(svc)))
+
+
+def run_jobs(svc: Services) -> list[Job]:
+    """Run every queued job to its end, in this thread's order."""
+    runner = JobRunner(svc.db, svc.jobs, svc, workers=1, lease_seconds=30, runner_id="unit:1:x")
+    done = []
+    while (job_id := runner.claim()) is not None:
+        runner.run(job_id)
+        with svc.db.read() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            done.append(job)
+    return done
+
+
+def volume(svc: Services, volume_id: str) -> Volume:
+    with svc.db.read() as s:
+        found = s.get(Volume, volume_id)
+        assert found is not None
+        return found
+
+
+def attachment(svc: Services, volume_id: str) -> Attachment | None:
+    with svc.db.read() as s:
+        return service.attachment_of(s, volume_id)
+
+
+def new_volume(svc: Services, size: int = GiB, **kwargs: Any) -> str:
+    with svc.db.write() as s:
+        created, _ = service.create_volume(s, svc.jobs, ALICE, size_bytes=size, **kwargs)
+        volume_id = created.id
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    return volume_id
+
+
+def attached_volume(svc: Services) -> str:
+    volume_id = new_volume(svc)
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    return volume_id
+
+
+# -- states -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("current", sorted(service.TRANSITIONS))
+@pytest.mark.parametrize("target", sorted(service.TRANSITIONS))
+def test_only_the_documented_transitions_are_allowed(current: str, target: str) -> None:
+    vol = Volume(id="vol-0123456789abcdef", status=current, size_bytes=1)
+    session: Any = SimpleNamespace(scalar=lambda *_: None)
+    if target in service.TRANSITIONS[current]:
+        service.move(session, vol, target)
+        assert vol.status == target
+    else:
+        with pytest.raises(InvalidState) as caught:
+            service.move(session, vol, target)
+        assert f"it is {current}" in caught.value.message
+        assert caught.value.status == 409 and caught.value.code == "invalid_state"
+        assert vol.status == current
+
+
+def test_ids_have_the_documented_shape(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    assert volume_id.startswith("vol-") and len(volume_id) == 4 + 16
+    with svc.db.write() as s:
+        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id), "x")
+        assert snap.id.startswith("snap-") and len(snap.id) == 5 + 16
+
+
+# -- create, extend, delete ---------------------------------------------------------------
+
+
+def test_a_volume_is_created_on_the_first_host_up(svc: Services) -> None:
+    with svc.db.write() as s:
+        created, job = service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB, comment="c")
+        assert created.status == "creating" and job.kind == "volume.create"
+        volume_id = created.id
+    run_jobs(svc)
+    vol = volume(svc, volume_id)
+    assert (vol.status, vol.host_id, vol.backend, vol.export_format, vol.comment) == (
+        "available",
+        "h-store",
+        "qcow2",
+        "qcow2",
+        "c",
+    )
+    assert volume_id in store(svc).volumes
+
+
+def test_only_admins_choose_the_volume_server(svc: Services) -> None:
+    with svc.db.write() as s, pytest.raises(LaminaError, match="administrators"):
+        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB, host="vmm")
+    with svc.db.write() as s:
+        created, _ = service.create_volume(s, svc.jobs, ADMIN, size_bytes=GiB, host="vmm")
+        assert created.host_id == "h-vmm"
+
+
+def test_a_failed_create_removes_what_it_made_and_marks_the_volume(svc: Services) -> None:
+    world(svc).fail.add("volume_create")
+    with svc.db.write() as s:
+        created, _ = service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB)
+        volume_id = created.id
+    [job] = run_jobs(svc)
+    assert job.status == "rolled_back"
+    vol = volume(svc, volume_id)
+    assert vol.status == "error" and "volume_create broke" in (vol.error or "")
+    assert store(svc).volumes == {}
+
+
+def test_extend_only_grows_an_available_volume(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    with svc.db.write() as s, pytest.raises(InvalidRequest, match="bigger"):
+        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), GiB // 2)
+    with svc.db.write() as s:
+        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), 2 * GiB)
+        assert s.get(Volume, volume_id).status == "extending"  # type: ignore[union-attr]
+    run_jobs(svc)
+    assert (volume(svc, volume_id).status, volume(svc, volume_id).size_bytes) == (
+        "available",
+        2 * GiB,
+    )
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    run_jobs(svc)
+    with svc.db.write() as s, pytest.raises(InvalidState, match="it is in-use"):
+        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), 3 * GiB)
+
+
+def test_an_in_use_volume_is_not_deleted_and_one_with_snapshots_is(svc: Services) -> None:
+    volume_id = attached_volume(svc)
+    with svc.db.write() as s, pytest.raises(InvalidState) as caught:
+        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    assert "it is in-use (attached to instance 'web'" in caught.value.message
+    with svc.db.write() as s:
+        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id), "keep")
+        snap_id = snap.id
+    run_jobs(svc)
+    service_detach(svc, volume_id)
+    with svc.db.write() as s:
+        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded"
+    with svc.db.read() as s:
+        assert s.get(Volume, volume_id) is None
+        kept = s.get(Snapshot, snap_id)
+        assert kept is not None and kept.status == "completed" and kept.volume_id == volume_id
+    assert volume_id not in store(svc).volumes and snap_id in store(svc).snapshots
+
+
+def service_detach(svc: Services, volume_id: str) -> Job:
+    with svc.db.write() as s:
+        service.detach_volume(s, svc.jobs, s.get(Volume, volume_id))
+    [job] = run_jobs(svc)
+    return job
+
+
+# -- snapshots ----------------------------------------------------------------------------
+
+
+def test_a_clone_keeps_its_snapshot_and_a_copy_does_not(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    with svc.db.write() as s:
+        snap, job = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id))
+        assert snap.status == "pending"
+        snap_id = snap.id
+    run_jobs(svc)
+    with svc.db.write() as s, pytest.raises(InvalidRequest, match="smaller"):
+        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB // 2, snapshot=snap_id)
+    clone = new_volume(svc, size=0, snapshot=snap_id)
+    copy = new_volume(svc, size=0, snapshot=snap_id, clone=False)
+    assert volume(svc, clone).cloned_from == snap_id and volume(svc, clone).size_bytes == GiB
+    assert volume(svc, copy).cloned_from is None and volume(svc, copy).snapshot_id == snap_id
+    with svc.db.write() as s, pytest.raises(InvalidState, match=clone):
+        service.delete_snapshot(s, svc.jobs, s.get(Snapshot, snap_id))
+
+
+def test_a_failed_snapshot_is_marked_and_leaves_nothing(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    world(svc).fail.add("snapshot_create")
+    with svc.db.write() as s:
+        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id))
+        snap_id = snap.id
+    [job] = run_jobs(svc)
+    assert job.status == "rolled_back"
+    with svc.db.read() as s:
+        assert s.get(Snapshot, snap_id).status == "error"  # type: ignore[union-attr]
+    assert store(svc).snapshots == {}
+    with svc.db.write() as s, pytest.raises(InvalidState, match="it is error"):
+        service.create_volume(s, svc.jobs, ALICE, snapshot=snap_id)
+
+
+# -- attach and detach --------------------------------------------------------------------
+
+
+def test_attach_exports_to_the_instance_host_and_passes_the_serial(svc: Services) -> None:
+    volume_id = attached_volume(svc)
+    vol = volume(svc, volume_id)
+    assert vol.status == "in-use"
+    export = store(svc).exports[volume_id]
+    assert export.initiator_address == "10.0.0.2"
+    disk = vmm(svc).disks[("lamina-i-web", "vdb")]
+    assert (disk.iqn, disk.portal, disk.serial, disk.format) == (
+        export.iqn,
+        export.portal,
+        volume_id,
+        "qcow2",
+    )
+    held = attachment(svc, volume_id)
+    assert held is not None and (held.status, held.device, held.iqn) == (
+        "attached",
+        "vdb",
+        export.iqn,
+    )
+    with svc.db.read() as s:
+        assert [v.id for v in service.list_volumes(s, ALICE, instance="web")] == [volume_id]
+        assert service.list_volumes(s, ALICE, instance="db") == []
+        assert service.list_volumes(s, BOB) == []
+
+
+def test_the_default_device_skips_the_guest_own_disks(svc: Services) -> None:
+    vmm(svc).guest_own_disks["lamina-i-web"] = ["vda", "vdb", "vdc"]
+    volume_id = new_volume(svc)
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    assert attachment(svc, volume_id).device == "vdd"  # type: ignore[union-attr]
+    run_jobs(svc)
+    other = new_volume(svc)
+    vmm(svc).guest_own_disks["lamina-i-web"] = []  # a device given is not checked with the host
+    world(svc).fail.add("guest_disks")
+    service.attach_volume(svc, ALICE, other, "web", "vdb")
+    assert attachment(svc, other).device == "vdb"  # type: ignore[union-attr]
+
+
+def test_a_second_attach_is_refused_naming_the_instance(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    with pytest.raises(InvalidState, match="attaching to instance 'web'"):
+        service.attach_volume(svc, ALICE, volume_id, "db", None)
+    run_jobs(svc)
+    with pytest.raises(InvalidState, match="attached to instance 'web'"):
+        service.attach_volume(svc, ALICE, volume_id, "db", None)
+
+
+def test_the_constraints_refuse_a_double_attachment_on_their_own(svc: Services) -> None:
+    """Even a writer that skipped the state check (a race) cannot attach a volume twice or
+    give one device two volumes."""
+    first, second = new_volume(svc), new_volume(svc)
+    with svc.db.write() as s:
+        s.add(Attachment(volume_id=first, instance_id="i-web", device="vdb"))
+    with pytest.raises(IntegrityError), svc.db.write() as s:
+        s.add(Attachment(volume_id=first, instance_id="i-db", device="vdc"))
+    with pytest.raises(IntegrityError), svc.db.write() as s:
+        s.add(Attachment(volume_id=second, instance_id="i-web", device="vdb"))
+    conflict = service._attach_conflict(svc, first, "i-db", "db", "vdc")
+    assert "already attached to instance 'web'" in conflict.message
+    # Through the service: a device taken by another volume loses to the constraint.
+    with svc.db.write() as s:
+        s.get(Attachment, 1).status = "attached"  # type: ignore[union-attr]
+        s.get(Volume, first).status = "in-use"  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="device vdb of instance 'web' is taken"):
+        service.attach_volume(svc, ALICE, second, "web", "vdb")
+    assert volume(svc, second).status == "available"
+
+
+def test_attach_needs_operate_access_to_both(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    with pytest.raises(LaminaError, match="does not exist"):
+        service.attach_volume(svc, BOB, volume_id, "web", None)
+
+
+def _broken(svc: Services, kind: str, step: str) -> None:
+    """Make the named step of a job kind fail (for DB-only steps no agent call can fail)."""
+
+    def boom(_: Any) -> None:
+        raise RuntimeError(f"{step} broke (injected)")
+
+    registered = svc.jobs.get(kind)
+    steps = tuple(
+        dataclasses.replace(st, do=boom) if st.name == step else st for st in registered.steps
+    )
+    svc.jobs._kinds[kind] = dataclasses.replace(registered, steps=steps)
+
+
+ATTACH_FAILURES = {"export": "volume_export", "attach": "guest_attach_disk", "record": None}
+
+
+@pytest.mark.parametrize("step", list(ATTACH_FAILURES))
+def test_an_attach_failing_at_any_step_undoes_every_earlier_one(svc: Services, step: str) -> None:
+    volume_id = new_volume(svc)
+    procedure = ATTACH_FAILURES[step]
+    if procedure:
+        world(svc).fail.add(procedure)
+    else:
+        _broken(svc, "volume.attach", step)
+    world(svc).calls.clear()
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "rolled_back", job.error
+    assert f"step {step!r} failed" in (job.error or "")
+    vol = volume(svc, volume_id)
+    assert vol.status == "available" and step in (vol.error or "")
+    assert attachment(svc, volume_id) is None
+    assert store(svc).exports == {} and vmm(svc).disks == {}
+    order = list(ATTACH_FAILURES)
+    undone = [st.name for st in job.steps if st.status == "undone"]
+    assert undone == [n for n in ("export", "attach") if order.index(n) <= order.index(step)]
+    # The volume can be attached again at once.
+    world(svc).fail.clear()
+    svc.jobs._kinds.clear()
+    from lamina.volumes.jobs import register_volume_jobs
+
+    register_volume_jobs(svc.jobs)
+    service.attach_volume(svc, ALICE, volume_id, "db", None)
+    [again] = run_jobs(svc)
+    assert again.status == "succeeded" and volume(svc, volume_id).status == "in-use"
+
+
+DETACH_FAILURES = {"detach": "guest_detach_disk", "unexport": "volume_unexport", "record": None}
+
+
+@pytest.mark.parametrize("step", list(DETACH_FAILURES))
+def test_a_detach_failing_at_any_step_leaves_the_volume_attached(svc: Services, step: str) -> None:
+    volume_id = attached_volume(svc)
+    before_export = store(svc).exports[volume_id]
+    before_disk = vmm(svc).disks[("lamina-i-web", "vdb")]
+    procedure = DETACH_FAILURES[step]
+    if procedure:
+        world(svc).fail.add(procedure)
+    else:
+        _broken(svc, "volume.detach", step)
+    job = service_detach(svc, volume_id)
+    assert job.status == "rolled_back", job.error
+    vol = volume(svc, volume_id)
+    assert vol.status == "in-use" and step in (vol.error or "")
+    held = attachment(svc, volume_id)
+    assert held is not None and held.status == "attached"
+    assert store(svc).exports[volume_id].iqn == before_export.iqn
+    assert vmm(svc).disks[("lamina-i-web", "vdb")].iqn == before_disk.iqn
+    assert vmm(svc).disks[("lamina-i-web", "vdb")].serial == volume_id
+
+
+def test_detach_unexports_and_frees_the_volume(svc: Services) -> None:
+    volume_id = attached_volume(svc)
+    job = service_detach(svc, volume_id)
+    assert job.status == "succeeded"
+    assert volume(svc, volume_id).status == "available"
+    assert attachment(svc, volume_id) is None
+    assert store(svc).exports == {} and vmm(svc).disks == {}
+
+
+def test_detach_of_a_guest_that_is_gone_still_frees_the_volume(svc: Services) -> None:
+    from lamina.errors import GuestNotFound
+
+    volume_id = attached_volume(svc)
+
+    def gone(name: str, target: str) -> None:
+        raise GuestNotFound(name)
+
+    vmm(svc).guest_detach_disk = gone  # type: ignore[method-assign]
+    assert service_detach(svc, volume_id).status == "succeeded"
+    assert volume(svc, volume_id).status == "available"
+
+
+def test_every_step_can_run_twice(svc: Services) -> None:
+    """What a manager restarted mid-step does: run the step again. The end state is the
+    same as after one run."""
+    volume_id = new_volume(svc)
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    kind = svc.jobs.get("volume.attach")
+    twice = tuple(
+        dataclasses.replace(st, do=lambda ctx, do=st.do: (do(ctx), do(ctx))[0]) for st in kind.steps
+    )
+    svc.jobs._kinds["volume.attach"] = dataclasses.replace(kind, steps=twice)
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    assert len(store(svc).exports) == 1 and len(vmm(svc).disks) == 1
+
+
+def test_the_initiator_address_is_the_host_part_of_the_agent_address() -> None:
+    assert initiator_address(Host(address="192.0.2.7:7000")) == "192.0.2.7"
+    assert initiator_address(Host(address="[2001:db8::1]:7000")) == "2001:db8::1"
+    assert initiator_address(Host(address="localhost:7000")) in ("127.0.0.1", "::1")
+
+
+def test_an_attach_whose_detach_cannot_be_undone_is_safe_once_unexported(svc: Services) -> None:
+    """The instance's host cannot be told to detach: the export's withdrawal alone keeps the
+    guest from the volume, so it is available again; the job says the rollback is
+    incomplete."""
+    volume_id = new_volume(svc)
+    world(svc).fail.update({"guest_attach_disk", "guest_detach_disk"})
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed" and "rollback incomplete" in (job.error or "")
+    assert [st.status for st in job.steps] == ["undone", "undo_failed", "pending"]
+    assert volume(svc, volume_id).status == "available" and attachment(svc, volume_id) is None
+    assert store(svc).exports == {}
+
+
+def test_an_attach_whose_export_cannot_be_withdrawn_is_an_error(svc: Services) -> None:
+    volume_id = new_volume(svc)
+    world(svc).fail.update({"guest_attach_disk", "guest_detach_disk", "volume_unexport"})
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed"
+    vol = volume(svc, volume_id)
+    assert vol.status == "error" and "may still be exported" in (vol.error or "")
+    # Deleting it withdraws the export first.
+    world(svc).fail.clear()
+    with svc.db.write() as s:
+        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    [gone] = run_jobs(svc)
+    assert gone.status == "succeeded" and store(svc).exports == {} and store(svc).volumes == {}
+
+
+def test_a_detach_that_cannot_be_undone_marks_the_volume_error(svc: Services) -> None:
+    volume_id = attached_volume(svc)
+    world(svc).fail.update({"volume_unexport", "guest_attach_disk"})
+    job = service_detach(svc, volume_id)
+    assert job.status == "failed"
+    vol = volume(svc, volume_id)
+    assert vol.status == "error" and "could not undo detach" in (vol.error or "")
