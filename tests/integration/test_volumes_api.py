@@ -159,6 +159,23 @@ def test_volume_lifecycle(
     assert {v.volume for v in server.volume_list()} == set()
 
 
+def test_deleting_an_instance_releases_its_volumes(
+    client: Client, kernel: str, agents: Callable[[str], AgentClient]
+) -> None:
+    doomed = instance(client, "doomed", kernel)
+    vol = new_volume(client, size_bytes=16 * MiB)
+    finished(client, client.attach_volume(vol["id"], "doomed"))
+    server = agents("h1")
+    assert [e.volume for e in server.export_list()] == [vol["id"]]
+    job = client.wait_job(client.delete_instance(doomed["id"])["id"], timeout=60)
+    assert job["status"] == "succeeded"
+    assert [s["name"] for s in job["steps"]] == ["remove_guest", "release_volumes", "release"]
+    released = client.volume(vol["id"])
+    assert released["status"] == "available" and released["attachment"] is None
+    assert server.export_list() == []
+    finished(client, client.delete_volume(vol["id"]))
+
+
 def test_the_cli_drives_volumes(cloud: Cloud, kernel: str) -> None:
     client = cloud.client()
     instance(client, "web", kernel)

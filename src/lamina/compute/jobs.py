@@ -14,6 +14,7 @@ from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+from lamina.volumes.jobs import release_instance_volumes
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.5
@@ -246,6 +247,12 @@ def remove_guest(ctx: StepContext) -> None:
         log.warning("instance %s deleted while host %s is unreachable", instance.name, host.name)
 
 
+def release_volumes(ctx: StepContext) -> None:
+    """The guest is gone, and with it its volumes' disks: withdraw their exports and make
+    them available again."""
+    release_instance_volumes(ctx.services, ctx.params["instance_id"])
+
+
 def mark_deleted(ctx: StepContext) -> None:
     _set(ctx, status="deleted")
 
@@ -279,7 +286,11 @@ def register_compute_jobs(registry: JobRegistry) -> None:
     registry.register(
         JobKind(
             "instance.delete",
-            (Step("remove_guest", remove_guest, timeout=120), Step("release", mark_deleted)),
+            (
+                Step("remove_guest", remove_guest, timeout=120),
+                Step("release_volumes", release_volumes, timeout=300),
+                Step("release", mark_deleted),
+            ),
             deadline=300,
             on_failure=mark_error,
         )

@@ -413,6 +413,35 @@ def record_detached(ctx: StepContext) -> None:
             volume.error = None
 
 
+def release_instance_volumes(svc: Services, instance_id: str) -> list[str]:
+    """After an instance's guest is gone: withdraw the exports of the volumes attached to it
+    and make them ``available`` again (EBS detaches volumes when an instance terminates).
+    Idempotent. Answers the volumes released."""
+    with svc.db.read() as s:
+        rows = list(
+            s.execute(
+                select(Attachment.volume_id, Volume.host_id)
+                .join(Volume, Volume.id == Attachment.volume_id)
+                .where(Attachment.instance_id == instance_id)
+            )
+        )
+    released = []
+    for volume_id, server_id in rows:
+        with svc.db.read() as s:
+            server = s.get(Host, server_id)
+        if server is not None:
+            svc.agents.for_host(server).volume_unexport(volume_id)
+        with svc.db.write() as s:
+            s.execute(delete(Attachment).where(Attachment.volume_id == volume_id))
+            volume = s.get(Volume, volume_id)
+            if volume is not None and volume.status in ("in-use", "attaching", "detaching"):
+                volume.status = "available"
+                volume.error = None
+        released.append(volume_id)
+        log.info("volume %s released: its instance %s was deleted", volume_id, instance_id)
+    return released
+
+
 def detach_failed(ctx: StepContext, error: str) -> None:
     """Everything done was undone: the volume is still attached, in use. If an undo failed
     (the disk could not be put back, or the target exported again), it is ``error``."""
