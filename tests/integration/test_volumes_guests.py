@@ -76,7 +76,9 @@ def test_a_volume_moves_between_real_guests(
         # probe-a: a fresh volume appears and the guest writes its pattern on it.
         _done(client, client.attach_volume(vol, "probe-a"))
         assert client.volume(vol)["status"] == "in-use"
-        wrote = _wait_line(client, "probe-a", rf"diskprobe: (vd[a-z]) wrote LAMINA-PATTERN from probe-a")
+        wrote = _wait_line(
+            client, "probe-a", r"diskprobe: (vd[a-z]) wrote LAMINA-PATTERN from probe-a"
+        )
         refused = cloud.http.put(f"/volumes/{vol}/attachment", json={"instance": "probe-b"})
         assert refused.status_code == 409 and "probe-a" in refused.json()["message"]
         _done(client, client.detach_volume(vol))
