@@ -13,6 +13,14 @@ Run from the repository root (needs what ``make test`` installs: tgt, QEMU, libv
    tgt; ``qemu-img bench`` writes then reads it sequentially (1 MiB requests, queue depth 4,
    ``cache=none``) through ``iscsi://127.0.0.1/<iqn>/1`` (QEMU's own initiator, as guests use
    it), against the same command on the volume's file directly.
+
+   The comparison is like for like: ``cache=none`` opens the file with O_DIRECT, and the
+   export opens the LUN with O_DIRECT too (``--bsoflags direct`` in the backends' ``export``
+   pattern), so neither side is served from the host's page cache. With tgt's buffered
+   ``rdwr`` (before) a read over iSCSI could come from the page cache and beat the disk, and a
+   write only reached the page cache: not a measure of the transport. What remains between
+   the two columns is the iSCSI path itself (TCP over loopback, tgtd's copies). Each figure is
+   wall time of a whole ``qemu-img bench`` process (login and the final flush included).
 2. Create from snapshot: a volume of ``--size`` filled with data, snapshotted, then a volume
    made from the snapshot by copy-on-write clone and by copy (the volume server's
    ``create``), against ``cp`` of the snapshot file plus ``sync``.

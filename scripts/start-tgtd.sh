@@ -27,8 +27,13 @@ flock -w 30 9 || die "timed out waiting for /run/lamina-start-tgtd.lock"
 
 answers && exit 0
 log "starting tgtd"
+# tgtd allocates each command's data buffer (valloc) and frees it when the command ends; with
+# glibc's default threshold a 1 MiB buffer is a fresh mmap, page-faulted and zeroed, then
+# munmapped, for every request (a third of tgtd's CPU on large writes). A fixed 32 MiB
+# threshold keeps those buffers in the heap for reuse (docs/benchmarks.md, section 6).
+TUNABLES="glibc.malloc.mmap_threshold=33554432"
 # tgtd daemonises itself (two processes).
-tgtd >>"$LOG" 2>&1 9>&-
+GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}$TUNABLES" tgtd >>"$LOG" 2>&1 9>&-
 deadline=$((SECONDS + WAIT_SECONDS))
 until answers; do
     ((SECONDS < deadline)) || die "tgtd did not answer within ${WAIT_SECONDS}s; see $LOG"

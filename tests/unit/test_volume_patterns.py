@@ -29,6 +29,31 @@ TGT_NEW = [
     "tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "new",
     "--tid", "7", "--targetname", IQN,
 ]  # fmt: skip
+#: The session parameters every export sets before its bind (tgt's defaults are 8 KiB).
+TGT_UPDATE = [
+    [
+        "tgtadm",
+        "--lld",
+        "iscsi",
+        "--mode",
+        "target",
+        "--op",
+        "update",
+        "--tid",
+        "7",
+        "--name",
+        name,
+        "--value",
+        value,
+    ]  # fmt: skip
+    for name, value in (
+        ("MaxRecvDataSegmentLength", "262144"),
+        ("MaxXmitDataSegmentLength", "262144"),
+        ("FirstBurstLength", "262144"),
+        ("MaxBurstLength", "1048576"),
+        ("InitialR2T", "No"),
+    )
+]
 TGT_BIND = [
     "tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "bind",
     "--tid", "7", "--initiator-address", "192.0.2.10",
@@ -39,10 +64,10 @@ TGT_DELETE = [
 TGT_SHOW = [["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"]]
 
 
-def lun_new(path: str, bstype: str) -> list[str]:
+def lun_new(path: str, bstype: str, *flags: str) -> list[str]:
     return [
         "tgtadm", "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "7",
-        "--lun", "1", "--backing-store", path, "--bstype", bstype,
+        "--lun", "1", "--backing-store", path, "--bstype", bstype, *flags,
     ]  # fmt: skip
 
 
@@ -113,7 +138,7 @@ def test_qcow2_commands() -> None:
         ],
         "pad": [["truncate", "--no-create", "--size=>1074135040", path]],
         "info": [["qemu-img", "info", "-U", "--output=json", path]],
-        "export": [TGT_NEW, lun_new(path, "rdwr"), TGT_BIND],
+        "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
     }
@@ -130,7 +155,7 @@ def test_raw_commands() -> None:
         "create_from_snapshot": [["cp", "--sparse=always", snap, path]],
         "extend": [["truncate", "--no-create", "--size=>1073741824", path]],
         "info": [["qemu-img", "info", "-U", "-f", "raw", "--output=json", path]],
-        "export": [TGT_NEW, lun_new(path, "rdwr"), TGT_BIND],
+        "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
     }
@@ -218,7 +243,7 @@ def test_lvm_commands() -> None:
             ]  # fmt: skip
         ],
         "list": [["lvs", "--noheadings", "--options", "lv_name", "vg0"]],
-        "export": [TGT_NEW, lun_new(path, "rdwr"), TGT_BIND],
+        "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
     }
@@ -253,7 +278,7 @@ def test_rbd_commands() -> None:
         "extend": [["rbd", "resize", "--no-progress", "--size", "1073741824B", f"volumes/{VOL}"]],
         "info": [["rbd", "info", "--format", "json", f"volumes/{VOL}"]],
         "list": [["rbd", "ls", "volumes"]],
-        "export": [TGT_NEW, lun_new(f"volumes/{VOL}", "rbd"), TGT_BIND],
+        "export": [TGT_NEW, *TGT_UPDATE, lun_new(f"volumes/{VOL}", "rbd"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
     }
