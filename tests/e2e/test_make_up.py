@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from harness import ROOT, free_port
+from harness import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +63,18 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         # The bundled channel, subscribed: its substrate and both applications.
         listed = {a["name"] for a in json.loads(lamina(env, "--json", "appliance", "list"))}
         assert listed >= {"lamina-base", "webserv", "dnsserv"}
+        # A volume, as the README's new user would: created, attached to the web appliance
+        # (whose substrate announces the hot-plugged disk), detached, deleted.
+        vol = json.loads(lamina(env, "--json", "volume", "create", "--size", "1G"))
+        vol_id = vol["volume"]["id"]
+        lamina(env, "volume", "attach", vol_id, "--instance", "web")
+        appeared = rf"disk vd[a-z] appeared: serial {vol_id}, {1024**3} bytes"
+        wait_until(lambda: re.search(appeared, lamina(env, "instance", "console", "web")), 30,
+                   "the volume inside the guest")  # fmt: skip
+        lamina(env, "volume", "detach", vol_id)
+        wait_until(lambda: "gone" in lamina(env, "instance", "console", "web"), 30, "unplug")
+        lamina(env, "volume", "delete", vol_id)
+        assert json.loads(lamina(env, "--json", "volume", "describe")) == []
         names = ("manager", "agent", "channel-server")
         pids = {name: (data / "run" / f"{name}.pid").read_text() for name in names}
 
