@@ -51,7 +51,7 @@ def test_instance_lifecycle(client: Client, kernel: str) -> None:
     assert host["instances"] == 1 and host["vcpus_used"] == 2 and host["memory_used_mib"] == 64
     job = client.wait_job(client.delete_instance("web")["id"], timeout=60)
     assert job["status"] == "succeeded"
-    assert [s["name"] for s in job["steps"]] == ["remove_guest", "release"]
+    assert [s["name"] for s in job["steps"]] == ["remove_guest", "release_volumes", "release"]
     with pytest.raises(Exception, match="does not exist"):
         client.instance("web")
     assert client.host("h1")["instances"] == 0

@@ -54,6 +54,7 @@ class FakeAgent:
         self.exports: dict[str, ExportInfo] = {}
         self.disks: dict[tuple[str, str], DiskAttach] = {}
         self.guest_own_disks: dict[str, list[str]] = {}
+        self.guest_names = {"lamina-i-web", "lamina-i-db"}
 
     def _call(self, what: str) -> None:
         self.world.calls.append(f"{self.name}:{what}")
@@ -134,8 +135,21 @@ class FakeAgent:
     def guest_disks(self, name: str) -> list[Any]:
         self._call("guest_disks")
         own = self.guest_own_disks.get(name, ["vda"])
-        attached = [t for (guest, t) in self.disks if guest == name]
-        return [SimpleNamespace(target=t, source=None) for t in own + attached]
+        attached = [
+            SimpleNamespace(target=t, source=f"iscsi://{d.portal}/{d.iqn}/{d.lun}")
+            for (guest, t), d in self.disks.items()
+            if guest == name
+        ]
+        return [SimpleNamespace(target=t, source=None) for t in own] + attached
+
+    def volume_list(self) -> list[VolumeInfo]:
+        return list(self.volumes.values())
+
+    def snapshot_list(self) -> list[SnapshotInfo]:
+        return list(self.snapshots.values())
+
+    def guests(self) -> list[Any]:
+        return [SimpleNamespace(name=n, state="running") for n in sorted(self.guest_names)]
 
 
 class World:
@@ -163,8 +177,16 @@ def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     services = Services.build(load_settings(empty, data_dir=tmp_path / "var"))
     services.agents = World()  # type: ignore[assignment]
     with services.db.write() as s:
-        s.add(Host(id="h-store", name="store", address="10.0.0.1:7000", status="up"))
-        s.add(Host(id="h-vmm", name="vmm", address="10.0.0.2:7000", status="up"))
+        for hid, name, address in (("h-store", "store", "10.0.0.1"), ("h-vmm", "vmm", "10.0.0.2")):
+            s.add(
+                Host(
+                    id=hid,
+                    name=name,
+                    address=f"{address}:7000",
+                    status="up",
+                    cert_fingerprint=f"fp-{name}",
+                )
+            )
         s.flush()
         s.add(
             Instance(
@@ -627,3 +649,43 @@ def test_a_detach_that_cannot_be_undone_marks_the_volume_error(svc: Services) ->
     assert job.status == "failed"
     vol = volume(svc, volume_id)
     assert vol.status == "error" and "could not undo detach" in (vol.error or "")
+
+
+def test_reconcile_reads_the_volume_of_a_guest_disk_source() -> None:
+    from lamina.volumes.reconcile import volume_of_source
+
+    source = "iscsi://127.0.0.1:3260/iqn.2026-11.lamina:vol-0123456789abcdef/1"
+    assert volume_of_source(source) == "vol-0123456789abcdef"
+    assert volume_of_source("iscsi://10.0.0.1:3260/iqn.2001-04.com.example:disk/1") is None
+    assert volume_of_source("/var/lib/lamina/agent/guests/x/root.qcow2") is None
+    assert volume_of_source(None) is None
+
+
+def test_reconcile_skips_a_volume_whose_job_is_in_progress(svc: Services) -> None:
+    from lamina.volumes.reconcile import find_volume_differences
+
+    with svc.db.write() as s:
+        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB)  # queued: no bytes yet
+    assert find_volume_differences(svc) == []
+
+
+def test_a_reconcile_fix_refuses_a_volume_that_changed_since(svc: Services) -> None:
+    from lamina.compute.reconcile import apply_fixes
+    from lamina.volumes.reconcile import find_volume_differences
+
+    volume_id = attached_volume(svc)
+    assert find_volume_differences(svc) == []
+    vmm(svc).disks.clear()  # the guest lost its disk
+    [diff] = find_volume_differences(svc)
+    assert (diff.kind, diff.resource) == ("stale_attachment", f"volume {volume_id}")
+    with svc.db.write() as s:
+        s.get(Volume, volume_id).comment = "touched"  # type: ignore[union-attr]
+    [outcome] = apply_fixes([diff])
+    assert "changed meanwhile" in outcome["outcome"]
+    assert volume_id in store(svc).exports
+
+    [outcome] = apply_fixes(find_volume_differences(svc))
+    assert outcome["outcome"] == "fixed"
+    assert store(svc).exports == {} and attachment(svc, volume_id) is None
+    assert volume(svc, volume_id).status == "available"
+    assert find_volume_differences(svc) == []

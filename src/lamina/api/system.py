@@ -10,10 +10,11 @@ from sqlalchemy import text
 from lamina import __version__
 from lamina.api.auth import principal, require_admin
 from lamina.api.deps import services
-from lamina.compute.reconcile import apply_fixes, find_differences
+from lamina.compute.reconcile import Difference, apply_fixes, find_differences
 from lamina.config import public_view
 from lamina.identity.principal import Principal
 from lamina.services import Services
+from lamina.volumes.reconcile import find_volume_differences
 
 health = APIRouter(tags=["system"])
 system = APIRouter(tags=["system"])
@@ -42,10 +43,16 @@ def config(svc: Services = Depends(services), who: Principal = Depends(principal
 @system.get("/reconcile")
 def reconcile(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
     require_admin(who)
-    return {"differences": [d.to_dict() for d in find_differences(svc)]}
+    return {"differences": [d.to_dict() for d in _differences(svc)]}
 
 
 @system.post("/reconcile")
 def reconcile_fix(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
     require_admin(who)
-    return {"differences": apply_fixes(find_differences(svc))}
+    return {"differences": apply_fixes(_differences(svc))}
+
+
+def _differences(svc: Services) -> list[Difference]:
+    """Instances against their guests, then volumes, snapshots, targets and attachments
+    (after the guests' fixes: an orphan guest undefined takes its stray disks with it)."""
+    return find_differences(svc) + find_volume_differences(svc)
