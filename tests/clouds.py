@@ -4,12 +4,14 @@ test driver unless a test asks for QEMU), each in its own temporary directory.""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from harness import Cloud, free_port, wait_until
 
+from lamina.agent.tgt import parse_targets
 from lamina.client import Client
 
 
@@ -35,6 +37,29 @@ def make_cloud(tmp_path: Path) -> Iterator[Callable[..., Cloud]]:
     yield make
     for cloud in clouds:
         cloud.stop()
+    remove_targets_under(tmp_path)
+
+
+def remove_targets_under(root: Path) -> list[int]:
+    """Withdraw every tgt target whose LUN is a file under ``root``: tgtd outlives the
+    agents of a test, and a volume a test left attached would stay exported."""
+    try:
+        shown = subprocess.run(
+            ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return []  # no tgt here: nothing can have been exported
+    removed = []
+    for target in parse_targets(shown.stdout):
+        if any(Path(path).is_relative_to(root) for path in target.luns.values()):
+            subprocess.run(
+                ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
+                 "--tid", str(target.tid)],
+                capture_output=True, timeout=30,
+            )  # fmt: skip
+            removed.append(target.tid)
+    return removed
 
 
 @pytest.fixture
