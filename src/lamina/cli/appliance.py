@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from lamina.cli.main import Context
-from lamina.cli.output import ProgressBar, emit_json, record, table
-from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.cli.output import emit_json, record, table, wait_job
+from lamina.errors import Conflict, InvalidRequest, NotFound
 
 COLUMNS = ["name", "version", "kind", "label", "installed", "status", "id", "channel"]
 
@@ -35,13 +35,7 @@ def install(obj: Context, ref: str, wait: bool) -> None:
     dependencies: download and verify their files into the image repository."""
     name, _, version = ref.partition(":")
     result = obj.client.install_appliance(name, version or None)
-    job = result["job"]
-    if wait:
-        bar = ProgressBar(f"installing {ref}")
-        job = obj.client.wait_job(job["id"], on_progress=bar)
-        bar.done()
-        if job["status"] != "succeeded":
-            raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    job = wait_job(obj, result["job"], f"installing {ref}", wait)
     if obj.json:
         emit_json({"job": job, "appliances": result["appliances"]})
         return
@@ -102,13 +96,7 @@ def deploy(
     result = obj.client.deploy_appliance(
         ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus
     )
-    job = result["job"]
-    if wait:
-        bar = ProgressBar(f"deploying {ref} as {instance_name}")
-        job = obj.client.wait_job(job["id"], on_progress=bar)
-        bar.done()
-        if job["status"] != "succeeded":
-            raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    job = wait_job(obj, result["job"], f"deploying {ref} as {instance_name}", wait)
     data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
     emit_json({**result, "instance": data, "job": job}) if obj.json else record(data)
 
@@ -124,13 +112,7 @@ def capture(obj: Context, instance: str, name: str, version: str | None, wait: b
     less logs, caches and rendered templates) into a deployment layer, installed as a new
     appliance that deploys with that configuration."""
     result = obj.client.capture_appliance(instance, name, version)
-    job = result["job"]
-    if wait:
-        bar = ProgressBar(f"capturing {instance} as {name}")
-        job = obj.client.wait_job(job["id"], on_progress=bar)
-        bar.done()
-        if job["status"] != "succeeded":
-            raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    job = wait_job(obj, result["job"], f"capturing {instance} as {name}", wait)
     if obj.json:
         emit_json({"job": job, "appliance": result["appliance"]})
         return

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
 from lamina.cli.main import Context
-from lamina.cli.output import ProgressBar, emit_json, record, table
-from lamina.errors import LaminaError
+from lamina.cli.output import emit_json, record, table, wait_job
 
 COLUMNS = ["name", "id", "status", "host", "vcpus", "memory_mib"]
 
@@ -17,17 +15,6 @@ COLUMNS = ["name", "id", "status", "host", "vcpus", "memory_mib"]
 @click.group("instance")
 def instance() -> None:
     """Virtual machines."""
-
-
-def _wait(obj: Any, job: dict[str, Any], label: str, wait: bool) -> dict[str, Any]:
-    if not wait:
-        return job
-    bar = ProgressBar(label)
-    job = obj.client.wait_job(job["id"], on_progress=bar)
-    bar.done()
-    if job["status"] != "succeeded":
-        raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
-    return job
 
 
 @instance.command("create")
@@ -70,7 +57,7 @@ def create(
         host=host,
         visibility="public" if public else "private",
     )
-    _wait(obj, result["job"], f"creating {name}", wait)
+    wait_job(obj, result["job"], f"creating {name}", wait)
     data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
     emit_json(data) if obj.json else record(data)
 
@@ -101,7 +88,7 @@ def _action(name: str, doc: str) -> click.Command:
     @click.option("--wait/--no-wait", default=True, show_default=True)
     @click.pass_obj
     def command(obj: Context, ref: str, wait: bool, force: bool = False) -> None:
-        job = _wait(obj, obj.client.instance_action(ref, name, force), f"{name} {ref}", wait)
+        job = wait_job(obj, obj.client.instance_action(ref, name, force), f"{name} {ref}", wait)
         if obj.json:
             emit_json(job)
         else:
@@ -132,7 +119,7 @@ instance.add_command(_stop())
 @click.pass_obj
 def delete(obj: Context, ref: str, wait: bool, force: bool) -> None:
     """Destroy an instance and its disks."""
-    job = _wait(obj, obj.client.delete_instance(ref, force), f"deleting {ref}", wait)
+    job = wait_job(obj, obj.client.delete_instance(ref, force), f"deleting {ref}", wait)
     emit_json(job) if obj.json else click.echo(f"delete: {job['status']} (job {job['id']})")
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from lamina.errors import LaminaError
+
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -137,3 +139,16 @@ class ByteProgress:
     def done(self) -> None:
         if self.tty and self._last:
             click.echo("", err=True)
+
+
+def wait_job(obj: Any, job: dict[str, Any], label: str, wait: bool) -> dict[str, Any]:
+    """Follow a job with a progress bar (unless ``wait`` is false); raise its error if it did
+    not succeed."""
+    if not wait:
+        return job
+    bar = ProgressBar(label)
+    job = obj.client.wait_job(job["id"], on_progress=bar)
+    bar.done()
+    if job["status"] != "succeeded":
+        raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
+    return job

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from lamina.cli.main import Context
-from lamina.cli.output import ProgressBar, emit_json, human_bytes, record, table
-from lamina.errors import InvalidRequest, LaminaError
+from lamina.cli.output import emit_json, human_bytes, record, table, wait_job
+from lamina.errors import InvalidRequest
 
 COLUMNS = ["id", "status", "size", "instance", "device", "host", "snapshot", "comment"]
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -22,18 +22,6 @@ def parse_size(text: str) -> int:
     if not match:
         raise InvalidRequest(f"size {text!r}: write it as a number with K, M, G or T (1G)")
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
-
-
-def wait_job(obj: Context, job: dict[str, Any], label: str, wait: bool) -> dict[str, Any]:
-    """Follow a job with a progress bar; raise its error if it did not succeed."""
-    if not wait:
-        return job
-    bar = ProgressBar(label)
-    job = obj.client.wait_job(job["id"], on_progress=bar)
-    bar.done()
-    if job["status"] != "succeeded":
-        raise LaminaError(f"{job['kind']} {job['status']}: {job['error']} (job {job['id']})")
-    return job
 
 
 def row(volume: dict[str, Any]) -> dict[str, Any]:

@@ -204,7 +204,6 @@ def refresh_layers(ctx: StepContext) -> None:
     _set(ctx, kernel=kernel, initrd=initrd, cmdline=cmdline, layers=layers)
     instance, _, agent = _load(ctx)
     _fetch(ctx, agent, instance)
-    ctx.state["disks"] = [UPPER, CONFIG]
     agent.define(instance.domain_name, _definition(ctx, instance))
     log.info("instance %s boots on its new substrate next", instance.name)
 

@@ -403,14 +403,18 @@ def reexport(ctx: StepContext) -> None:
     export(ctx)
 
 
-def record_detached(ctx: StepContext) -> None:
-    svc: Services = ctx.services
+def _forget_attachment(svc: Services, volume_id: str) -> None:
+    """The volume's attachment goes and the volume is ``available`` again."""
     with svc.db.write() as s:
-        s.execute(delete(Attachment).where(Attachment.volume_id == ctx.params["volume_id"]))
-        volume = s.get(Volume, ctx.params["volume_id"])
-        if volume is not None:
+        s.execute(delete(Attachment).where(Attachment.volume_id == volume_id))
+        volume = s.get(Volume, volume_id)
+        if volume is not None and volume.status in ("in-use", "attaching", "detaching"):
             volume.status = "available"
             volume.error = None
+
+
+def record_detached(ctx: StepContext) -> None:
+    _forget_attachment(ctx.services, ctx.params["volume_id"])
 
 
 def release_instance_volumes(svc: Services, instance_id: str) -> list[str]:
@@ -431,12 +435,7 @@ def release_instance_volumes(svc: Services, instance_id: str) -> list[str]:
             server = s.get(Host, server_id)
         if server is not None:
             svc.agents.for_host(server).volume_unexport(volume_id)
-        with svc.db.write() as s:
-            s.execute(delete(Attachment).where(Attachment.volume_id == volume_id))
-            volume = s.get(Volume, volume_id)
-            if volume is not None and volume.status in ("in-use", "attaching", "detaching"):
-                volume.status = "available"
-                volume.error = None
+        _forget_attachment(svc, volume_id)
         released.append(volume_id)
         log.info("volume %s released: its instance %s was deleted", volume_id, instance_id)
     return released
