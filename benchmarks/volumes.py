@@ -35,7 +35,6 @@ are removed too. It prints figures; it never fails because a figure is slow.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import statistics
 import subprocess
@@ -43,7 +42,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,23 +84,9 @@ def start_tgtd() -> None:
     subprocess.run(["bash", str(ROOT / "scripts" / "start-tgtd.sh")], check=True)
 
 
-@contextlib.contextmanager
-def volume_server(work: Path, backend: str) -> Iterator[VolumeServer]:
-    server = VolumeServer(VolumeConfig(backend=backend), work / backend, DownloadTracker())
-    made: list[str] = []
-    original = server.create
-
-    def create(req: VolumeCreate) -> object:
-        made.append(req.volume)
-        return original(req)
-
-    server.create = create  # type: ignore[method-assign]
-    try:
-        yield server
-    finally:
-        for volume in made:
-            with contextlib.suppress(Exception):
-                server.unexport(volume)
+def volume_server(work: Path, backend: str) -> VolumeServer:
+    """The agent's volume server of ``backend``, its files under ``work``."""
+    return VolumeServer(VolumeConfig(backend=backend), work / backend, DownloadTracker())
 
 
 # -- 1. throughput ------------------------------------------------------------------------
@@ -128,28 +112,28 @@ def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> N
         f"  {'backend':8} {'op':6} {'iSCSI export':>13} {'file directly':>14} {'ratio':>7}  target"
     )
     for backend in backends:
-        with volume_server(work, backend) as server:
-            volume = new_id("vol")
-            server.create(VolumeCreate(volume=volume, size_bytes=size))
-            fmt = server.backend.export_format
-            path = server.volume_path(volume)
-            export = server.export(volume, "127.0.0.1")
-            url = f"iscsi://127.0.0.1/{export.iqn}/{export.lun}"
-            try:
-                for write in (True, False):
-                    over, direct = [], []
-                    for _ in range(runs):  # interleaved
-                        over.append(qemu_img_bench(url, fmt, size, write))
-                        direct.append(qemu_img_bench(path, fmt, size, write))
-                    a, b = statistics.median(over), statistics.median(direct)
-                    verdict = "met" if a >= THROUGHPUT_TARGET * b else "MISSED"
-                    print(
-                        f"  {backend:8} {'write' if write else 'read':6} {a / 1e6:13.1f} "
-                        f"{b / 1e6:14.1f} {ratio(a, b):>7}  >= {THROUGHPUT_TARGET}x ({verdict})"
-                    )
-            finally:
-                server.unexport(volume)
-                server.delete(volume)
+        server = volume_server(work, backend)
+        volume = new_id("vol")
+        server.create(VolumeCreate(volume=volume, size_bytes=size))
+        fmt = server.backend.export_format
+        path = server.volume_path(volume)
+        export = server.export(volume, "127.0.0.1")
+        url = f"iscsi://127.0.0.1/{export.iqn}/{export.lun}"
+        try:
+            for write in (True, False):
+                over, direct = [], []
+                for _ in range(runs):  # interleaved
+                    over.append(qemu_img_bench(url, fmt, size, write))
+                    direct.append(qemu_img_bench(path, fmt, size, write))
+                a, b = statistics.median(over), statistics.median(direct)
+                verdict = "met" if a >= THROUGHPUT_TARGET * b else "MISSED"
+                print(
+                    f"  {backend:8} {'write' if write else 'read':6} {a / 1e6:13.1f} "
+                    f"{b / 1e6:14.1f} {ratio(a, b):>7}  >= {THROUGHPUT_TARGET}x ({verdict})"
+                )
+        finally:
+            server.unexport(volume)
+            server.delete(volume)
 
 
 # -- 2. create from snapshot --------------------------------------------------------------
@@ -159,46 +143,44 @@ def bench_snapshot(work: Path, size: int, backends: list[str]) -> None:
     print(f"\n== Create from a snapshot of {human(size)} of data")
     print(f"  {'backend':8} {'clone (CoW)':>12} {'copy':>10} {'cp + sync':>10}  target (CoW)")
     for backend in backends:
-        with volume_server(work, backend) as server:
-            source = new_id("vol")
-            server.create(VolumeCreate(volume=source, size_bytes=size))
-            fmt = server.backend.export_format
-            fill = ["qemu-io", "-f", fmt, "-c", f"write -P 0x33 0 {size}"]
-            subprocess.run([*fill, server.volume_path(source)], check=True, capture_output=True)
-            snap = new_id("snap")
-            server.snapshot(source, SnapshotCreate(snapshot=snap))
-            made = [source]
-            clone_s: float | None = None
-            if server.backend.can_clone:
-                clone = new_id("vol")
-                t0 = time.perf_counter()
-                server.create(
-                    VolumeCreate(volume=clone, size_bytes=size, snapshot=snap, clone=True)
-                )
-                clone_s = time.perf_counter() - t0
-                made.append(clone)
-            copy = new_id("vol")
+        server = volume_server(work, backend)
+        source = new_id("vol")
+        server.create(VolumeCreate(volume=source, size_bytes=size))
+        fmt = server.backend.export_format
+        fill = ["qemu-io", "-f", fmt, "-c", f"write -P 0x33 0 {size}"]
+        subprocess.run([*fill, server.volume_path(source)], check=True, capture_output=True)
+        snap = new_id("snap")
+        server.snapshot(source, SnapshotCreate(snapshot=snap))
+        made = [source]
+        clone_s: float | None = None
+        if server.backend.can_clone:
+            clone = new_id("vol")
             t0 = time.perf_counter()
-            server.create(VolumeCreate(volume=copy, size_bytes=size, snapshot=snap, clone=False))
-            copy_s = time.perf_counter() - t0
-            made.append(copy)
-            target = work / "cp-target"
-            subprocess.run(["sync"], check=True)
-            t0 = time.perf_counter()
-            subprocess.run(["cp", "--sparse=never", server.snapshot_path(snap), str(target)],
-                           check=True)  # fmt: skip
-            subprocess.run(["sync", str(target)], check=True)
-            cp_s = time.perf_counter() - t0
-            target.unlink()
-            for volume in made:
-                server.delete(volume)
-            server.delete_snapshot(snap)
-            cell = f"{clone_s * 1000:9.1f} ms" if clone_s is not None else "   (cannot)"
-            verdict = "n/a" if clone_s is None else "met" if clone_s <= COW_TARGET_S else "MISSED"
-            print(
-                f"  {backend:8} {cell:>12} {copy_s:8.2f} s {cp_s:8.2f} s  "
-                f"<= {COW_TARGET_S * 1000:g} ms ({verdict})"
-            )
+            server.create(VolumeCreate(volume=clone, size_bytes=size, snapshot=snap, clone=True))
+            clone_s = time.perf_counter() - t0
+            made.append(clone)
+        copy = new_id("vol")
+        t0 = time.perf_counter()
+        server.create(VolumeCreate(volume=copy, size_bytes=size, snapshot=snap, clone=False))
+        copy_s = time.perf_counter() - t0
+        made.append(copy)
+        target = work / "cp-target"
+        subprocess.run(["sync"], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "--sparse=never", server.snapshot_path(snap), str(target)],
+                       check=True)  # fmt: skip
+        subprocess.run(["sync", str(target)], check=True)
+        cp_s = time.perf_counter() - t0
+        target.unlink()
+        for volume in made:
+            server.delete(volume)
+        server.delete_snapshot(snap)
+        cell = f"{clone_s * 1000:9.1f} ms" if clone_s is not None else "   (cannot)"
+        verdict = "n/a" if clone_s is None else "met" if clone_s <= COW_TARGET_S else "MISSED"
+        print(
+            f"  {backend:8} {cell:>12} {copy_s:8.2f} s {cp_s:8.2f} s  "
+            f"<= {COW_TARGET_S * 1000:g} ms ({verdict})"
+        )
 
 
 # -- 3. attach and detach of a running guest ----------------------------------------------

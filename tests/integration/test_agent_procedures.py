@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import ssl
 import stat
 import subprocess
 import tarfile
@@ -24,12 +23,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from harness import free_port, slow_mirror, wait_until
+from agent_server import serve_agent
+from harness import slow_mirror, wait_until
 
 from lamina import __version__
 from lamina.agent.client import AgentClient
-from lamina.agent.server import Agent, create_agent_app
+from lamina.agent.server import Agent
 from lamina.agent.wire import (
     PROCEDURES,
     DiskCreate,
@@ -38,16 +37,10 @@ from lamina.agent.wire import (
     GuestDisk,
 )
 from lamina.compute.agents import AgentPool
-from lamina.compute.drivers import load_hypervisor
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.ca import (
     CertificateAuthority,
-    TLSFiles,
     client_context,
-    key_pem,
-    make_csr,
-    new_key,
-    write_private,
 )
 
 pytestmark = pytest.mark.integration
@@ -68,48 +61,19 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("agent")
-    ca = CertificateAuthority(root / "manager" / "ca")
-    key = new_key()
-    tls = TLSFiles(
-        root / "agent" / "tls" / "agent.pem", root / "agent" / "tls" / "agent.key", ca.cert_path
-    )
-    write_private(tls.key, key_pem(key))
-    write_private(
-        tls.cert, ca.sign(make_csr(key, "h1"), common_name="h1", sans=["127.0.0.1"], server=True)
-    )
-    hypervisor = load_hypervisor("libvirt", uri="test:///default", domain_type=None)
-    agent = Agent(root / "agent", hypervisor)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_agent_app(agent),
-            host="127.0.0.1",
-            port=port,
-            ssl_certfile=str(tls.cert),
-            ssl_keyfile=str(tls.key),
-            ssl_ca_certs=str(tls.ca),
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
-            log_level="warning",
-            access_log=False,
+    with serve_agent(tmp_path_factory.mktemp("agent")) as served:
+        pool = AgentPool(served.ca)
+        raw = httpx.Client(
+            base_url=f"https://{served.address}",
+            verify=client_context(served.ca.client_files()),
+            timeout=30,
         )
-    )
-    thread = threading.Thread(target=server.run, name="agent", daemon=True)
-    thread.start()
-    pool = AgentPool(CertificateAuthority(root / "manager" / "ca"))
-    address = f"127.0.0.1:{port}"
-    raw = httpx.Client(
-        base_url=f"https://{address}", verify=client_context(ca.client_files()), timeout=30
-    )
-    try:
-        wait_until(lambda: server.started, 10, "the agent to listen")
-        yield Served(agent, pool.for_address(address), raw, address, pool, ca)
-    finally:
-        raw.close()
-        pool.close()
-        server.should_exit = True
-        thread.join(10)
-        hypervisor.close()
+        try:
+            client = pool.for_address(served.address)
+            yield Served(served.agent, client, raw, served.address, pool, served.ca)
+        finally:
+            raw.close()
+            pool.close()
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ Volume ids are fresh per run, and every target the tests make is removed at the 
 from __future__ import annotations
 
 import contextlib
-import ssl
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
-from harness import ROOT, free_port, wait_until
+from agent_server import serve_agent
+from harness import ROOT, wait_until
 
 from lamina.agent.client import AgentClient
-from lamina.agent.server import Agent, create_agent_app
+from lamina.agent.server import Agent
 from lamina.agent.tgt import IQN_PREFIX
 from lamina.agent.volumes import VolumeConfig
 from lamina.agent.wire import (
@@ -34,16 +32,7 @@ from lamina.agent.wire import (
     VolumeExtend,
 )
 from lamina.compute.agents import AgentPool
-from lamina.compute.drivers import load_hypervisor
 from lamina.errors import InvalidRequest, InvalidState, NotFound
-from lamina.identity.ca import (
-    CertificateAuthority,
-    TLSFiles,
-    key_pem,
-    make_csr,
-    new_key,
-    write_private,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -59,45 +48,15 @@ class Served:
 @contextlib.contextmanager
 def serve(root: Path, uri: str, backend: str) -> Iterator[Served]:
     """An agent on a free port of 127.0.0.1 (mutual TLS, as ``run_agent`` serves it)."""
-    ca = CertificateAuthority(root / "manager" / "ca")
-    key = new_key()
-    tls = TLSFiles(
-        root / "agent" / "tls" / "agent.pem", root / "agent" / "tls" / "agent.key", ca.cert_path
-    )
-    write_private(tls.key, key_pem(key))
-    write_private(
-        tls.cert, ca.sign(make_csr(key, "h1"), common_name="h1", sans=["127.0.0.1"], server=True)
-    )
-    hypervisor = load_hypervisor("libvirt", uri=uri, domain_type=None)
-    agent = Agent(root / "agent", hypervisor, VolumeConfig(backend=backend))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_agent_app(agent),
-            host="127.0.0.1",
-            port=port,
-            ssl_certfile=str(tls.cert),
-            ssl_keyfile=str(tls.key),
-            ssl_ca_certs=str(tls.ca),
-            ssl_cert_reqs=ssl.CERT_REQUIRED,
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="agent", daemon=True)
-    thread.start()
-    pool = AgentPool(CertificateAuthority(root / "manager" / "ca"))
-    try:
-        wait_until(lambda: server.started, 10, "the agent to listen")
-        yield Served(agent, pool.for_address(f"127.0.0.1:{port}"))
-    finally:
-        # Never leave a target behind.
-        for export in agent.volumes.exports():
-            agent.volumes.unexport(export.volume)
-        pool.close()
-        server.should_exit = True
-        thread.join(10)
-        hypervisor.close()
+    with serve_agent(root, uri, VolumeConfig(backend=backend)) as served:
+        pool = AgentPool(served.ca)
+        try:
+            yield Served(served.agent, pool.for_address(served.address))
+        finally:
+            # Never leave a target behind.
+            for export in served.agent.volumes.exports():
+                served.agent.volumes.unexport(export.volume)
+            pool.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
