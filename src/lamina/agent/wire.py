@@ -46,6 +46,11 @@ PROCEDURES = (
     "guest_attach_disk",
     "guest_detach_disk",
     "guest_disks",
+    "network_state",
+    "network_list",
+    "forward_create",
+    "forward_delete",
+    "forward_list",
 )
 #: A disk's serial number as the guest sees it (``/sys/block/vdX/serial``): virtio-blk keeps
 #: 20 bytes.
@@ -164,6 +169,8 @@ class GuestDefinition(Wire):
     initrd: str | None = Field(None, pattern=DIGEST)
     cmdline: str = Field("", max_length=4096)
     disks: list[GuestDisk] = []
+    #: Network interfaces, in order (eth0, eth1, ...); each on a network this host has.
+    nics: list[GuestNic] = []
 
 
 class GuestCapture(Wire):
@@ -262,3 +269,129 @@ class GuestDiskInfo(Wire):
     target: str
     #: A file path, or ``iscsi://host:port/<iqn>/<lun>`` for an iSCSI disk.
     source: str | None = None
+
+
+# -- networks (the host's bridges, dnsmasq, the configuration-service relay, forwards) ----
+#
+# The manager pushes a host's whole desired network state (``PUT /network``); the agent
+# converges to it and keeps it across its own restarts. docs/networks.md has the design.
+
+NETWORK_ID = r"^net-[0-9a-f]{12,32}$"
+FORWARD_ID = r"^fwd-[0-9a-f]{8,32}$"
+#: Lamina's MAC addresses: QEMU's locally administered prefix, three random bytes.
+MAC = r"^52:54:00(:[0-9a-f]{2}){3}$"
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+#: A fully qualified name without its final dot (lower case; ``_`` allowed for SRV names).
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?"
+DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"  # and at most 253 characters: max_length
+#: The name every network resolves to its host's address: the configuration service.
+CONFIG_SERVICE_NAME = "lamina.local"
+
+
+def bridge_name(network: str) -> str:
+    """The bridge of a network on every host: ``lmb`` + the first 12 hex digits of its id."""
+    return "lmb" + network.removeprefix("net-")[:12]
+
+
+def tap_name(mac: str) -> str:
+    """The tap device of a guest's NIC: ``lmt`` + its MAC's 12 hex digits (15 characters,
+    the kernel's limit)."""
+    return "lmt" + mac.replace(":", "")
+
+
+class DhcpHost(Wire):
+    """A guest NIC of this host on the network: DHCP answers it, and only it, with ``ip``."""
+
+    mac: str = Field(pattern=MAC)
+    ip: str = Field(max_length=15)
+    hostname: str = Field(pattern=DNS_LABEL)
+    #: The guest's first network: only that one gives it a default route (nat) and its DNS
+    #: server; a secondary network gives it an address only.
+    primary: bool = True
+
+
+class DnsRecord(Wire):
+    """One record of a network's zone, as dnsmasq serves it.
+
+    ``value`` by type: A/AAAA an address; CNAME the target name; TXT the text; MX
+    ``"<preference> <exchange>"``; SRV ``"<priority> <weight> <port> <target>"``."""
+
+    name: str = Field(pattern=DNS_NAME, max_length=253)
+    type: Literal["A", "AAAA", "MX", "CNAME", "TXT", "SRV"]
+    value: str = Field(min_length=1, max_length=1024)
+
+
+class NetworkSpec(Wire):
+    network: str = Field(pattern=NETWORK_ID)
+    #: The network's name, for logs.
+    name: str = Field(pattern=DNS_LABEL)
+    #: IPv4 network, e.g. ``10.77.0.0/24``.
+    cidr: str = Field(max_length=18)
+    #: This host's address on the network (prefix from ``cidr``): put on the bridge; the
+    #: guests' DHCP and DNS server, their gateway (nat), and ``lamina.local``.
+    address: str = Field(max_length=15)
+    #: nat: guests' default route is ``address``, which masquerades their traffic to the
+    #: outside; isolated: no route anywhere. Either way no traffic crosses between networks.
+    mode: Literal["nat", "isolated"] = "nat"
+    #: The zone (``<network>.<cloud domain>``): guests' search domain; dnsmasq answers
+    #: names under it from ``records`` only (NXDOMAIN otherwise) and authoritatively.
+    domain: str = Field(pattern=DNS_NAME, max_length=253)
+    #: 802.1Q tag on the agent's ``network_uplink`` (joins this network's bridges across
+    #: hosts); ignored without an uplink.
+    vlan: int | None = Field(None, ge=1, le=4094)
+    #: This host's guests on the network.
+    hosts: list[DhcpHost] = []
+    #: The whole zone (every host's guests, groups, MX, records added by hand). The agent
+    #: adds ``lamina.local`` -> ``address`` itself.
+    records: list[DnsRecord] = []
+    #: Servers for names outside Lamina's; empty: the host's resolv.conf on the host's
+    #: network, none inside a namespace.
+    upstream_dns: list[str] = []
+    #: Where the agent relays guests' requests to ``http://lamina.local/guest/...``: the
+    #: manager's URL. None: no configuration service on this network.
+    config_service_url: str | None = Field(None, max_length=300)
+
+
+class NetworkState(Wire):
+    """Everything a host should have of networks; what is not listed is removed."""
+
+    networks: list[NetworkSpec] = []
+
+
+class NetworkInfo(Wire):
+    network: str
+    bridge: str
+    #: The network namespace its bridge and dnsmasq live in; "" for the host's own.
+    namespace: str
+    address: str
+    #: dnsmasq's pid, None if it is not running.
+    dnsmasq_pid: int | None = None
+    #: host:port the configuration-service relay listens on, None if none.
+    relay: str | None = None
+    #: The VLAN device joining the bridge to the uplink, None if none.
+    vlan_device: str | None = None
+
+
+class GuestNic(Wire):
+    network: str = Field(pattern=NETWORK_ID)
+    mac: str = Field(pattern=MAC)
+
+
+class PortForward(Wire):
+    """Publish a guest's TCP port on the host (like LXD's proxy devices, ``docker -p``)."""
+
+    #: The host address to listen on (an IP literal).
+    bind: str = Field("127.0.0.1", max_length=45)
+    #: 0: the agent picks a free port and answers it.
+    host_port: int = Field(0, ge=0, le=65535)
+    network: str = Field(pattern=NETWORK_ID)
+    guest_ip: str = Field(max_length=15)
+    guest_port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp"] = "tcp"
+
+
+class ForwardInfo(PortForward):
+    forward: str
+
+
+GuestDefinition.model_rebuild()  # its nics refer to GuestNic, defined below it
