@@ -154,6 +154,29 @@ class ChannelSettings(Section):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
+class NetworkSettings(Section):
+    #: The cloud's DNS domain: an instance on network N is ``<instance>.<N>.<domain>``.
+    domain: str = Field(
+        "lamina.internal",
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+    )
+    #: The network an instance joins when its request names none (if it exists and the
+    #: caller may use it); empty: none.
+    default_network: str = Field("default", pattern=r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$")
+    #: DNS servers hosts' dnsmasq forwards other names to; empty: each host's own resolver
+    #: (none inside a network namespace).
+    upstream_dns: tuple[str, ...] = ()
+
+    @field_validator("upstream_dns")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for address in value:
+            ipaddress.ip_address(address)
+        return value
+
+
 class AgentSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8776, ge=1, le=65535)
@@ -193,6 +216,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     images: ImageSettings = ImageSettings()
     channels: ChannelSettings = ChannelSettings()
+    network: NetworkSettings = NetworkSettings()
     agent: AgentSettings = AgentSettings()
 
     @classmethod

@@ -36,6 +36,8 @@ class Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
         from lamina.compute.jobs import register_compute_jobs
+        from lamina.network.forwards import register_forward_jobs
+        from lamina.network.sync import register_network_jobs
         from lamina.volumes.jobs import register_volume_jobs
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,8 @@ class Services:
         register_appliance_jobs(registry)
         register_capture_jobs(registry)
         register_volume_jobs(registry)
+        register_network_jobs(registry)
+        register_forward_jobs(registry)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)

@@ -51,7 +51,13 @@ def test_instance_lifecycle(client: Client, kernel: str) -> None:
     assert host["instances"] == 1 and host["vcpus_used"] == 2 and host["memory_used_mib"] == 64
     job = client.wait_job(client.delete_instance("web")["id"], timeout=60)
     assert job["status"] == "succeeded"
-    assert [s["name"] for s in job["steps"]] == ["remove_guest", "release_volumes", "release"]
+    assert [s["name"] for s in job["steps"]] == [
+        "remove_guest",
+        "remove_forwards",
+        "release_volumes",
+        "release",
+        "disconnect_networks",
+    ]
     with pytest.raises(Exception, match="does not exist"):
         client.instance("web")
     assert client.host("h1")["instances"] == 0
@@ -65,6 +71,7 @@ def test_create_job_records_its_steps(client: Client, kernel: str) -> None:
     assert [s["name"] for s in job["steps"]] == [
         "fetch_boot_files",
         "create_disk",
+        "connect_networks",
         "define_guest",
         "start_guest",
     ]

@@ -169,7 +169,13 @@ def test_deleting_an_instance_releases_its_volumes(
     assert [e.volume for e in server.export_list()] == [vol["id"]]
     job = client.wait_job(client.delete_instance(doomed["id"])["id"], timeout=60)
     assert job["status"] == "succeeded"
-    assert [s["name"] for s in job["steps"]] == ["remove_guest", "release_volumes", "release"]
+    assert [s["name"] for s in job["steps"]] == [
+        "remove_guest",
+        "remove_forwards",
+        "release_volumes",
+        "release",
+        "disconnect_networks",
+    ]
     released = client.volume(vol["id"])
     assert released["status"] == "available" and released["attachment"] is None
     assert server.export_list() == []

@@ -20,12 +20,14 @@ from lamina.channels.routes import appliances, channels
 from lamina.compute.instance_routes import instances
 from lamina.compute.monitor import HostMonitor
 from lamina.compute.routes import enrolment, hosts
+from lamina.guest.routes import guest
 from lamina.httperrors import install_error_handlers
 from lamina.identity.routes import login_router, me_router, users_router
 from lamina.images.janitor import UploadJanitor
 from lamina.images.routes import images
 from lamina.jobs.routes import router as jobs
 from lamina.jobs.runner import JobRunner
+from lamina.network.routes import instance_forwards, networks
 from lamina.services import Services
 from lamina.volumes.routes import snapshots, volumes
 
@@ -91,9 +93,14 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # The one place authentication plugs in: every router but health, agent enrolment (its
     # one-time token authenticates it) and login depends on the caller's identity.
     # Starlette tries routes in order: the busiest routers come first.
-    for router in (health, enrolment, login_router):
+    # The configuration service authenticates instances by their tokens, not users.
+    for router in (health, enrolment, login_router, guest):
         app.include_router(router)
-    domains = (images, instances, jobs, system, users_router, me_router, channels, appliances)
+    # instance_forwards before instances, whose POST /{ref}/{action} would take its path.
+    domains = (
+        images, instance_forwards, instances, jobs, system, users_router, me_router,
+        channels, appliances, networks,
+    )  # fmt: skip
     for router in (*domains, volumes, snapshots):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])

@@ -17,7 +17,7 @@ wrongly typed one in one 400), the appliance's kind and state, the images' place
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -34,6 +34,7 @@ from lamina.compute.models import Host
 from lamina.errors import InvalidState, NotFound
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
+from lamina.network.service import NicRequest, instance_nics
 
 if TYPE_CHECKING:
     from lamina.services import Services
@@ -71,6 +72,8 @@ def deploy(
     variables: Mapping[str, str],
     memory_mib: int | None = None,
     vcpus: int | None = None,
+    networks: Sequence[NicRequest] | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Create an instance of the installed appliance ``ref`` (id or name) owned by ``who``;
     answers the instance, its ``instance.create`` job and the resolved variables.
@@ -108,6 +111,9 @@ def deploy(
             name=name,
             vcpus=vcpus or hardware.cpus or DEFAULT_VCPUS,
             memory_mib=memory_mib or hardware.memory_mib or DEFAULT_MEMORY_MIB,
+            networks=networks,
+            group=group,
+            default_network=svc.settings.network.default_network,
             who=who,
             **boot,
         )
@@ -116,8 +122,9 @@ def deploy(
             instance.layers = [f.as_dict() for f in layered.layers]
             instance.variables = values
             instance.templates = list(appliance.templates)
+        nics = instance_nics(s, instance.id, svc.settings.network.domain)
         answer = {
-            "instance": instances.describe(instance, s.get(Host, instance.host_id)),
+            "instance": instances.describe(instance, s.get(Host, instance.host_id), nics),
             "job": describe_job(job),
             "appliance": {"id": row.id, "name": row.name, "version": row.version},
             "variables": values,

@@ -14,6 +14,7 @@ from lamina.appliances import capture as capturer
 from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
+from lamina.compute.instance_routes import NicBody, nics_of
 from lamina.identity.principal import Principal
 from lamina.services import Services
 
@@ -108,6 +109,9 @@ class Deploy(Body):
     vars: dict[str, str] = Field(default_factory=dict, description="Instance variables")
     memory_mib: int | None = Field(None, ge=32, le=1024 * 1024)
     vcpus: int | None = Field(None, ge=1, le=64)
+    #: In order, the first being the primary; None: the default network (if any).
+    networks: list[NicBody] | None = Field(None, max_length=8)
+    group: str | None = Field(None, max_length=63)
 
 
 @appliances.post("/{appliance_ref}/deploy", status_code=202)
@@ -127,4 +131,6 @@ def deploy_appliance(
         variables=body.vars,
         memory_mib=body.memory_mib,
         vcpus=body.vcpus,
+        networks=nics_of(body.networks),
+        group=body.group,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from lamina.cli.main import Context
+from lamina.cli.network import nic_options, nics, show_nics
 from lamina.cli.output import emit_json, record, table, wait_job
 from lamina.errors import Conflict, InvalidRequest, NotFound
 
@@ -79,6 +80,7 @@ def _vars(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--var", "pairs", multiple=True, metavar="NAME=VALUE", help="Instance variable.")
 @click.option("--memory", type=int, help="MiB (default: the appliance's <hardware>).")
 @click.option("--vcpus", type=int, help="Default: the appliance's <hardware>.")
+@nic_options
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_obj
 def deploy(
@@ -88,17 +90,26 @@ def deploy(
     pairs: tuple[str, ...],
     memory: int | None,
     vcpus: int | None,
+    networks: tuple[str, ...],
+    ips: tuple[str, ...],
+    no_network: bool,
+    group: str | None,
     wait: bool,
 ) -> None:
     """Create an instance of an installed appliance: a layered one boots its substrate with
     the read-only layers shared on the host and a writable instance layer of its own; a
     traditional one boots from a qcow2 overlay on its disk image, cached once per host."""
     result = obj.client.deploy_appliance(
-        ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus
-    )
+        ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus,
+        networks=nics(networks, ips, no_network), group=group,
+    )  # fmt: skip
     job = wait_job(obj, result["job"], f"deploying {ref} as {instance_name}", wait)
     data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
-    emit_json({**result, "instance": data, "job": job}) if obj.json else record(data)
+    if obj.json:
+        emit_json({**result, "instance": data, "job": job})
+    else:
+        record(data)
+        show_nics(data)
 
 
 @appliance.command("capture")

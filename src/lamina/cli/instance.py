@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
 from lamina.cli.main import Context
+from lamina.cli.network import nic_options, nics, show_nics
 from lamina.cli.output import emit_json, record, table, wait_job
+from lamina.errors import InvalidRequest
 
 COLUMNS = ["name", "id", "status", "host", "vcpus", "memory_mib"]
 
@@ -28,6 +31,7 @@ def instance() -> None:
 @click.option("--disk-size", type=int, help="Root disk size in MiB.")
 @click.option("--host", help="Place on this host instead of letting the scheduler choose.")
 @click.option("--public", is_flag=True, help="Let every user see it (read-only).")
+@nic_options
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.pass_obj
 def create(
@@ -42,6 +46,10 @@ def create(
     disk_size: int | None,
     host: str | None,
     public: bool,
+    networks: tuple[str, ...],
+    ips: tuple[str, ...],
+    no_network: bool,
+    group: str | None,
     wait: bool,
 ) -> None:
     """Create and boot an instance."""
@@ -56,10 +64,13 @@ def create(
         disk_size_mib=disk_size,
         host=host,
         visibility="public" if public else "private",
+        networks=nics(networks, ips, no_network),
+        group=group,
     )
     wait_job(obj, result["job"], f"creating {name}", wait)
-    data = obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
-    emit_json(data) if obj.json else record(data)
+    show_instance(
+        obj, obj.client.instance(result["instance"]["id"]) if wait else result["instance"]
+    )
 
 
 @instance.command("list")
@@ -77,9 +88,24 @@ def list_(obj: Context, status: str | None, host: str | None, detail: bool) -> N
 @click.argument("ref")
 @click.pass_obj
 def show(obj: Context, ref: str) -> None:
-    """Show one instance (by id or name)."""
-    data = obj.client.instance(ref)
-    emit_json(data) if obj.json else record(data)
+    """Show one instance (by id or name): with its networks and published ports."""
+    show_instance(obj, obj.client.instance(ref), obj.client.forwards(ref))
+
+
+def show_instance(
+    obj: Context, data: dict[str, Any], forwards: list[dict[str, Any]] | None = None
+) -> None:
+    if obj.json:
+        emit_json(data if forwards is None else {**data, "forwards": forwards})
+        return
+    record(data)
+    show_nics(data)
+    for forward in forwards or []:
+        click.echo(
+            f"forward   {forward['address'] or '-'} -> {forward['guest']} ({forward['status']})"
+        )
+    for name, value in sorted((data.get("config") or {}).items()):
+        click.echo(f"config    {name}={value}")
 
 
 def _action(name: str, doc: str) -> click.Command:
@@ -179,6 +205,75 @@ def grants(obj: Context, ref: str) -> None:
     """Who an instance is shared with."""
     rows = obj.client.grants(ref)
     emit_json(rows) if obj.json else table(rows, ["user", "access", "created_at"])
+
+
+@instance.command("expose")
+@click.argument("ref")
+@click.option("--port", "guest_port", type=int, required=True, help="The guest's TCP port.")
+@click.option("--host-port", type=int, help="The host's port (default: a free one).")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="The host address.")
+@click.option("--network", help="Which of its networks' addresses (default: its primary).")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def expose(
+    obj: Context, ref: str, guest_port: int, host_port: int | None, bind: str,
+    network: str | None, wait: bool,
+) -> None:  # fmt: skip
+    """Publish a TCP port of an instance on its host, on 127.0.0.1 unless --bind says
+    otherwise (like LXD's proxy devices or docker -p)."""
+    result = obj.client.expose(ref, guest_port, host_port, bind, network)
+    wait_job(obj, result["job"], f"publishing port {guest_port} of {ref}", wait)
+    forward = next(
+        (f for f in obj.client.forwards(ref) if f["id"] == result["forward"]["id"]),
+        result["forward"],
+    )
+    if obj.json:
+        emit_json(forward)
+    else:
+        click.echo(f"{forward['address'] or '(choosing a port)'} -> {forward['guest']}")
+
+
+@instance.command("unexpose")
+@click.argument("ref")
+@click.option("--port", "guest_port", required=True, help="The guest port (or forward id).")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def unexpose(obj: Context, ref: str, guest_port: str, wait: bool) -> None:
+    """Stop publishing a port of an instance."""
+    result = obj.client.unexpose(ref, guest_port)
+    job = wait_job(obj, result["job"], f"withdrawing port {guest_port} of {ref}", wait)
+    emit_json(job) if obj.json else click.echo(f"unexpose: {job['status']} (job {job['id']})")
+
+
+@instance.command("forwards")
+@click.argument("ref")
+@click.pass_obj
+def forwards(obj: Context, ref: str) -> None:
+    """The ports an instance publishes on its host."""
+    rows = obj.client.forwards(ref)
+    emit_json(rows) if obj.json else table(rows, ["address", "guest", "status", "error", "id"])
+
+
+@instance.command("config")
+@click.argument("ref")
+@click.argument("pairs", nargs=-1, metavar="[NAME=VALUE]...")
+@click.option("--unset", multiple=True, metavar="NAME", help="Remove an item.")
+@click.pass_obj
+def config(obj: Context, ref: str, pairs: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Show, set or remove an instance's configuration items (what it reads from the
+    configuration service at lamina.local)."""
+    items: dict[str, str | None] = {name: None for name in unset}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise InvalidRequest(f"{pair!r}: write NAME=VALUE")
+        items[name] = value
+    current = obj.client.update_config(ref, items) if items else obj.client.instance(ref)["config"]
+    if obj.json:
+        emit_json(current)
+    else:
+        for name, value in sorted(current.items()):
+            click.echo(f"{name}={value}")
 
 
 def register(cli: click.Group) -> None:

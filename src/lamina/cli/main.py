@@ -62,6 +62,7 @@ def main() -> None:
         image,
         instance,
         job,
+        network,
         snapshot,
         system,
         user,
@@ -69,7 +70,7 @@ def main() -> None:
     )
 
     groups = (appliance, audit, channel, host, image, instance, job, system, user)
-    for module in (*groups, volume, snapshot):
+    for module in (*groups, volume, snapshot, network):
         module.register(cli)
     # `--json` is accepted anywhere on the line, not only right after `lamina`.
     args = sys.argv[1:]

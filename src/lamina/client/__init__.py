@@ -168,6 +168,60 @@ class Client:
     def console(self, ref: str, offset: int = 0) -> dict[str, Any]:
         return self._take("console", "GET", f"/instances/{ref}/console", params={"offset": offset})
 
+    def update_config(self, ref: str, items: dict[str, str | None]) -> dict[str, Any]:
+        """Set configuration items of an instance (a value of None removes one)."""
+        return self._take("config", "PATCH", f"/instances/{ref}/config", json={"items": items})
+
+    def expose(
+        self,
+        ref: str,
+        guest_port: int,
+        host_port: int | None = None,
+        bind: str = "127.0.0.1",
+        network: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a port of an instance on its host; answers ``forward`` and ``job``."""
+        body = {"guest_port": guest_port, "host_port": host_port, "bind": bind, "network": network}
+        body = {k: v for k, v in body.items() if v is not None}
+        return self._take(None, "POST", f"/instances/{ref}/forwards", json=body)
+
+    def unexpose(self, ref: str, forward: str | int) -> dict[str, Any]:
+        """Stop publishing a port (its forward's id or the guest port)."""
+        return self._take(None, "DELETE", f"/instances/{ref}/forwards/{forward}")
+
+    def forwards(self, ref: str) -> list[dict[str, Any]]:
+        return self._take("forwards", "GET", f"/instances/{ref}/forwards")
+
+    # -- networks and DNS
+    def create_network(self, name: str, cidr: str, **fields: Any) -> dict[str, Any]:
+        """Fields: mode (nat, isolated), visibility, vlan, description."""
+        body = {"name": name, "cidr": cidr, **{k: v for k, v in fields.items() if v is not None}}
+        return self._take("network", "POST", "/networks", json=body)
+
+    def networks(self) -> list[dict[str, Any]]:
+        return self._take("networks", "GET", "/networks")
+
+    def network(self, ref: str) -> dict[str, Any]:
+        return self._take("network", "GET", f"/networks/{ref}")
+
+    def update_network(self, ref: str, **fields: Any) -> dict[str, Any]:
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self._take("network", "PATCH", f"/networks/{ref}", json=body)
+
+    def delete_network(self, ref: str) -> dict[str, Any]:
+        return self._take("job", "DELETE", f"/networks/{ref}")
+
+    def dns_records(self, network: str) -> list[dict[str, Any]]:
+        return self._take("records", "GET", f"/networks/{network}/records")
+
+    def add_dns_record(self, network: str, name: str, type_: str, value: str) -> dict[str, Any]:
+        """Answers ``record`` and ``jobs`` (the hosts being told)."""
+        body = {"name": name, "type": type_, "value": value}
+        return self._take(None, "POST", f"/networks/{network}/records", json=body)
+
+    def delete_dns_record(self, network: str, record_id: str) -> dict[str, Any]:
+        return self._take(None, "DELETE", f"/networks/{network}/records/{record_id}")
+
     # -- jobs
     def job(self, job_id: str) -> dict[str, Any]:
         return self._take("job", "GET", f"/jobs/{job_id}")
@@ -232,14 +286,15 @@ class Client:
         variables: dict[str, str] | None = None,
         memory_mib: int | None = None,
         vcpus: int | None = None,
+        networks: list[dict[str, Any]] | None = None,
+        group: str | None = None,
     ) -> dict[str, Any]:
         """Create an instance of an installed appliance (id or name); answers ``instance``,
-        ``job``, ``appliance`` and the resolved ``variables``."""
+        ``job``, ``appliance`` and the resolved ``variables``. ``networks``: ``[{"network":
+        name, "ip": address or None}]``, the first the primary; None: the default network."""
         body: dict[str, Any] = {"name": name, "vars": variables or {}}
-        if memory_mib is not None:
-            body["memory_mib"] = memory_mib
-        if vcpus is not None:
-            body["vcpus"] = vcpus
+        extra = {"memory_mib": memory_mib, "vcpus": vcpus, "networks": networks, "group": group}
+        body.update({k: v for k, v in extra.items() if v is not None})
         return self._take(None, "POST", f"/appliances/{ref}/deploy", json=body)
 
     def remove_appliance(self, appliance_id: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from lamina.compute.models import Host
 from lamina.identity import access
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
+from lamina.network.service import NicRequest, instance_nics, nics_by_instance
 from lamina.services import Services
 
 instances = APIRouter(prefix="/instances", tags=["instances"])
@@ -25,6 +26,11 @@ instances = APIRouter(prefix="/instances", tags=["instances"])
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class NicBody(Body):
+    network: str = Field(min_length=1, max_length=63, description="Network name or id")
+    ip: str | None = Field(None, max_length=15, description="A static address on it")
 
 
 class InstanceCreate(Body):
@@ -38,10 +44,18 @@ class InstanceCreate(Body):
     disk_size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
     host: str | None = None
     visibility: Literal["private", "public"] = "private"
+    #: In order, the first being the primary; None: the default network (if any).
+    networks: list[NicBody] | None = Field(None, max_length=8)
+    group: str | None = Field(None, max_length=63)
 
 
 class InstanceUpdate(Body):
     visibility: Literal["private", "public"]
+
+
+class ConfigUpdate(Body):
+    #: name -> value to set, or null to remove.
+    items: dict[str, str | None] = Field(max_length=256)
 
 
 class GrantCreate(Body):
@@ -49,8 +63,9 @@ class GrantCreate(Body):
     access: Literal["read", "operate"] = "read"
 
 
-def _describe(s: Session, instance: Any) -> dict[str, Any]:
-    return instance_service.describe(instance, s.get(Host, instance.host_id))
+def _describe(s: Session, svc: Services, instance: Any) -> dict[str, Any]:
+    nics = instance_nics(s, instance.id, svc.settings.network.domain)
+    return instance_service.describe(instance, s.get(Host, instance.host_id), nics)
 
 
 @instances.post("", status_code=202)
@@ -72,9 +87,12 @@ def create_instance(
             disk_size_bytes=body.disk_size_mib * 1024 * 1024 if body.disk_size_mib else None,
             host=body.host,
             visibility=body.visibility,
+            networks=nics_of(body.networks),
+            group=body.group,
+            default_network=svc.settings.network.default_network,
             who=who,
         )
-        result = {"instance": _describe(s, instance), "job": describe_job(job)}
+        result = {"instance": _describe(s, svc, instance), "job": describe_job(job)}
     svc.wake_jobs()
     return result
 
@@ -109,8 +127,12 @@ def list_instances_detail(
         found = instance_service.list_instances(
             s, status=status, host=host, limit=limit, marker=marker, who=who
         )
+        nics = nics_by_instance(s, [i.id for i in found], svc.settings.network.domain)
         return {
-            "instances": [instance_service.describe(i, by_id.get(i.host_id or "")) for i in found]
+            "instances": [
+                instance_service.describe(i, by_id.get(i.host_id or ""), nics.get(i.id, []))
+                for i in found
+            ]
         }
 
 
@@ -119,7 +141,7 @@ def show_instance(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
     with svc.db.read() as s:
-        return {"instance": _describe(s, instance_service.get_instance(s, ref, who))}
+        return {"instance": _describe(s, svc, instance_service.get_instance(s, ref, who))}
 
 
 @instances.patch("/{ref}")
@@ -133,7 +155,22 @@ def update_instance(
     with svc.db.write() as s:
         instance = instance_service.get_instance(s, ref, who, "own")
         instance.visibility = body.visibility
-        return {"instance": _describe(s, instance)}
+        return {"instance": _describe(s, svc, instance)}
+
+
+@instances.patch("/{ref}/config")
+def update_config(
+    ref: str,
+    body: ConfigUpdate,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Set (or, with null, remove) the instance's configuration items, which it reads from
+    the configuration service."""
+    with svc.db.write() as s:
+        instance = instance_service.get_instance(s, ref, who, "operate")
+        instance_service.update_config(instance, body.items)
+        return {"config": instance.config or {}}
 
 
 @instances.delete("/{ref}", status_code=202)
@@ -222,3 +259,7 @@ def act(
 
 def _grant(grant: Any, user: str) -> dict[str, Any]:
     return {"user": user, "access": grant.access, "created_at": grant.created_at}
+
+
+def nics_of(bodies: list[NicBody] | None) -> list[NicRequest] | None:
+    return None if bodies is None else [NicRequest(b.network, b.ip) for b in bodies]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, tuple_
@@ -18,6 +19,7 @@ from lamina.identity.quotas import check_instance_quota
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
+from lamina.network.service import NicRequest, connect, default_nics
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: action -> statuses it may start from
@@ -60,10 +62,14 @@ def create_instance(
     disk_size_bytes: int | None = None,
     host: str | None = None,
     visibility: str = "private",
+    networks: Sequence[NicRequest] | None = None,
+    group: str | None = None,
+    default_network: str = "",
     who: Principal,
 ) -> tuple[Instance, Job]:
-    """Record an instance owned by ``who``, placed and within their quotas, and queue the job
-    that builds it."""
+    """Record an instance owned by ``who``, placed and within their quotas, with an address
+    on each of ``networks`` (None: the ``default_network`` if there is one the caller may
+    use; empty: none), and queue the job that builds it."""
     if not NAME.match(name):
         raise InvalidRequest(
             f"instance name {name!r} must be 1-63 lower-case letters, digits or '-', "
@@ -74,6 +80,8 @@ def create_instance(
         raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
     if host and not who.is_admin:
         raise Forbidden("only administrators may choose the host")
+    if group is not None and not NAME.match(group):
+        raise InvalidRequest(f"group name {group!r} must be a DNS label like an instance name")
     owner = who.user_id
     check_instance_quota(session, owner, vcpus, memory_mib)
     taken = session.scalar(
@@ -97,9 +105,13 @@ def create_instance(
         cmdline=cmdline,
         disk_image=disk_image,
         disk_size_bytes=disk_size_bytes,
+        group_name=group,
     )
     session.add(instance)
     session.flush()
+    if networks is None:
+        networks = default_nics(session, who, default_network)
+    connect(session, instance, who, networks)
     job = submit(
         session,
         registry.get("instance.create"),
@@ -235,9 +247,11 @@ def delete_instance(
     )
 
 
-def describe(instance: Instance, host: Host | None) -> dict[str, Any]:
-    """The instance as the API shows it. While its host is down its state is unknown: the
-    last state Lamina saw is kept in ``last_status``."""
+def describe(
+    instance: Instance, host: Host | None, nics: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The instance as the API shows it (with its NICs when given). While its host is down
+    its state is unknown: the last state Lamina saw is kept in ``last_status``."""
     return {
         "id": instance.id,
         "name": instance.name,
@@ -257,6 +271,11 @@ def describe(instance: Instance, host: Host | None) -> dict[str, Any]:
         "appliance_id": instance.appliance_id,
         "layers": instance.layers,
         "variables": instance.variables,
+        "networks": nics if nics is not None else [],
+        "group": instance.group_name,
+        "config": instance.config or {},
+        "guest_status": instance.guest_status,
+        "guest_status_at": instance.guest_status_at,
         "error": instance.error,
         "created_at": instance.created_at,
         "updated_at": instance.updated_at,
@@ -268,3 +287,32 @@ def _shown_status(status: str, host: Host | None) -> str:
     if host is not None and host.status == "down" and status not in ("error", "deleted"):
         return "unknown"
     return status
+
+
+#: Configuration item names: what a shell script can use as a variable name.
+CONFIG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+MAX_CONFIG_VALUE = 4096
+
+
+def update_config(instance: Instance, items: dict[str, str | None]) -> None:
+    """Set or (``None``) remove configuration items; ``InvalidRequest`` naming every bad
+    name or value."""
+    problems = [
+        f"{name!r}: not a name (letters, digits, _ . -)"
+        for name in items
+        if not CONFIG_NAME.match(name)
+    ]
+    problems += [
+        f"{name!r}: its value is over {MAX_CONFIG_VALUE} characters or has control characters"
+        for name, value in items.items()
+        if value is not None and (len(value) > MAX_CONFIG_VALUE or not value.isprintable())
+    ]
+    if problems:
+        raise InvalidRequest("bad configuration items: " + "; ".join(problems))
+    config = dict(instance.config or {})
+    for name, value in items.items():
+        if value is None:
+            config.pop(name, None)
+        else:
+            config[name] = value
+    instance.config = config

@@ -7,13 +7,20 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
+from sqlalchemy import select
+
 from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk
+from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk, GuestNic
 from lamina.appliances.layered import CONFIG, UPPER, current_boot, layer_serial
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
+from lamina.guest.token import instance_token
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+from lamina.network.forwards import remove_from_host
+from lamina.network.models import Port
+from lamina.network.service import release
+from lamina.network.sync import hosts_of, push, queue_sync
 from lamina.volumes.jobs import release_instance_volumes
 
 log = logging.getLogger(__name__)
@@ -90,13 +97,16 @@ def _layers(instance: Instance) -> list[dict[str, str]]:
     return list(instance.layers or [])
 
 
-def config_files(instance: Instance) -> dict[str, str]:
-    """The config disk of a layered instance: what its initramfs reads (docs/appliances.md)."""
+def config_files(instance: Instance, token: str) -> dict[str, str]:
+    """The config disk of a layered instance: what its initramfs reads (docs/appliances.md),
+    and the instance's id and configuration-service token (docs/networks.md)."""
     variables = instance.variables or {}
     return {
         "variables": "".join(f"{k}\t{v}\n" for k, v in sorted(variables.items())),
         "templates": "".join(f"{path}\n" for path in instance.templates or []),
         "hostname": f"{instance.name}\n",
+        "instance": f"{instance.id}\n",
+        "token": f"{token}\n",
     }
 
 
@@ -108,9 +118,8 @@ def create_disk(ctx: StepContext) -> None:
         agent.disk_create(
             DiskCreate(guest=guest, name=UPPER, size_bytes=size, format="raw", filesystem="ext4")
         )
-        agent.disk_create(
-            DiskCreate(guest=guest, name=CONFIG, format="raw", files=config_files(instance))
-        )
+        files = config_files(instance, instance_token(ctx.services.box, instance.id))
+        agent.disk_create(DiskCreate(guest=guest, name=CONFIG, format="raw", files=files))
         ctx.state["disks"] = [UPPER, CONFIG]
         return
     if not (instance.disk_image or instance.disk_size_bytes):
@@ -151,6 +160,9 @@ def _definition(ctx: StepContext, instance: Instance) -> GuestDefinition:
         ]
         disks.append(GuestDisk(name=UPPER, format="raw", serial=UPPER))
         disks.append(GuestDisk(name=CONFIG, format="raw", readonly=True, serial=CONFIG))
+    with ctx.services.db.read() as s:
+        ports = s.scalars(select(Port).where(Port.instance_id == instance.id).order_by(Port.nic))
+        nics = [GuestNic(network=p.network_id, mac=p.mac or "") for p in ports]
     return GuestDefinition(
         vcpus=instance.vcpus,
         memory_mib=instance.memory_mib,
@@ -158,7 +170,22 @@ def _definition(ctx: StepContext, instance: Instance) -> GuestDefinition:
         initrd=ctx.state.get("initrd_sha256"),
         cmdline=instance.cmdline,
         disks=disks,
+        nics=nics,
     )
+
+
+def connect_networks(ctx: StepContext) -> None:
+    """Before the guest is defined its host must have its networks (bridge, DHCP entry);
+    the other hosts on those networks learn its name."""
+    instance, host, _ = _load(ctx)
+    with ctx.services.db.write() as s:
+        networks = set(s.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
+        if not networks:
+            return
+        others = hosts_of(s, networks) - {host.id}
+        queue_sync(s, ctx.services.jobs, others)
+    push(ctx.services, host.id)
+    ctx.services.wake_jobs()
 
 
 def undefine_guest(ctx: StepContext) -> None:
@@ -246,6 +273,11 @@ def remove_guest(ctx: StepContext) -> None:
         log.warning("instance %s deleted while host %s is unreachable", instance.name, host.name)
 
 
+def remove_forwards(ctx: StepContext) -> None:
+    """Its host stops publishing the instance's ports."""
+    remove_from_host(ctx.services, ctx.params["instance_id"], bool(ctx.params.get("force")))
+
+
 def release_volumes(ctx: StepContext) -> None:
     """The guest is gone, and with it its volumes' disks: withdraw their exports and make
     them available again."""
@@ -253,7 +285,27 @@ def release_volumes(ctx: StepContext) -> None:
 
 
 def mark_deleted(ctx: StepContext) -> None:
-    _set(ctx, status="deleted")
+    """The record is deleted and its addresses and forwards freed; the hosts on its
+    networks are to be told (``disconnect_networks``)."""
+    with ctx.services.db.write() as s:
+        instance = s.get(Instance, ctx.params["instance_id"])
+        if instance is None:
+            return
+        networks = set(s.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
+        hosts = hosts_of(s, networks) | release(s, instance.id)
+        instance.status = "deleted"
+        ctx.state["sync_hosts"] = sorted(hosts)
+
+
+def disconnect_networks(ctx: StepContext) -> None:
+    """The instance's host drops its DHCP entry (and a network left without guests); every
+    host on its networks drops its name. Queued, so an unreachable host is retried rather
+    than holding up the deletion."""
+    hosts = ctx.state.get("sync_hosts") or []
+    if hosts:
+        with ctx.services.db.write() as s:
+            queue_sync(s, ctx.services.jobs, hosts)
+        ctx.services.wake_jobs()
 
 
 def register_compute_jobs(registry: JobRegistry) -> None:
@@ -263,6 +315,7 @@ def register_compute_jobs(registry: JobRegistry) -> None:
             (
                 Step("fetch_boot_files", fetch_boot_files, timeout=1800),
                 Step("create_disk", create_disk, remove_disk, timeout=600),
+                Step("connect_networks", connect_networks, timeout=120),
                 Step("define_guest", define_guest, undefine_guest),
                 Step("start_guest", start_guest, destroy_guest),
             ),
@@ -287,8 +340,10 @@ def register_compute_jobs(registry: JobRegistry) -> None:
             "instance.delete",
             (
                 Step("remove_guest", remove_guest, timeout=120),
+                Step("remove_forwards", remove_forwards, timeout=120),
                 Step("release_volumes", release_volumes, timeout=300),
                 Step("release", mark_deleted),
+                Step("disconnect_networks", disconnect_networks),
             ),
             deadline=300,
             on_failure=mark_error,

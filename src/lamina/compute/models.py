@@ -67,6 +67,14 @@ class Instance(Base):
     #: Its instance variables (name -> value) and the template files they are rendered into.
     variables: Mapped[dict[str, str] | None] = mapped_column(JSON)
     templates: Mapped[list[str] | None] = mapped_column(JSON)
+    #: Instances of one group share a round-robin A record on each of their networks
+    #: (``<group>.<network>.<cloud domain>``); scaling groups set it.
+    group_name: Mapped[str | None] = mapped_column(String(63), index=True)
+    #: Configuration items (name -> value) the instance reads from the configuration service.
+    config: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    #: The last status the instance reported about itself, and when.
+    guest_status: Mapped[str | None] = mapped_column(Text)
+    guest_status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

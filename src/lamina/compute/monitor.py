@@ -16,6 +16,8 @@ from lamina.compute.jobs import GUEST_STATES
 from lamina.compute.models import Host, Instance
 from lamina.errors import LaminaError
 from lamina.jobs.models import Job
+from lamina.network.models import Port
+from lamina.network.sync import queue_sync
 
 if TYPE_CHECKING:
     from lamina.services import Services
@@ -85,6 +87,10 @@ class HostMonitor:
             record_heartbeat(s, host, status)
             if was != "up":
                 log.info("host %s is up", host.name)
+                # An agent back from a restart or an outage gets its networks again (it
+                # missed any change made meanwhile).
+                if s.scalar(select(Port.id).where(Port.host_id == host.id).limit(1)):
+                    queue_sync(s, svc.jobs, [host.id])
             self._sync_guests(s, host, {g.name: g.state for g in status.guests})
 
     @staticmethod

@@ -8,6 +8,7 @@ from lamina.db.types import Base
 from lamina.identity import models as identity_models  # noqa: F401
 from lamina.images import models as image_models  # noqa: F401
 from lamina.jobs import models as job_models  # noqa: F401
+from lamina.network import models as network_models  # noqa: F401
 from lamina.volumes import models as volume_models  # noqa: F401
 
 metadata = Base.metadata

@@ -5,6 +5,8 @@ Several managers sharing a database must share this key file (``<data_dir>/secre
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -18,7 +20,8 @@ class SecretBox:
         path = data_dir / "secret.key"
         if not path.is_file():
             write_private(path, Fernet.generate_key())
-        self._fernet = Fernet(path.read_bytes().strip())
+        self._key = path.read_bytes().strip()
+        self._fernet = Fernet(self._key)
         self.path = path
 
     def seal(self, secret: str) -> str:
@@ -32,3 +35,9 @@ class SecretBox:
                 f"a stored secret key cannot be decrypted with {self.path}: every manager "
                 "sharing this database must use the same secret.key"
             ) from None
+
+    def derive(self, purpose: str) -> bytes:
+        """A key for ``purpose`` derived from this box's key (HMAC-SHA256 of the purpose):
+        every manager sharing ``secret.key`` derives the same one, and it reveals nothing
+        of the key itself."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).digest()

@@ -1,0 +1,260 @@
+"""Port forwards: a guest's TCP port published on its host (``lamina instance expose``), like
+LXD's proxy devices or ``docker -p``; bound to 127.0.0.1 unless asked otherwise. The row is
+recorded first (its unique keys refuse a host port or guest port published twice, even by
+concurrent requests), then a job has the host listen; if the host cannot (the port is in
+use), the row goes and the job says why."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lamina.agent.wire import PortForward as ForwardSpec
+from lamina.compute.models import Host, Instance
+from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
+from lamina.jobs.models import Job
+from lamina.jobs.service import submit
+from lamina.network.models import Network, Port, PortForward
+
+log = logging.getLogger(__name__)
+
+
+def expose(
+    session: Session,
+    registry: JobRegistry,
+    instance: Instance,
+    *,
+    guest_port: int,
+    host_port: int | None = None,
+    bind: str = "127.0.0.1",
+    network: str | None = None,
+    requester: str | None = None,
+) -> tuple[PortForward, Job]:
+    """Record a forward of ``guest_port`` of the instance's address on ``network`` (name or
+    id; default its primary network) to ``bind:host_port`` on its host (``host_port``
+    None: the host picks a free one), and queue the job that makes the host listen."""
+    if not 1 <= guest_port <= 65535 or (host_port is not None and not 1 <= host_port <= 65535):
+        raise InvalidRequest("ports are 1 to 65535")
+    try:
+        address = str(ipaddress.ip_address(bind.strip()))
+    except ValueError:
+        raise InvalidRequest(f"bind {bind!r} is not an IP address of the host") from None
+    if instance.host_id is None:
+        raise InvalidState(f"instance {instance.name!r} has no host yet")
+    port = _nic(session, instance, network)
+    clash = session.scalar(
+        select(PortForward).where(
+            PortForward.instance_id == instance.id, PortForward.guest_port == guest_port
+        )
+    )
+    if clash is not None:
+        raise Conflict(
+            f"port {guest_port} of {instance.name!r} is already published on "
+            f"{clash.bind}:{clash.host_port or '(choosing)'}",
+            forward=clash.id,
+        )
+    if host_port is not None:
+        _host_port_free(session, instance.host_id, host_port)
+    forward = PortForward(
+        instance_id=instance.id,
+        host_id=instance.host_id,
+        network_id=port.network_id,
+        guest_ip=port.ip,
+        guest_port=guest_port,
+        bind=address,
+        host_port=host_port,
+    )
+    try:
+        with session.begin_nested():
+            session.add(forward)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"host port {host_port} was just published by another request") from None
+    job = submit(
+        session,
+        registry.get("forward.create"),
+        {"forward_id": forward.id},
+        target_type="instance",
+        target_id=instance.id,
+        owner=requester or instance.owner,
+    )
+    return forward, job
+
+
+def _nic(session: Session, instance: Instance, network: str | None) -> Port:
+    query = (
+        select(Port)
+        .join(Network, Port.network_id == Network.id)
+        .where(Port.instance_id == instance.id)
+        .order_by(Port.nic)
+    )
+    if network is not None:
+        query = query.where((Network.name == network) | (Network.id == network))
+    port = session.scalars(query).first()
+    if port is None:
+        where = f"on network {network!r}" if network else "on any network"
+        raise InvalidState(f"instance {instance.name!r} has no address {where} to forward to")
+    return port
+
+
+def _host_port_free(session: Session, host_id: str, host_port: int) -> None:
+    holder = session.scalar(
+        select(PortForward).where(
+            PortForward.host_id == host_id, PortForward.host_port == host_port
+        )
+    )
+    if holder is not None:
+        raise Conflict(
+            f"port {host_port} of the host is already published (forward {holder.id})",
+            forward=holder.id,
+        )
+
+
+def find_forward(session: Session, instance: Instance, ref: str) -> PortForward:
+    """One of the instance's forwards by id or by guest port."""
+    query = select(PortForward).where(PortForward.instance_id == instance.id)
+    query = query.where(
+        PortForward.guest_port == int(ref) if ref.isdigit() else PortForward.id == ref
+    )
+    forward = session.scalar(query)
+    if forward is None:
+        raise NotFound(f"instance {instance.name!r} publishes no port {ref}", forward=ref)
+    return forward
+
+
+def unexpose(
+    session: Session, registry: JobRegistry, forward: PortForward, requester: str | None
+) -> Job:
+    if forward.status != "active" and forward.status != "error":
+        raise InvalidState(f"forward {forward.id} is {forward.status}")
+    forward.status = "removing"
+    return submit(
+        session,
+        registry.get("forward.delete"),
+        {"forward_id": forward.id},
+        target_type="instance",
+        target_id=forward.instance_id,
+        owner=requester,
+    )
+
+
+def list_forwards(session: Session, instance_id: str) -> list[PortForward]:
+    return list(
+        session.scalars(
+            select(PortForward)
+            .where(PortForward.instance_id == instance_id)
+            .order_by(PortForward.guest_port)
+        )
+    )
+
+
+def describe_forward(forward: PortForward) -> dict[str, Any]:
+    bind = f"[{forward.bind}]" if ":" in forward.bind else forward.bind
+    return {
+        "id": forward.id,
+        "instance_id": forward.instance_id,
+        "protocol": forward.protocol,
+        "guest": f"{forward.guest_ip}:{forward.guest_port}",
+        "guest_port": forward.guest_port,
+        "bind": forward.bind,
+        "host_port": forward.host_port,
+        "address": f"{bind}:{forward.host_port}" if forward.host_port else None,
+        "status": forward.status,
+        "error": forward.error,
+    }
+
+
+def remove_from_host(svc: Any, instance_id: str, force: bool) -> None:
+    """Withdraw every forward of an instance from its host (before the instance goes);
+    with ``force`` an unreachable host is left to reconcile."""
+    with svc.db.read() as s:
+        pairs = [(f.id, s.get(Host, f.host_id)) for f in list_forwards(s, instance_id)]
+    for forward_id, host in pairs:
+        if host is None:
+            continue
+        try:
+            svc.agents.for_host(host).forward_delete(forward_id)
+        except BackendUnavailable:
+            if not force:
+                raise
+            log.warning("forward %s stays on unreachable host %s", forward_id, host.name)
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def _load(ctx: StepContext) -> tuple[PortForward, Host]:
+    with ctx.services.db.read() as s:
+        forward = s.get(PortForward, ctx.params["forward_id"])
+        if forward is None:
+            raise NotFound(f"forward {ctx.params['forward_id']} vanished")
+        host = s.get(Host, forward.host_id)
+        if host is None:
+            raise NotFound(f"the host of forward {forward.id} vanished")
+        s.expunge(forward)
+    return forward, host
+
+
+def _listen(ctx: StepContext) -> None:
+    forward, host = _load(ctx)
+    spec = ForwardSpec(
+        bind=forward.bind,
+        host_port=forward.host_port or 0,
+        network=forward.network_id,
+        guest_ip=forward.guest_ip,
+        guest_port=forward.guest_port,
+    )
+    info = ctx.services.agents.for_host(host).forward_create(forward.id, spec)
+    with ctx.services.db.write() as s:
+        row = s.get(PortForward, forward.id)
+        if row is not None:
+            row.host_port, row.status, row.error = info.host_port, "active", None
+
+
+def _unlisten(ctx: StepContext) -> None:
+    forward, host = _load(ctx)
+    ctx.services.agents.for_host(host).forward_delete(forward.id)
+
+
+def _forget(ctx: StepContext) -> None:
+    with ctx.services.db.write() as s:
+        row = s.get(PortForward, ctx.params["forward_id"])
+        if row is not None:
+            s.delete(row)
+
+
+def _drop_failed(ctx: StepContext, error: str) -> None:
+    """A forward the host could not open is not kept: the job's error says why."""
+    _forget(ctx)
+
+
+def _keep_failed(ctx: StepContext, error: str) -> None:
+    with ctx.services.db.write() as s:
+        row = s.get(PortForward, ctx.params["forward_id"])
+        if row is not None:
+            row.status, row.error = "error", error
+
+
+def register_forward_jobs(registry: JobRegistry) -> None:
+    registry.register(
+        JobKind(
+            "forward.create",
+            (Step("listen", _listen, _unlisten, timeout=60),),
+            deadline=300,
+            on_failure=_drop_failed,
+        )
+    )
+    registry.register(
+        JobKind(
+            "forward.delete",
+            (Step("unlisten", _unlisten, timeout=60), Step("forget", _forget)),
+            deadline=300,
+            on_failure=_keep_failed,
+        )
+    )

@@ -1,0 +1,419 @@
+"""Networks: create, find, describe, delete; instances' NICs on them (addresses allocated by
+Lamina, a service address per host) and their release."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lamina.compute.models import Host, Instance
+from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
+from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.principal import Principal
+from lamina.jobs.kinds import JobRegistry
+from lamina.jobs.models import Job
+from lamina.jobs.service import submit
+from lamina.network.addresses import (
+    check_requested,
+    first_free,
+    gateway,
+    new_mac,
+    overlapping,
+    parse_cidr,
+)
+from lamina.network.dns import zone
+from lamina.network.models import NETWORK_MODES, DnsRecord, Network, Port, PortForward
+
+KIND = "network"
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+VISIBILITIES = ("private", "public")
+#: Tries to allocate an address when another request took the one chosen meanwhile.
+ALLOCATION_TRIES = 8
+
+
+@dataclass(frozen=True)
+class NicRequest:
+    """One NIC asked for: a network (id or name) and optionally its address."""
+
+    network: str
+    ip: str | None = None
+
+
+def create_network(
+    session: Session,
+    who: Principal,
+    *,
+    name: str,
+    cidr: str,
+    mode: str = "nat",
+    visibility: str = "private",
+    vlan: int | None = None,
+    description: str = "",
+) -> Network:
+    """A network owned by ``who``. Its name is unique and no two networks' ranges overlap,
+    whoever owns them (one address space per cloud: every host's networks share a
+    namespace). ``InvalidRequest`` for a bad name, CIDR, mode; ``Conflict`` for a taken
+    name, an overlapping range or a VLAN id in use; ``Forbidden`` for a VLAN id asked by a
+    member (VLAN ids are the operator's)."""
+    if not NAME.match(name):
+        raise InvalidRequest(
+            f"network name {name!r} must be 1-63 lower-case letters, digits or '-', not "
+            "starting or ending with '-' (it is a DNS label)"
+        )
+    if mode not in NETWORK_MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(NETWORK_MODES)}")
+    if visibility not in VISIBILITIES:
+        raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
+    if vlan is not None and not who.is_admin:
+        raise Forbidden("only administrators may choose a VLAN id")
+    if vlan is not None and not 1 <= vlan <= 4094:
+        raise InvalidRequest("a VLAN id is 1 to 4094")
+    network = parse_cidr(cidr)
+    _lock_networks(session)
+    if session.scalar(select(Network.id).where(Network.name == name)):
+        raise Conflict(f"a network named {name!r} already exists", network=name)
+    existing = [(name, cidr) for name, cidr in session.execute(select(Network.name, Network.cidr))]
+    clash = overlapping(network, existing)
+    if clash is not None:
+        raise Conflict(
+            f"cidr {network} overlaps {clash[1]}, the range of another network: networks "
+            "must not overlap",
+            cidr=str(network),
+            overlaps=clash[1],
+        )
+    if vlan is not None and session.scalar(select(Network.id).where(Network.vlan == vlan)):
+        raise Conflict(f"VLAN {vlan} is used by another network", vlan=vlan)
+    row = Network(
+        name=name,
+        owner=who.user_id,
+        visibility=visibility,
+        cidr=str(network),
+        mode=mode,
+        vlan=vlan,
+        description=description,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _lock_networks(session: Session) -> None:
+    """Serialise network creation: the overlap check reads every range. SQLite's writers
+    are serial already; PostgreSQL needs the lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE networks IN SHARE ROW EXCLUSIVE MODE"))
+
+
+def get_network(session: Session, ref: str, who: Principal, need: Need = "read") -> Network:
+    """A network by id or name, if ``who`` may see it (else 404) and do what ``need`` says
+    (else 403)."""
+    network = session.get(Network, ref) or session.scalar(
+        select(Network).where(Network.name == ref)
+    )
+    if network is None:
+        raise NotFound(f"network {ref!r} does not exist", network=ref)
+    check(session, who, KIND, network, need, ref)
+    return network
+
+
+def may_attach(session: Session, who: Principal, network: Network) -> None:
+    """Instances join a network of their owner's or a public one; ``NotFound`` for a
+    network ``who`` cannot see."""
+    check(session, who, KIND, network, "read", network.name)
+
+
+def list_networks(session: Session, who: Principal) -> list[Network]:
+    query = select(Network).order_by(Network.name)
+    query = query.where(visible_to(who, KIND, Network.id, Network.owner, Network.visibility))
+    return list(session.scalars(query))
+
+
+def describe_network(session: Session, network: Network, domain: str) -> dict[str, Any]:
+    cidr = ipaddress.IPv4Network(network.cidr)
+    instances = session.scalar(
+        select(func.count()).where(Port.network_id == network.id, Port.instance_id.is_not(None))
+    )
+    used = session.scalar(select(func.count()).where(Port.network_id == network.id)) or 0
+    # The gateway is kept for the first host's service address even before one exists.
+    gateway_held = session.scalar(
+        select(Port.id).where(Port.network_id == network.id, Port.ip == str(gateway(cidr)))
+    )
+    hosts = session.scalars(
+        select(Host.name)
+        .join(Port, Port.host_id == Host.id)
+        .where(Port.network_id == network.id)
+        .order_by(Host.name)
+    )
+    return {
+        "id": network.id,
+        "name": network.name,
+        "cidr": network.cidr,
+        "gateway": str(gateway(cidr)),
+        "mode": network.mode,
+        "zone": zone(network, domain),
+        "vlan": network.vlan,
+        "owner": network.owner,
+        "visibility": network.visibility,
+        "status": network.status,
+        "description": network.description,
+        "instances": instances,
+        "addresses_used": used,
+        "addresses_free": cidr.num_addresses - 2 - used - (0 if gateway_held else 1),
+        "hosts": list(hosts),
+        "created_at": network.created_at,
+    }
+
+
+def delete_network(
+    session: Session, registry: JobRegistry, network: Network, who: Principal
+) -> Job:
+    """Queue the deletion of a network no instance uses; ``InvalidState`` naming them
+    otherwise."""
+    check(session, who, KIND, network, "own", network.name)
+    names = list(
+        session.scalars(
+            select(Instance.name)
+            .join(Port, Port.instance_id == Instance.id)
+            .where(Port.network_id == network.id)
+            .order_by(Instance.name)
+        )
+    )
+    if names:
+        raise InvalidState(
+            f"network {network.name!r} is in use by instance(s) {', '.join(names)}: delete "
+            "them or move them off it first",
+            network=network.id,
+            instances=names,
+        )
+    if network.status == "deleting":
+        raise InvalidState(f"network {network.name!r} is already being deleted")
+    network.status = "deleting"
+    return submit(
+        session,
+        registry.get("network.delete"),
+        {"network_id": network.id},
+        target_type="network",
+        target_id=network.id,
+        owner=network.owner,
+    )
+
+
+def forget_network(session: Session, network_id: str) -> None:
+    """Remove a network's rows (its hosts have withdrawn it)."""
+    for model in (DnsRecord, Port):
+        for row in session.scalars(select(model).where(model.network_id == network_id)):
+            session.delete(row)
+    network = session.get(Network, network_id)
+    if network is not None:
+        session.flush()
+        session.delete(network)
+
+
+def connect(
+    session: Session, instance: Instance, who: Principal, nics: Sequence[NicRequest]
+) -> list[Port]:
+    """Give ``instance`` (already placed on its host) one address on each requested
+    network, in order (the first is its primary network), and its host a service address
+    on each network where it has none. Raises what ``get_network``/``may_attach`` raise,
+    ``InvalidRequest`` for a network asked twice or a bad address, ``Conflict`` for an
+    address or name taken on the network."""
+    ports, seen = [], set()
+    for index, nic in enumerate(nics):
+        network = get_network(session, nic.network, who)
+        may_attach(session, who, network)
+        if network.status != "active":
+            raise InvalidState(f"network {network.name!r} is {network.status}")
+        if network.id in seen:
+            raise InvalidRequest(f"network {network.name!r} is asked for twice")
+        seen.add(network.id)
+        _name_free(session, network, instance.name)
+        ports.append(_instance_port(session, network, instance, index, nic.ip))
+        if instance.host_id:
+            service_port(session, network, instance.host_id)
+    return ports
+
+
+def _name_free(session: Session, network: Network, hostname: str) -> None:
+    if session.scalar(
+        select(Port.id).where(Port.network_id == network.id, Port.hostname == hostname)
+    ):
+        raise Conflict(
+            f"the name {hostname!r} is taken on network {network.name!r} by another instance",
+            network=network.name,
+            name=hostname,
+        )
+
+
+def _instance_port(
+    session: Session, network: Network, instance: Instance, index: int, ip: str | None
+) -> Port:
+    cidr = ipaddress.IPv4Network(network.cidr)
+    if ip is not None:
+        address = check_requested(cidr, ip)
+        holder = session.scalar(
+            select(Port).where(Port.network_id == network.id, Port.ip == address)
+        )
+        if holder is not None:
+            raise Conflict(
+                f"ip {address} is taken on network {network.name!r}"
+                + (" by a host's service address" if holder.host_id else ""),
+                ip=address,
+                network=network.name,
+            )
+        return _insert(session, _port(network, instance, index, address, True))
+    for _ in range(ALLOCATION_TRIES):
+        taken = session.scalars(select(Port.ip).where(Port.network_id == network.id))
+        address = first_free(cidr, taken)
+        try:
+            return _insert(session, _port(network, instance, index, address, False))
+        except _Taken:
+            continue  # another request took it meanwhile (PostgreSQL): choose again
+    raise Conflict(f"could not allocate an address on network {network.name!r}: retry")
+
+
+def _port(network: Network, instance: Instance, index: int, ip: str, static: bool) -> Port:
+    return Port(
+        network_id=network.id,
+        ip=ip,
+        instance_id=instance.id,
+        mac=new_mac(),
+        hostname=instance.name,
+        nic=index,
+        static=static,
+    )
+
+
+class _Taken(Exception):
+    pass
+
+
+def _insert(session: Session, port: Port) -> Port:
+    try:
+        with session.begin_nested():
+            session.add(port)
+            session.flush()
+    except IntegrityError:
+        if port.ip and port.host_id is None and not port.static:
+            raise _Taken() from None
+        raise Conflict(
+            f"ip {port.ip} or the name {port.hostname!r} was just taken on the network",
+            ip=port.ip,
+        ) from None
+    return port
+
+
+def service_port(session: Session, network: Network, host_id: str) -> Port:
+    """The host's address on the network, allocated when it first has an instance there:
+    the gateway for the first host, the next free address for each other."""
+    existing = session.scalar(
+        select(Port).where(Port.network_id == network.id, Port.host_id == host_id)
+    )
+    if existing is not None:
+        return existing
+    cidr = ipaddress.IPv4Network(network.cidr)
+    taken = session.scalars(select(Port.ip).where(Port.network_id == network.id))
+    port = Port(network_id=network.id, host_id=host_id, ip=first_free(cidr, taken, service=True))
+    return _insert(session, port)
+
+
+def release(session: Session, instance_id: str) -> set[str]:
+    """Free an instance's addresses and forwards, and the service addresses of hosts left
+    without instances on a network; answers the hosts whose network state changed."""
+    instance = session.get(Instance, instance_id)
+    hosts = {instance.host_id} if instance is not None and instance.host_id else set()
+    networks = set()
+    for forward in session.scalars(
+        select(PortForward).where(PortForward.instance_id == instance_id)
+    ):
+        session.delete(forward)
+    for port in session.scalars(select(Port).where(Port.instance_id == instance_id)):
+        networks.add(port.network_id)
+        session.delete(port)
+    session.flush()
+    for network_id in networks:
+        for host_id in list(hosts):
+            left = session.scalar(
+                select(func.count())
+                .select_from(Port)
+                .join(Instance, Port.instance_id == Instance.id)
+                .where(Port.network_id == network_id, Instance.host_id == host_id)
+            )
+            if not left:
+                for port in session.scalars(
+                    select(Port).where(Port.network_id == network_id, Port.host_id == host_id)
+                ):
+                    session.delete(port)
+    return {h for h in hosts if h}
+
+
+def instance_nics(session: Session, instance_id: str, domain: str) -> list[dict[str, Any]]:
+    """An instance's NICs as the API shows them, primary first."""
+    return nics_by_instance(session, [instance_id], domain).get(instance_id, [])
+
+
+def nics_by_instance(
+    session: Session, instance_ids: Sequence[str], domain: str
+) -> dict[str, list[dict[str, Any]]]:
+    """The NICs of many instances in one query: instance id -> its NICs, primary first."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    if not instance_ids:
+        return found
+    rows = session.execute(
+        select(Port, Network)
+        .join(Network, Port.network_id == Network.id)
+        .where(Port.instance_id.in_(list(instance_ids)))
+        .order_by(Port.instance_id, Port.nic)
+    ).all()
+    for port, network in rows:
+        found.setdefault(port.instance_id or "", []).append(
+            {
+                "network": network.name,
+                "network_id": network.id,
+                "ip": port.ip,
+                "mac": port.mac,
+                "fqdn": f"{port.hostname}.{zone(network, domain)}",
+                "static": port.static,
+            }
+        )
+    return found
+
+
+def default_nics(session: Session, who: Principal, name: str) -> list[NicRequest]:
+    """The NIC an instance gets when its request names no network: one on the default
+    network, if it exists and ``who`` may attach to it; else none."""
+    if not name:
+        return []
+    network = session.scalar(select(Network).where(Network.name == name))
+    if network is None or network.status != "active":
+        return []
+    try:
+        may_attach(session, who, network)
+    except (NotFound, Forbidden):
+        return []
+    return [NicRequest(network.id)]
+
+
+def addresses(session: Session, network: Network, who: Principal) -> list[dict[str, Any]]:
+    """The network's addresses in use: hosts' service addresses and instances' NICs (an
+    instance ``who`` may not see shows as ``(another user's)``)."""
+    shown = []
+    rows = session.execute(
+        select(Port, Instance, Host)
+        .outerjoin(Instance, Port.instance_id == Instance.id)
+        .outerjoin(Host, Port.host_id == Host.id)
+        .where(Port.network_id == network.id)
+    ).all()
+    for port, instance, host in sorted(rows, key=lambda r: ipaddress.ip_address(r[0].ip)):
+        if host is not None:
+            shown.append({"ip": port.ip, "kind": "host", "name": host.name, "mac": None})
+        elif instance is not None:
+            name = instance.name if may_see(session, who, instance) else "(another user's)"
+            shown.append({"ip": port.ip, "kind": "instance", "name": name, "mac": port.mac})
+    return shown
