@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make down`: stops what `make up` started (the sample web appliance, the agent, the manager,
-# the sample channel's server, and libvirtd and tgtd if `make up` was the one that started
-# them). Data stays in the data directory.
+# the sample channel's server, the networks' dnsmasq, the network namespace, and libvirtd and
+# tgtd if `make up` was the one that started them). Data stays in the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,18 @@ fi
 stop agent
 stop manager
 stop channel-server
+# The agent leaves its networks' dnsmasq running across its own restarts; make down stops them.
+AGENT_DIR=$(cd "$DATA" && pwd)/agent
+for pid in $(pgrep -f "^dnsmasq .*$AGENT_DIR/networks/" || true); do
+  kill "$pid" 2>/dev/null || true
+done
+if [ -f "$RUN/netns.created-by-lamina" ]; then
+  netns=$(cat "$RUN/netns.created-by-lamina")
+  for pid in $(ip netns pids "$netns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  ip netns delete "$netns" 2>/dev/null || true
+  rm -f "$RUN/netns.created-by-lamina"
+  echo "network namespace $netns removed"
+fi
 if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
   for daemon in libvirtd virtlogd; do
     [ -f "/var/run/$daemon.pid" ] && kill "$(cat "/var/run/$daemon.pid")" 2>/dev/null || true

@@ -16,6 +16,13 @@ mkdir -p "$RUN" "$LOG"
 CHANNEL=$(cd "$DATA" && pwd)/sample-channel
 CHANNEL_PORT=${LAMINA_SAMPLE_CHANNEL_PORT:-8777}
 CHANNEL_URL=http://127.0.0.1:$CHANNEL_PORT/channel.rss
+# Guests' bridges, dnsmasq and the configuration service live in a network namespace of
+# their own, so the quick start touches none of this machine's own networking (set it to ""
+# to use the host's network, as on a real server: docs/networks.md).
+export LAMINA_AGENT__NETWORK_NAMESPACE=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
+NETNS=$LAMINA_AGENT__NETWORK_NAMESPACE
+NETWORK_CIDR=${LAMINA_SAMPLE_NETWORK_CIDR:-10.77.0.0/24}
+WEB_PORT=${LAMINA_SAMPLE_WEB_PORT:-8780}
 
 running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
@@ -62,6 +69,10 @@ if ! tgtadm --mode sys --op show >/dev/null 2>&1; then
   bash scripts/start-tgtd.sh
   touch "$RUN/tgtd.started-by-lamina"
 fi
+if [ -n "$NETNS" ] && ! ip netns list | awk '{print $1}' | grep -qx "$NETNS"; then
+  ip netns add "$NETNS"
+  echo "$NETNS" >"$RUN/netns.created-by-lamina"
+fi
 bash scripts/build-sample-channel.sh "$CHANNEL"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
@@ -106,6 +117,13 @@ if ! "${LAMINA[@]}" --json channel list | grep -q "\"$CHANNEL_URL\""; then
   "${LAMINA[@]}" channel add "$CHANNEL_URL" --key "$(cat "$CHANNEL/public/channel.pub")" >/dev/null
 fi
 
+# The default network every instance joins unless told otherwise: public, so every user of
+# this cloud may put instances on it.
+if ! "${LAMINA[@]}" network show default >/dev/null 2>&1; then
+  "${LAMINA[@]}" network create default --cidr "$NETWORK_CIDR" --public \
+    --description "the network instances join by default" >/dev/null
+fi
+
 # The sample web appliance (and the substrate it builds on), deployed as instance "web".
 installed() {
   "${LAMINA[@]}" --json appliance list --installed | .venv/bin/python -c "
@@ -127,6 +145,13 @@ case "$status" in
 esac
 console_ready() { "${LAMINA[@]}" instance console web | grep -q "lamina-base: ready"; }
 wait_for 180 "the web appliance's ready line on its console" console_ready
+# Its page, published on this machine's loopback.
+if ! "${LAMINA[@]}" --json instance forwards web | grep -q '"guest_port": 80,'; then
+  "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
+fi
+WEB_URL=http://127.0.0.1:$WEB_PORT/
+page_served() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$WEB_URL').status_code != 200)"; }
+wait_for 60 "the web appliance's page at $WEB_URL" page_served
 
 # Put `lamina` on the PATH, unless something else already answers to that name.
 LINK=${LAMINA_CLI_LINK-/usr/local/bin/lamina}
@@ -137,13 +162,16 @@ else
 fi
 
 printf '\nLamina is up: manager %s, one host, the sample web appliance running as "web".\n' "$URL"
-printf 'Its page (http://web.lamina.test/) is served inside the guest; until instances get a\n'
-printf 'network, reach the appliance through its console:\n\n'
+printf '\nThe web appliance: %s\n\n' "$WEB_URL"
 hint() { printf '  %-44s # %s\n' "$1" "$2"; }
+hint "curl $WEB_URL" "its page, served inside the guest"
+hint "$CLI instance show web" "its address on the default network, its name, the forward"
 hint "$CLI instance console web" "its console: the page it serves, its site id"
 hint "$CLI instance list" "the web appliance, running"
 hint "$CLI appliance list" "the sample channel: lamina-base, webserv, dnsserv"
 hint "$CLI appliance deploy dnsserv --name dns --var domain=example.org" "a second appliance on the same substrate"
+hint "$CLI network show default" "the default network and its addresses"
+hint "$CLI dns record list --network default" "its DNS zone"
 hint "$CLI host list" "the local host and its capacity"
 hint "$CLI job list" "what Lamina did, step by step"
 hint "make down" "stop what make up started"

@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 from harness import ROOT, free_port, wait_until
 
@@ -41,6 +42,7 @@ def lamina(env: dict[str, str], *args: str) -> str:
 
 def test_up_twice_then_down(tmp_path: Path) -> None:
     data = tmp_path / "var"
+    netns, web_port = f"lamina-e2e-{os.getpid()}", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
     env.update(
         LAMINA_DATA_DIR=str(data),
@@ -49,6 +51,8 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         LAMINA_SAMPLE_CHANNEL_PORT=str(free_port()),
         LAMINA_CLI_LINK="",
         LAMINA_CREDENTIALS=str(tmp_path / "credentials"),
+        LAMINA_AGENT__NETWORK_NAMESPACE=netns,
+        LAMINA_SAMPLE_WEB_PORT=str(web_port),
     )
     up = run("up.sh", env)
     domain = None
@@ -58,6 +62,15 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         rows = json.loads(lamina(env, "--json", "instance", "list"))
         assert [(r["name"], r["status"]) for r in rows] == [("web", "running")]
         domain = f"lamina-{rows[0]['id']}"
+        # The page, as the new user fetches the URL make up printed: through the port forward
+        # on loopback into the guest on the default network, inside the namespace.
+        url = f"http://127.0.0.1:{web_port}/"
+        assert f"The web appliance: {url}" in up.stdout
+        page = httpx.get(url, timeout=10)
+        assert page.status_code == 200 and "web.lamina.test" in page.text
+        shown = json.loads(lamina(env, "--json", "instance", "show", "web"))
+        assert shown["networks"][0]["network"] == "default"
+        assert shown["networks"][0]["fqdn"] == "web.default.lamina.internal"
         console = lamina(env, "instance", "console", "web")
         assert "webserv: serving web.lamina.test on port 80" in console
         # The bundled channel, subscribed: its substrate and both applications.
@@ -91,6 +104,8 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
     assert "web appliance stopped" in down.stdout and "manager stopped" in down.stdout
     for pid in pids.values():
         assert not Path(f"/proc/{pid.strip()}").exists()
+    netns_left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert netns not in netns_left.split()
     state = subprocess.run(
         ["virsh", "-c", "qemu:///system", "domstate", domain], capture_output=True, text=True
     ).stdout.strip()
