@@ -92,12 +92,13 @@ def test_guests_on_networks(make_cloud: Callable[..., Cloud], channel: Channel, 
         _done(client, client.install_appliance(appliance))
     client.create_network("lan", "10.70.0.0/24")
     client.create_network("iso", "10.71.0.0/24", mode="isolated")
-    _deploy(client, "netprobe", "alpha", "lan", "10.70.0.10",
-            names="beta beta.lan.lamina.internal", addresses="10.70.0.11", others="beta")  # fmt: skip
-    _deploy(client, "netprobe", "beta", "lan", "10.70.0.11",
-            names="alpha", addresses="10.70.0.10", others="alpha")  # fmt: skip
-    _deploy(client, "netprobe", "gamma", "iso", "10.71.0.10",
-            names="alpha.lan.lamina.internal", addresses="10.70.0.10 10.70.0.11 10.70.0.1")  # fmt: skip
+    probe = "netprobe"
+    _deploy(client, probe, "alpha", "lan", "10.70.0.10", names="beta beta.lan.lamina.internal",
+            addresses="10.70.0.11", others="beta")  # fmt: skip
+    _deploy(client, probe, "beta", "lan", "10.70.0.11", names="alpha", addresses="10.70.0.10",
+            others="alpha")  # fmt: skip
+    _deploy(client, probe, "gamma", "iso", "10.71.0.10", names="alpha.lan.lamina.internal",
+            addresses="10.70.0.10 10.70.0.11 10.70.0.1")  # fmt: skip
     _deploy(client, "mailserv", "mail", "lan", "10.70.0.20", domain="example.org")
     _deploy(client, "webserv", "web", "lan", "10.70.0.30", domain="www.example.org")
     guests = ("alpha", "beta", "gamma", "mail", "web")
