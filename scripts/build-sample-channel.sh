@@ -5,7 +5,8 @@
 #       rootfs/          busybox-static with applet symlinks, busybox init, an rc that prints
 #                        "lamina-base: release|boot <n>|ready" and runs /etc/lamina/start.d/*,
 #                        a disk watcher (hot-plugged disks appear and go on the console),
-#                        every NIC by DHCP (udhcpc; /etc/resolv.conf links to /run),
+#                        every NIC by DHCP (udhcpc; /etc/resolv.conf links to /run), the
+#                        configuration service's client /usr/bin/lamina-config,
 #                        acpid (power button -> poweroff) and a shutdown rc (rcK) that leaves
 #                        the instance layer's ext4 clean
 #       boot/vmlinux     the newest /boot/vmlinuz-* decompressed (QEMU boots the ELF by its
