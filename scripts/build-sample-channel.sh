@@ -17,6 +17,9 @@
 #   OUTDIR/sources/webserv/      kind="application": busybox httpd serving a templated page
 #   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and the libraries it needs
 #   OUTDIR/sources/diskprobe/    kind="application": marks hot-plugged block volumes (vol-*)
+#   OUTDIR/sources/netprobe/     kind="application": reports names, addresses and the
+#                                configuration service it reaches
+#   OUTDIR/sources/mailserv/     kind="application": an SMTP sink on port 25 (busybox nc)
 # The static parts (init scripts, definitions, templates) are in samples/channel/.
 # The boot contract (disks found by virtio serial, kernel command line
 # lamina.layers=/lamina.upper=/lamina.config=) is described in samples/channel/initramfs/init.
@@ -210,9 +213,11 @@ sed -e "s|@VERSION@|${version}|" -e "s|@KERNEL@|${kernel_file}|" -e "s|@CMDLINE@
 cp -R "${samples}/webserv" "${src}/webserv"
 normalize_modes "${src}/webserv/layer"
 
-# --- diskprobe ---
-cp -R "${samples}/diskprobe" "${src}/diskprobe"
-normalize_modes "${src}/diskprobe/layer"
+# --- diskprobe, netprobe, mailserv: busybox scripts only ---
+for app in diskprobe netprobe mailserv; do
+    cp -R "${samples}/${app}" "${src}/${app}"
+    normalize_modes "${src}/${app}/layer"
+done
 
 # --- dnsserv: dnsmasq and exactly the libraries ldd lists, at the same paths ---
 cp -R "${samples}/dnsserv" "${src}/dnsserv"
