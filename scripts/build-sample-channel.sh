@@ -5,16 +5,21 @@
 #       rootfs/          busybox-static with applet symlinks, busybox init, an rc that prints
 #                        "lamina-base: release|boot <n>|ready" and runs /etc/lamina/start.d/*,
 #                        a disk watcher (hot-plugged disks appear and go on the console),
+#                        every NIC by DHCP (udhcpc; /etc/resolv.conf links to /run), the
+#                        configuration service's client /usr/bin/lamina-config,
 #                        acpid (power button -> poweroff) and a shutdown rc (rcK) that leaves
 #                        the instance layer's ext4 clean
 #       boot/vmlinux     the newest /boot/vmlinuz-* decompressed (QEMU boots the ELF by its
 #                        PVH entry ~2x faster under TCG); boot/vmlinuz when it cannot be
 #       boot/initrd.img  gzip'd cpio (newc): samples/channel/initramfs/init, busybox and the
-#                        kernel's modules for virtio disks, squashfs, erofs, overlay and ext4,
-#                        and for the ACPI power button (button, evdev)
+#                        kernel's modules for virtio disks and NICs, squashfs, erofs, overlay
+#                        and ext4, and for the ACPI power button (button, evdev)
 #   OUTDIR/sources/webserv/      kind="application": busybox httpd serving a templated page
 #   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and the libraries it needs
 #   OUTDIR/sources/diskprobe/    kind="application": marks hot-plugged block volumes (vol-*)
+#   OUTDIR/sources/netprobe/     kind="application": reports names, addresses and the
+#                                configuration service it reaches
+#   OUTDIR/sources/mailserv/     kind="application": an SMTP sink on port 25 (busybox nc)
 # The static parts (init scripts, definitions, templates) are in samples/channel/.
 # The boot contract (disks found by virtio serial, kernel command line
 # lamina.layers=/lamina.upper=/lamina.config=) is described in samples/channel/initramfs/init.
@@ -52,7 +57,8 @@ substrate_cmdline="quiet"
 # crc32c_generic: ext4's checksums (libcrc32c asks the crypto API for crc32c).
 # button, evdev: the ACPI power button as /dev/input/event*, which the substrate's
 # acpid turns into a clean poweroff (libvirt's graceful shutdown presses that button).
-modules=(crc32c_generic virtio_pci virtio_blk squashfs erofs overlay ext4 button evdev)
+# virtio_net (after failover and net_failover): Lamina's NICs.
+modules=(crc32c_generic virtio_pci virtio_blk virtio_net squashfs erofs overlay ext4 button evdev)
 
 [[ -d "$samples" ]] || die "$samples not found"
 kernel="$(find /boot -maxdepth 1 -name 'vmlinuz-*' -type f -printf '%f\n' | sort -V | tail -n 1)"
@@ -118,6 +124,11 @@ cp -R "${samples}/lamina-base/rootfs" "$rootfs"
 install_busybox "$rootfs"
 mkdir -p "$rootfs"/{proc,sys,dev,run,tmp,root,var/lib/lamina,etc/lamina/start.d}
 echo "lamina-base ${version}" >"${rootfs}/etc/lamina-release"
+# The DHCP script writes the resolver's configuration to the tmpfs: a captured instance
+# layer never carries one network's resolver to another instance.
+ln -s /run/resolv.conf "${rootfs}/etc/resolv.conf"
+mkdir -p "${rootfs}/etc/udhcpc"
+ln -s /usr/share/udhcpc/default.script "${rootfs}/etc/udhcpc/default.script"
 normalize_modes "$rootfs"
 chmod 1777 "${rootfs}/tmp"
 chmod 0700 "${rootfs}/root"
@@ -202,9 +213,11 @@ sed -e "s|@VERSION@|${version}|" -e "s|@KERNEL@|${kernel_file}|" -e "s|@CMDLINE@
 cp -R "${samples}/webserv" "${src}/webserv"
 normalize_modes "${src}/webserv/layer"
 
-# --- diskprobe ---
-cp -R "${samples}/diskprobe" "${src}/diskprobe"
-normalize_modes "${src}/diskprobe/layer"
+# --- diskprobe, netprobe, mailserv: busybox scripts only ---
+for app in diskprobe netprobe mailserv; do
+    cp -R "${samples}/${app}" "${src}/${app}"
+    normalize_modes "${src}/${app}/layer"
+done
 
 # --- dnsserv: dnsmasq and exactly the libraries ldd lists, at the same paths ---
 cp -R "${samples}/dnsserv" "${src}/dnsserv"

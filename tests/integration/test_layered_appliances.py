@@ -50,7 +50,13 @@ class Channel:
         subprocess.run(
             ["bash", str(script), str(other), "--substrate-version", version], check=True
         )
-        shutil.copytree(other / "sources" / "lamina-base", self.sources / f"lamina-base-{version}")
+        # A root filesystem's links stay links (/etc/resolv.conf's target exists only in the
+        # guest); following them would copy the host's files into the substrate.
+        shutil.copytree(
+            other / "sources" / "lamina-base",
+            self.sources / f"lamina-base-{version}",
+            symlinks=True,
+        )
         self.publish()
 
 

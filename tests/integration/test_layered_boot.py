@@ -72,6 +72,8 @@ def build(out: Path, *options: str) -> Channel:
         ("webserv", "layer"),
         ("dnsserv", "layer"),
         ("diskprobe", "layer"),
+        ("netprobe", "layer"),
+        ("mailserv", "layer"),
     ):
         image = out / f"{name}.squashfs"
         subprocess.run(
@@ -112,12 +114,20 @@ def make_upper(path: Path) -> Path:
     return path
 
 
-def make_config(path: Path, variables: dict[str, str], templates: list[str], host: str) -> Path:
-    """The config disk: a ustar archive of variables, templates and hostname, padded."""
+def make_config(
+    path: Path,
+    variables: dict[str, str],
+    templates: list[str],
+    host: str,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """The config disk: a ustar archive of variables, templates and hostname, padded, and
+    the ``extra`` files (``instance``, ``token``), each mode 0644 as the agent writes them."""
     files = {
         "variables": "".join(f"{name}\t{value}\n" for name, value in variables.items()),
         "templates": "".join(f"{p}\n" for p in templates),
         "hostname": f"{host}\n",
+        **(extra or {}),
     }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -133,12 +143,18 @@ def make_config(path: Path, variables: dict[str, str], templates: list[str], hos
 
 
 def start(
-    channel: Channel, layers: list[str], disks: list[Disk], console: Path, *extra: str
+    channel: Channel,
+    layers: list[str],
+    disks: list[Disk],
+    console: Path,
+    *extra: str,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start QEMU with ``disks`` in the given order on the command line; the console goes
-    to ``console``, QEMU's own output next to it (``.stderr``)."""
+    to ``console``, QEMU's own output next to it (``.stderr``). ``prefix`` runs it under
+    another command (``ip netns exec NAME``, which execs it: the process is QEMU)."""
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
+        *prefix, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
         "-monitor", "none", "-nic", "none", "-serial", f"file:{console}",
         "-kernel", str(channel.kernel), "-initrd", str(channel.initrd),
         "-append", " ".join(filter(None, [
@@ -300,7 +316,7 @@ def test_the_sample_channel_builds(channel: Channel, tmp_path: Path) -> None:
     out = tmp_path / "public"
     build_channel(channel.sources, out, load_private_key(key))
     feed = (out / "channel.rss").read_text()
-    for name in ("lamina-base", "webserv", "dnsserv", "diskprobe"):
+    for name in ("lamina-base", "webserv", "dnsserv", "diskprobe", "netprobe", "mailserv"):
         assert f'name="{name}"' in feed
 
 
