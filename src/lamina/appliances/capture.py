@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 KIND = "appliance.capture"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: Left out of every captured layer: logs, caches, temporary and runtime files, and what
-#: Lamina keeps per instance (the config disk's copy, boot counter, first-boot marker).
+#: Lamina keeps per instance (the config disk's copy, boot counter, first-boot marker, the
+#: resolver its network's DHCP gave it).
 CAPTURE_FILTER = (
     "/var/log",
     "/var/cache",
@@ -70,6 +71,7 @@ CAPTURE_FILTER = (
     "/var/run",
     "/etc/lamina",
     "/var/lib/lamina",
+    "/etc/resolv.conf",
     "/root/.ash_history",
     "/root/.bash_history",
 )
