@@ -74,6 +74,7 @@ dhcp-ignore=tag:!known
 dhcp-authoritative
 dhcp-leasefile={f}/leases
 dhcp-hostsfile={f}/dhcp-hosts
+dhcp-mac=set:secondary,52:54:00:00:00:02
 dhcp-option=option:router,10.77.0.1
 dhcp-option=tag:secondary,option:router
 dhcp-option=option:dns-server,10.77.0.1
@@ -133,7 +134,7 @@ def test_isolated_network_gives_no_route() -> None:
 
 def test_hosts_files() -> None:
     assert render_dhcp_hosts(SPEC) == (
-        "52:54:00:00:00:01,10.77.0.5,web\n52:54:00:00:00:02,set:secondary,10.77.0.6,db\n"
+        "52:54:00:00:00:01,10.77.0.5,web\n52:54:00:00:00:02,10.77.0.6,db\n"
     )
     assert render_hosts(SPEC) == (
         "10.77.0.5 web.shop.lamina.internal\n"

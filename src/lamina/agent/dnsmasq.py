@@ -3,7 +3,9 @@
 Its files live in ``<agent>/networks/<network id>/``: ``dnsmasq.conf`` (everything but the
 hosts), ``dhcp-hosts`` (MAC -> address, name) and ``hosts`` (the zone's A and AAAA
 records). dnsmasq re-reads the last two on SIGHUP, so adding or removing a guest never
-restarts it; a change of the configuration restarts it with the same lease file.
+restarts it; a change of the configuration restarts it with the same lease file. (The
+configuration names the MACs of secondary NICs, see ``render_dhcp_hosts``: a guest whose
+NIC on this network is a secondary one does restart it.)
 
 How the zone is served depends on whether dnsmasq has anywhere to forward other names:
 
@@ -172,12 +174,12 @@ def check_spec(spec: NetworkSpec) -> None:
 
 
 def render_dhcp_hosts(spec: NetworkSpec) -> str:
-    """``dhcp-hostsfile``: ``mac[,set:secondary],ip,hostname`` per guest NIC."""
-    lines = [
-        ",".join([h.mac, *([] if h.primary else [f"set:{SECONDARY}"]), h.ip, h.hostname])
-        for h in spec.hosts
-    ]
-    return "".join(line + "\n" for line in lines)
+    """``dhcp-hostsfile``: ``mac,ip,hostname`` per guest NIC.
+
+    No tags here: dnsmasq 2.90 exits on SIGHUP when a host of this file with a ``set:``
+    tag holds a lease (checked; ``dhcp-hostsdir`` too). Secondary NICs are tagged by
+    ``dhcp-mac`` lines of the configuration instead."""
+    return "".join(f"{h.mac},{h.ip},{h.hostname}\n" for h in spec.hosts)
 
 
 def render_hosts(spec: NetworkSpec) -> str:
@@ -213,6 +215,7 @@ def render_conf(spec: NetworkSpec, folder: Path, run_as: RunAs, upstream: bool) 
         "dhcp-authoritative",
         f"dhcp-leasefile={folder / LEASES}",
         f"dhcp-hostsfile={folder / DHCP_HOSTS}",
+        *(f"dhcp-mac=set:{SECONDARY},{h.mac}" for h in spec.hosts if not h.primary),
     ]
     if spec.mode == "nat":
         lines.append(f"dhcp-option=option:router,{spec.address}")
