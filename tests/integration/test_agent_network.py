@@ -540,6 +540,11 @@ def test_test_driver_guest_with_nics(host: Host) -> None:
                     vcpus=1, memory_mib=64, nics=[GuestNic(network=ISO_ID, mac=DB_MAC)]
                 ),
             )
+        # Its network gone, it does not start (its tap would have nowhere to go).
+        host.client.act(name, "destroy")
+        host.client.network_state(NetworkState())
+        with pytest.raises(InvalidRequest, match=NAT_ID):
+            host.client.act(name, "start")
     finally:
         host.client.undefine(name)
         host.client.undefine("lamina-nettest-other")

@@ -293,8 +293,12 @@ def test_start_paused_with_nics(hv: LibvirtHypervisor) -> None:
         NicSpec(mac="52:54:00:00:00:01", tap="lmt525400000001"),
         NicSpec(mac="52:54:00:00:00:02", tap="lmt525400000002", bridge="lmb000000000001"),
     )
-    hv.define(dataclasses.replace(SPEC, nics=nics))
+    hv.define(SPEC)
     try:
+        hv.attach_disk(SPEC.name, VOLUME_DISK)
+        # Redefined with NICs, it keeps its attached volume.
+        hv.define(dataclasses.replace(SPEC, nics=nics))
+        assert [d.target for d in hv.disks(SPEC.name)] == ["vda", "vdb"]
         hv.start("web-1", paused=True)
         assert hv.info("web-1").state == "paused"
         hv.start("web-1", paused=True)  # a paused guest is left alone

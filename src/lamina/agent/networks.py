@@ -260,9 +260,14 @@ class NetworkHost:
     # -- agent start and stop -----------------------------------------------------------
 
     def restore(self) -> None:
-        """Apply the stored state again (at the agent's start); failures are logged."""
+        """Apply the stored state again (at the agent's start); failures are logged. The
+        namespace is made (if missing) even without networks: forwards connect into it."""
         state = self.stored()
         if state is None:
+            try:
+                ensure_namespace(self.namespace)
+            except LaminaError as exc:
+                log.error("network namespace %s: %s", self.namespace, exc.message)
             return
         try:
             self.apply(state)

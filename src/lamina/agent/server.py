@@ -196,6 +196,13 @@ class Agent:
             # A fresh boot gets a fresh console log, so "first line" means this boot's.
             log_path = self.disks.guest_dir(name) / "console.log"
             stopped = hv.info(name).state == "stopped"
+            networks = self.network.networks()
+            missing = sorted({n.network for n in self.nics(name) if n.network not in networks})
+            if stopped and missing:
+                raise InvalidRequest(
+                    f"guest {name} has NICs on networks not on this host: {', '.join(missing)}",
+                    networks=missing,
+                )
             if stopped and log_path.exists():
                 log_path.rename(log_path.with_suffix(".log.0"))
             if stopped and self.network.namespace and self.nics(name):
