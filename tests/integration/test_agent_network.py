@@ -610,3 +610,4 @@ def test_a_real_guest_nic_is_plugged_into_the_namespaces_bridge(
             pool.close()
     assert name not in sh("virsh", "-c", "qemu:///system", "list", "--all", "--name").stdout
     assert tap not in host_taps()
+    assert tap not in sh("ip", "-n", namespace, "-o", "link", "show").stdout
