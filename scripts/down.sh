@@ -28,6 +28,14 @@ if running manager && running agent; then
 fi
 stop agent
 stop manager
+# The agent's network namespace (docs/networks.md): its dnsmasq processes, then itself.
+NETNS=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
+if [ -n "$NETNS" ] && [ -e "/run/netns/$NETNS" ]; then
+  for pid in $(ip netns pids "$NETNS"); do kill "$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in $(ip netns pids "$NETNS"); do kill -9 "$pid" 2>/dev/null || true; done
+  ip netns del "$NETNS" && echo "network namespace $NETNS removed"
+fi
 stop channel-server
 # The agent leaves its networks' dnsmasq running across its own restarts; make down stops them.
 AGENT_DIR=$(cd "$DATA" && pwd)/agent

@@ -11,6 +11,9 @@ LAMINA=(.venv/bin/lamina)
 RUN=$DATA/run
 LOG=$DATA/log
 HOST_NAME=local
+# The agent's networks (bridges, dnsmasq, guests' taps) live in a namespace of their own,
+# so guests reach nothing but what is inside it (docs/networks.md); `make down` removes it.
+export LAMINA_AGENT__NETWORK_NAMESPACE=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
 AGENT_ADDRESS=${LAMINA_AGENT__HOST:-127.0.0.1}:${LAMINA_AGENT__PORT:-8776}
 mkdir -p "$RUN" "$LOG"
 CHANNEL=$(cd "$DATA" && pwd)/sample-channel

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from harness import free_port, wait_until
 
+from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
 from lamina.compute.drivers import load_hypervisor
@@ -37,10 +38,15 @@ class InProcessAgent:
 
 @contextlib.contextmanager
 def serve_agent(
-    root: Path, uri: str = "test:///default", volumes: VolumeConfig | None = None
+    root: Path,
+    uri: str = "test:///default",
+    volumes: VolumeConfig | None = None,
+    network: NetworkConfig | None = None,
 ) -> Iterator[InProcessAgent]:
     """An agent on a free port of 127.0.0.1 with its data under ``root/agent``, its
-    certificate (for 127.0.0.1) from a CA under ``root/manager/ca``."""
+    certificate (for 127.0.0.1) from a CA under ``root/manager/ca``. It starts as
+    ``run_agent`` starts one (``restore()``) and stops its listeners at the end (its
+    dnsmasq processes stay, as a real agent's do: remove its networks to stop them)."""
     ca = CertificateAuthority(root / "manager" / "ca")
     key = new_key()
     tls = TLSFiles(
@@ -51,7 +57,8 @@ def serve_agent(
         tls.cert, ca.sign(make_csr(key, "h1"), common_name="h1", sans=["127.0.0.1"], server=True)
     )
     hypervisor = load_hypervisor("libvirt", uri=uri, domain_type=None)
-    agent = Agent(root / "agent", hypervisor, volumes)
+    agent = Agent(root / "agent", hypervisor, volumes, network)
+    agent.restore()
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -74,4 +81,5 @@ def serve_agent(
     finally:
         server.should_exit = True
         thread.join(10)
+        agent.close()
         hypervisor.close()

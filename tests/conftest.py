@@ -15,7 +15,7 @@ from harness import Postgres  # noqa: E402
 
 from lamina.db import Database  # noqa: E402
 
-pytest_plugins = ["clouds", "swift"]
+pytest_plugins = ["clouds", "namespaces", "swift"]
 _names = itertools.count()
 
 

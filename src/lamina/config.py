@@ -200,6 +200,12 @@ class AgentSettings(Section):
     volume_vg: str | None = Field(None, pattern=r"^[A-Za-z0-9_.+][A-Za-z0-9_.+-]*$")
     #: The LVM thin pool (lvm backend) or the Ceph pool (rbd backend).
     volume_pool: str | None = Field(None, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
+    #: The network namespace of the guests' bridges, dnsmasq and relays (created if
+    #: missing); "" for the host's own network.
+    network_namespace: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,31})?$")
+    #: An interface (in that namespace, or the host's) carrying the 802.1Q VLANs of the
+    #: networks that have a VLAN id; "" for none.
+    network_uplink: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,9})?$")
 
 
 class Settings(BaseSettings):

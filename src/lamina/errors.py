@@ -95,6 +95,13 @@ class GuestNotFound(NotFound):
         super().__init__(f"guest {name!r} does not exist on this host", guest=name)
 
 
+class NetworkFailed(LaminaError):
+    """Networks a host could not bring up; ``details["networks"]`` maps each network id
+    (or ``firewall``) to why. The others are up."""
+
+    code = "network_failed"
+
+
 class CommandFailed(LaminaError):
     """An external command exited non-zero."""
 

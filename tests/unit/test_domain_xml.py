@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
-from lamina.compute.drivers.base import DiskSpec, GuestSpec, NetworkDisk
+from lamina.compute.drivers.base import DiskSpec, GuestSpec, NetworkDisk, NicSpec
 from lamina.compute.drivers.domain_xml import domain_xml, guest_disks, network_disk_xml
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -103,3 +104,16 @@ def test_network_disk() -> None:
         ("vda", "/var/lib/lamina/volumes/root.qcow2"),
         ("vdb", disk.source),
     ]
+
+
+NIC_BRIDGE = NicSpec(mac="52:54:00:12:34:56", tap="lmt525400123456", bridge="lmb0123456789ab")
+NIC_NAMESPACE = NicSpec(mac="52:54:00:ab:cd:ef", tap="lmt525400abcdef")
+
+
+def test_nics_on_the_hosts_network_and_in_a_namespace() -> None:
+    """On the host's network libvirt puts the tap into the bridge (type='bridge'); in a
+    namespace it only makes the tap (type='ethernet', managed), which the agent moves."""
+    spec = dataclasses.replace(DISK_BOOT, nics=(NIC_BRIDGE,))
+    assert_golden(domain_xml(spec, "qemu"), "nic-bridge-qemu.xml")
+    spec = dataclasses.replace(DISK_BOOT, nics=(NIC_NAMESPACE, NIC_BRIDGE))
+    assert_golden(domain_xml(spec, "qemu"), "nic-ethernet-qemu.xml")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from lamina.compute.drivers import HYPERVISORS, load_hypervisor
-from lamina.compute.drivers.base import DiskSpec, GuestDisk, GuestSpec, NetworkDisk
+from lamina.compute.drivers.base import DiskSpec, GuestDisk, GuestSpec, NetworkDisk, NicSpec
 from lamina.compute.drivers.libvirt_driver import LibvirtHypervisor
 from lamina.errors import (
     BackendUnavailable,
@@ -285,3 +285,24 @@ def test_attach_and_detach_an_iscsi_disk(hv: LibvirtHypervisor) -> None:
         hv.attach_disk(SPEC.name, VOLUME_DISK)
     with pytest.raises(GuestNotFound):
         hv.disks(SPEC.name)
+
+
+def test_start_paused_with_nics(hv: LibvirtHypervisor) -> None:
+    """A guest with NICs (both kinds) defines; started paused it waits for resume()."""
+    nics = (
+        NicSpec(mac="52:54:00:00:00:01", tap="lmt525400000001"),
+        NicSpec(mac="52:54:00:00:00:02", tap="lmt525400000002", bridge="lmb000000000001"),
+    )
+    hv.define(SPEC)
+    try:
+        hv.attach_disk(SPEC.name, VOLUME_DISK)
+        # Redefined with NICs, it keeps its attached volume.
+        hv.define(dataclasses.replace(SPEC, nics=nics))
+        assert [d.target for d in hv.disks(SPEC.name)] == ["vda", "vdb"]
+        hv.start("web-1", paused=True)
+        assert hv.info("web-1").state == "paused"
+        hv.start("web-1", paused=True)  # a paused guest is left alone
+        hv.resume("web-1")
+        assert hv.info("web-1").state == "running"
+    finally:
+        hv.undefine("web-1")

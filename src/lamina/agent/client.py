@@ -188,6 +188,31 @@ class AgentClient:
     def guest_disks(self, name: str) -> list[wire.GuestDiskInfo]:
         return self._call("GET", f"/guests/{name}/disks", list[wire.GuestDiskInfo])
 
+    # -- networks (the host's bridges, dnsmasq, relays) and port forwards ----------------
+
+    def network_state(self, state: wire.NetworkState) -> list[wire.NetworkInfo]:
+        """Make the host have exactly ``state``'s networks (idempotent); answer them.
+        ``InvalidRequest`` for a bad state (nothing changed); ``network_failed`` (500)
+        naming each network that did not come up (the rest did; pushing again retries)."""
+        return self._call("PUT", "/network", list[wire.NetworkInfo], json=_dump(state), timeout=120)
+
+    def networks(self) -> list[wire.NetworkInfo]:
+        """The host's networks as they are now (``dnsmasq_pid`` None if it is not running)."""
+        return self._call("GET", "/network", list[wire.NetworkInfo])
+
+    def forward_create(self, forward: str, spec: wire.PortForward) -> wire.ForwardInfo:
+        """Create or replace a port forward (the same request again is a no-op); answers
+        the real ``host_port``. ``Conflict`` when the address and port are in use,
+        ``InvalidRequest`` when its network is not on the host."""
+        return self._call("PUT", f"/forwards/{forward}", wire.ForwardInfo, json=_dump(spec))
+
+    def forward_delete(self, forward: str) -> None:
+        """Idempotent; cuts the forward's connections."""
+        self._do("DELETE", f"/forwards/{forward}")
+
+    def forwards(self) -> list[wire.ForwardInfo]:
+        return self._call("GET", "/forwards", list[wire.ForwardInfo])
+
 
 def _certificate_refused(exc: BaseException) -> bool:
     """Whether a connection failed because the agent's certificate was refused."""

@@ -9,6 +9,7 @@ import ssl
 import uvicorn
 
 from lamina.agent.enrol import enrol
+from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
 from lamina.compute.drivers import load_hypervisor
@@ -54,15 +55,23 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         vg=settings.agent.volume_vg,
         pool=settings.agent.volume_pool,
     )
-    app = create_agent_app(Agent(settings.agent_dir, hypervisor, volumes))
-    uvicorn.run(
-        app,
-        host=settings.agent.host,
-        port=settings.agent.port,
-        ssl_certfile=str(files.cert),
-        ssl_keyfile=str(files.key),
-        ssl_ca_certs=str(files.ca),
-        ssl_cert_reqs=ssl.CERT_REQUIRED,
-        log_level=settings.log_level.lower(),
-        access_log=False,
+    network = NetworkConfig(
+        namespace=settings.agent.network_namespace, uplink=settings.agent.network_uplink
     )
+    agent = Agent(settings.agent_dir, hypervisor, volumes, network)
+    agent.restore()
+    app = create_agent_app(agent)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.agent.host,
+            port=settings.agent.port,
+            ssl_certfile=str(files.cert),
+            ssl_keyfile=str(files.key),
+            ssl_ca_certs=str(files.ca),
+            ssl_cert_reqs=ssl.CERT_REQUIRED,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        agent.close()

@@ -6,6 +6,8 @@ only clients with a certificate from the manager's CA (enforced by the TLS layer
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
 import socket
@@ -20,6 +22,9 @@ from lamina import __version__
 from lamina.agent.cache import DownloadTracker, ImageCache
 from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
+from lamina.agent.forwards import ForwardTable
+from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
+from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeConfig, VolumeServer
 from lamina.agent.wire import (
     DISK_TARGET,
@@ -33,11 +38,16 @@ from lamina.agent.wire import (
     DiskUsage,
     DownloadStatus,
     ExportInfo,
+    ForwardInfo,
     GuestCapture,
     GuestDefinition,
     GuestDiskInfo,
+    GuestNic,
     GuestStatus,
     HostStatus,
+    NetworkInfo,
+    NetworkState,
+    PortForward,
     ServerInfo,
     SnapshotCreate,
     SnapshotInfo,
@@ -46,9 +56,17 @@ from lamina.agent.wire import (
     VolumeExtend,
     VolumeInfo,
 )
-from lamina.compute.drivers.base import DiskSpec, GuestInfo, GuestSpec, Hypervisor, NetworkDisk
-from lamina.errors import InvalidRequest, InvalidState
+from lamina.compute.drivers.base import (
+    DiskSpec,
+    GuestInfo,
+    GuestSpec,
+    Hypervisor,
+    NetworkDisk,
+)
+from lamina.errors import InvalidRequest, InvalidState, LaminaError
 from lamina.httperrors import install_error_handlers
+
+log = logging.getLogger(__name__)
 
 CONSOLE_CHUNK = 256 * 1024
 #: How long a detach waits for a running guest to release the disk (ACPI hot-unplug).
@@ -57,10 +75,17 @@ Action = Literal["start", "stop", "destroy", "pause", "resume", "reboot"]
 
 
 class Agent:
-    """The agent's state: its hypervisor, cache and disks."""
+    """The agent's state: its hypervisor, cache, disks, networks and port forwards.
+
+    Building one changes nothing on the host; ``restore()`` (at the agent's start) brings
+    back the networks and forwards it had, ``close()`` stops its listeners."""
 
     def __init__(
-        self, root: Path, hypervisor: Hypervisor, volumes: VolumeConfig | None = None
+        self,
+        root: Path,
+        hypervisor: Hypervisor,
+        volumes: VolumeConfig | None = None,
+        network: NetworkConfig | None = None,
     ) -> None:
         self.root = root
         self.hypervisor = hypervisor
@@ -68,7 +93,23 @@ class Agent:
         self.cache = ImageCache(root / "cache", self.tracker)
         self.disks = DiskStore(root / "guests")
         self.volumes = VolumeServer(volumes or VolumeConfig(), root, self.tracker)
+        self.network = NetworkHost(root / "networks", network or NetworkConfig(), root / "tls")
+        self.forwards = ForwardTable(
+            root / "forwards.json", self.network.namespace, self.network.networks
+        )
         self.started = time.monotonic()
+
+    def restore(self) -> None:
+        """At the agent's start: the stored networks and forwards again, and running
+        guests' taps into their bridges. Failures are logged, never raised."""
+        self.network.restore()
+        self.forwards.restore()
+        self.plug_guests()
+
+    def close(self) -> None:
+        """Stop the relays and forwards' listeners (dnsmasq and guests keep running)."""
+        self.forwards.close()
+        self.network.close()
 
     def info(self) -> ServerInfo:
         host = self.hypervisor.host_info()
@@ -104,6 +145,7 @@ class Agent:
             if not path.is_file():
                 raise InvalidRequest(f"disk {disk.name!r} of {name!r} has not been created")
             disks.append(DiskSpec(str(path), target, disk.format, disk.readonly, disk.serial))
+        nics = nic_specs(spec.nics, self.network.networks(), self.network.namespace)
         self.hypervisor.define(
             GuestSpec(
                 name=name,
@@ -113,19 +155,71 @@ class Agent:
                 initrd=str(self.cache.check(spec.initrd).path) if spec.initrd else None,
                 cmdline=spec.cmdline,
                 disks=tuple(disks),
+                nics=nics,
                 console_log=str(guest_dir / "console.log"),
             )
         )
+        write_nics(guest_dir, spec.nics)
         return _status(self.hypervisor.info(name))
+
+    def nics(self, name: str) -> list[GuestNic]:
+        """The NICs the guest was defined with."""
+        return read_nics(self.disks.guest_dir(name))
+
+    def _plug(self, name: str) -> None:
+        # libvirt's test driver makes no taps.
+        test = self.hypervisor.capabilities.domain_type == "test"
+        self.network.plug(taps(self.nics(name)), missing_ok=test)
+
+    def plug_guests(self) -> None:
+        """Put every running guest's taps into their bridges (after the agent's start, or
+        after a network's bridge was made again); failures are logged."""
+        for folder in sorted(self.disks.root.glob(f"*/{NICS}")):
+            name = folder.parent.name
+            try:
+                if self.hypervisor.info(name).state in ("running", "paused"):
+                    self._plug(name)
+            except LaminaError as exc:
+                log.warning("taps of guest %s: %s", name, exc.message)
+
+    def apply_network(self, state: NetworkState) -> list[NetworkInfo]:
+        """Converge the host's networks to ``state`` (see ``NetworkHost.apply``), then put
+        running guests' taps back into bridges made again."""
+        try:
+            return self.network.apply(state)
+        finally:
+            self.plug_guests()
 
     def act(self, name: str, action: Action) -> GuestStatus:
         hv = self.hypervisor
         if action == "start":
             # A fresh boot gets a fresh console log, so "first line" means this boot's.
             log_path = self.disks.guest_dir(name) / "console.log"
-            if hv.info(name).state == "stopped" and log_path.exists():
+            stopped = hv.info(name).state == "stopped"
+            networks = self.network.networks()
+            missing = sorted({n.network for n in self.nics(name) if n.network not in networks})
+            if stopped and missing:
+                raise InvalidRequest(
+                    f"guest {name} has NICs on networks not on this host: {', '.join(missing)}",
+                    networks=missing,
+                )
+            if stopped and log_path.exists():
                 log_path.rename(log_path.with_suffix(".log.0"))
-            hv.start(name)
+            if stopped and self.network.namespace and self.nics(name):
+                # Its taps appear in the host's network: the guest may only run once they
+                # are in the namespace's bridges.
+                hv.start(name, paused=True)
+                try:
+                    self._plug(name)
+                    hv.resume(name)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        hv.destroy(name)
+                    raise
+            else:
+                hv.start(name)
+                if self.nics(name):
+                    self._plug(name)
         elif action == "stop":
             hv.shutdown(name, timeout=10)
         else:
@@ -300,6 +394,26 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.delete("/guests/{name}/disks/{target}", status_code=204)
     def guest_detach_disk(name: str, target: str) -> None:
         agent.detach_disk(name, target)
+
+    @app.put("/network")
+    def network_state(state: NetworkState) -> list[NetworkInfo]:
+        return agent.apply_network(state)
+
+    @app.get("/network")
+    def network_list() -> list[NetworkInfo]:
+        return agent.network.list()
+
+    @app.put("/forwards/{forward}")
+    def forward_create(forward: str, spec: PortForward) -> ForwardInfo:
+        return agent.forwards.put(forward, spec)
+
+    @app.delete("/forwards/{forward}", status_code=204)
+    def forward_delete(forward: str) -> None:
+        agent.forwards.delete(forward)
+
+    @app.get("/forwards")
+    def forward_list() -> list[ForwardInfo]:
+        return agent.forwards.list()
 
     volumes = agent.volumes
 

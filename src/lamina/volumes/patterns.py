@@ -283,8 +283,9 @@ def parse_backend(data: Mapping[str, Any]) -> Backend:
 # -- running -----------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], timeout: float) -> str:
-    """Run one command (never through a shell); answer its standard output.
+def run(argv: Sequence[str], timeout: float, input: str | None = None) -> str:  # noqa: A002
+    """Run one command (never through a shell), with ``input`` on its standard input if
+    given; answer its standard output.
 
     Raises ``CommandFailed`` when it exits non-zero or cannot be started, ``Timeout`` when
     it runs longer than ``timeout`` seconds (it is killed).
@@ -293,7 +294,7 @@ def run(argv: Sequence[str], timeout: float) -> str:
     log.debug("running %s", args)
     try:
         result = subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout, check=False, stdin=None
+            args, capture_output=True, text=True, timeout=timeout, check=False, input=input
         )
     except subprocess.TimeoutExpired:
         raise Timeout(f"{args[0]} did not finish within {timeout:g}s", argv=args) from None

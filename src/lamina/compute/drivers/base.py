@@ -46,6 +46,18 @@ class NetworkDisk:
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """One virtio network interface of a guest, on tap ``tap``.
+
+    With ``bridge`` the hypervisor puts the tap into that bridge (the host's own network);
+    without, it only makes the tap, and the agent moves it into its namespace's bridge."""
+
+    mac: str
+    tap: str
+    bridge: str | None = None
+
+
+@dataclass(frozen=True)
 class GuestDisk:
     """A disk a guest has: its device name and where its bytes come from."""
 
@@ -64,6 +76,7 @@ class GuestSpec:
     initrd: str | None = None
     cmdline: str = ""
     disks: tuple[DiskSpec, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
     console_log: str | None = None  # serial console output is appended to this file
     uuid: str | None = None  # None: the hypervisor picks one (or keeps the existing one)
 
@@ -112,8 +125,9 @@ class Hypervisor(abc.ABC):
         """Define (persistently) a guest; redefining an existing stopped guest replaces it."""
 
     @abc.abstractmethod
-    def start(self, name: str) -> None:
-        """Boot a defined guest. Starting a running guest is a no-op."""
+    def start(self, name: str, paused: bool = False) -> None:
+        """Boot a defined guest, with its vCPUs paused if ``paused`` (``resume()`` lets it
+        run). Starting a running or paused guest is a no-op."""
 
     @abc.abstractmethod
     def shutdown(self, name: str, timeout: float = 30.0) -> None:

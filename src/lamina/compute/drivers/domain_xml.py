@@ -83,6 +83,20 @@ def domain_xml(spec: GuestSpec, domain_type: str, emulator: str | None = None) -
         if disk.serial:
             _sub(disk_el, "serial", disk.serial)
 
+    for nic in spec.nics:
+        if nic.bridge:
+            # libvirt makes the tap and puts it into the bridge.
+            nic_el = _sub(devices, "interface", type="bridge")
+            _sub(nic_el, "mac", address=nic.mac)
+            _sub(nic_el, "source", bridge=nic.bridge)
+            _sub(nic_el, "target", dev=nic.tap)
+        else:
+            # libvirt only makes the tap; the agent moves it into its namespace's bridge.
+            nic_el = _sub(devices, "interface", type="ethernet")
+            _sub(nic_el, "mac", address=nic.mac)
+            _sub(nic_el, "target", dev=nic.tap, managed="yes")
+        _sub(nic_el, "model", type="virtio")
+
     if spec.console_log:
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=spec.console_log, append="on")
