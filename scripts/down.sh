@@ -28,23 +28,19 @@ if running manager && running agent; then
 fi
 stop agent
 stop manager
-# The agent's network namespace (docs/networks.md): its dnsmasq processes, then itself.
-NETNS=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
-if [ -n "$NETNS" ] && [ -e "/run/netns/$NETNS" ]; then
-  for pid in $(ip netns pids "$NETNS"); do kill "$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in $(ip netns pids "$NETNS"); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$NETNS" && echo "network namespace $NETNS removed"
-fi
 stop channel-server
-# The agent leaves its networks' dnsmasq running across its own restarts; make down stops them.
+# The agent leaves its networks' dnsmasq running across its own restarts (guests keep their
+# DHCP and DNS); make down stops them, then the namespace if make up made it.
 AGENT_DIR=$(cd "$DATA" && pwd)/agent
-for pid in $(pgrep -f "^dnsmasq .*$AGENT_DIR/networks/" || true); do
+for pid in $(pgrep -f "dnsmasq .*$AGENT_DIR/networks/" || true); do
   kill "$pid" 2>/dev/null || true
 done
 if [ -f "$RUN/netns.created-by-lamina" ]; then
   netns=$(cat "$RUN/netns.created-by-lamina")
-  for pid in $(ip netns pids "$netns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  for signal in TERM KILL; do
+    for pid in $(ip netns pids "$netns" 2>/dev/null); do kill -s "$signal" "$pid" 2>/dev/null || true; done
+    sleep 0.5
+  done
   ip netns delete "$netns" 2>/dev/null || true
   rm -f "$RUN/netns.created-by-lamina"
   echo "network namespace $netns removed"

@@ -11,17 +11,15 @@ LAMINA=(.venv/bin/lamina)
 RUN=$DATA/run
 LOG=$DATA/log
 HOST_NAME=local
-# The agent's networks (bridges, dnsmasq, guests' taps) live in a namespace of their own,
-# so guests reach nothing but what is inside it (docs/networks.md); `make down` removes it.
-export LAMINA_AGENT__NETWORK_NAMESPACE=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
 AGENT_ADDRESS=${LAMINA_AGENT__HOST:-127.0.0.1}:${LAMINA_AGENT__PORT:-8776}
 mkdir -p "$RUN" "$LOG"
 CHANNEL=$(cd "$DATA" && pwd)/sample-channel
 CHANNEL_PORT=${LAMINA_SAMPLE_CHANNEL_PORT:-8777}
 CHANNEL_URL=http://127.0.0.1:$CHANNEL_PORT/channel.rss
-# Guests' bridges, dnsmasq and the configuration service live in a network namespace of
-# their own, so the quick start touches none of this machine's own networking (set it to ""
-# to use the host's network, as on a real server: docs/networks.md).
+# Guests' bridges, dnsmasq, taps and the configuration service live in a network namespace
+# of their own, so the quick start touches none of this machine's own networking and guests
+# reach nothing but what is inside it (set it to "" to use the host's network, as on a real
+# server: docs/networks.md). `make down` removes it if `make up` made it.
 export LAMINA_AGENT__NETWORK_NAMESPACE=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
 NETNS=$LAMINA_AGENT__NETWORK_NAMESPACE
 NETWORK_CIDR=${LAMINA_SAMPLE_NETWORK_CIDR:-10.77.0.0/24}

@@ -3,17 +3,14 @@ test driver unless a test asks for QEMU), each in its own temporary directory.""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from harness import Cloud, free_port, wait_until
+from namespaces import Namespaces
 
 from lamina.agent.tgt import parse_targets
 from lamina.client import Client
@@ -82,30 +79,7 @@ def client(cloud: Cloud) -> Iterator[Client]:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    """A network namespace of the test's own (MACHINE-NOTES, Networks: tests reach guests only
-    inside namespaces they make): its name. Every process left in it is killed and it is
-    removed at the end."""
-    name = f"lt-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-    try:
-        yield name
-    finally:
-        remove_netns(name)
-
-
-def remove_netns(name: str) -> None:
-    pids = subprocess.run(
-        ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=30
-    ).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
-
-
-def in_netns(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run a command inside a namespace (``dig``, ``ip``), its output captured."""
-    return subprocess.run(
-        ["ip", "netns", "exec", name, *argv], capture_output=True, text=True, timeout=timeout
-    )
+def netns(namespaces: Namespaces) -> str:
+    """The agent's network namespace, made by the test (its processes killed and it removed
+    at the end, with every other namespace of the test)."""
+    return namespaces.make("agent")

@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from clouds import add_host, in_netns
+from clouds import add_host
 from harness import ROOT, Cloud, wait_until
+from namespaces import in_ns
 from test_layered_appliances import Channel
 
 from lamina.client import Client
@@ -149,7 +150,7 @@ def test_guests_on_networks(make_cloud: Callable[..., Cloud], channel: Channel, 
         assert client.instance("alpha")["guest_status"] == "probed"
 
         # The mail appliance's MX record, from the network's dnsmasq.
-        mx = in_netns(netns, "dig", "+short", "@10.70.0.1", "example.org", "MX").stdout.split()
+        mx = in_ns(netns, "dig", "+short", "@10.70.0.1", "example.org", "MX").split()
         assert mx == ["10", "mail.lan.lamina.internal."], mx
         host, port = _published(client, "mail", 25).rsplit(":", 1)
         with smtplib.SMTP(host, int(port), timeout=60) as smtp:
