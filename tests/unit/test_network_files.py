@@ -107,6 +107,12 @@ def test_conf_in_a_namespace_without_upstream_is_authoritative() -> None:
         + RECORDS
     )
     assert files.conf == expected
+    # A record outside the zone (a mail appliance's domain): its name is Lamina's too.
+    mail = DnsRecord(name="example.org", type="MX", value="10 web.shop.lamina.internal")
+    spec = SPEC.model_copy(update={"records": [*SPEC.records, mail]})
+    conf = render(spec, FOLDER, NOBODY, "lamina").conf
+    assert "auth-zone=lamina.local\nauth-zone=example.org\nauth-server=" in conf
+    assert "mx-host=example.org,web.shop.lamina.internal,10\n" in conf
 
 
 def test_conf_with_upstream_servers_forwards() -> None:

@@ -10,8 +10,9 @@ NIC on this network is a secondary one does restart it.)
 How the zone is served depends on whether dnsmasq has anywhere to forward other names:
 
 - nowhere (inside a namespace without ``upstream_dns``): ``auth-server`` on the bridge, the
-  zone and ``lamina.local`` are authoritative zones: every answer carries ``aa``, a name
-  under them that is not there is NXDOMAIN with the zone's SOA, anything else REFUSED;
+  zone, ``lamina.local`` and each name outside the zone that has a record (a mail
+  appliance's domain) are authoritative zones: every answer carries ``aa``, a name under
+  them that is not there is NXDOMAIN with the zone's SOA, anything else REFUSED;
 - upstream servers (``upstream_dns``, or the host's resolv.conf on the host's network):
   dnsmasq answers on an ``auth-server`` interface only authoritatively and refuses
   recursion there, so the bridge is not one. The zone is still an ``auth-zone`` (the same
@@ -237,12 +238,20 @@ def render_conf(spec: NetworkSpec, folder: Path, run_as: RunAs, upstream: bool) 
     if upstream:
         lines.append(f"auth-server={CONFIG_SERVICE_NAME}")
     else:
-        lines += [f"auth-zone={CONFIG_SERVICE_NAME}", f"auth-server={CONFIG_SERVICE_NAME},{bridge}"]
+        # Nothing else can answer here, so names outside the zone that Lamina holds records
+        # for (a mail appliance's domain) are Lamina's too: else they would be REFUSED.
+        outside = sorted({r.name for r in spec.records if not _under(r.name, zone)})
+        lines += [f"auth-zone={name}" for name in (CONFIG_SERVICE_NAME, *outside)]
+        lines.append(f"auth-server={CONFIG_SERVICE_NAME},{bridge}")
     if spec.upstream_dns or not upstream:
         lines.append("no-resolv")
     lines += [f"server={s}" for s in spec.upstream_dns]
     lines += records
     return "".join(line + "\n" for line in lines)
+
+
+def _under(name: str, zone: str) -> bool:
+    return name == zone or name.endswith("." + zone)
 
 
 def render(spec: NetworkSpec, folder: Path, run_as: RunAs, namespace: str) -> DnsmasqFiles:
