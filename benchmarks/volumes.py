@@ -26,8 +26,9 @@ Run from the repository root (needs what ``make test`` installs: tgt, QEMU, libv
 
    Beside each figure: the CPU seconds per GiB that qemu-img and tgtd used (the iSCSI path
    needs about ten times the file's), and how many cores other processes kept busy
-   meanwhile. The machine's cores are shared: the iSCSI path needs two processes to run
-   in turn, so other load slows it more than the file; read the ratios with that figure.
+   meanwhile (a cell is marked ``*`` from half a core). The machine's cores are shared: the
+   iSCSI path needs two processes to run in turn, so other load slows it more than the
+   file; read the ratios with that figure.
 2. Create from snapshot: a volume of ``--size`` filled with data, snapshotted, then a volume
    made from the snapshot by copy-on-write clone and by copy (the volume server's
    ``create``), against ``cp`` of the snapshot file plus ``sync``.
@@ -72,6 +73,8 @@ COW_TARGET_S = 0.100
 ATTACH_TARGET_S = 3.0
 BENCH_REQUEST = 1 * MiB
 BENCH_DEPTH = 4
+#: Cores of other load above which a throughput cell is marked disturbed.
+BUSY_OTHERS = 0.5
 
 
 def new_id(kind: str) -> str:
@@ -154,6 +157,34 @@ def qemu_img_bench(target: str, fmt: str, size: int, write: bool) -> Run:
     return Run(size / seconds, child + tgtd_cpu() - tgtd)
 
 
+@dataclass(frozen=True)
+class Cell:
+    over: float  # bytes a second through the iSCSI export (median)
+    direct: float  # bytes a second on the file directly (median)
+    cpu_over: float  # CPU seconds per GiB of qemu-img and tgtd (medians)
+    cpu_direct: float
+    others: float  # cores other processes kept busy meanwhile
+
+
+def measure(url: str, path: str, fmt: str, size: int, write: bool, runs: int) -> Cell:
+    """``runs`` passes over each target, the two taking turns to go first."""
+    over: list[Run] = []
+    direct: list[Run] = []
+    busy, t0 = busy_cpu(), time.monotonic()
+    for i in range(runs):
+        turns = [(over, url), (direct, path)]
+        for results, target in turns if i % 2 == 0 else turns[::-1]:
+            results.append(qemu_img_bench(target, fmt, size, write))
+    ours = sum(r.cpu for r in over + direct)
+    return Cell(
+        over=statistics.median(r.rate for r in over),
+        direct=statistics.median(r.rate for r in direct),
+        cpu_over=statistics.median(r.cpu for r in over) * GiB / size,
+        cpu_direct=statistics.median(r.cpu for r in direct) * GiB / size,
+        others=(busy_cpu() - busy - ours) / (time.monotonic() - t0),
+    )
+
+
 def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> None:
     print(
         f"\n== Throughput: {human(size)} sequential, {human(BENCH_REQUEST)} requests, "
@@ -168,6 +199,7 @@ def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> N
         f"  {'backend':8} {'op':6} {'iSCSI export':>13} {'file directly':>14} {'ratio':>7}  "
         f"{'target':19} {'CPU':>9} {'others':>6}"
     )
+    disturbed = False
     for backend in backends:
         server = volume_server(work, backend)
         volume = new_id("vol")
@@ -179,29 +211,25 @@ def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> N
         try:
             qemu_img_bench(path, fmt, size, write=True)  # allocate: no timed run pays for it
             for write in (True, False):
-                over: list[Run] = []
-                direct: list[Run] = []
-                busy, t0 = busy_cpu(), time.monotonic()
-                for i in range(runs):
-                    turns = [(over, url), (direct, path)]
-                    for results, target in turns if i % 2 == 0 else turns[::-1]:
-                        results.append(qemu_img_bench(target, fmt, size, write))
-                ours = sum(r.cpu for r in over + direct)
-                others = (busy_cpu() - busy - ours) / (time.monotonic() - t0)
-                a = statistics.median(r.rate for r in over)
-                b = statistics.median(r.rate for r in direct)
-                cpu_a = statistics.median(r.cpu for r in over) * GiB / size
-                cpu_b = statistics.median(r.cpu for r in direct) * GiB / size
-                verdict = "met" if a >= THROUGHPUT_TARGET * b else "MISSED"
+                cell = measure(url, path, fmt, size, write, runs)
+                verdict = "met" if cell.over >= THROUGHPUT_TARGET * cell.direct else "MISSED"
                 goal = f">= {THROUGHPUT_TARGET}x ({verdict})"
+                mark = "*" if cell.others >= BUSY_OTHERS else ""
+                disturbed = disturbed or bool(mark)
                 print(
-                    f"  {backend:8} {'write' if write else 'read':6} {a / 1e6:13.1f} "
-                    f"{b / 1e6:14.1f} {ratio(a, b):>7}  {goal:19} {cpu_a:4.2f}/{cpu_b:4.2f} "
-                    f"{others:6.2f}"
+                    f"  {backend:8} {'write' if write else 'read':6} {cell.over / 1e6:13.1f} "
+                    f"{cell.direct / 1e6:14.1f} {ratio(cell.over, cell.direct):>7}  {goal:19} "
+                    f"{cell.cpu_over:4.2f}/{cell.cpu_direct:4.2f} {cell.others:6.2f}{mark}"
                 )
         finally:
             server.unexport(volume)
             server.delete(volume)
+    if disturbed:
+        print(
+            f"  * other processes kept {BUSY_OTHERS} core or more busy: that can slow the iSCSI "
+            "column (two\n    processes taking turns) far more than the file's "
+            "(docs/benchmarks.md, section 6)"
+        )
 
 
 # -- 2. create from snapshot --------------------------------------------------------------
