@@ -4,7 +4,7 @@ same run.
 
 Run from the repository root (needs what ``make test`` installs: tgt, QEMU, libvirtd)::
 
-    .venv/bin/python benchmarks/volumes.py [--size 1G] [--backends qcow2,raw] [--runs 3]
+    .venv/bin/python benchmarks/volumes.py [--size 1G] [--backends qcow2,raw] [--runs 5]
                                            [--skip-throughput] [--skip-snapshot]
                                            [--skip-attach]
 
@@ -20,7 +20,15 @@ Run from the repository root (needs what ``make test`` installs: tgt, QEMU, libv
    ``rdwr`` (before) a read over iSCSI could come from the page cache and beat the disk, and a
    write only reached the page cache: not a measure of the transport. What remains between
    the two columns is the iSCSI path itself (TCP over loopback, tgtd's copies). Each figure is
-   wall time of a whole ``qemu-img bench`` process (login and the final flush included).
+   wall time of a whole ``qemu-img bench`` process (login and the final flush included). One
+   untimed write pass first allocates the file, so that no timed run of either column pays
+   for it, and the two columns take turns going first.
+
+   Beside each figure: the CPU seconds per GiB that qemu-img and tgtd used (the iSCSI path
+   needs about ten times the file's), and how many cores other processes kept busy
+   meanwhile (a cell is marked ``*`` from half a core). The machine's cores are shared: the
+   iSCSI path needs two processes to run in turn, so other load slows it more than the
+   file; read the ratios with that figure.
 2. Create from snapshot: a volume of ``--size`` filled with data, snapshotted, then a volume
    made from the snapshot by copy-on-write clone and by copy (the volume server's
    ``create``), against ``cp`` of the snapshot file plus ``sync``.
@@ -35,6 +43,8 @@ are removed too. It prints figures; it never fails because a figure is slow.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +73,8 @@ COW_TARGET_S = 0.100
 ATTACH_TARGET_S = 3.0
 BENCH_REQUEST = 1 * MiB
 BENCH_DEPTH = 4
+#: Cores of other load above which a throughput cell is marked disturbed.
+BUSY_OTHERS = 0.5
 
 
 def new_id(kind: str) -> str:
@@ -92,15 +105,84 @@ def volume_server(work: Path, backend: str) -> VolumeServer:
 # -- 1. throughput ------------------------------------------------------------------------
 
 
-def qemu_img_bench(target: str, fmt: str, size: int, write: bool) -> float:
-    """Bytes a second of one sequential pass over ``size`` bytes."""
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def tgtd_cpu() -> float:
+    """CPU seconds used so far by the tgtd processes of this network namespace (the one that
+    serves 127.0.0.1:3260), their ended threads included."""
+    total = 0
+    ours = os.stat("/proc/self/ns/net").st_ino
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc / "stat").read_text()
+            if text.partition(" (")[2].startswith("tgtd)") and (
+                os.stat(proc / "ns" / "net").st_ino == ours
+            ):
+                fields = text.rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:  # gone meanwhile
+            continue
+    return total / HZ
+
+
+def busy_cpu() -> float:
+    """CPU seconds all cores have been busy (neither idle nor waiting for I/O) since boot.
+
+    Interrupt time is in it and charged to no process, so "others" is ~0.1 core when idle."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / HZ
+
+
+@dataclass(frozen=True)
+class Run:
+    rate: float  # bytes a second
+    cpu: float  # CPU seconds of qemu-img and of tgtd meanwhile
+
+
+def qemu_img_bench(target: str, fmt: str, size: int, write: bool) -> Run:
+    """One sequential pass over ``size`` bytes."""
     argv = ["qemu-img", "bench", "-f", fmt, "-t", "none", "-n", "-s", str(BENCH_REQUEST)]
     argv += ["-S", str(BENCH_REQUEST), "-d", str(BENCH_DEPTH), "-c", str(size // BENCH_REQUEST)]
     if write:
         argv += ["-w", "--pattern=90"]
+    before, tgtd = resource.getrusage(resource.RUSAGE_CHILDREN), tgtd_cpu()
     t0 = time.perf_counter()
     subprocess.run([*argv, target], check=True, capture_output=True, timeout=1800)
-    return size / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Run(size / seconds, child + tgtd_cpu() - tgtd)
+
+
+@dataclass(frozen=True)
+class Cell:
+    over: float  # bytes a second through the iSCSI export (median)
+    direct: float  # bytes a second on the file directly (median)
+    cpu_over: float  # CPU seconds per GiB of qemu-img and tgtd (medians)
+    cpu_direct: float
+    others: float  # cores other processes kept busy meanwhile
+
+
+def measure(url: str, path: str, fmt: str, size: int, write: bool, runs: int) -> Cell:
+    """``runs`` passes over each target, the two taking turns to go first."""
+    over: list[Run] = []
+    direct: list[Run] = []
+    busy, t0 = busy_cpu(), time.monotonic()
+    for i in range(runs):
+        turns = [(over, url), (direct, path)]
+        for results, target in turns if i % 2 == 0 else turns[::-1]:
+            results.append(qemu_img_bench(target, fmt, size, write))
+    ours = sum(r.cpu for r in over + direct)
+    return Cell(
+        over=statistics.median(r.rate for r in over),
+        direct=statistics.median(r.rate for r in direct),
+        cpu_over=statistics.median(r.cpu for r in over) * GiB / size,
+        cpu_direct=statistics.median(r.cpu for r in direct) * GiB / size,
+        others=(busy_cpu() - busy - ours) / (time.monotonic() - t0),
+    )
 
 
 def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> None:
@@ -109,8 +191,15 @@ def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> N
         f"depth {BENCH_DEPTH}, cache=none, median of {runs} (MB/s)"
     )
     print(
-        f"  {'backend':8} {'op':6} {'iSCSI export':>13} {'file directly':>14} {'ratio':>7}  target"
+        "  CPU: seconds per GiB of qemu-img and tgtd, iSCSI / file. others: cores that other\n"
+        f"  processes kept busy meanwhile, of {os.cpu_count()} (load average "
+        f"{os.getloadavg()[0]:.2f} at the start)"
     )
+    print(
+        f"  {'backend':8} {'op':6} {'iSCSI export':>13} {'file directly':>14} {'ratio':>7}  "
+        f"{'target':19} {'CPU':>9} {'others':>6}"
+    )
+    disturbed = False
     for backend in backends:
         server = volume_server(work, backend)
         volume = new_id("vol")
@@ -120,20 +209,27 @@ def bench_throughput(work: Path, size: int, backends: list[str], runs: int) -> N
         export = server.export(volume, "127.0.0.1")
         url = f"iscsi://127.0.0.1/{export.iqn}/{export.lun}"
         try:
+            qemu_img_bench(path, fmt, size, write=True)  # allocate: no timed run pays for it
             for write in (True, False):
-                over, direct = [], []
-                for _ in range(runs):  # interleaved
-                    over.append(qemu_img_bench(url, fmt, size, write))
-                    direct.append(qemu_img_bench(path, fmt, size, write))
-                a, b = statistics.median(over), statistics.median(direct)
-                verdict = "met" if a >= THROUGHPUT_TARGET * b else "MISSED"
+                cell = measure(url, path, fmt, size, write, runs)
+                verdict = "met" if cell.over >= THROUGHPUT_TARGET * cell.direct else "MISSED"
+                goal = f">= {THROUGHPUT_TARGET}x ({verdict})"
+                mark = "*" if cell.others >= BUSY_OTHERS else ""
+                disturbed = disturbed or bool(mark)
                 print(
-                    f"  {backend:8} {'write' if write else 'read':6} {a / 1e6:13.1f} "
-                    f"{b / 1e6:14.1f} {ratio(a, b):>7}  >= {THROUGHPUT_TARGET}x ({verdict})"
+                    f"  {backend:8} {'write' if write else 'read':6} {cell.over / 1e6:13.1f} "
+                    f"{cell.direct / 1e6:14.1f} {ratio(cell.over, cell.direct):>7}  {goal:19} "
+                    f"{cell.cpu_over:4.2f}/{cell.cpu_direct:4.2f} {cell.others:6.2f}{mark}"
                 )
         finally:
             server.unexport(volume)
             server.delete(volume)
+    if disturbed:
+        print(
+            f"  * other processes kept {BUSY_OTHERS} core or more busy: that can slow the iSCSI "
+            "column (two\n    processes taking turns) far more than the file's "
+            "(docs/benchmarks.md, section 6)"
+        )
 
 
 # -- 2. create from snapshot --------------------------------------------------------------
@@ -243,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--size", default="1G")
     parser.add_argument("--backends", default="qcow2,raw")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-snapshot", action="store_true")
     parser.add_argument("--skip-attach", action="store_true")

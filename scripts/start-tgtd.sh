@@ -30,8 +30,11 @@ log "starting tgtd"
 # tgtd allocates each command's data buffer (valloc) and frees it when the command ends; with
 # glibc's default threshold a 1 MiB buffer is a fresh mmap, page-faulted and zeroed, then
 # munmapped, for every request (a third of tgtd's CPU on large writes). A fixed 32 MiB
-# threshold keeps those buffers in the heap for reuse (docs/benchmarks.md, section 6).
-TUNABLES="glibc.malloc.mmap_threshold=33554432"
+# threshold keeps those buffers in the heap for reuse. Fixing it also fixes the trim threshold
+# at 128 KiB, so the heap top was given back (brk) after every other command and faulted in
+# again: a 32 MiB trim threshold keeps up to 32 MiB of freed buffers (docs/benchmarks.md,
+# section 6).
+TUNABLES="glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=33554432"
 # tgtd daemonises itself (two processes).
 GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}$TUNABLES" tgtd >>"$LOG" 2>&1 9>&-
 deadline=$((SECONDS + WAIT_SECONDS))
