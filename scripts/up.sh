@@ -137,6 +137,11 @@ deploy_web() {
   "${LAMINA[@]}" appliance deploy webserv --name web --var domain=web.lamina.test --no-wait >/dev/null
 }
 status=$(web_status 2>/dev/null || echo absent)
+# A web appliance an older make up deployed before instances had networks is made again.
+if [ "$status" != absent ] && [ "$("${LAMINA[@]}" --json instance show web | json_field "['networks']")" = "[]" ]; then
+  "${LAMINA[@]}" instance delete web >/dev/null
+  status=absent
+fi
 case "$status" in
   absent) deploy_web ;;
   stopped) "${LAMINA[@]}" instance start web --no-wait >/dev/null ;;
