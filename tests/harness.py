@@ -288,3 +288,18 @@ def slow_mirror(body: bytes, rate: float) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def bare_services(tmp_path: Path, monkeypatch: Any) -> Any:
+    """A manager's ``Services`` on the defaults alone (no settings file, no ``LAMINA_*``
+    variable of the machine), its data under ``tmp_path/var``: for tests that drive the
+    domain functions in-process."""
+    from lamina.config import ENV_PREFIX, load_settings
+    from lamina.services import Services
+
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    empty = tmp_path / "lamina.toml"
+    empty.write_text("")
+    return Services.build(load_settings(empty, data_dir=tmp_path / "var"))

@@ -16,31 +16,21 @@ from __future__ import annotations
 import contextlib
 import re
 import smtplib
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from clouds import add_host
-from harness import ROOT, Cloud, wait_until
+from harness import Cloud, wait_until
 from namespaces import in_ns
-from test_layered_appliances import Channel
+from test_layered_appliances import Channel, channel  # noqa: F401 - the module's fixture
 
 from lamina.client import Client
 from lamina.errors import LaminaError
 
 pytestmark = pytest.mark.integration
 BOOT = 180
-
-
-@pytest.fixture(scope="module")
-def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Channel]:
-    root = tmp_path_factory.mktemp("sample-channel")
-    subprocess.run(["bash", str(ROOT / "scripts/build-sample-channel.sh"), str(root)], check=True)
-    served = Channel(root)
-    yield served
-    served.server.stop()
 
 
 def _done(client: Client, answer: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
@@ -83,7 +73,11 @@ def _probe(address: str) -> str:
     return text
 
 
-def test_guests_on_networks(make_cloud: Callable[..., Cloud], channel: Channel, netns: str) -> None:
+def test_guests_on_networks(
+    make_cloud: Callable[..., Cloud],
+    channel: Channel,  # noqa: F811 - the fixture imported above
+    netns: str,
+) -> None:
     cloud = make_cloud()
     cloud.start_manager()
     add_host(cloud, "qemu", uri="qemu:///system", LAMINA_AGENT__NETWORK_NAMESPACE=netns)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import bare_services
 
 from lamina.agent.wire import NetworkState
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.models import Host, Instance
-from lamina.config import load_settings
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
@@ -63,12 +63,7 @@ class Recorder:
 
 @pytest.fixture
 def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    for key in list(__import__("os").environ):
-        if key.startswith("LAMINA_"):
-            monkeypatch.delenv(key)
-    empty = tmp_path / "lamina.toml"
-    empty.write_text("")
-    services = Services.build(load_settings(empty, data_dir=tmp_path / "var"))
+    services: Services = bare_services(tmp_path, monkeypatch)
     services.agents = Recorder()  # type: ignore[assignment]
     with services.db.write() as s:
         for hid, name in (("h-1", "one"), ("h-2", "two")):

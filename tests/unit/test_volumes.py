@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from harness import bare_services
 from sqlalchemy.exc import IntegrityError
 
 from lamina.agent.wire import (
@@ -27,7 +28,6 @@ from lamina.agent.wire import (
     VolumeInfo,
 )
 from lamina.compute.models import Host, Instance
-from lamina.config import load_settings
 from lamina.errors import CommandFailed, Conflict, InvalidRequest, InvalidState, LaminaError
 from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
@@ -169,12 +169,7 @@ class World:
 
 @pytest.fixture
 def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    for key in list(__import__("os").environ):
-        if key.startswith("LAMINA_"):
-            monkeypatch.delenv(key)
-    empty = tmp_path / "lamina.toml"
-    empty.write_text("")
-    services = Services.build(load_settings(empty, data_dir=tmp_path / "var"))
+    services: Services = bare_services(tmp_path, monkeypatch)
     services.agents = World()  # type: ignore[assignment]
     with services.db.write() as s:
         for hid, name, address in (("h-store", "store", "10.0.0.1"), ("h-vmm", "vmm", "10.0.0.2")):
