@@ -143,6 +143,10 @@ def test_guests_on_networks(
             assert line in gamma, gamma
         assert client.instance("alpha")["guest_status"] == "probed"
 
+        # alpha's name, once: from the zone, not again from the lease DHCP gave it.
+        named = in_ns(netns, "dig", "+short", "@10.70.0.1", "alpha.lan.lamina.internal").split()
+        assert named == ["10.70.0.10"], named
+
         # The mail appliance's MX record, from the network's dnsmasq.
         mx = in_ns(netns, "dig", "+short", "@10.70.0.1", "example.org", "MX").split()
         assert mx == ["10", "mail.lan.lamina.internal."], mx

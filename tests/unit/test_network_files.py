@@ -72,6 +72,7 @@ log-facility={f}/dnsmasq.log
 dhcp-range=10.77.0.0,static,255.255.255.0,1h
 dhcp-ignore=tag:!known
 dhcp-authoritative
+dhcp-ignore-names
 dhcp-leasefile={f}/leases
 dhcp-hostsfile={f}/dhcp-hosts
 dhcp-mac=set:secondary,52:54:00:00:00:02
@@ -79,9 +80,8 @@ dhcp-option=option:router,10.77.0.1
 dhcp-option=tag:secondary,option:router
 dhcp-option=option:dns-server,10.77.0.1
 dhcp-option=tag:secondary,option:dns-server
+dhcp-option=tag:!secondary,option:domain-name,shop.lamina.internal
 dhcp-option=tag:!secondary,option:domain-search,shop.lamina.internal
-dhcp-option=tag:secondary,option:domain-name
-domain=shop.lamina.internal
 local=/shop.lamina.internal/
 addn-hosts={f}/hosts
 host-record=lamina.local,10.77.0.1
@@ -140,7 +140,7 @@ def test_isolated_network_gives_no_route() -> None:
 
 def test_hosts_files() -> None:
     assert render_dhcp_hosts(SPEC) == (
-        "52:54:00:00:00:01,10.77.0.5,web\n52:54:00:00:00:02,10.77.0.6,db\n"
+        "52:54:00:00:00:01,10.77.0.5\n52:54:00:00:00:02,10.77.0.6\n"
     )
     assert render_hosts(SPEC) == (
         "10.77.0.5 web.shop.lamina.internal\n"

@@ -175,12 +175,13 @@ def check_spec(spec: NetworkSpec) -> None:
 
 
 def render_dhcp_hosts(spec: NetworkSpec) -> str:
-    """``dhcp-hostsfile``: ``mac,ip,hostname`` per guest NIC.
+    """``dhcp-hostsfile``: ``mac,ip`` per guest NIC.
 
-    No tags here: dnsmasq 2.90 exits on SIGHUP when a host of this file with a ``set:``
-    tag holds a lease (checked; ``dhcp-hostsdir`` too). Secondary NICs are tagged by
-    ``dhcp-mac`` lines of the configuration instead."""
-    return "".join(f"{h.mac},{h.ip},{h.hostname}\n" for h in spec.hosts)
+    No names: a lease with a name enters the zone beside the hosts file's record of it, and a
+    query got the address twice; the guest takes its hostname from its config disk. No tags either: dnsmasq 2.90 exits on SIGHUP when a host
+    of this file with a ``set:`` tag holds a lease (checked; ``dhcp-hostsdir`` too).
+    Secondary NICs are tagged by ``dhcp-mac`` lines of the configuration instead."""
+    return "".join(f"{h.mac},{h.ip}\n" for h in spec.hosts)
 
 
 def render_hosts(spec: NetworkSpec) -> str:
@@ -214,6 +215,7 @@ def render_conf(spec: NetworkSpec, folder: Path, run_as: RunAs, upstream: bool) 
         f"dhcp-range={network.network_address},static,{network.netmask},{LEASE_TIME}",
         "dhcp-ignore=tag:!known",
         "dhcp-authoritative",
+        "dhcp-ignore-names",  # a name a client sends never enters the zone
         f"dhcp-leasefile={folder / LEASES}",
         f"dhcp-hostsfile={folder / DHCP_HOSTS}",
         *(f"dhcp-mac=set:{SECONDARY},{h.mac}" for h in spec.hosts if not h.primary),
@@ -225,10 +227,11 @@ def render_conf(spec: NetworkSpec, folder: Path, run_as: RunAs, upstream: bool) 
         *([] if spec.mode == "nat" else ["dhcp-option=option:router"]),
         f"dhcp-option=option:dns-server,{spec.address}",
         f"dhcp-option=tag:{SECONDARY},option:dns-server",
+        f"dhcp-option=tag:!{SECONDARY},option:domain-name,{zone}",
         f"dhcp-option=tag:!{SECONDARY},option:domain-search,{zone}",
-        f"dhcp-option=tag:{SECONDARY},option:domain-name",
-        # DNS: the zone from the records, lamina.local (the configuration service).
-        f"domain={zone}",
+        # DNS: the zone from the records, lamina.local (the configuration service). No
+        # ``domain=``: with it dnsmasq names each lease after the hosts file's record for its
+        # address and answers that name twice (hosts file and lease).
         f"local=/{zone}/",
         f"addn-hosts={folder / HOSTS}",
         f"host-record={CONFIG_SERVICE_NAME},{spec.address}",

@@ -150,8 +150,9 @@ def nic_options(command: F) -> F:
     """``--network`` (repeatable, in order: the first is the primary), ``--ip`` (repeatable:
     the address on the network given at the same position) and ``--no-network``."""
     options = (
-        click.option("--network", "networks", multiple=True, metavar="NAME",
-                     help="A network to join (repeat for several; default: the default network)."),
+        click.option("--network", "networks", multiple=True, metavar="NAME[:ADDRESS]",
+                     help="A network to join, optionally at a static address (repeat for "
+                     "several, the first is the primary; default: the default network)."),
         click.option("--ip", "ips", multiple=True, metavar="ADDRESS",
                      help="A static address on the --network at the same position."),
         click.option("--no-network", is_flag=True, help="No network at all."),
@@ -174,8 +175,14 @@ def nics(
         raise click.UsageError("each --ip needs a --network before it (one --ip per --network)")
     if not networks:
         return None
-    padded = list(ips) + [None] * (len(networks) - len(ips))
-    return [{"network": n, "ip": ip} for n, ip in zip(networks, padded, strict=True)]
+    padded: list[str | None] = [*ips, *[None] * (len(networks) - len(ips))]
+    nics: list[dict[str, str | None]] = []
+    for given, ip in zip(networks, padded, strict=True):
+        name, colon, address = given.partition(":")
+        if colon and ip:
+            raise click.UsageError(f"--network {given} has an address already; drop its --ip")
+        nics.append({"network": name, "ip": address if colon else ip})
+    return nics
 
 
 def show_nics(data: dict[str, object]) -> None:
