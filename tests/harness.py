@@ -290,10 +290,10 @@ def slow_mirror(body: bytes, rate: float) -> Iterator[str]:
         server.server_close()
 
 
-def bare_services(tmp_path: Path, monkeypatch: Any) -> Any:
-    """A manager's ``Services`` on the defaults alone (no settings file, no ``LAMINA_*``
-    variable of the machine), its data under ``tmp_path/var``: for tests that drive the
-    domain functions in-process."""
+def bare_services(tmp_path: Path, monkeypatch: Any, **settings: Any) -> Any:
+    """A manager's ``Services`` on the defaults (no settings file, no ``LAMINA_*`` variable
+    of the machine) and ``settings``, its data under ``tmp_path/var``: for tests that drive
+    the domain functions in-process."""
     from lamina.config import ENV_PREFIX, load_settings
     from lamina.services import Services
 
@@ -302,4 +302,4 @@ def bare_services(tmp_path: Path, monkeypatch: Any) -> Any:
             monkeypatch.delenv(key)
     empty = tmp_path / "lamina.toml"
     empty.write_text("")
-    return Services.build(load_settings(empty, data_dir=tmp_path / "var"))
+    return Services.build(load_settings(empty, data_dir=tmp_path / "var", **settings))
