@@ -177,10 +177,11 @@ def check_spec(spec: NetworkSpec) -> None:
 def render_dhcp_hosts(spec: NetworkSpec) -> str:
     """``dhcp-hostsfile``: ``mac,ip`` per guest NIC.
 
-    No names: a lease with a name enters the zone beside the hosts file's record of it, and a
-    query got the address twice; the guest takes its hostname from its config disk. No tags either: dnsmasq 2.90 exits on SIGHUP when a host
-    of this file with a ``set:`` tag holds a lease (checked; ``dhcp-hostsdir`` too).
-    Secondary NICs are tagged by ``dhcp-mac`` lines of the configuration instead."""
+    No names: a lease with a name enters the zone beside the hosts file's record of it, and
+    a query got the address twice; the guest takes its hostname from its config disk. No
+    tags either: dnsmasq 2.90 exits on SIGHUP when a host of this file with a ``set:`` tag
+    holds a lease (checked; ``dhcp-hostsdir`` too). Secondary NICs are tagged by
+    ``dhcp-mac`` lines of the configuration instead."""
     return "".join(f"{h.mac},{h.ip}\n" for h in spec.hosts)
 
 
