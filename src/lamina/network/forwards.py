@@ -131,7 +131,7 @@ def find_forward(session: Session, instance: Instance, ref: str) -> PortForward:
 def unexpose(
     session: Session, registry: JobRegistry, forward: PortForward, requester: str | None
 ) -> Job:
-    if forward.status != "active" and forward.status != "error":
+    if forward.status not in ("active", "error"):
         raise InvalidState(f"forward {forward.id} is {forward.status}")
     forward.status = "removing"
     return submit(
