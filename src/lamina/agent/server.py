@@ -166,10 +166,10 @@ class Agent:
         """The NICs the guest was defined with."""
         return read_nics(self.disks.guest_dir(name))
 
-    def _plug(self, name: str) -> None:
+    def _plug(self, nics: list[GuestNic]) -> None:
         # libvirt's test driver makes no taps.
         test = self.hypervisor.capabilities.domain_type == "test"
-        self.network.plug(taps(self.nics(name)), missing_ok=test)
+        self.network.plug(taps(nics), missing_ok=test)
 
     def plug_guests(self) -> None:
         """Put every running guest's taps into their bridges (after the agent's start, or
@@ -178,7 +178,7 @@ class Agent:
             name = folder.parent.name
             try:
                 if self.hypervisor.info(name).state in ("running", "paused"):
-                    self._plug(name)
+                    self._plug(self.nics(name))
             except LaminaError as exc:
                 log.warning("taps of guest %s: %s", name, exc.message)
 
@@ -196,8 +196,9 @@ class Agent:
             # A fresh boot gets a fresh console log, so "first line" means this boot's.
             log_path = self.disks.guest_dir(name) / "console.log"
             stopped = hv.info(name).state == "stopped"
+            nics = self.nics(name)
             networks = self.network.networks()
-            missing = sorted({n.network for n in self.nics(name) if n.network not in networks})
+            missing = sorted({n.network for n in nics if n.network not in networks})
             if stopped and missing:
                 raise InvalidRequest(
                     f"guest {name} has NICs on networks not on this host: {', '.join(missing)}",
@@ -205,12 +206,12 @@ class Agent:
                 )
             if stopped and log_path.exists():
                 log_path.rename(log_path.with_suffix(".log.0"))
-            if stopped and self.network.namespace and self.nics(name):
+            if stopped and self.network.namespace and nics:
                 # Its taps appear in the host's network: the guest may only run once they
                 # are in the namespace's bridges.
                 hv.start(name, paused=True)
                 try:
-                    self._plug(name)
+                    self._plug(nics)
                     hv.resume(name)
                 except BaseException:
                     with contextlib.suppress(Exception):
@@ -218,8 +219,8 @@ class Agent:
                     raise
             else:
                 hv.start(name)
-                if self.nics(name):
-                    self._plug(name)
+                if nics:
+                    self._plug(nics)
         elif action == "stop":
             hv.shutdown(name, timeout=10)
         else:

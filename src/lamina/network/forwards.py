@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,9 @@ from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.models import Network, Port, PortForward
+
+if TYPE_CHECKING:
+    from lamina.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ def describe_forward(forward: PortForward) -> dict[str, Any]:
     }
 
 
-def remove_from_host(svc: Any, instance_id: str, force: bool) -> None:
+def remove_from_host(svc: Services, instance_id: str, force: bool) -> None:
     """Withdraw every forward of an instance from its host (before the instance goes);
     with ``force`` an unreachable host is left to reconcile."""
     with svc.db.read() as s:
