@@ -248,6 +248,16 @@ def fail_upload(session: Session, image_id: str, error: str) -> None:
         record(session, image.id, None, "upload-failed", error[:500])
 
 
+def release_claim(session: Session, image_id: str, status: str, error: str | None) -> None:
+    """Give back an image claimed by ``begin_upload`` whose file was refused before any
+    byte was stored: it is ``status`` again (locked or error), with its ``error``."""
+    image = session.get(Image, image_id)
+    if image is not None and image.status == "uploading":
+        image.status, image.error, image.upload_by = status, error, None
+        image.upload_size = None
+        record(session, image.id, None, "upload-refused")
+
+
 def save_file(store: ImageStore, image_id: str, chunks: Iterable[bytes]) -> StoredObject:
     """Write the file; on any failure nothing stays in the store."""
     try:
