@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,21 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from harness import bare_services
-from test_volumes import GiB, World
+from test_volumes import GiB, World, run_jobs
 
+from lamina.agent.cache import DownloadTracker
+from lamina.agent.volumes import VolumeConfig, VolumeServer
+from lamina.agent.wire import VolumeCreate, VolumeExtend
 from lamina.api.app import create_app
 from lamina.compute.models import Host
+from lamina.errors import TooLarge
 from lamina.identity.signing import LaminaAuth
 from lamina.identity.users import add_user
 from lamina.images.models import Image
 from lamina.images.stores.base import StoredObject
+from lamina.jobs.models import Job
 from lamina.services import Services
+from lamina.volumes.models import Snapshot, Volume
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -250,3 +257,124 @@ def test_a_location_of_a_huge_file_is_refused_and_leaves_no_image(
     assert error(put) == (413, "quota_exceeded"), put.text
     [image] = images(cloud.svc)
     assert image.status == "locked"
+
+
+# -- volumes ------------------------------------------------------------------------------
+
+
+def jobs(svc: Services) -> list[Job]:
+    with svc.db.read() as s:
+        return list(s.query(Job))
+
+
+def volumes(svc: Services) -> list[Volume]:
+    with svc.db.read() as s:
+        return list(s.query(Volume))
+
+
+def test_a_64_tib_volume_is_refused_at_once(cloud: Cloud) -> None:
+    response = cloud.call("admin", "POST", "/volumes", json={"size_bytes": 64 * TiB})
+    assert error(response) == (413, "too_large"), response.text
+    assert "volumes.max_size_bytes" in response.json()["message"]
+    assert volumes(cloud.svc) == [] and jobs(cloud.svc) == []
+
+
+def test_a_volume_larger_than_the_free_space_of_its_server_is_refused(cloud: Cloud) -> None:
+    world: Any = cloud.svc.agents
+    world.volume_free = 5 * GiB
+    response = cloud.call("admin", "POST", "/volumes", json={"size_bytes": 6 * GiB})
+    assert error(response) == (413, "too_large"), response.text
+    assert "'store' has 5368709120 bytes free" in response.json()["message"]
+    assert volumes(cloud.svc) == [] and jobs(cloud.svc) == []
+
+
+def test_volume_bytes_count_volumes_and_snapshots(cloud: Cloud) -> None:
+    made = cloud.call("alice", "POST", "/volumes", json={"size_bytes": 4 * GiB})
+    assert made.status_code == 202, made.text
+    volume_id = made.json()["volume"]["id"]
+    [job] = run_jobs(cloud.svc)
+    assert job.status == "succeeded", job.error
+
+    too_big = cloud.call("alice", "POST", "/volumes", json={"size_bytes": 7 * GiB})
+    assert error(too_big) == (413, "quota_exceeded"), too_big.text
+    assert too_big.json()["details"] == {
+        "quota": "volume_bytes",
+        "limit": 10 * GiB,
+        "used": 4 * GiB,
+        "requested": 7 * GiB,
+    }
+
+    snap = cloud.call("alice", "POST", "/snapshots", json={"volume": volume_id})
+    assert snap.status_code == 202, snap.text
+    [job] = run_jobs(cloud.svc)
+    assert job.status == "succeeded", job.error
+    snapshot_id = snap.json()["snapshot"]["id"]
+
+    # 8 GiB held: a second snapshot (4), an extend by 3 or a 3 GiB copy would pass 10.
+    second = cloud.call("alice", "POST", "/snapshots", json={"volume": volume_id})
+    assert error(second) == (413, "quota_exceeded"), second.text
+    grown = cloud.call(
+        "alice", "POST", f"/volumes/{volume_id}/extend", json={"size_bytes": 7 * GiB}
+    )
+    assert error(grown) == (413, "quota_exceeded"), grown.text
+    assert grown.json()["details"]["requested"] == 3 * GiB
+    copy = cloud.call(
+        "alice", "POST", "/volumes", json={"snapshot": snapshot_id, "size_bytes": 4 * GiB}
+    )
+    assert error(copy) == (413, "quota_exceeded"), copy.text
+
+    with cloud.svc.db.read() as s:
+        assert s.query(Snapshot).count() == 1
+        assert [v.status for v in s.query(Volume)] == ["available"]
+    assert all(j.status == "succeeded" for j in jobs(cloud.svc))
+    # What fits still passes.
+    ok = cloud.call("alice", "POST", f"/volumes/{volume_id}/extend", json={"size_bytes": 6 * GiB})
+    assert ok.status_code == 202, ok.text
+
+
+def test_an_extend_past_the_free_space_or_the_maximum_is_refused(cloud: Cloud) -> None:
+    made = cloud.call("admin", "POST", "/volumes", json={"size_bytes": GiB})
+    volume_id = made.json()["volume"]["id"]
+    run_jobs(cloud.svc)
+    world: Any = cloud.svc.agents
+    world.volume_free = 2 * GiB
+    beyond = cloud.call(
+        "admin", "POST", f"/volumes/{volume_id}/extend", json={"size_bytes": 4 * GiB}
+    )
+    assert error(beyond) == (413, "too_large"), beyond.text
+    huge = cloud.call(
+        "admin", "POST", f"/volumes/{volume_id}/extend", json={"size_bytes": 64 * TiB}
+    )
+    assert error(huge) == (413, "too_large"), huge.text
+    [row] = volumes(cloud.svc)
+    assert (row.status, row.size_bytes) == ("available", GiB)
+    assert [j.kind for j in jobs(cloud.svc)] == ["volume.create"]
+
+
+# -- the volume server (agent) ------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> VolumeServer:
+    return VolumeServer(
+        VolumeConfig(backend="raw", root=tmp_path / "volumes"), tmp_path, DownloadTracker()
+    )
+
+
+def test_the_agent_refuses_a_volume_its_volume_root_cannot_hold(
+    server: VolumeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = shutil.disk_usage(server.root)
+    assert server.free_bytes() == pytest.approx(real.free, rel=0.01)
+    tight = real._replace(free=10 * MiB)
+    monkeypatch.setattr("lamina.agent.volumes.shutil.disk_usage", lambda path: tight)
+
+    with pytest.raises(TooLarge, match="only 10485760 bytes free"):
+        server.create(VolumeCreate(volume="vol-0000000000000001", size_bytes=64 * TiB))
+    assert os.listdir(server.root) == []
+
+    made = server.create(VolumeCreate(volume="vol-0000000000000002", size_bytes=8 * MiB))
+    with pytest.raises(TooLarge):
+        server.extend(made.volume, VolumeExtend(size_bytes=20 * MiB))
+    assert server.volume_info(made.volume).size_bytes == 8 * MiB
+    assert server.extend(made.volume, VolumeExtend(size_bytes=16 * MiB)).size_bytes == 16 * MiB
