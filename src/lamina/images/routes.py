@@ -279,7 +279,7 @@ def list_detail(
         )
         if not found and marker is None:
             raise NotFound("no images were found", filters=filters)  # VISOR table 4.3
-        return {"images": [service.describe(i, _base(request)) for i in found]}
+        return {"images": [service.describe(i, _base(request), viewer=who) for i in found]}
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -299,7 +299,8 @@ async def head_image(image_id: str, request: Request) -> Response:
     """The image's metadata as ``X-Image-Meta-*`` headers, no body."""
     svc, who = caller(request)
     with svc.db.read() as s:
-        described = service.describe(service.image_row(s, image_id, who), _base(request))
+        row = service.image_row(s, image_id, who)
+        described = service.describe(row, _base(request), viewer=who)
     return Response(headers=_meta_headers(described))
 
 
@@ -326,7 +327,7 @@ def get_image(
             raise NotFound(f"image {image_id} has no file (it is {image.status})")
         span = parse_range(request.headers.get("range"), image.size)
         service.touch(s, image)
-        described = service.describe(image, _base(request))
+        described = service.describe(image, _base(request), viewer=who)
     store = pick(svc.stores, str(described["store"]))
     location = str(described["location"])
     offset, length = span or (0, int(described["size"]))
