@@ -23,7 +23,7 @@ from lamina.agent.volumes import VolumeConfig, VolumeServer
 from lamina.agent.wire import VolumeCreate, VolumeExtend
 from lamina.api.app import create_app
 from lamina.compute.models import Host
-from lamina.errors import TooLarge
+from lamina.errors import QuotaExceeded, TooLarge
 from lamina.identity.signing import LaminaAuth
 from lamina.identity.users import add_user
 from lamina.images.models import Image
@@ -378,3 +378,25 @@ def test_the_agent_refuses_a_volume_its_volume_root_cannot_hold(
         server.extend(made.volume, VolumeExtend(size_bytes=20 * MiB))
     assert server.volume_info(made.volume).size_bytes == 8 * MiB
     assert server.extend(made.volume, VolumeExtend(size_bytes=16 * MiB)).size_bytes == 16 * MiB
+
+
+# -- appliances: files copied from a channel into the repository ---------------------------
+
+
+def test_an_appliance_install_whose_files_pass_the_limits_is_refused(cloud: Cloud) -> None:
+    from lamina.appliances.install import check_sizes
+    from lamina.identity.principal import Principal
+
+    alice = Principal(cloud.ids["alice"], "alice", "member")
+    admin = Principal(cloud.ids["admin"], "admin", "admin")
+
+    def entries(*sizes: int) -> list[dict[str, Any]]:
+        files = [{"sha256": f"{i:064x}", "size": size} for i, size in enumerate(sizes)]
+        return [{"id": "a-1", "key": "k", "files": files}]
+
+    with cloud.svc.db.write() as s:
+        with pytest.raises(TooLarge, match="images.max_size_bytes"):
+            check_sizes(s, cloud.svc, admin, entries(MiB, 2 * TiB))
+        with pytest.raises(QuotaExceeded, match="image_bytes"):
+            check_sizes(s, cloud.svc, alice, entries(600 * KiB, 600 * KiB))
+        check_sizes(s, cloud.svc, alice, entries(300 * KiB, 600 * KiB))

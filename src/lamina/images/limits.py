@@ -94,6 +94,22 @@ def allow(
     return Allowance(limit, None, _too_large(what, limit, None))
 
 
+def allow_files(
+    session: Session, owner: str | None, store: ImageStore, max_size: int, sizes: list[int]
+) -> None:
+    """Check several files of known sizes, all going into ``store`` for ``owner`` (an
+    appliance's): each against ``max_size``, their total against the store's room and the
+    owner's quota. Raises ``TooLarge`` or ``QuotaExceeded``."""
+    for size in sizes:
+        if size > max_size:
+            raise _too_large("images.max_size_bytes", max_size, size)
+    total = sum(sizes)
+    room = store.room()
+    if room is not None and total > room:
+        raise _too_large(f"the {store.name} store (free space or largest object)", room, total)
+    check_image_bytes(session, owner, total)
+
+
 def declared_size(content_length: str | None, meta_size: str | None) -> int | None:
     """The size a plain upload declares: ``X-Image-Meta-Size`` or ``Content-Length`` (which
     must then agree), None for a chunked body that says neither."""
