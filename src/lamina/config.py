@@ -148,13 +148,13 @@ class ImageSettings(Section):
     resumable_upload_hours: float = Field(24.0, gt=0)
     #: The largest image file accepted (uploads, resumable uploads, http locations); larger
     #: ones are refused with 413 ``too_large`` before a byte is stored.
-    max_size_bytes: int = Field(TiB, gt=0)
+    max_size_bytes: int = Field(TiB, gt=0, le=2**63 - 1)
 
 
 class VolumeSettings(Section):
     #: The largest volume (new, from a snapshot, or extended) accepted; larger ones are refused
     #: with 413 ``too_large`` before anything is recorded.
-    max_size_bytes: int = Field(4 * TiB, gt=0)
+    max_size_bytes: int = Field(4 * TiB, gt=0, le=2**63 - 1)
 
 
 class ChannelSettings(Section):

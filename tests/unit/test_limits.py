@@ -400,3 +400,20 @@ def test_an_appliance_install_whose_files_pass_the_limits_is_refused(cloud: Clou
         with pytest.raises(QuotaExceeded, match="image_bytes"):
             check_sizes(s, cloud.svc, alice, entries(600 * KiB, 600 * KiB))
         check_sizes(s, cloud.svc, alice, entries(300 * KiB, 600 * KiB))
+
+
+@pytest.mark.parametrize("size", [b"\xb2", b"1e9", b"9" * 5000, b"-1"])
+def test_a_declared_size_that_is_no_number_or_past_any_limit_is_refused_not_a_crash(
+    cloud: Cloud, size: bytes
+) -> None:
+    # b"\xb2" arrives as "²", which str.isdigit() takes for a digit and int() refuses.
+    data = os.urandom(KiB)
+    response = cloud.call(
+        "admin",
+        "POST",
+        "/images",
+        headers={**upload(data, Name="odd"), "X-Image-Meta-Size": size},
+        content=chunks(data),
+    )
+    assert response.status_code in (400, 413), response.text
+    assert images(cloud.svc) == []

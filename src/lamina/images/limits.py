@@ -14,6 +14,7 @@ the body is cut off (``Limited``) as soon as it passes what was allowed.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from sqlalchemy.orm import Session
 from lamina.errors import InvalidRequest, LaminaError, QuotaExceeded, TooLarge
 from lamina.identity.quotas import check_image_bytes, image_bytes_left
 from lamina.images.stores.base import ImageStore
+
+#: A declared size past every limit (and past what a BIGINT column holds).
+BEYOND = 2**63
 
 
 @dataclass(frozen=True)
@@ -117,9 +121,12 @@ def declared_size(content_length: str | None, meta_size: str | None) -> int | No
     for value in (content_length, meta_size):
         if value is None:
             continue
-        if not value.strip().isdigit():
+        digits = value.strip()
+        if not re.fullmatch(r"[0-9]+", digits):
             raise InvalidRequest(f"a size must be a number of bytes, not {value[:40]!r}")
-        sizes.add(int(value))
+        # More digits than any size a store or the database holds: too large, whatever it is
+        # (and never a conversion of thousands of digits).
+        sizes.add(int(digits) if len(digits) <= 19 else BEYOND)
     if len(sizes) > 1:
         raise InvalidRequest(
             f"X-Image-Meta-Size ({meta_size}) is not the body's Content-Length ({content_length})"
