@@ -28,6 +28,7 @@ from lamina.errors import ConfigError
 
 ENV_PREFIX = "LAMINA_"
 DEFAULT_PATHS = (Path("lamina.toml"), Path("/etc/lamina/lamina.toml"))
+TiB = 1024**4
 
 
 class Section(BaseModel):
@@ -145,6 +146,15 @@ class ImageSettings(Section):
     stale_upload_seconds: float = Field(120.0, gt=0)
     #: A resumable upload nobody continued for this long is abandoned.
     resumable_upload_hours: float = Field(24.0, gt=0)
+    #: The largest image file accepted (uploads, resumable uploads, http locations); larger
+    #: ones are refused with 413 ``too_large`` before a byte is stored.
+    max_size_bytes: int = Field(TiB, gt=0, le=2**63 - 1)
+
+
+class VolumeSettings(Section):
+    #: The largest volume (new, from a snapshot, or extended) accepted; larger ones are refused
+    #: with 413 ``too_large`` before anything is recorded.
+    max_size_bytes: int = Field(4 * TiB, gt=0, le=2**63 - 1)
 
 
 class ChannelSettings(Section):
@@ -223,6 +233,7 @@ class Settings(BaseSettings):
     images: ImageSettings = ImageSettings()
     channels: ChannelSettings = ChannelSettings()
     network: NetworkSettings = NetworkSettings()
+    volumes: VolumeSettings = VolumeSettings()
     agent: AgentSettings = AgentSettings()
 
     @classmethod

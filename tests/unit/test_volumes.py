@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lamina.agent.wire import (
     DiskAttach,
+    DiskUsage,
     ExportInfo,
     SnapshotCreate,
     SnapshotInfo,
@@ -63,6 +64,11 @@ class FakeAgent:
 
     def downloads(self) -> Any:
         return SimpleNamespace(transfers=[])
+
+    def disk_usage(self) -> DiskUsage:
+        self._call("disk_usage")
+        free = self.world.volume_free
+        return DiskUsage(used_bytes=0, free_bytes=free or 0, total_bytes=0, volume_free_bytes=free)
 
     def volume_create(self, req: VolumeCreate) -> VolumeInfo:
         self._call("volume_create")
@@ -159,6 +165,8 @@ class World:
         self.calls: list[str] = []
         self.fail: set[str] = set()
         self.agents: dict[str, FakeAgent] = {}
+        #: What every volume server answers as its volume root's free bytes.
+        self.volume_free: int | None = 100 * GiB
 
     def for_host(self, host: Host) -> FakeAgent:
         return self.agents.setdefault(host.name, FakeAgent(host.name, self))

@@ -128,7 +128,12 @@ class Agent:
     def disk_usage(self) -> DiskUsage:
         usage = shutil.disk_usage(self.root)
         used = self.disks.used_bytes() + sum(e.size for e in self.cache.entries())
-        return DiskUsage(used_bytes=used, free_bytes=usage.free, total_bytes=usage.total)
+        return DiskUsage(
+            used_bytes=used,
+            free_bytes=usage.free,
+            total_bytes=usage.total,
+            volume_free_bytes=self.volumes.free_bytes(),
+        )
 
     def define(self, name: str, spec: GuestDefinition) -> GuestStatus:
         guest_dir = self.disks.guest_dir(name)

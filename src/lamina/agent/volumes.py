@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from lamina.errors import (
     InvalidState,
     NotFound,
     NotSupported,
+    TooLarge,
 )
 from lamina.volumes.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
 
@@ -185,6 +187,26 @@ class VolumeServer:
                 watcher.join()
             self.tracker.end(transfer)
 
+    def free_bytes(self) -> int | None:
+        """Free bytes of the volume root's file system; None when this agent is no volume
+        server or its backend keeps volumes elsewhere (a VG, a pool)."""
+        if not self.config.enabled or not self.backend.file_based:
+            return None
+        return shutil.disk_usage(self.root).free
+
+    def _require_room(self, name: str, needed: int) -> None:
+        """Refuse to make ``needed`` more bytes of ``name`` when the volume root has less
+        free: a volume (or the part of it that grows, or a snapshot's copy) must fit the
+        disk it lives on, else it fails once a guest fills it."""
+        free = self.free_bytes()
+        if free is not None and needed > free:
+            raise TooLarge(
+                f"{name} needs {needed} bytes but this host's volume root {self.root} has "
+                f"only {free} bytes free",
+                limit=free,
+                requested=needed,
+            )
+
     def _require_enabled(self) -> None:
         if not self.config.enabled:
             raise NotSupported("this agent is not a volume server ([agent] volumes = false)")
@@ -231,6 +253,7 @@ class VolumeServer:
                     return self.volume_info(volume)
                 log.warning("volume %s was left half-made; making it again", volume)
                 self._run("delete", self._params(volume))
+            self._require_room(f"volume {volume}", req.size_bytes)
             marker.touch()
             try:
                 self._make(req)
@@ -296,6 +319,7 @@ class VolumeServer:
                 raise InvalidState(
                     f"volume {volume} is exported: detach it before extending", volume=volume
                 )
+            self._require_room(f"volume {volume}", req.size_bytes - info.size_bytes)
             self._run("extend", {**self._params(volume), "size": req.size_bytes})
             self._pad(volume, req.size_bytes)
             return self.volume_info(volume)
@@ -347,6 +371,7 @@ class VolumeServer:
                     return info
                 self._run("delete_snapshot", self._params(snapshot=snapshot))
             source = self.volume_info(volume)
+            self._require_room(f"snapshot {snapshot}", source.allocated_bytes)
             marker.touch()
             (self.meta / f"{snapshot}.json").write_text(json.dumps({"volume": volume}))
             try:

@@ -70,6 +70,9 @@ class DiskUsage(Wire):
     used_bytes: int
     free_bytes: int
     total_bytes: int
+    #: Free bytes where this host's volumes live (its volume server's ``volume_root``), or
+    #: None when it is no volume server or its backend cannot tell (lvm, rbd).
+    volume_free_bytes: int | None = None
 
 
 class Transfer(Wire):
