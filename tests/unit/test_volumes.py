@@ -675,11 +675,13 @@ def test_a_reconcile_fix_refuses_a_volume_that_changed_since(svc: Services) -> N
     assert (diff.kind, diff.resource) == ("stale_attachment", f"volume {volume_id}")
     with svc.db.write() as s:
         s.get(Volume, volume_id).comment = "touched"  # type: ignore[union-attr]
-    [outcome] = apply_fixes([diff])
+    [outcome] = apply_fixes([diff], [diff.id])
     assert "changed meanwhile" in outcome["outcome"]
     assert volume_id in store(svc).exports
 
-    [outcome] = apply_fixes(find_volume_differences(svc))
+    [again] = find_volume_differences(svc)
+    assert again.id == diff.id  # the same difference, found again
+    [outcome] = apply_fixes([again], [again.id])
     assert outcome["outcome"] == "fixed"
     assert store(svc).exports == {} and attachment(svc, volume_id) is None
     assert volume(svc, volume_id).status == "available"
