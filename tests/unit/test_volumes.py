@@ -28,7 +28,14 @@ from lamina.agent.wire import (
     VolumeInfo,
 )
 from lamina.compute.models import Host, Instance
-from lamina.errors import CommandFailed, Conflict, InvalidRequest, InvalidState, LaminaError
+from lamina.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    Conflict,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+)
 from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
 from lamina.jobs.runner import JobRunner
@@ -58,8 +65,16 @@ class FakeAgent:
 
     def _call(self, what: str) -> None:
         self.world.calls.append(f"{self.name}:{what}")
+        if self.name in self.world.down:
+            raise BackendUnavailable(f"agent {self.name} cannot be reached (injected)")
         if what in self.world.fail:
             raise CommandFailed([what], 1, f"{what} broke (injected)")
+
+    def _die_after(self, what: str) -> None:
+        """The agent is killed after doing ``what`` but before answering, if so asked."""
+        if what in self.world.die_after:
+            self.world.down.add(self.name)
+            raise BackendUnavailable(f"agent {self.name} failed: connection reset (injected)")
 
     def downloads(self) -> Any:
         return SimpleNamespace(transfers=[])
@@ -115,6 +130,7 @@ class FakeAgent:
             export_format=self.volumes[volume].export_format,
         )
         self.exports[volume] = info
+        self._die_after("volume_export")
         return info
 
     def volume_unexport(self, volume: str) -> None:
@@ -158,6 +174,9 @@ class World:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.fail: set[str] = set()
+        #: Hosts whose agent cannot be reached; procedures after which an agent dies.
+        self.down: set[str] = set()
+        self.die_after: set[str] = set()
         self.agents: dict[str, FakeAgent] = {}
 
     def for_host(self, host: Host) -> FakeAgent:
@@ -619,6 +638,46 @@ def test_an_attach_whose_detach_cannot_be_undone_is_safe_once_unexported(svc: Se
     assert [st.status for st in job.steps] == ["undone", "undo_failed", "pending"]
     assert volume(svc, volume_id).status == "available" and attachment(svc, volume_id) is None
     assert store(svc).exports == {}
+
+
+def test_an_undo_that_could_not_reach_its_host_is_retried_when_it_answers(
+    svc: Services,
+) -> None:
+    """The volume server dies while exporting (the target is made, no answer): the export's
+    undo cannot reach it, so the job fails with its rollback pending and the volume is
+    error. Once the server answers, a runner (a new one: as after a manager restart) undoes
+    the export by itself: the target is gone, the volume available, the job rolled back."""
+    from lamina.jobs.service import retry_pending_undos
+    from lamina.jobs.views import describe_job
+
+    volume_id = new_volume(svc)
+    world(svc).die_after.add("volume_export")
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed" and "rollback pending" in (job.error or ""), job.error
+    assert [st.status for st in job.steps] == ["undo_pending", "pending", "pending"]
+    assert describe_job(job)["rollback"] == "pending" and job.undo_retry_at is not None
+    assert volume(svc, volume_id).status == "error" and volume_id in store(svc).exports
+
+    # Still down: the retry is not due yet; made due, it fails again and backs off.
+    assert run_jobs(svc) == []
+    with svc.db.write() as s:
+        assert retry_pending_undos(s) == 1
+    [again] = run_jobs(svc)
+    assert again.status == "failed" and again.undo_attempts == 1
+    assert again.undo_retry_at is not None and volume_id in store(svc).exports
+    assert run_jobs(svc) == []
+
+    world(svc).down.clear()  # the host answers again
+    with svc.db.write() as s:
+        retry_pending_undos(s)
+    [done] = run_jobs(svc)
+    assert done.status == "rolled_back", done.error
+    assert "rollback" not in (done.error or "") and done.undo_retry_at is None
+    assert [st.status for st in done.steps] == ["undone", "pending", "pending"]
+    assert describe_job(done)["rollback"] == "done"
+    assert store(svc).exports == {}
+    assert volume(svc, volume_id).status == "available" and attachment(svc, volume_id) is None
 
 
 def test_an_attach_whose_export_cannot_be_withdrawn_is_an_error(svc: Services) -> None:

@@ -7,6 +7,19 @@ from typing import Any
 from lamina.jobs.models import Job
 
 
+def rollback_state(job: Job) -> str | None:
+    """``pending`` while undos wait for a host (retried by themselves), ``incomplete``
+    when one failed for good, ``done`` when a failure was undone; None otherwise."""
+    if job.undo_retry_at is not None and job.status == "failed":
+        return "pending"
+    statuses = {st.status for st in job.steps}
+    if "undo_failed" in statuses:
+        return "incomplete"
+    if job.status == "rolled_back":
+        return "done"
+    return None
+
+
 def describe_job(job: Job, *, steps: bool = True) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": job.id,
@@ -16,6 +29,8 @@ def describe_job(job: Job, *, steps: bool = True) -> dict[str, Any]:
         "target_id": job.target_id,
         "owner": job.owner,
         "error": job.error,
+        "rollback": rollback_state(job),
+        "undo_retry_at": job.undo_retry_at,
         "progress": round(job.progress, 4),
         "bytes_done": job.bytes_done,
         "bytes_total": job.bytes_total,
