@@ -745,3 +745,42 @@ def test_a_reconcile_fix_refuses_a_volume_that_changed_since(svc: Services) -> N
     assert store(svc).exports == {} and attachment(svc, volume_id) is None
     assert volume(svc, volume_id).status == "available"
     assert find_volume_differences(svc) == []
+
+
+def test_only_this_deployments_old_enough_exports_of_unknown_volumes_are_withdrawn(
+    svc: Services,
+) -> None:
+    import time
+
+    from lamina.compute.reconcile import apply_fixes
+    from lamina.volumes.reconcile import find_volume_differences
+
+    def export(volume: str, deployment: str | None, age: float) -> None:
+        store(svc).exports[volume] = ExportInfo(
+            volume=volume,
+            iqn=f"iqn.2026-11.lamina:{volume}",
+            lun=1,
+            tid=len(store(svc).exports) + 1,
+            portal="10.0.0.1:3260",
+            initiator_address="10.0.0.2",
+            export_format="qcow2",
+            deployment=deployment,
+            created_at=time.time() - age if deployment else None,
+        )
+
+    export("vol-00000000000000a1", svc.deployment, 3600)  # ours, old: a stray
+    export("vol-00000000000000a2", svc.deployment, 5)  # ours, too new
+    export("vol-00000000000000a3", "0123456789abcdef", 3600)  # another deployment's
+    export("vol-00000000000000a4", None, 3600)  # untagged
+    diffs = find_volume_differences(svc)
+    assert sorted((d.kind, d.resource, d.fix is not None) for d in diffs) == [
+        ("stray_export", "volume vol-00000000000000a1 on store", True),
+        ("untagged_export", "volume vol-00000000000000a4 on store", False),
+    ]
+    results = apply_fixes(find_volume_differences(svc), [d.id for d in diffs])
+    assert sorted(r["outcome"] for r in results) == ["fixed", "no safe fix"]
+    assert sorted(store(svc).exports) == [
+        "vol-00000000000000a2",
+        "vol-00000000000000a3",
+        "vol-00000000000000a4",
+    ]
