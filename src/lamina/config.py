@@ -99,6 +99,17 @@ class JobSettings(Section):
     lease_seconds: float = Field(15.0, gt=0)
     #: ``lamina job list --stuck`` shows jobs with less than this fraction of their time left.
     stuck_fraction: float = Field(0.2, ge=0, le=1)
+    #: An undo that failed because a host could not be reached is tried again after this
+    #: long, then after twice as long each time, at most ``undo_retry_max_seconds`` apart
+    #: (and at once when a host comes back up).
+    undo_retry_seconds: float = Field(5.0, gt=0)
+    undo_retry_max_seconds: float = Field(300.0, gt=0)
+
+
+class ReconcileSettings(Section):
+    #: A guest or export younger than this (since its creation, by its host's clock) is not
+    #: yet an orphan: the job making it may not have recorded it.
+    grace_seconds: float = Field(120.0, ge=0)
 
 
 class ComputeSettings(Section):
@@ -229,6 +240,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     jobs: JobSettings = JobSettings()
     compute: ComputeSettings = ComputeSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     identity: IdentitySettings = IdentitySettings()
     images: ImageSettings = ImageSettings()
     channels: ChannelSettings = ChannelSettings()

@@ -16,7 +16,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,16 @@ class VolumeConfig:
 class VolumeServer:
     """Volumes, snapshots and exports of one backend on this host."""
 
-    def __init__(self, config: VolumeConfig, agent_root: Path, tracker: DownloadTracker) -> None:
+    def __init__(
+        self,
+        config: VolumeConfig,
+        agent_root: Path,
+        tracker: DownloadTracker,
+        deployment: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.config = config
+        #: The deployment exports are recorded for (``lamina.agent.identity``).
+        self.deployment = deployment
         self.backend = load_backend(config.backend)
         self.tracker = tracker
         self.meta = agent_root / "volume-meta"
@@ -408,7 +417,21 @@ class VolumeServer:
 
     # -- exports -------------------------------------------------------------------------
 
+    def _export_record(self, volume: str) -> Path:
+        """Who asked for the volume's export and when: tgt keeps no such thing, so the
+        agent does (``<volume>.export``, written after the target is made, removed after it
+        is withdrawn). An export without one is untagged."""
+        return self.meta / f"{volume}.export"
+
+    def _read_export_record(self, volume: str) -> tuple[str | None, float | None]:
+        try:
+            data = json.loads(self._export_record(volume).read_text())
+            return data.get("deployment"), float(data["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+
     def _export_info(self, export: Export) -> ExportInfo:
+        deployment, created = self._read_export_record(export.volume)
         return ExportInfo(
             volume=export.volume,
             iqn=export.iqn,
@@ -417,6 +440,8 @@ class VolumeServer:
             portal=self.config.portal,
             initiator_address=export.initiator_address,
             export_format=self.backend.export_format,
+            deployment=deployment,
+            created_at=created,
         )
 
     def export(self, volume: str, initiator_address: str) -> ExportInfo:
@@ -434,6 +459,9 @@ class VolumeServer:
         with self._locked(volume):
             self.volume_info(volume)
             export = self.tgt.export(volume, self.volume_path(volume), address, self._base_str())
+            if self._read_export_record(volume)[1] is None:  # the same export again keeps it
+                tag = {"deployment": self.deployment(), "created": time.time()}
+                self._export_record(volume).write_text(json.dumps(tag))
             return self._export_info(export)
 
     def unexport(self, volume: str) -> None:
@@ -441,6 +469,7 @@ class VolumeServer:
         self._require_enabled()
         with self._locked(volume):
             self.tgt.unexport(volume, self.volume_path(volume))
+            self._export_record(volume).unlink(missing_ok=True)
 
     def exports(self) -> list[ExportInfo]:
         self._require_enabled()
