@@ -99,7 +99,7 @@ stop_daemon() {  # comm pidfile term_seconds [file...]
 # print "error: WHAT did not happen within SECONDS s: <COMMAND's last output>; see WHERE" and
 # return 1.
 wait_for() {
-    local seconds=$1 what=$2 where=$3 out rc
+    local seconds=$1 what=$2 where=$3 out rc WAIT_LEFT
     shift 3
     local deadline=$(($(now_ms) + seconds * 1000))
     while :; do

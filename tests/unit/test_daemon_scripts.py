@@ -190,3 +190,11 @@ def test_socket_answers_only_while_something_listens(tmp_path: Path) -> None:
     assert path.exists()  # left behind, as by a daemon that died
     assert bash(f"socket_answers {path}").returncode == 1
     assert bash(f"socket_answers {tmp_path / 'none'}").returncode == 1
+
+
+def test_the_time_left_belongs_to_its_wait() -> None:
+    # A probe sees the seconds its wait has left; a call after the wait is bounded by 20 s,
+    # not by whatever the last wait had left when it ended.
+    done = bash("probe() { echo \"left=$WAIT_LEFT\" >&2; }; wait_for 5 x y probe; "
+                "echo \"after=${WAIT_LEFT-unset}\"")  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "after=unset")
