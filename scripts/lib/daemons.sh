@@ -68,18 +68,31 @@ wait_gone() {
     done
 }
 
+# Give an exited process up to SECONDS to be reaped by its parent (its /proc entry gone); a
+# parent that never reaps leaves a zombie, which is fine: it no longer runs.
+wait_reaped() {
+    local pid=$1 deadline=$(($(now_ms) + $2 * 1000))
+    while [[ -e /proc/$pid ]] && (($(now_ms) < deadline)); do
+        sleep 0.05
+    done
+}
+
 # Stop process PID (called NAME in messages): SIGTERM, then SIGKILL if it still runs after
-# TERM_SECONDS, then wait up to 5 s more. Fails, saying so on stderr, if it still runs.
+# TERM_SECONDS, then wait up to 5 s more. Fails, saying so on stderr, if it still runs. Once
+# it has exited, waits up to 2 s for it to be reaped.
 stop_pid() {
     local name=$1 pid=$2 term_seconds=${3:-30}
     pid_alive "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    wait_gone "$pid" "$term_seconds" && return 0
-    echo "$name (pid $pid) still runs ${term_seconds}s after SIGTERM: sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_gone "$pid" 5 && return 0
-    echo "error: $name (pid $pid) still runs after SIGKILL (state $(proc_state "$pid"))" >&2
-    return 1
+    if ! wait_gone "$pid" "$term_seconds"; then
+        echo "$name (pid $pid) still runs ${term_seconds}s after SIGTERM: sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        if ! wait_gone "$pid" 5; then
+            echo "error: $name (pid $pid) still runs after SIGKILL (state $(proc_state "$pid"))" >&2
+            return 1
+        fi
+    fi
+    wait_reaped "$pid" 2
 }
 
 # Stop the daemon whose pid is in PIDFILE (if it runs and is called COMM), wait until it is
@@ -118,6 +131,19 @@ wait_for() {
         fi
         sleep 0.5
     done
+}
+
+# within SECONDS WHAT WHERE COMMAND...: run an external COMMAND that follows a job to its end,
+# for at most SECONDS; if it runs out, say so (the command's own errors reach stderr as they
+# are) and return 1.
+within() {
+    local seconds=$1 what=$2 where=$3 rc=0
+    shift 3
+    timeout "$seconds" "$@" || rc=$?
+    if ((rc == 124)); then
+        echo "error: $what did not finish within ${seconds}s; see $where" >&2
+    fi
+    return "$rc"
 }
 
 # bounded COMMAND...: run an external COMMAND for at most min(20 s, the wait's time left), so

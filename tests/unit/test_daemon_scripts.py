@@ -113,7 +113,7 @@ def test_stop_daemon_waits_until_gone_and_removes_its_files(
     started = time.monotonic()
     done = bash(f"stop_daemon virtlogd {pidfile} 10 {sock}")
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 6
     # Stopped, and not reaped (this test is its parent): a zombie, which counts as gone.
     assert state(child.pid) == "Z"
     assert not pidfile.exists() and not sock.exists()
@@ -133,7 +133,7 @@ def test_stop_escalates_to_sigkill_after_its_deadline(
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert "still runs 1s after SIGTERM: sending SIGKILL" in done.stderr
-    assert 1 <= took < 5
+    assert 1 <= took < 6  # 1 s to SIGKILL, 2 s for a parent to reap it (this one does not)
     assert state(stubborn.pid) == "Z"
 
 
@@ -198,3 +198,46 @@ def test_the_time_left_belongs_to_its_wait() -> None:
     done = bash("probe() { echo \"left=$WAIT_LEFT\" >&2; }; wait_for 5 x y probe; "
                 "echo \"after=${WAIT_LEFT-unset}\"")  # fmt: skip
     assert (done.returncode, done.stdout.strip()) == (0, "after=unset")
+
+
+def test_within_ends_a_command_that_overruns_and_says_so() -> None:
+    started = time.monotonic()
+    done = bash("within 1 'installing webserv' 'lamina job list' sleep 30")
+    assert done.returncode == 124
+    assert time.monotonic() - started < 4
+    assert done.stderr.strip() == (
+        "error: installing webserv did not finish within 1s; see lamina job list"
+    )
+    assert bash("within 5 x y true").returncode == 0
+    assert bash("within 5 x y false").returncode == 1
+
+
+# A parent that reaps its child half a second after it exits, as init does a little later.
+SLOW_REAPER = """
+import subprocess, sys, time
+child = subprocess.Popen(["sleep", "60"])
+open(sys.argv[1] + ".tmp", "w").write(str(child.pid))
+__import__("os").rename(sys.argv[1] + ".tmp", sys.argv[1])
+while open(f"/proc/{child.pid}/stat").read().rsplit(") ", 1)[1][0] != "Z":
+    time.sleep(0.01)
+time.sleep(0.5)
+child.wait()
+time.sleep(10)
+"""
+
+
+def test_stop_waits_for_the_parent_to_reap(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    reaper = subprocess.Popen([sys.executable, "-c", SLOW_REAPER, str(pidfile)])
+    try:
+        until = time.monotonic() + 10
+        while not pidfile.exists():
+            assert time.monotonic() < until
+            time.sleep(0.02)
+        pid = pidfile.read_text()
+        done = bash(f"stop_pid sleeper {pid} 5")
+        assert done.returncode == 0, done.stderr
+        assert not Path(f"/proc/{pid}").exists()  # reaped, not only a zombie
+    finally:
+        reaper.kill()
+        reaper.wait()
