@@ -134,7 +134,9 @@ installed() {
 import json, sys
 sys.exit(not any(a['name'] == 'webserv' and a['status'] == 'installed' for a in json.load(sys.stdin)))"
 }
-installed || "${LAMINA[@]}" appliance install webserv >/dev/null
+JOBS_HINT=".venv/bin/lamina job list; $LOG/manager.log; $LOG/agent.log"
+installed || within 600 "installing webserv" "$JOBS_HINT" \
+  "${LAMINA[@]}" appliance install webserv >/dev/null
 CLI_PATH=.venv/bin/lamina
 web_field() { bounded "${LAMINA[@]}" --json instance show web | json_field "$1"; }
 # "absent" only when the manager says there is no "web": a failed call is not an absence.
@@ -161,7 +163,7 @@ follow_job() {  # job seconds what
 }
 # A web appliance an older make up deployed before instances had networks is made again.
 if [ "$(web_status)" != absent ] && [ "$(web_field "['networks']")" = "[]" ]; then
-  "${LAMINA[@]}" instance delete web >/dev/null
+  within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
 fi
 # Deploy or start "web" and follow its job. A start that failed (in this run, or in an earlier
 # one: then the instance is in error, or stopped with an error) is reported at once, and tried
@@ -183,7 +185,7 @@ for attempt in 1 2; do
         job=$(start_web) what="starting the web appliance" seconds=120
       else
         # Started once and failed again: make it anew.
-        "${LAMINA[@]}" instance delete web >/dev/null
+        within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
         job=$(deploy_web) what="deploying the web appliance again" seconds=300
       fi ;;
     *) job="" ;;  # running, or being built, paused, ... by something else: waited for below
@@ -215,7 +217,8 @@ wait_for 180 "the web appliance's ready line on its console" \
   "$CLI_PATH instance console web; $LOG/agent.log" console_ready
 # Its page, published on this machine's loopback.
 if ! "${LAMINA[@]}" --json instance forwards web | grep -q '"guest_port": 80,'; then
-  "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
+  within 120 "publishing web's port 80" "$JOBS_HINT" \
+    "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
 fi
 WEB_URL=http://127.0.0.1:$WEB_PORT/
 page_served() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$WEB_URL').status_code != 200)"; }
