@@ -2,29 +2,35 @@
 # `make down`: stops what `make up` started (the sample web appliance, the agent, the manager,
 # the sample channel's server, the networks' dnsmasq, the network namespace, and libvirtd and
 # tgtd if `make up` was the one that started them). Data stays in the data directory.
+# Each process is waited for until it is gone (a zombie counts as gone), SIGKILLed after a
+# deadline, and its pid file and stale sockets removed, so a `make up` right after finds nothing
+# half-stopped. Exits non-zero if something could not be stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/daemons.sh
+source scripts/lib/daemons.sh
 
 DATA=${LAMINA_DATA_DIR:-var}
 export LAMINA_DATA_DIR=$DATA
 RUN=$DATA/run
 LAMINA=(.venv/bin/lamina)
 
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
-
-stop() {
+failed=0
+# What make up started itself: stopped by the pid it wrote, and waited for.
+stop() {  # name
   local name=$1 pid
-  if ! running "$name"; then rm -f "$RUN/$name.pid"; return; fi
-  pid=$(cat "$RUN/$name.pid")
-  kill "$pid"
-  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  if pid=$(pidfile_alive "$RUN/$name.pid"); then
+    stop_pid "$name" "$pid" 10 || { failed=1; return; }
+    echo "$name stopped"
+  fi
   rm -f "$RUN/$name.pid"
-  echo "$name stopped"
 }
 
-if running manager && running agent; then
-  "${LAMINA[@]}" instance stop web --force >/dev/null 2>&1 && echo "web appliance stopped" || true
+if pidfile_alive "$RUN/manager.pid" >/dev/null && pidfile_alive "$RUN/agent.pid" >/dev/null; then
+  # Powered off (the next make up boots it again); bounded, as everything here.
+  if timeout 120 "${LAMINA[@]}" instance stop web --force >/dev/null 2>&1; then
+    echo "web appliance stopped"
+  fi
 fi
 stop agent
 stop manager
@@ -33,32 +39,54 @@ stop channel-server
 # DHCP and DNS); make down stops them, then the namespace if make up made it.
 AGENT_DIR=$(cd "$DATA" && pwd)/agent
 for pid in $(pgrep -f "dnsmasq .*$AGENT_DIR/networks/" || true); do
-  kill "$pid" 2>/dev/null || true
+  stop_pid dnsmasq "$pid" 5 || failed=1
 done
 if [ -f "$RUN/netns.created-by-lamina" ]; then
   netns=$(cat "$RUN/netns.created-by-lamina")
-  for signal in TERM KILL; do
-    for pid in $(ip netns pids "$netns" 2>/dev/null); do kill -s "$signal" "$pid" 2>/dev/null || true; done
-    sleep 0.5
+  for pid in $(ip netns pids "$netns" 2>/dev/null); do
+    stop_pid "process $(cat "/proc/$pid/comm" 2>/dev/null) in $netns" "$pid" 5 || failed=1
   done
   ip netns delete "$netns" 2>/dev/null || true
   rm -f "$RUN/netns.created-by-lamina"
   echo "network namespace $netns removed"
 fi
 if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
-  for daemon in libvirtd virtlogd; do
-    [ -f "/var/run/$daemon.pid" ] && kill "$(cat "/var/run/$daemon.pid")" 2>/dev/null || true
-  done
-  rm -f "$RUN/libvirtd.started-by-lamina"
-  echo "libvirtd stopped"
+  # libvirtd first (it holds virtlogd's socket open for its guests), each until gone; their
+  # sockets are removed only then, so a socket file always means a daemon.
+  if stop_daemon libvirtd /run/libvirtd.pid 30 \
+      /run/libvirt/libvirt-sock /run/libvirt/libvirt-sock-ro /run/libvirt/libvirt-admin-sock \
+    && stop_daemon virtlogd /run/virtlogd.pid 10 \
+      /run/libvirt/virtlogd-sock /run/libvirt/virtlogd-admin-sock; then
+    rm -f "$RUN/libvirtd.started-by-lamina"
+    echo "libvirtd and virtlogd stopped"
+  else
+    failed=1
+  fi
 fi
 if [ -f "$RUN/tgtd.started-by-lamina" ]; then
-  # tgtd ignores SIGTERM: remove its targets, then ask it to exit.
-  for tid in $(tgtadm --lld iscsi --mode target --op show 2>/dev/null \
+  # tgtd ignores SIGTERM: remove its targets, then ask it to exit, then wait until it has.
+  for tid in $(timeout 10 tgtadm --lld iscsi --mode target --op show 2>/dev/null \
       | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
-    tgtadm --lld iscsi --mode target --op delete --force --tid "$tid" || true
+    timeout 10 tgtadm --lld iscsi --mode target --op delete --force --tid "$tid" || true
   done
-  tgtadm --mode system --op delete 2>/dev/null || true
-  rm -f "$RUN/tgtd.started-by-lamina"
-  echo "tgtd stopped"
+  timeout 10 tgtadm --mode system --op delete 2>/dev/null || true
+  stopped=1
+  if pid=$(pidfile_alive /run/tgtd.pid tgtd); then
+    if ! wait_gone "$pid" 10; then
+      echo "tgtd (pid $pid) still runs 10s after it was asked to exit: sending SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_gone "$pid" 5 || { echo "error: tgtd (pid $pid) survives SIGKILL" >&2; stopped=0; }
+    fi
+  fi
+  if ((stopped)); then
+    rm -f /run/tgtd.pid /run/tgtd/socket.0
+    rm -f "$RUN/tgtd.started-by-lamina"
+    echo "tgtd stopped"
+  else
+    failed=1
+  fi
+fi
+if ((failed)); then
+  echo "error: make down could not stop everything (see above); run it again" >&2
+  exit 1
 fi

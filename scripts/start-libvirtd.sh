@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Start virtlogd and libvirtd on a machine without systemd, configured so QEMU
 # guests run as root without a security driver or cgroups (what works in the
-# project's containers). Idempotent: does nothing when libvirtd already answers.
-# libvirtd is shared by everything on the machine, so there is no stop script.
+# project's containers). Idempotent: does nothing when virtlogd and libvirtd already answer.
+# libvirtd is shared by everything on the machine, so there is no stop script (`make down`
+# stops the two only when `make up` started them).
 # Usage: scripts/start-libvirtd.sh   (as root)
 set -euo pipefail
 
@@ -11,16 +12,21 @@ URI=qemu:///system
 # First start on a fresh machine probes QEMU capabilities (~8 s here under TCG).
 WAIT_SECONDS="${LAMINA_LIBVIRTD_WAIT:-15}"
 
-LIBVIRTD_LOG=/var/log/libvirt/libvirtd.log
+VIRTLOGD_SOCK=/run/libvirt/virtlogd-sock
+# shellcheck source=lib/daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemons.sh"
 
 log() { echo "start-libvirtd: $*" >&2; }
-# On failure also show libvirtd's own last errors: the cause is usually there
+# On failure also show the daemons' own last errors: the cause is usually there
 # (e.g. "configuration file syntax error: /etc/libvirt/qemu.conf:6").
 die() {
     log "ERROR: $*"
-    if [[ -r "$LIBVIRTD_LOG" ]]; then
-        grep ' error : ' "$LIBVIRTD_LOG" | tail -n 3 | sed 's/^/    /' >&2 || true
-    fi
+    local file
+    for file in /var/log/libvirt/libvirtd.log /var/log/libvirt/virtlogd.log; do
+        if [[ -r "$file" ]]; then
+            grep ' error : ' "$file" | tail -n 3 | sed "s|^|    ${file##*/}: |" >&2 || true
+        fi
+    done
     exit 1
 }
 
@@ -35,18 +41,35 @@ done
 exec 9>/run/lamina-start-libvirtd.lock
 flock -w 60 9 || die "timed out waiting for /run/lamina-start-libvirtd.lock"
 
-# True if the pid file names a live process whose command is $1.
-# Falls back to a process-name lookup so a daemon started without our pid
-# file is not started a second time.
-daemon_running() {
-    local name=$1 pidfile="/run/$1.pid" pid
-    if [[ -r "$pidfile" ]]; then
-        pid="$(tr -dc '0-9' <"$pidfile")"
-        if [[ -n "$pid" && "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]; then
-            return 0
+# A daemon runs when its socket answers: not when a process of its name exists. A daemon
+# stopped a moment ago lingers as a zombie (its parent, init, may never reap it) with its name
+# and pid still in /proc, so `pgrep -x` and a pid file's comm both call it running, and then
+# nothing starts it again (issue 12, item 13).
+virtlogd_answers() { socket_answers "$VIRTLOGD_SOCK"; }
+libvirtd_answers() { virsh -c "$URI" version >/dev/null 2>&1; }
+
+# ensure_daemon NAME ANSWERS START...: leave a daemon that answers alone; wait for one that
+# runs (not a zombie) but does not answer yet, since it is starting or still stopping; start
+# it (at most twice) whenever none runs; fail if it does not answer within WAIT_SECONDS.
+ensure_daemon() {
+    local name=$1 answers=$2 pid
+    shift 2
+    local deadline=$((SECONDS + WAIT_SECONDS)) starts=0
+    until "$answers"; do
+        if ((SECONDS >= deadline)); then
+            if pid=$(pidfile_alive "/run/$name.pid" "$name"); then
+                die "$name (pid $pid) runs but did not answer within ${WAIT_SECONDS}s; last errors from /var/log/libvirt/$name.log:"
+            fi
+            die "$name did not answer within ${WAIT_SECONDS}s; last errors from /var/log/libvirt/$name.log:"
         fi
-    fi
-    pgrep -x "$name" >/dev/null
+        if ! pidfile_alive "/run/$name.pid" "$name" >/dev/null; then
+            ((starts < 2)) || die "$name exits right after start; last errors from /var/log/libvirt/$name.log:"
+            log "starting $name"
+            "$@" 9>&-
+            starts=$((starts + 1))
+        fi
+        sleep 0.2
+    done
 }
 
 # Make key = value hold in qemu.conf: leave a correct line alone, rewrite a
@@ -95,33 +118,12 @@ set_conf group '"root"'
 set_conf security_driver '"none"'
 set_conf cgroup_controllers '[ ]'
 
-# virtlogd collects guest console/log output; libvirtd needs it for QEMU guests.
-if ! daemon_running virtlogd; then
-    log "starting virtlogd"
-    virtlogd -d 9>&-
-fi
+# virtlogd collects guest console/log output; libvirtd needs it for QEMU guests (without it,
+# every start fails: "Failed to connect socket to '/run/libvirt/virtlogd-sock'").
+ensure_daemon virtlogd virtlogd_answers virtlogd -d
 
-if daemon_running libvirtd; then
-    if ((config_changed)); then
-        log "WARNING: libvirtd was already running; restart it to apply ${QEMU_CONF} changes"
-    fi
+if libvirtd_answers && ((config_changed)); then
+    log "WARNING: libvirtd was already running; restart it to apply ${QEMU_CONF} changes"
 fi
-
-# libvirtd daemonises before its socket is ready: wait until it really answers.
-# (Re)start it inside the loop so a libvirtd that was still shutting down when
-# we looked is replaced once it has gone.
-deadline=$((SECONDS + WAIT_SECONDS))
-starts=0
-until virsh -c "$URI" version >/dev/null 2>&1; do
-    if ! daemon_running libvirtd; then
-        ((starts < 2)) || die "libvirtd exits right after start; last errors from ${LIBVIRTD_LOG}:"
-        log "starting libvirtd"
-        libvirtd -d 9>&-
-        starts=$((starts + 1))
-    fi
-    if ((SECONDS >= deadline)); then
-        err="$(virsh -c "$URI" version 2>&1 >/dev/null | tr '\n' ' ' || true)"
-        die "libvirtd did not answer on ${URI} within ${WAIT_SECONDS}s: ${err:-no error text}; last errors from ${LIBVIRTD_LOG}:"
-    fi
-    sleep 0.2
-done
+# libvirtd daemonises before its socket is ready: ensure_daemon waits until it really answers.
+ensure_daemon libvirtd libvirtd_answers libvirtd -d

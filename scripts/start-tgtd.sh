@@ -4,11 +4,13 @@
 # SIGTERM; to stop it, delete its targets and then the daemon:
 #   tgtadm --lld iscsi --mode target --op delete --force --tid N   (each target)
 #   tgtadm --mode system --op delete
+# and wait until the pid in /run/tgtd.pid is gone (scripts/down.sh does all of this).
 # Usage: scripts/start-tgtd.sh   (as root)
 set -euo pipefail
 
 WAIT_SECONDS="${LAMINA_TGTD_WAIT:-10}"
 LOG=/var/log/lamina-tgtd.log
+PIDFILE=/run/tgtd.pid
 
 log() { echo "start-tgtd: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -36,7 +38,9 @@ log "starting tgtd"
 # section 6).
 TUNABLES="glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=33554432"
 # tgtd daemonises itself (two processes).
-GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}$TUNABLES" tgtd >>"$LOG" 2>&1 9>&-
+# Its pid file lets `make down` wait until it is really gone.
+GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}$TUNABLES" tgtd --pid-file "$PIDFILE" \
+    >>"$LOG" 2>&1 9>&-
 deadline=$((SECONDS + WAIT_SECONDS))
 until answers; do
     ((SECONDS < deadline)) || die "tgtd did not answer within ${WAIT_SECONDS}s; see $LOG"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # `make up`: libvirtd, tgtd, the manager and one local agent (enrolled automatically), then the
 # bundled sample guest. Everything runs in the background with logs and pid files under the
-# data directory. Running it again starts nothing twice.
+# data directory. Running it again starts nothing twice, and repairs what an earlier run left
+# broken (daemons that died, a sample guest whose start failed). Every wait has a wall-clock
+# deadline and ends, when it runs out, with what did not happen and the log to read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/daemons.sh
+source scripts/lib/daemons.sh
 
 DATA=${LAMINA_DATA_DIR:-var}
 export LAMINA_DATA_DIR=$DATA
@@ -25,7 +29,8 @@ NETNS=$LAMINA_AGENT__NETWORK_NAMESPACE
 NETWORK_CIDR=${LAMINA_SAMPLE_NETWORK_CIDR:-10.77.0.0/24}
 WEB_PORT=${LAMINA_SAMPLE_WEB_PORT:-8780}
 
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# Started by this script and still running: a zombie left by an earlier run is not.
+running() { pidfile_alive "$RUN/$1.pid" >/dev/null; }
 
 start_cmd() {  # name, command...
   local name=$1; shift
@@ -49,27 +54,25 @@ start_bg() {  # name, args...
   echo "$name started (pid $!, log $LOG/$name.log)"
 }
 
-wait_for() {  # seconds, description, command...
-  local seconds=$1 what=$2; shift 2
-  for _ in $(seq $((seconds * 4))); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.25
-  done
-  echo "error: $what did not happen within ${seconds}s; see $LOG/" >&2
-  exit 1
-}
-
 json_field() { .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
-if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-  bash scripts/start-libvirtd.sh
-  touch "$RUN/libvirtd.started-by-lamina"
-fi
-# tgtd: the iSCSI target the agent (a volume server) exports volumes with.
-if ! tgtadm --mode sys --op show >/dev/null 2>&1; then
-  bash scripts/start-tgtd.sh
-  touch "$RUN/tgtd.started-by-lamina"
-fi
+# libvirtd with its virtlogd (without which every guest start fails), and tgtd, the iSCSI
+# target the agent (a volume server) exports volumes with. Each counts as up when it answers
+# on its socket, never because a process of its name exists: `make down` may have left it a
+# zombie. Those this script starts, `make down` stops.
+ensure_daemons() {
+  local libvirtd_up=0
+  timeout 10 virsh -c qemu:///system version >/dev/null 2>&1 && libvirtd_up=1
+  if ((!libvirtd_up)) || ! socket_answers /run/libvirt/virtlogd-sock; then
+    bash scripts/start-libvirtd.sh
+    ((libvirtd_up)) || touch "$RUN/libvirtd.started-by-lamina"
+  fi
+  if ! timeout 10 tgtadm --mode sys --op show >/dev/null 2>&1; then
+    bash scripts/start-tgtd.sh
+    touch "$RUN/tgtd.started-by-lamina"
+  fi
+}
+ensure_daemons
 if [ -n "$NETNS" ] && ! ip netns list | awk '{print $1}' | grep -qx "$NETNS"; then
   ip netns add "$NETNS"
   echo "$NETNS" >"$RUN/netns.created-by-lamina"
@@ -77,12 +80,12 @@ fi
 bash scripts/build-sample-channel.sh "$CHANNEL"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
-healthy() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
+healthy() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
 # The first administrator, its keys written to ~/.config/lamina/credentials (or
 # $LAMINA_CREDENTIALS), which the CLI signs its requests with.
 "${LAMINA[@]}" user bootstrap
 start_bg manager serve
-wait_for 60 "the manager answering $URL/health" healthy
+wait_for 60 "the manager answering $URL/health" "$LOG/manager.log" healthy
 
 if ! "${LAMINA[@]}" host show "$HOST_NAME" >/dev/null 2>&1; then
   token=$("${LAMINA[@]}" --json host add "$HOST_NAME" --address "$AGENT_ADDRESS" | json_field "['token']")
@@ -97,13 +100,13 @@ else
 fi
 # Up, and heard from since now: a status left from an earlier run does not count.
 host_up() {
-  "${LAMINA[@]}" --json host show "$HOST_NAME" | .venv/bin/python -c "
+  bounded "${LAMINA[@]}" --json host show "$HOST_NAME" | .venv/bin/python -c "
 import json, sys, datetime
 h = json.load(sys.stdin)
 beat = h['last_heartbeat'] and datetime.datetime.fromisoformat(h['last_heartbeat']).timestamp()
 sys.exit(not (h['status'] == 'up' and beat and beat >= $since - 1))"
 }
-wait_for 60 "host $HOST_NAME coming up" host_up
+wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up
 
 # The bundled sample channel (one substrate, two applications, built from this machine's
 # Debian packages), signed with a key of this data directory and served on loopback.
@@ -112,8 +115,8 @@ wait_for 60 "host $HOST_NAME coming up" host_up
   --key "$CHANNEL/channel.key" >/dev/null
 start_cmd channel-server .venv/bin/python -m http.server --bind 127.0.0.1 \
   --directory "$CHANNEL/public" "$CHANNEL_PORT"
-channel_served() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$CHANNEL_URL').status_code != 200)"; }
-wait_for 30 "the sample channel served at $CHANNEL_URL" channel_served
+channel_served() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$CHANNEL_URL').status_code != 200)"; }
+wait_for 30 "the sample channel served at $CHANNEL_URL" "$LOG/channel-server.log" channel_served
 if ! "${LAMINA[@]}" --json channel list | grep -q "\"$CHANNEL_URL\""; then
   "${LAMINA[@]}" channel add "$CHANNEL_URL" --key "$(cat "$CHANNEL/public/channel.pub")" >/dev/null
 fi
@@ -131,33 +134,95 @@ installed() {
 import json, sys
 sys.exit(not any(a['name'] == 'webserv' and a['status'] == 'installed' for a in json.load(sys.stdin)))"
 }
-installed || "${LAMINA[@]}" appliance install webserv >/dev/null
-web_status() { "${LAMINA[@]}" --json instance show web | json_field "['status']"; }
-deploy_web() {
-  "${LAMINA[@]}" appliance deploy webserv --name web --var domain=web.lamina.test --no-wait >/dev/null
+JOBS_HINT=".venv/bin/lamina job list; $LOG/manager.log; $LOG/agent.log"
+installed || within 600 "installing webserv" "$JOBS_HINT" \
+  "${LAMINA[@]}" appliance install webserv >/dev/null
+CLI_PATH=.venv/bin/lamina
+web_field() { bounded "${LAMINA[@]}" --json instance show web | json_field "$1"; }
+# "absent" only when the manager says there is no "web": a failed call is not an absence.
+web_status() {
+  bounded "${LAMINA[@]}" --json instance list | .venv/bin/python -c "
+import json, sys
+print(next((i['status'] for i in json.load(sys.stdin) if i['name'] == 'web'), 'absent'))"
 }
-status=$(web_status 2>/dev/null || echo absent)
+deploy_web() {
+  "${LAMINA[@]}" --json appliance deploy webserv --name web --var domain=web.lamina.test \
+    --no-wait | json_field "['job']['id']"
+}
+start_web() { "${LAMINA[@]}" --json instance start web --no-wait | json_field "['id']"; }
+# Follow a job to its end (within SECONDS); if it did not succeed, say so at once with its
+# error and where to read more.
+follow_job() {  # job seconds what
+  local job=$1 seconds=$2 what=$3 out error
+  out=$(timeout $((seconds + 30)) "${LAMINA[@]}" --json job show "$job" --wait \
+    --timeout "$seconds" 2>&1) && return 0
+  error=$(json_field "['error'] or ''" <<<"$out" 2>/dev/null) || error=$(tail -n 1 <<<"$out")
+  echo "error: $what failed: ${error:-no error recorded}" >&2
+  echo "  see: $CLI_PATH job show $job; $LOG/agent.log; /var/log/libvirt/qemu/" >&2
+  return 1
+}
 # A web appliance an older make up deployed before instances had networks is made again.
-if [ "$status" != absent ] && [ "$("${LAMINA[@]}" --json instance show web | json_field "['networks']")" = "[]" ]; then
-  "${LAMINA[@]}" instance delete web >/dev/null
-  status=absent
+if [ "$(web_status)" != absent ] && [ "$(web_field "['networks']")" = "[]" ]; then
+  within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
 fi
-case "$status" in
-  absent) deploy_web ;;
-  stopped) "${LAMINA[@]}" instance start web --no-wait >/dev/null ;;
-  error)
-    "${LAMINA[@]}" instance delete web >/dev/null
-    deploy_web ;;
-esac
-console_ready() { "${LAMINA[@]}" instance console web | grep -q "lamina-base: ready"; }
-wait_for 180 "the web appliance's ready line on its console" console_ready
+# Deploy or start "web" and follow its job. A start that failed (in this run, or in an earlier
+# one: then the instance is in error, or stopped with an error) is reported at once, and tried
+# once more after making sure the daemons answer: the usual cause is a daemon that was down,
+# which this run has just started. A second failure ends make up.
+for attempt in 1 2; do
+  status=$(web_status)
+  if { [ "$status" = stopped ] || [ "$status" = error ]; } && [ "$attempt" = 1 ]; then
+    last_error=$(web_field "['error'] or ''" 2>/dev/null || true)
+    if [ -n "$last_error" ]; then
+      echo "the web appliance's last start failed: $last_error; starting it again"
+    fi
+  fi
+  case "$status" in
+    absent) job=$(deploy_web) what="deploying the web appliance" seconds=300 ;;
+    stopped) job=$(start_web) what="starting the web appliance" seconds=120 ;;
+    error)
+      if [ "$attempt" = 1 ]; then
+        job=$(start_web) what="starting the web appliance" seconds=120
+      else
+        # Started once and failed again: make it anew.
+        within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
+        job=$(deploy_web) what="deploying the web appliance again" seconds=300
+      fi ;;
+    *) job="" ;;  # running, or being built, paused, ... by something else: waited for below
+  esac
+  if [ -z "$job" ] || follow_job "$job" "$seconds" "$what"; then
+    break
+  fi
+  if [ "$attempt" = 2 ]; then
+    exit 1
+  fi
+  echo "retrying once, after making sure libvirtd, virtlogd and tgtd answer"
+  ensure_daemons
+done
+# Booted: the substrate prints its ready line. A guest that stops or fails on the way ends the
+# wait at once.
+console_ready() {
+  bounded "${LAMINA[@]}" instance console web | grep -q "lamina-base: ready" && return 0
+  local failed
+  failed=$(bounded "${LAMINA[@]}" --json instance show web | .venv/bin/python -c "
+import json, sys
+d = json.load(sys.stdin)
+if d['status'] in ('stopped', 'error'):
+    print(f\"web is {d['status']}: {d['error'] or 'no error recorded'}\")") || return 1
+  [ -n "$failed" ] || return 1
+  echo "$failed"
+  return 3
+}
+wait_for 180 "the web appliance's ready line on its console" \
+  "$CLI_PATH instance console web; $LOG/agent.log" console_ready
 # Its page, published on this machine's loopback.
 if ! "${LAMINA[@]}" --json instance forwards web | grep -q '"guest_port": 80,'; then
-  "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
+  within 120 "publishing web's port 80" "$JOBS_HINT" \
+    "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
 fi
 WEB_URL=http://127.0.0.1:$WEB_PORT/
-page_served() { .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$WEB_URL').status_code != 200)"; }
-wait_for 60 "the web appliance's page at $WEB_URL" page_served
+page_served() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$WEB_URL').status_code != 200)"; }
+wait_for 60 "the web appliance's page at $WEB_URL" "$LOG/agent.log (its port forwards)" page_served
 
 # Put `lamina` on the PATH, unless something else already answers to that name.
 LINK=${LAMINA_CLI_LINK-/usr/local/bin/lamina}
