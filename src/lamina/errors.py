@@ -63,6 +63,20 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class PayloadTooLarge(LaminaError):
+    """A request body over its limit (``manager.max_body_bytes`` but for image uploads)."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class HeadersTooLarge(LaminaError):
+    """A request line and headers over ``manager.max_header_bytes``."""
+
+    status = 431
+    code = "headers_too_large"
+
+
 class QuotaExceeded(LaminaError):
     status = 413
     code = "quota_exceeded"

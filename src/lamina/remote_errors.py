@@ -33,6 +33,8 @@ def raise_for_error(response: httpx.Response) -> None:
         cls = errors.NoCapacity
     elif code == "invalid_state":
         cls = errors.InvalidState
+    elif code == "request_too_large":
+        cls = errors.PayloadTooLarge
     exc = cls.__new__(cls)
     errors.LaminaError.__init__(exc, message)
     exc.code = code or cls.code
