@@ -218,15 +218,21 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_header(name, value)
 
     def send_400_response(self, msg: str) -> None:
-        if not self._too_long:
-            super().send_400_response(msg)
-            return
-        exc = HeadersTooLarge(f"the request line and headers are larger than {self.limit} bytes")
+        """uvicorn's answer to a request it cannot parse, in the error envelope: 431 for
+        headers over the limit, else 400 (a NUL or another byte HTTP forbids, say)."""
+        exc: LaminaError = InvalidRequest(f"not a valid HTTP request: {msg}")
+        reason = b"Bad Request"
+        if self._too_long:
+            exc = HeadersTooLarge(
+                f"the request line and headers are larger than {self.limit} bytes"
+            )
+            reason = b"Request Header Fields Too Large"
         body = json.dumps(exc.to_dict()).encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            b"connection: close\r\n\r\n" + body
+            b"HTTP/1.1 %d %s\r\n" % (exc.status, reason)
+            + b"content-type: application/json\r\n"
+            + b"content-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
         )
         self.transport.close()
