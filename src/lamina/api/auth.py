@@ -39,6 +39,10 @@ from lamina.identity.signing import UNSIGNED
 from lamina.services import Services
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+#: An upload whose body is signed by its hash (not UNSIGNED-PAYLOAD) is read into memory to
+#: check it, once its caller is authenticated: up to this much (or manager.max_body_bytes if
+#: larger). Bigger files travel as UNSIGNED-PAYLOAD with their checksum in a signed header.
+MAX_SIGNED_UPLOAD = 8 * 2**20
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 _STREAMS = "_lamina_streamed_upload"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -183,7 +187,11 @@ async def _signed(
             )
         _lift(request)
         return who, receive
-    body = await _read_body(receive, svc.settings.manager.max_body_bytes)
+    limit = svc.settings.manager.max_body_bytes
+    if _is_upload(request, streams):
+        limit = max(limit, MAX_SIGNED_UPLOAD)
+        _lift(request, limit)
+    body = await _read_body(receive, limit)
     if not hmac.compare_digest(hashlib.sha256(body).hexdigest().encode(), declared.encode()):
         raise AuthenticationFailed(
             "auth_bad_body", "the body does not match its X-Lamina-Content-SHA256"
@@ -214,10 +222,10 @@ async def _from_session(
     return who, receive
 
 
-def _lift(request: Request) -> None:
+def _lift(request: Request, limit: int | None = None) -> None:
     guard = body_guard(request.scope)
     if guard is not None:
-        guard.lift()
+        guard.lift(limit)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -53,10 +53,13 @@ class BodyGuard:
         self.complete = declared == 0
         self.overflowed = False
 
-    def lift(self) -> None:
-        """No limit for this request: its route streams the body (an upload), and its caller
-        is authenticated."""
-        self.limit = None
+    def lift(self, limit: int | None = None) -> None:
+        """Raise this request's limit to ``limit`` (None: no limit): its route streams the
+        body (an upload), and its caller is authenticated."""
+        if limit is None or self.limit is None:
+            self.limit = None
+        else:
+            self.limit = max(self.limit, limit)
 
     def check_declared(self) -> None:
         if self.limit is not None and self.declared is not None and self.declared > self.limit:
