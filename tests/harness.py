@@ -110,6 +110,9 @@ class Cloud:
             "LAMINA_COMPUTE__HOST_DOWN_AFTER": "3",
             "LAMINA_JOBS__POLL_INTERVAL": "0.2",
             "LAMINA_JOBS__LEASE_SECONDS": "3",
+            # Tests make orphans on purpose and reconcile at once; those of the grace period
+            # itself set it.
+            "LAMINA_RECONCILE__GRACE_SECONDS": "0",
             "LAMINA_URL": self.url,
             **env,
         }

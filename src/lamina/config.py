@@ -28,6 +28,7 @@ from lamina.errors import ConfigError
 
 ENV_PREFIX = "LAMINA_"
 DEFAULT_PATHS = (Path("lamina.toml"), Path("/etc/lamina/lamina.toml"))
+TiB = 1024**4
 
 
 class Section(BaseModel):
@@ -103,6 +104,17 @@ class JobSettings(Section):
     lease_seconds: float = Field(15.0, gt=0)
     #: ``lamina job list --stuck`` shows jobs with less than this fraction of their time left.
     stuck_fraction: float = Field(0.2, ge=0, le=1)
+    #: An undo that failed because a host could not be reached is tried again after this
+    #: long, then after twice as long each time, at most ``undo_retry_max_seconds`` apart
+    #: (and at once when a host comes back up).
+    undo_retry_seconds: float = Field(5.0, gt=0)
+    undo_retry_max_seconds: float = Field(300.0, gt=0)
+
+
+class ReconcileSettings(Section):
+    #: A guest or export younger than this (since its creation, by its host's clock) is not
+    #: yet an orphan: the job making it may not have recorded it.
+    grace_seconds: float = Field(120.0, ge=0)
 
 
 class ComputeSettings(Section):
@@ -153,6 +165,15 @@ class ImageSettings(Section):
     stale_upload_seconds: float = Field(120.0, gt=0)
     #: A resumable upload nobody continued for this long is abandoned.
     resumable_upload_hours: float = Field(24.0, gt=0)
+    #: The largest image file accepted (uploads, resumable uploads, http locations); larger
+    #: ones are refused with 413 ``too_large`` before a byte is stored.
+    max_size_bytes: int = Field(TiB, gt=0, le=2**63 - 1)
+
+
+class VolumeSettings(Section):
+    #: The largest volume (new, from a snapshot, or extended) accepted; larger ones are refused
+    #: with 413 ``too_large`` before anything is recorded.
+    max_size_bytes: int = Field(4 * TiB, gt=0, le=2**63 - 1)
 
 
 class ChannelSettings(Section):
@@ -227,10 +248,12 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     jobs: JobSettings = JobSettings()
     compute: ComputeSettings = ComputeSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     identity: IdentitySettings = IdentitySettings()
     images: ImageSettings = ImageSettings()
     channels: ChannelSettings = ChannelSettings()
     network: NetworkSettings = NetworkSettings()
+    volumes: VolumeSettings = VolumeSettings()
     agent: AgentSettings = AgentSettings()
 
     @classmethod

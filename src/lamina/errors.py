@@ -84,8 +84,19 @@ class HeadersTooLarge(LaminaError):
 
 
 class QuotaExceeded(LaminaError):
+    """Taking the resource would put its owner past one of their quotas; ``details`` say
+    which (``quota``), the ``limit``, what is ``used`` and what was ``requested``."""
+
     status = 413
     code = "quota_exceeded"
+
+
+class TooLarge(LaminaError):
+    """A size the backend cannot hold (a configured maximum, the free space of a store or of
+    a volume server); ``details`` give the ``limit`` and what was ``requested``."""
+
+    status = 413
+    code = "too_large"
 
 
 class NotSupported(LaminaError):

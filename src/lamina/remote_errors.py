@@ -17,6 +17,13 @@ _BY_STATUS: dict[int, type[errors.LaminaError]] = {
     503: errors.BackendUnavailable,
     504: errors.Timeout,
 }
+#: Codes that share a status with another kind, to their own class.
+_BY_CODE: dict[str, type[errors.LaminaError]] = {
+    "no_capacity": errors.NoCapacity,
+    "invalid_state": errors.InvalidState,
+    "too_large": errors.TooLarge,
+    "request_too_large": errors.PayloadTooLarge,
+}
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -28,13 +35,7 @@ def raise_for_error(response: httpx.Response) -> None:
         code = str(body.get("code") or "")
     except ValueError:
         message, code = response.text[:500] or response.reason_phrase, ""
-    cls = _BY_STATUS.get(response.status_code, errors.LaminaError)
-    if code == "no_capacity":
-        cls = errors.NoCapacity
-    elif code == "invalid_state":
-        cls = errors.InvalidState
-    elif code == "request_too_large":
-        cls = errors.PayloadTooLarge
+    cls = _BY_CODE.get(code) or _BY_STATUS.get(response.status_code, errors.LaminaError)
     exc = cls.__new__(cls)
     errors.LaminaError.__init__(exc, message)
     exc.code = code or cls.code

@@ -30,11 +30,14 @@ class Services:
     keys: KeyCache
     stores: dict[str, ImageStore]
     runner: JobRunner | None = field(default=None)
+    #: This deployment's id (``lamina.compute.deployment``), named on every agent call.
+    deployment: str = ""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
+        from lamina.compute.deployment import deployment_id
         from lamina.compute.jobs import register_compute_jobs
         from lamina.network.forwards import register_forward_jobs
         from lamina.network.sync import register_network_jobs
@@ -53,7 +56,9 @@ class Services:
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)
-        return cls(settings, db, ca, AgentPool(ca), registry, box, keys, stores)
+        deployment = deployment_id(db)
+        agents = AgentPool(ca, deployment=deployment)
+        return cls(settings, db, ca, agents, registry, box, keys, stores, deployment=deployment)
 
     def wake_jobs(self) -> None:
         if self.runner is not None:

@@ -73,8 +73,10 @@ def test_reconcile_finds_and_fixes_an_orphan_guest(cloud: Cloud) -> None:
     agent.define(orphan, GuestDefinition(vcpus=1, memory_mib=64))
     agent.act(orphan, "start")
     found = json.loads(cloud.cli("--json", "reconcile").stdout)
+    ident = found[0]["id"]
     assert found == [
         {
+            "id": ident,
             "kind": "orphan_guest",
             "resource": f"guest {orphan} on host h1",
             "database": "no record",
@@ -82,8 +84,11 @@ def test_reconcile_finds_and_fixes_an_orphan_guest(cloud: Cloud) -> None:
             "fix": "destroy and undefine the guest and remove its files",
         }
     ]
-    fixed = cloud.cli("reconcile", "--fix").stdout
-    assert "fixed" in fixed
+    refused = cloud.cli("reconcile", "--fix", check=False)
+    assert refused.returncode != 0 and "name the differences to fix" in refused.stderr
+    assert orphan in [g.name for g in agent.guests()]
+    fixed = cloud.cli("reconcile", "--fix", ident).stdout
+    assert "fixed" in fixed and ident in fixed
     assert orphan not in [g.name for g in agent.guests()]
     assert "no differences" in cloud.cli("reconcile").stdout
     pool.close()

@@ -167,7 +167,7 @@ def test_a_silent_agent_marks_its_host_down_and_its_instances_unknown(
     assert [(d["kind"], d["fix"]) for d in diffs] == [
         ("missing_guest", "mark the instance as error")
     ]
-    fixed = client.reconcile(fix=True)
+    fixed = client.reconcile(fix=[d["id"] for d in diffs])
     assert fixed[0]["outcome"] == "fixed"
     assert client.instance("orphaned")["status"] == "error"
     assert client.reconcile() == []

@@ -154,7 +154,7 @@ def test_reconcile_finds_and_fixes_volume_differences(
     assert "I/O fails" in found(diffs, "unexported_attachment", unexported)[0]["backend"]
     assert len(diffs) == len(expected) + 1, diffs  # nothing else
 
-    fixed = client.reconcile(fix=True)
+    fixed = client.reconcile(fix=[d["id"] for d in diffs])
     outcomes = {(d["kind"], d["resource"]): d["outcome"] for d in fixed}
     for d in fixed:
         assert d["outcome"] == ("fixed" if d["fix"] else "no safe fix"), d

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lamina.compute.drivers.base import DiskSpec, GuestSpec, NetworkDisk, NicSpec
-from lamina.compute.drivers.domain_xml import domain_xml, guest_disks, network_disk_xml
+from lamina.compute.drivers.base import DiskSpec, GuestSpec, GuestTags, NetworkDisk, NicSpec
+from lamina.compute.drivers.domain_xml import (
+    domain_tags,
+    domain_xml,
+    guest_disks,
+    network_disk_xml,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -117,3 +122,15 @@ def test_nics_on_the_hosts_network_and_in_a_namespace() -> None:
     assert_golden(domain_xml(spec, "qemu"), "nic-bridge-qemu.xml")
     spec = dataclasses.replace(DISK_BOOT, nics=(NIC_NAMESPACE, NIC_BRIDGE))
     assert_golden(domain_xml(spec, "qemu"), "nic-ethernet-qemu.xml")
+
+
+def test_a_guest_is_tagged_with_who_made_it() -> None:
+    tags = GuestTags(
+        deployment="0123456789abcdef",
+        instance="5b0c1c5e-3c1f-4f7e-9a53-2f0d0c7a8a11",
+        created=1796626549.5,
+    )
+    xml = domain_xml(dataclasses.replace(DISK_BOOT, tags=tags), "qemu")
+    assert_golden(xml, "disk-boot-tagged-qemu.xml")
+    assert domain_tags(xml) == tags
+    assert domain_tags(domain_xml(DISK_BOOT, "qemu")) == GuestTags()

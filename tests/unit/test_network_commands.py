@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,68 @@ def test_check_state() -> None:
     for networks in bad:
         with pytest.raises(InvalidRequest):
             check_state(NetworkState(networks=networks))
+
+
+def test_a_bridge_is_tagged_with_its_deployment() -> None:
+    alias = bridges.bridge_alias("aaaaaaaaaaaaaaaa", "net-0123456789abcdef")
+    assert alias == "lamina:aaaaaaaaaaaaaaaa:net-0123456789abcdef"
+    assert bridges.alias_deployment(alias) == "aaaaaaaaaaaaaaaa"
+    assert bridges.alias_deployment(None) is None
+    assert bridges.alias_deployment("uplink to the rack") is None
+    assert bridges.bridge_alias(None, "net-0123456789abcdef") is None
+    assert bridges.bridge_commands(NS, BR, MAC, "10.77.0.1/24", None, alias) == [
+        ["ip", "-n", NS, "link", "add", "name", BR, "address", MAC, "type", "bridge"],
+        ["ip", "-n", NS, "link", "set", "dev", BR, "alias", alias],
+        ["ip", "-n", NS, "addr", "add", "10.77.0.1/24", "dev", BR],
+        ["ip", "-n", NS, "link", "set", "dev", BR, "up"],
+    ]
+    # An untagged bridge of ours (made before bridges were tagged) gets its tag.
+    untagged = Link(BR, "bridge", MAC, True, addresses=("10.77.0.1/24",))
+    assert bridges.bridge_commands(NS, BR, MAC, "10.77.0.1/24", untagged, alias) == [
+        ["ip", "-n", NS, "link", "set", "dev", BR, "alias", alias],
+    ]
+    tagged = Link(BR, "bridge", MAC, True, addresses=("10.77.0.1/24",), alias=alias)
+    assert bridges.bridge_commands(NS, BR, MAC, "10.77.0.1/24", tagged, alias) == []
+    # Another deployment's bridge is never taken over.
+    theirs = bridges.bridge_alias("bbbbbbbbbbbbbbbb", "net-0123456789abcdef")
+    other = Link(BR, "bridge", MAC, True, addresses=("10.77.0.1/24",), alias=theirs)
+    with pytest.raises(InvalidRequest, match="belongs to Lamina deployment bbbbbbbbbbbbbbbb"):
+        bridges.bridge_commands(NS, BR, MAC, "10.77.0.1/24", other, alias)
+
+
+def test_parse_links_reads_the_alias() -> None:
+    text = json.dumps(
+        [{"ifname": BR, "flags": ["UP"], "address": MAC, "ifalias": "lamina:ab:net-1",
+          "linkinfo": {"info_kind": "bridge"}, "addr_info": []}]
+    )  # fmt: skip
+    assert bridges.parse_links(text)[BR].alias == "lamina:ab:net-1"
+
+
+def test_only_this_deployments_bridges_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Lamina deployments on one host (or namespace): converging one's networks removes
+    its own bridges of networks it no longer has, never the other's, nor an untagged bridge
+    it did not make."""
+    from lamina.agent import networks
+    from lamina.agent.networks import NetworkConfig, NetworkHost
+
+    mine, theirs = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+    found = {
+        name: Link(name, "bridge", MAC, True, alias=alias)
+        for name, alias in (
+            ("lmb000000000001", bridges.bridge_alias(mine, "net-000000000001")),
+            ("lmb000000000002", bridges.bridge_alias(theirs, "net-000000000002")),
+            ("lmb000000000003", None),  # untagged, in this agent's last state
+            ("lmb000000000004", None),  # untagged, not this agent's
+        )
+    }
+    removed: list[list[str]] = []
+    monkeypatch.setattr(networks.bridges, "links", lambda namespace: found)
+    monkeypatch.setattr(networks.bridges, "run_all", lambda commands: removed.extend(commands))
+    host = NetworkHost(tmp_path, NetworkConfig(namespace=NS), tmp_path / "tls", lambda: mine)
+    host._remove_others(set(), made={"lmb000000000003"})
+    assert removed == [
+        ["ip", "-n", NS, "link", "del", "dev", "lmb000000000001"],
+        ["ip", "-n", NS, "link", "del", "dev", "lmb000000000003"],
+    ]

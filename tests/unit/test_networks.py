@@ -155,12 +155,17 @@ def test_allocation_takes_the_lowest_free_address_and_says_when_full() -> None:
 def test_network_names_ranges_and_vlans_are_unique(svc: Services) -> None:
     make_network(svc)
     with svc.db.write() as s:
-        with pytest.raises(Conflict, match="already exists"):
+        # alice's network is private: bob learns only that the name or range is not free.
+        with pytest.raises(Conflict, match="name 'lan' is not available"):
             service.create_network(s, BOB, name="lan", cidr="10.30.0.0/24")
-        with pytest.raises(Conflict, match="overlaps 10.20.0.0/24"):
+        with pytest.raises(Conflict, match="not available"):
             service.create_network(s, BOB, name="other", cidr="10.20.0.128/25")
+        with pytest.raises(Conflict, match="already exists"):
+            service.create_network(s, ALICE, name="lan", cidr="10.30.0.0/24")
+        with pytest.raises(Conflict, match="overlaps 10.20.0.0/24"):
+            service.create_network(s, ALICE, name="other", cidr="10.20.0.128/25")
         with pytest.raises(Conflict, match="overlaps"):
-            service.create_network(s, BOB, name="other", cidr="10.0.0.0/8")
+            service.create_network(s, ADMIN, name="other", cidr="10.0.0.0/8")
         with pytest.raises(InvalidRequest, match="DNS label"):
             service.create_network(s, BOB, name="Bad_Name", cidr="10.40.0.0/24")
         with pytest.raises(Forbidden, match="VLAN"):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lamina.agent.wire import (
     DiskAttach,
+    DiskUsage,
     ExportInfo,
     SnapshotCreate,
     SnapshotInfo,
@@ -28,7 +29,14 @@ from lamina.agent.wire import (
     VolumeInfo,
 )
 from lamina.compute.models import Host, Instance
-from lamina.errors import CommandFailed, Conflict, InvalidRequest, InvalidState, LaminaError
+from lamina.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    Conflict,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+)
 from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
 from lamina.jobs.runner import JobRunner
@@ -58,11 +66,24 @@ class FakeAgent:
 
     def _call(self, what: str) -> None:
         self.world.calls.append(f"{self.name}:{what}")
+        if self.name in self.world.down:
+            raise BackendUnavailable(f"agent {self.name} cannot be reached (injected)")
         if what in self.world.fail:
             raise CommandFailed([what], 1, f"{what} broke (injected)")
 
+    def _die_after(self, what: str) -> None:
+        """The agent is killed after doing ``what`` but before answering, if so asked."""
+        if what in self.world.die_after:
+            self.world.down.add(self.name)
+            raise BackendUnavailable(f"agent {self.name} failed: connection reset (injected)")
+
     def downloads(self) -> Any:
         return SimpleNamespace(transfers=[])
+
+    def disk_usage(self) -> DiskUsage:
+        self._call("disk_usage")
+        free = self.world.volume_free
+        return DiskUsage(used_bytes=0, free_bytes=free or 0, total_bytes=0, volume_free_bytes=free)
 
     def volume_create(self, req: VolumeCreate) -> VolumeInfo:
         self._call("volume_create")
@@ -115,6 +136,7 @@ class FakeAgent:
             export_format=self.volumes[volume].export_format,
         )
         self.exports[volume] = info
+        self._die_after("volume_export")
         return info
 
     def volume_unexport(self, volume: str) -> None:
@@ -158,7 +180,12 @@ class World:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.fail: set[str] = set()
+        #: Hosts whose agent cannot be reached; procedures after which an agent dies.
+        self.down: set[str] = set()
+        self.die_after: set[str] = set()
         self.agents: dict[str, FakeAgent] = {}
+        #: What every volume server answers as its volume root's free bytes.
+        self.volume_free: int | None = 100 * GiB
 
     def for_host(self, host: Host) -> FakeAgent:
         return self.agents.setdefault(host.name, FakeAgent(host.name, self))
@@ -621,6 +648,46 @@ def test_an_attach_whose_detach_cannot_be_undone_is_safe_once_unexported(svc: Se
     assert store(svc).exports == {}
 
 
+def test_an_undo_that_could_not_reach_its_host_is_retried_when_it_answers(
+    svc: Services,
+) -> None:
+    """The volume server dies while exporting (the target is made, no answer): the export's
+    undo cannot reach it, so the job fails with its rollback pending and the volume is
+    error. Once the server answers, a runner (a new one: as after a manager restart) undoes
+    the export by itself: the target is gone, the volume available, the job rolled back."""
+    from lamina.jobs.service import retry_pending_undos
+    from lamina.jobs.views import describe_job
+
+    volume_id = new_volume(svc)
+    world(svc).die_after.add("volume_export")
+    service.attach_volume(svc, ALICE, volume_id, "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "failed" and "rollback pending" in (job.error or ""), job.error
+    assert [st.status for st in job.steps] == ["undo_pending", "pending", "pending"]
+    assert describe_job(job)["rollback"] == "pending" and job.undo_retry_at is not None
+    assert volume(svc, volume_id).status == "error" and volume_id in store(svc).exports
+
+    # Still down: the retry is not due yet; made due, it fails again and backs off.
+    assert run_jobs(svc) == []
+    with svc.db.write() as s:
+        assert retry_pending_undos(s) == 1
+    [again] = run_jobs(svc)
+    assert again.status == "failed" and again.undo_attempts == 1
+    assert again.undo_retry_at is not None and volume_id in store(svc).exports
+    assert run_jobs(svc) == []
+
+    world(svc).down.clear()  # the host answers again
+    with svc.db.write() as s:
+        retry_pending_undos(s)
+    [done] = run_jobs(svc)
+    assert done.status == "rolled_back", done.error
+    assert "rollback" not in (done.error or "") and done.undo_retry_at is None
+    assert [st.status for st in done.steps] == ["undone", "pending", "pending"]
+    assert describe_job(done)["rollback"] == "done"
+    assert store(svc).exports == {}
+    assert volume(svc, volume_id).status == "available" and attachment(svc, volume_id) is None
+
+
 def test_an_attach_whose_export_cannot_be_withdrawn_is_an_error(svc: Services) -> None:
     volume_id = new_volume(svc)
     world(svc).fail.update({"guest_attach_disk", "guest_detach_disk", "volume_unexport"})
@@ -675,12 +742,53 @@ def test_a_reconcile_fix_refuses_a_volume_that_changed_since(svc: Services) -> N
     assert (diff.kind, diff.resource) == ("stale_attachment", f"volume {volume_id}")
     with svc.db.write() as s:
         s.get(Volume, volume_id).comment = "touched"  # type: ignore[union-attr]
-    [outcome] = apply_fixes([diff])
+    [outcome] = apply_fixes([diff], [diff.id])
     assert "changed meanwhile" in outcome["outcome"]
     assert volume_id in store(svc).exports
 
-    [outcome] = apply_fixes(find_volume_differences(svc))
+    [again] = find_volume_differences(svc)
+    assert again.id == diff.id  # the same difference, found again
+    [outcome] = apply_fixes([again], [again.id])
     assert outcome["outcome"] == "fixed"
     assert store(svc).exports == {} and attachment(svc, volume_id) is None
     assert volume(svc, volume_id).status == "available"
     assert find_volume_differences(svc) == []
+
+
+def test_only_this_deployments_old_enough_exports_of_unknown_volumes_are_withdrawn(
+    svc: Services,
+) -> None:
+    import time
+
+    from lamina.compute.reconcile import apply_fixes
+    from lamina.volumes.reconcile import find_volume_differences
+
+    def export(volume: str, deployment: str | None, age: float) -> None:
+        store(svc).exports[volume] = ExportInfo(
+            volume=volume,
+            iqn=f"iqn.2026-11.lamina:{volume}",
+            lun=1,
+            tid=len(store(svc).exports) + 1,
+            portal="10.0.0.1:3260",
+            initiator_address="10.0.0.2",
+            export_format="qcow2",
+            deployment=deployment,
+            created_at=time.time() - age if deployment else None,
+        )
+
+    export("vol-00000000000000a1", svc.deployment, 3600)  # ours, old: a stray
+    export("vol-00000000000000a2", svc.deployment, 5)  # ours, too new
+    export("vol-00000000000000a3", "0123456789abcdef", 3600)  # another deployment's
+    export("vol-00000000000000a4", None, 3600)  # untagged
+    diffs = find_volume_differences(svc)
+    assert sorted((d.kind, d.resource, d.fix is not None) for d in diffs) == [
+        ("stray_export", "volume vol-00000000000000a1 on store", True),
+        ("untagged_export", "volume vol-00000000000000a4 on store", False),
+    ]
+    results = apply_fixes(find_volume_differences(svc), [d.id for d in diffs])
+    assert sorted(r["outcome"] for r in results) == ["fixed", "no safe fix"]
+    assert sorted(store(svc).exports) == [
+        "vol-00000000000000a2",
+        "vol-00000000000000a3",
+        "vol-00000000000000a4",
+    ]

@@ -39,6 +39,8 @@ class Link:
     #: For a VLAN device: its tag and the device it sits on.
     vlan_id: int | None = None
     parent: str | None = None
+    #: Its ``ifalias``: a Lamina bridge's says which deployment made it (``bridge_alias``).
+    alias: str | None = None
 
 
 def parse_links(text: str) -> dict[str, Link]:
@@ -62,6 +64,7 @@ def parse_links(text: str) -> dict[str, Link]:
             addresses=addresses,
             vlan_id=int(data["id"]) if kind == "vlan" and "id" in data else None,
             parent=entry.get("link") if kind == "vlan" else None,
+            alias=entry.get("ifalias") or None,
         )
     return found
 
@@ -99,6 +102,26 @@ def vlan_device(uplink: str, vlan: int) -> str:
             device=name,
         )
     return name
+
+
+ALIAS_PREFIX = "lamina:"
+
+
+def bridge_alias(deployment: str | None, network: str) -> str | None:
+    """The ``ifalias`` tagging a network's bridge with the deployment that made it
+    (``lamina:<deployment>:<network>``); None while the agent knows no deployment."""
+    return f"{ALIAS_PREFIX}{deployment}:{network}" if deployment else None
+
+
+def alias_deployment(alias: str | None) -> str | None:
+    """The deployment named in a bridge's ``ifalias``, or None (untagged)."""
+    if not alias or not alias.startswith(ALIAS_PREFIX):
+        return None
+    return alias.removeprefix(ALIAS_PREFIX).split(":", 1)[0] or None
+
+
+def set_alias_argv(namespace: str, device: str, alias: str) -> list[str]:
+    return ip_argv(namespace, "link", "set", "dev", device, "alias", alias)
 
 
 def bridge_add_argv(namespace: str, bridge: str, mac: str) -> list[str]:
@@ -144,18 +167,28 @@ def link_netns_argv(device: str, namespace: str) -> list[str]:
 
 
 def bridge_commands(
-    namespace: str, bridge: str, mac: str, address: str, current: Link | None
+    namespace: str,
+    bridge: str,
+    mac: str,
+    address: str,
+    current: Link | None,
+    alias: str | None = None,
 ) -> list[list[str]]:
-    """What makes ``bridge`` exist with ``mac``, only ``address`` (IPv4, with its prefix)
-    and up, given what it is now. Raises ``InvalidRequest`` when the name is taken by a
-    device that is not a bridge."""
+    """What makes ``bridge`` exist with ``mac``, only ``address`` (IPv4, with its prefix),
+    tagged with ``alias`` (if given) and up, given what it is now. Raises ``InvalidRequest``
+    when the name is taken by a device that is not a bridge, or by another deployment's."""
     if current is not None and current.kind != "bridge":
         raise InvalidRequest(f"{bridge} exists and is not a bridge ({current.kind})")
+    owner = alias_deployment(current.alias) if current is not None else None
+    if owner is not None and owner != alias_deployment(alias):
+        raise InvalidRequest(f"{bridge} exists and belongs to Lamina deployment {owner}")
     commands = []
     if current is None:
         commands.append(bridge_add_argv(namespace, bridge, mac))
     elif current.mac.lower() != mac:
         commands.append(set_mac_argv(namespace, bridge, mac))
+    if alias is not None and (current is None or current.alias != alias):
+        commands.append(set_alias_argv(namespace, bridge, alias))
     have = current.addresses if current else ()
     commands += [addr_del_argv(namespace, bridge, a) for a in have if a != address]
     if address not in have:

@@ -18,9 +18,19 @@ CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)
 
 
 class AgentClient:
-    def __init__(self, address: str, tls: ssl.SSLContext, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        tls: ssl.SSLContext,
+        timeout: float = 30.0,
+        deployment: str | None = None,
+    ) -> None:
         self.address = address
-        self._http = httpx.Client(base_url=f"https://{address}", verify=tls, timeout=timeout)
+        #: Named on every call: the agent tags what it makes with it.
+        headers = {wire.DEPLOYMENT_HEADER: deployment} if deployment else {}
+        self._http = httpx.Client(
+            base_url=f"https://{address}", verify=tls, timeout=timeout, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +77,17 @@ def check_state(state: NetworkState) -> dict[str, NetworkSpec]:
 class NetworkHost:
     """The networks of this host (one instance per agent)."""
 
-    def __init__(self, root: Path, config: NetworkConfig, tls_dir: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: NetworkConfig,
+        tls_dir: Path,
+        deployment: Callable[[], str | None] = lambda: None,
+    ) -> None:
         check_namespace_name(config.namespace)
         self.root = root
+        #: The deployment bridges are tagged with (``lamina.agent.identity``).
+        self.deployment = deployment
         self.namespace = config.namespace
         self.uplink = config.uplink
         self.tls_dir = tls_dir
@@ -127,6 +136,9 @@ class NetworkHost:
             )
         with self._lock:
             ensure_namespace(self.namespace)
+            previous = self.stored()
+            # Untagged bridges this agent made before bridges were tagged: its own too.
+            made = {bridge_name(s.network) for s in previous.networks} if previous else set()
             self._store(state)
             self._specs = specs
             failures: dict[str, str] = {}
@@ -135,7 +147,7 @@ class NetworkHost:
                 self._firewall(list(specs.values()))
             except (LaminaError, OSError) as exc:
                 failures["firewall"] = _message(exc)
-            self._remove_others(set(specs))
+            self._remove_others(set(specs), made)
             found = bridges.links(self.namespace)
             for spec in specs.values():
                 try:
@@ -169,8 +181,9 @@ class NetworkHost:
         bridge = bridge_name(spec.network)
         address = bridges.interface_address(spec.address, spec.cidr)
         mac = bridges.bridge_mac(spec.network, spec.address)
+        alias = bridges.bridge_alias(self.deployment(), spec.network)
         bridges.run_all(
-            bridges.bridge_commands(self.namespace, bridge, mac, address, found.get(bridge))
+            bridges.bridge_commands(self.namespace, bridge, mac, address, found.get(bridge), alias)
         )
         if spec.vlan is not None and self.uplink:
             bridges.run_all(
@@ -202,16 +215,24 @@ class NetworkHost:
                 raise
             self._relays[spec.network] = relay
 
-    def _remove_others(self, keep: set[str]) -> None:
-        """Remove every network's bridge, dnsmasq, relay and folder not in ``keep``."""
+    def _remove_others(self, keep: set[str], made: set[str]) -> None:
+        """Remove every network's bridge, dnsmasq, relay and folder not in ``keep``. Only
+        this deployment's bridges go: tagged with its id, or untagged ones in ``made`` (its
+        last stored state); another Lamina's on the same host (or namespace) stay."""
         for network in [n for n in self._relays if n not in keep]:
             self._relays.pop(network).close()
         found = bridges.links(self.namespace)
         kept_bridges = {bridge_name(n) for n in keep}
+        mine = self.deployment()
         for bridge in bridges.lamina_bridges(found):
-            if bridge not in kept_bridges:
-                log.info("removing bridge %s", bridge)
-                bridges.run_all(bridges.removal_commands(self.namespace, bridge, found))
+            if bridge in kept_bridges:
+                continue
+            owner = bridges.alias_deployment(found[bridge].alias)
+            if (owner is not None and owner != mine) or (owner is None and bridge not in made):
+                log.info("leaving bridge %s alone: deployment %s made it", bridge, owner or "?")
+                continue
+            log.info("removing bridge %s", bridge)
+            bridges.run_all(bridges.removal_commands(self.namespace, bridge, found))
         if self.root.is_dir():
             for folder in self.root.iterdir():
                 if (

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Query
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.middleware.base import RequestResponseEndpoint
 
 from lamina import __version__
 from lamina.agent.cache import DownloadTracker, ImageCache
@@ -24,9 +25,11 @@ from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
 from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
+from lamina.agent.identity import DeploymentIdentity
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeConfig, VolumeServer
 from lamina.agent.wire import (
+    DEPLOYMENT_HEADER,
     DISK_TARGET,
     PROCEDURES,
     CacheEntry,
@@ -60,6 +63,7 @@ from lamina.compute.drivers.base import (
     DiskSpec,
     GuestInfo,
     GuestSpec,
+    GuestTags,
     Hypervisor,
     NetworkDisk,
 )
@@ -89,11 +93,17 @@ class Agent:
     ) -> None:
         self.root = root
         self.hypervisor = hypervisor
+        #: The deployment whose manager this agent serves; what it makes is tagged with it.
+        self.identity = DeploymentIdentity(root)
         self.tracker = DownloadTracker()
         self.cache = ImageCache(root / "cache", self.tracker)
         self.disks = DiskStore(root / "guests")
-        self.volumes = VolumeServer(volumes or VolumeConfig(), root, self.tracker)
-        self.network = NetworkHost(root / "networks", network or NetworkConfig(), root / "tls")
+        self.volumes = VolumeServer(
+            volumes or VolumeConfig(), root, self.tracker, lambda: self.identity.id
+        )
+        self.network = NetworkHost(
+            root / "networks", network or NetworkConfig(), root / "tls", lambda: self.identity.id
+        )
         self.forwards = ForwardTable(
             root / "forwards.json", self.network.namespace, self.network.networks
         )
@@ -128,7 +138,12 @@ class Agent:
     def disk_usage(self) -> DiskUsage:
         usage = shutil.disk_usage(self.root)
         used = self.disks.used_bytes() + sum(e.size for e in self.cache.entries())
-        return DiskUsage(used_bytes=used, free_bytes=usage.free, total_bytes=usage.total)
+        return DiskUsage(
+            used_bytes=used,
+            free_bytes=usage.free,
+            total_bytes=usage.total,
+            volume_free_bytes=self.volumes.free_bytes(),
+        )
 
     def define(self, name: str, spec: GuestDefinition) -> GuestStatus:
         guest_dir = self.disks.guest_dir(name)
@@ -157,6 +172,11 @@ class Agent:
                 disks=tuple(disks),
                 nics=nics,
                 console_log=str(guest_dir / "console.log"),
+                tags=GuestTags(
+                    deployment=self.identity.id,
+                    instance=name.removeprefix("lamina-") if name.startswith("lamina-") else None,
+                    created=time.time(),
+                ),
             )
         )
         write_nics(guest_dir, spec.nics)
@@ -280,6 +300,8 @@ def _status(info: GuestInfo) -> GuestStatus:
         vcpus=info.vcpus,
         memory_mib=info.memory_mib,
         uptime_seconds=info.uptime_seconds,
+        deployment=info.tags.deployment,
+        created_at=info.tags.created,
     )
 
 
@@ -305,6 +327,17 @@ def _portal(portal: str) -> tuple[str, int]:
 def create_agent_app(agent: Agent) -> FastAPI:
     app = FastAPI(title="Lamina agent", version=__version__)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def deployment(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        """Learn the deployment from the manager's first call; refuse another's."""
+        named = request.headers.get(DEPLOYMENT_HEADER)
+        if named:
+            try:
+                agent.identity.learn(named)
+            except LaminaError as exc:
+                return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return await call_next(request)
 
     @app.get("/info")
     def server_info() -> ServerInfo:

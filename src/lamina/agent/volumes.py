@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from lamina.errors import (
     InvalidState,
     NotFound,
     NotSupported,
+    TooLarge,
 )
 from lamina.volumes.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
 
@@ -61,8 +64,16 @@ class VolumeConfig:
 class VolumeServer:
     """Volumes, snapshots and exports of one backend on this host."""
 
-    def __init__(self, config: VolumeConfig, agent_root: Path, tracker: DownloadTracker) -> None:
+    def __init__(
+        self,
+        config: VolumeConfig,
+        agent_root: Path,
+        tracker: DownloadTracker,
+        deployment: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.config = config
+        #: The deployment exports are recorded for (``lamina.agent.identity``).
+        self.deployment = deployment
         self.backend = load_backend(config.backend)
         self.tracker = tracker
         self.meta = agent_root / "volume-meta"
@@ -185,6 +196,26 @@ class VolumeServer:
                 watcher.join()
             self.tracker.end(transfer)
 
+    def free_bytes(self) -> int | None:
+        """Free bytes of the volume root's file system; None when this agent is no volume
+        server or its backend keeps volumes elsewhere (a VG, a pool)."""
+        if not self.config.enabled or not self.backend.file_based:
+            return None
+        return shutil.disk_usage(self.root).free
+
+    def _require_room(self, name: str, needed: int) -> None:
+        """Refuse to make ``needed`` more bytes of ``name`` when the volume root has less
+        free: a volume (or the part of it that grows, or a snapshot's copy) must fit the
+        disk it lives on, else it fails once a guest fills it."""
+        free = self.free_bytes()
+        if free is not None and needed > free:
+            raise TooLarge(
+                f"{name} needs {needed} bytes but this host's volume root {self.root} has "
+                f"only {free} bytes free",
+                limit=free,
+                requested=needed,
+            )
+
     def _require_enabled(self) -> None:
         if not self.config.enabled:
             raise NotSupported("this agent is not a volume server ([agent] volumes = false)")
@@ -231,6 +262,7 @@ class VolumeServer:
                     return self.volume_info(volume)
                 log.warning("volume %s was left half-made; making it again", volume)
                 self._run("delete", self._params(volume))
+            self._require_room(f"volume {volume}", req.size_bytes)
             marker.touch()
             try:
                 self._make(req)
@@ -296,6 +328,7 @@ class VolumeServer:
                 raise InvalidState(
                     f"volume {volume} is exported: detach it before extending", volume=volume
                 )
+            self._require_room(f"volume {volume}", req.size_bytes - info.size_bytes)
             self._run("extend", {**self._params(volume), "size": req.size_bytes})
             self._pad(volume, req.size_bytes)
             return self.volume_info(volume)
@@ -347,6 +380,7 @@ class VolumeServer:
                     return info
                 self._run("delete_snapshot", self._params(snapshot=snapshot))
             source = self.volume_info(volume)
+            self._require_room(f"snapshot {snapshot}", source.allocated_bytes)
             marker.touch()
             (self.meta / f"{snapshot}.json").write_text(json.dumps({"volume": volume}))
             try:
@@ -383,7 +417,21 @@ class VolumeServer:
 
     # -- exports -------------------------------------------------------------------------
 
+    def _export_record(self, volume: str) -> Path:
+        """Who asked for the volume's export and when: tgt keeps no such thing, so the
+        agent does (``<volume>.export``, written after the target is made, removed after it
+        is withdrawn). An export without one is untagged."""
+        return self.meta / f"{volume}.export"
+
+    def _read_export_record(self, volume: str) -> tuple[str | None, float | None]:
+        try:
+            data = json.loads(self._export_record(volume).read_text())
+            return data.get("deployment"), float(data["created"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+
     def _export_info(self, export: Export) -> ExportInfo:
+        deployment, created = self._read_export_record(export.volume)
         return ExportInfo(
             volume=export.volume,
             iqn=export.iqn,
@@ -392,6 +440,8 @@ class VolumeServer:
             portal=self.config.portal,
             initiator_address=export.initiator_address,
             export_format=self.backend.export_format,
+            deployment=deployment,
+            created_at=created,
         )
 
     def export(self, volume: str, initiator_address: str) -> ExportInfo:
@@ -409,6 +459,9 @@ class VolumeServer:
         with self._locked(volume):
             self.volume_info(volume)
             export = self.tgt.export(volume, self.volume_path(volume), address, self._base_str())
+            if self._read_export_record(volume)[1] is None:  # the same export again keeps it
+                tag = {"deployment": self.deployment(), "created": time.time()}
+                self._export_record(volume).write_text(json.dumps(tag))
             return self._export_info(export)
 
     def unexport(self, volume: str) -> None:
@@ -416,6 +469,7 @@ class VolumeServer:
         self._require_enabled()
         with self._locked(volume):
             self.tgt.unexport(volume, self.volume_path(volume))
+            self._export_record(volume).unlink(missing_ok=True)
 
     def exports(self) -> list[ExportInfo]:
         self._require_enabled()

@@ -59,6 +59,9 @@ VOLUME_ID = r"^vol-[0-9a-f]{8,32}$"
 SNAPSHOT_ID = r"^snap-[0-9a-f]{8,32}$"
 #: A hot-plugged disk's device name in the guest (vda is the boot disk).
 DISK_TARGET = r"^vd[b-z]$"
+#: A deployment's id (``lamina.compute.deployment``), sent by the manager on every call.
+DEPLOYMENT_ID = r"^[0-9a-f]{16}$"
+DEPLOYMENT_HEADER = "X-Lamina-Deployment"
 
 
 class Wire(BaseModel):
@@ -70,6 +73,9 @@ class DiskUsage(Wire):
     used_bytes: int
     free_bytes: int
     total_bytes: int
+    #: Free bytes where this host's volumes live (its volume server's ``volume_root``), or
+    #: None when it is no volume server or its backend cannot tell (lvm, rbd).
+    volume_free_bytes: int | None = None
 
 
 class Transfer(Wire):
@@ -95,6 +101,11 @@ class GuestStatus(Wire):
     vcpus: int
     memory_mib: int
     uptime_seconds: float | None
+    #: The deployment whose manager made the guest (its domain metadata); None: untagged
+    #: (made by hand, or before guests were tagged).
+    deployment: str | None = None
+    #: When it was defined (seconds since the epoch, the host's clock), if tagged.
+    created_at: float | None = None
 
 
 class ServerInfo(Wire):
@@ -253,6 +264,10 @@ class ExportInfo(Wire):
     portal: str
     initiator_address: str
     export_format: Literal["raw", "qcow2"]
+    #: The deployment that asked for the export and when (the agent's record of it, see
+    #: ``lamina.agent.volumes``); None: untagged (exported before exports were tagged).
+    deployment: str | None = None
+    created_at: float | None = None
 
 
 class DiskAttach(Wire):

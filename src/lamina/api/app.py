@@ -61,6 +61,8 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
                 workers=svc.settings.manager.job_workers,
                 lease_seconds=svc.settings.jobs.lease_seconds,
                 poll_interval=svc.settings.jobs.poll_interval,
+                undo_retry_seconds=svc.settings.jobs.undo_retry_seconds,
+                undo_retry_max_seconds=svc.settings.jobs.undo_retry_max_seconds,
             )
             svc.runner.start()
             monitor = HostMonitor(svc)

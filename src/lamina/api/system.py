@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from lamina import __version__
@@ -46,10 +47,20 @@ def reconcile(svc: Services = Depends(services), who: Principal = Depends(princi
     return {"differences": [d.to_dict() for d in _differences(svc)]}
 
 
+class ReconcileFix(BaseModel):
+    """The differences to fix, by the ids a dry run (``GET /reconcile``) showed."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(min_length=1, max_length=1000)
+
+
 @system.post("/reconcile")
-def reconcile_fix(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
+def reconcile_fix(
+    body: ReconcileFix, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """Find the differences again and fix those named that are still there, unchanged."""
     require_admin(who)
-    return {"differences": apply_fixes(_differences(svc))}
+    return {"differences": apply_fixes(_differences(svc), body.ids)}
 
 
 def _differences(svc: Services) -> list[Difference]:

@@ -39,6 +39,7 @@ from lamina.compute.models import Instance
 from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.principal import Principal
+from lamina.images import limits
 from lamina.images import service as images
 from lamina.images.models import Image
 from lamina.images.stores import pick
@@ -84,6 +85,7 @@ def start_install(
     entries = [_entry(p) for p in plan]
     params = {"owner": who.user_id, "access_key": who.access_key, "appliances": entries}
     with svc.db.write() as s:
+        check_sizes(s, svc, who, entries)
         job = submit(
             s,
             svc.jobs.get(KIND),
@@ -118,6 +120,23 @@ def start_install(
         answer = {"job": describe_job(job), "appliances": [describe(r) for r in rows]}
     svc.wake_jobs()
     return answer
+
+
+def check_sizes(
+    session: Session, svc: Services, who: Principal, entries: list[dict[str, Any]]
+) -> None:
+    """The files the install would copy into the repository (those not there already) must
+    fit the limits of ``lamina.images.limits``: refused before the job starts."""
+    sizes = {
+        f["sha256"]: int(f["size"])
+        for entry in entries
+        for f in entry["files"]
+        if _available(session, f["sha256"]) is None
+    }
+    store = pick(svc.stores, svc.settings.images.default_store)
+    limits.allow_files(
+        session, who.user_id, store, svc.settings.images.max_size_bytes, list(sizes.values())
+    )
 
 
 def _entry(planned: Planned) -> dict[str, Any]:

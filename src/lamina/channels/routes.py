@@ -15,6 +15,7 @@ from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
 from lamina.compute.instance_routes import NicBody, nics_of
+from lamina.identity.access import shown_owner
 from lamina.identity.principal import Principal
 from lamina.services import Services
 
@@ -40,9 +41,12 @@ def add_channel(
 
 
 @channels.get("")
-def list_channels(svc: Services = Depends(services)) -> Any:
+def list_channels(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
     with svc.db.read() as s:
-        return {"channels": service.list_channels(s)}
+        found = service.list_channels(s)
+    for channel in found:
+        channel["owner"] = shown_owner(who, channel["owner"])
+    return {"channels": found}
 
 
 @channels.post("/{channel_id}/refresh", dependencies=[Depends(admin)])

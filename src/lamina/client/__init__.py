@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -122,8 +122,14 @@ class Client:
     def server_config(self) -> dict[str, Any]:
         return self._take("config", "GET", "/config")
 
-    def reconcile(self, fix: bool = False) -> list[dict[str, Any]]:
-        return self._take("differences", "POST" if fix else "GET", "/reconcile")
+    def reconcile(self, fix: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The differences (a dry run); with ``fix``, the ids of differences a dry run
+        showed: those still found unchanged are fixed, and each one's outcome returned."""
+        if fix is None:
+            return self._take("differences", "GET", "/reconcile")
+        if isinstance(fix, (str, bool)):
+            raise TypeError("fix takes the ids of the differences to fix, from a dry run")
+        return self._take("differences", "POST", "/reconcile", json={"ids": list(fix)})
 
     # -- hosts
     def add_host(self, name: str, address: str, reserved_memory_mib: int | None = None) -> Any:

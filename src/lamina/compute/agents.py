@@ -12,9 +12,13 @@ from lamina.identity.ca import CertificateAuthority, client_context
 
 
 class AgentPool:
-    def __init__(self, ca: CertificateAuthority, timeout: float = 30.0) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, timeout: float = 30.0, deployment: str | None = None
+    ) -> None:
         self._tls: ssl.SSLContext = client_context(ca.client_files())
         self._timeout = timeout
+        #: The deployment id every call names (None: none, e.g. a test's own pool).
+        self.deployment = deployment
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
 
@@ -27,7 +31,9 @@ class AgentPool:
         with self._lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = AgentClient(address, self._tls, self._timeout)
+                client = self._clients[address] = AgentClient(
+                    address, self._tls, self._timeout, self.deployment
+                )
             return client
 
     def close(self) -> None:

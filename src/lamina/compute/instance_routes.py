@@ -63,9 +63,9 @@ class GrantCreate(Body):
     access: Literal["read", "operate"] = "read"
 
 
-def _describe(s: Session, svc: Services, instance: Any) -> dict[str, Any]:
+def _describe(s: Session, svc: Services, instance: Any, who: Principal) -> dict[str, Any]:
     nics = instance_nics(s, instance.id, svc.settings.network.domain)
-    return instance_service.describe(instance, s.get(Host, instance.host_id), nics)
+    return instance_service.describe(instance, s.get(Host, instance.host_id), nics, who)
 
 
 @instances.post("", status_code=202)
@@ -92,7 +92,7 @@ def create_instance(
             default_network=svc.settings.network.default_network,
             who=who,
         )
-        result = {"instance": _describe(s, svc, instance), "job": describe_job(job)}
+        result = {"instance": _describe(s, svc, instance, who), "job": describe_job(job)}
     svc.wake_jobs()
     return result
 
@@ -130,7 +130,7 @@ def list_instances_detail(
         nics = nics_by_instance(s, [i.id for i in found], svc.settings.network.domain)
         return {
             "instances": [
-                instance_service.describe(i, by_id.get(i.host_id or ""), nics.get(i.id, []))
+                instance_service.describe(i, by_id.get(i.host_id or ""), nics.get(i.id, []), who)
                 for i in found
             ]
         }
@@ -141,7 +141,7 @@ def show_instance(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
     with svc.db.read() as s:
-        return {"instance": _describe(s, svc, instance_service.get_instance(s, ref, who))}
+        return {"instance": _describe(s, svc, instance_service.get_instance(s, ref, who), who)}
 
 
 @instances.patch("/{ref}")
@@ -155,7 +155,7 @@ def update_instance(
     with svc.db.write() as s:
         instance = instance_service.get_instance(s, ref, who, "own")
         instance.visibility = body.visibility
-        return {"instance": _describe(s, svc, instance)}
+        return {"instance": _describe(s, svc, instance, who)}
 
 
 @instances.patch("/{ref}/config")

@@ -13,7 +13,7 @@ from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
-from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
 from lamina.identity.quotas import check_instance_quota
 from lamina.jobs.kinds import JobRegistry
@@ -248,7 +248,10 @@ def delete_instance(
 
 
 def describe(
-    instance: Instance, host: Host | None, nics: list[dict[str, Any]] | None = None
+    instance: Instance,
+    host: Host | None,
+    nics: list[dict[str, Any]] | None = None,
+    viewer: Principal | None = None,
 ) -> dict[str, Any]:
     """The instance as the API shows it (with its NICs when given). While its host is down
     its state is unknown: the last state Lamina saw is kept in ``last_status``."""
@@ -259,7 +262,7 @@ def describe(
         "last_status": instance.status,
         "host": host.name if host else None,
         "host_id": instance.host_id,
-        "owner": instance.owner,
+        "owner": shown_owner(viewer, instance.owner),
         "visibility": instance.visibility,
         "vcpus": instance.vcpus,
         "memory_mib": instance.memory_mib,

@@ -16,6 +16,7 @@ from lamina.compute.jobs import GUEST_STATES
 from lamina.compute.models import Host, Instance
 from lamina.errors import LaminaError
 from lamina.jobs.models import Job
+from lamina.jobs.service import retry_pending_undos
 from lamina.network.models import Port
 from lamina.network.sync import queue_sync
 
@@ -85,13 +86,19 @@ class HostMonitor:
             if host is None:
                 return
             record_heartbeat(s, host, status)
-            if was != "up":
+            came_back = was != "up"
+            if came_back:
                 log.info("host %s is up", host.name)
                 # An agent back from a restart or an outage gets its networks again (it
                 # missed any change made meanwhile).
                 if s.scalar(select(Port.id).where(Port.host_id == host.id).limit(1)):
                     queue_sync(s, svc.jobs, [host.id])
+                # Undos that failed because a host could not be reached: try them now.
+                if retry_pending_undos(s):
+                    log.info("host %s is up: retrying the pending undos", host.name)
             self._sync_guests(s, host, {g.name: g.state for g in status.guests})
+        if came_back:
+            svc.wake_jobs()
 
     @staticmethod
     def _sync_guests(s: Session, host: Host, guests: dict[str, str]) -> None:

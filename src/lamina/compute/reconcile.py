@@ -1,15 +1,23 @@
 """Compare what the database says with what the hypervisors really hold.
 
 Each difference comes with the safe fix it would apply, or none when only a person can
-decide. A fix never destroys a guest Lamina still has a record for, and never touches a
-guest whose name is not Lamina's (``lamina-<uuid>``). Instances with a job in progress are
-skipped: their job owns them.
+decide, and an id: a digest of everything it says (and of the creation time of the object
+it is about), so the same difference found again has the same id, and one that changed in
+any way has another. ``apply_fixes`` applies only the differences whose ids an
+administrator names (from a dry run): what was not shown, or changed since, is never fixed.
+
+A fix never destroys a guest Lamina still has a record for, never touches a guest whose
+name is not Lamina's (``lamina-<uuid>``), nor one tagged with another deployment, nor an
+untagged one, nor one younger than ``reconcile.grace_seconds``. Instances with a job in
+progress are skipped: their job owns them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +43,19 @@ class Difference:
     backend: str
     fix: str | None
     apply: Callable[[], None] | None = field(default=None, repr=False)
+    #: What else tells this object from another of the same name (its creation time).
+    stamp: str = field(default="", repr=False)
+
+    @property
+    def id(self) -> str:
+        """12 hex digits naming exactly this difference (see the module's docstring)."""
+        parts = (self.kind, self.resource, self.database, self.backend, self.fix or "")
+        text = "\x1f".join((*parts, self.stamp))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("kind", "resource", "database", "backend", "fix")}
+        keys = ("kind", "resource", "database", "backend", "fix")
+        return {"id": self.id, **{k: getattr(self, k) for k in keys}}
 
 
 def find_differences(svc: Services) -> list[Difference]:
@@ -46,6 +64,7 @@ def find_differences(svc: Services) -> list[Difference]:
         instances = list(s.scalars(select(Instance).where(Instance.host_id.is_not(None))))
         busy = set(s.scalars(select(Job.target_id).where(Job.status.in_(("queued", "running")))))
     by_guest = {i.domain_name: i for i in instances}
+    ours, grace = svc.deployment, svc.settings.reconcile.grace_seconds
     diffs: list[Difference] = []
     for host in hosts:
         try:
@@ -55,22 +74,41 @@ def find_differences(svc: Services) -> list[Difference]:
                 Difference("host_unreachable", f"host {host.name}", host.status, exc.message, None)
             )
             continue
+        # A guest another deployment tagged is not the one our record speaks of.
+        mine = {n: g for n, g in guests.items() if g.deployment in (None, ours)}
         for instance in (i for i in instances if i.host_id == host.id and i.id not in busy):
-            diffs.extend(_compare(svc, host, instance, guests.get(instance.domain_name)))
+            diffs.extend(_compare(svc, host, instance, mine.get(instance.domain_name)))
         for name, guest in guests.items():
             known = by_guest.get(name)
             if not name.startswith(PREFIX) or (known and known.status != "deleted"):
                 continue
             if known and known.id in busy:
                 continue
+            where = f"guest {name} on host {host.name}"
+            if guest.deployment is not None and guest.deployment != ours:
+                continue  # another Lamina's: not ours to judge, nor to list
+            if guest.deployment is None:
+                if known:
+                    # Named after an instance of ours, but untagged (made before guests
+                    # were tagged): reported, never touched.
+                    diffs.append(
+                        Difference(
+                            "untagged_guest", where, "deleted", f"{guest.state}; no deployment tag",
+                            None,
+                        )
+                    )  # fmt: skip
+                continue
+            if guest.created_at is None or time.time() - guest.created_at < grace:
+                continue  # too new: the job making it may not have recorded it yet
             diffs.append(
                 Difference(
                     "orphan_guest",
-                    f"guest {name} on host {host.name}",
+                    where,
                     "deleted" if known else "no record",
                     guest.state,
                     "destroy and undefine the guest and remove its files",
                     _undefine(svc, host, name),
+                    stamp=repr(guest.created_at),
                 )
             )
     return diffs
@@ -131,10 +169,23 @@ def _undefine(svc: Services, host: Host, name: str) -> Callable[[], None]:
     return apply
 
 
-def apply_fixes(diffs: list[Difference]) -> list[dict[str, Any]]:
-    """Apply every safe fix; report what was done and what failed."""
+NOT_FOUND = "not applied: no longer found as shown (fixed, or changed since); reconcile again"
+
+
+def apply_fixes(diffs: list[Difference], ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Apply the safe fixes of the differences named by ``ids`` (from a dry run), each only
+    if it is still among ``diffs`` (found again just now, unchanged); report, in the order
+    asked, what was done, what failed and which ids are no longer found."""
+    by_id = {d.id: d for d in diffs}
     results = []
-    for diff in diffs:
+    for ident in dict.fromkeys(ids):
+        diff = by_id.get(ident)
+        if diff is None:
+            results.append(
+                {"id": ident, "kind": None, "resource": None, "database": None,
+                 "backend": None, "fix": None, "outcome": NOT_FOUND}
+            )  # fmt: skip
+            continue
         outcome = "no safe fix"
         if diff.apply is not None:
             try:
@@ -142,6 +193,6 @@ def apply_fixes(diffs: list[Difference]) -> list[dict[str, Any]]:
                 outcome = "fixed"
             except LaminaError as exc:
                 outcome = f"fix failed: {exc.message}"
-        log.info("reconcile %s %s: %s", diff.kind, diff.resource, outcome)
+        log.info("reconcile %s %s %s: %s", diff.id, diff.kind, diff.resource, outcome)
         results.append({**diff.to_dict(), "outcome": outcome})
     return results

@@ -103,6 +103,11 @@ def enrol(body: EnrolRequest, svc: Services = Depends(services)) -> EnrolRespons
         return host_service.enrol(s, svc.ca, body.token, body.csr)
 
 
-@enrolment.get("/ca.pem", tags=["hosts"])
+@enrolment.get(
+    "/ca.pem",
+    tags=["hosts"],
+    response_class=Response,
+    responses={200: {"content": {"application/x-pem-file": {"schema": {"type": "string"}}}}},
+)
 def ca_certificate(svc: Services = Depends(services)) -> Response:
     return Response(svc.ca.cert_pem, media_type="application/x-pem-file")

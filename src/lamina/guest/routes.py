@@ -66,7 +66,11 @@ def post_action(
     return answer
 
 
-@guest.post("/RPC2")
+@guest.post(
+    "/RPC2",
+    response_class=Response,
+    responses={200: {"content": {"text/xml": {"schema": {"type": "string"}}}}},
+)
 async def xmlrpc(request: Request, svc: Services = Depends(services)) -> Response:
     """STORM's XML-RPC interface; a refusal is an XML-RPC fault (code = the HTTP status)."""
     body = bytearray()

@@ -51,6 +51,15 @@ def visible_to(
     return or_(owner_column == who.user_id, visibility_column == "public", granted)
 
 
+def shown_owner(who: Principal | None, owner: str | None) -> str | None:
+    """The ``owner`` of a resource as ``who`` may see it: their own id, any id for an
+    administrator, None (not whose it is) for a resource of another user's that ``who``
+    sees because it is public or granted. ``who`` None: an internal caller, unchanged."""
+    if who is None or who.is_admin or owner == who.user_id:
+        return owner
+    return None
+
+
 def grant_of(session: Session, kind: str, resource_id: str, user_id: str) -> Grant | None:
     return session.scalar(
         select(Grant).where(

@@ -3,6 +3,13 @@
 The user's row is locked first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write
 transactions are serial already), so concurrent requests of one user queue and none can
 overshoot.
+
+Byte quotas count what the owner holds plus what is on its way:
+
+- ``image_bytes``: the sizes of the owner's images that have a file (whichever store), plus
+  the sizes uploads in progress declared (or were allowed, for an upload that declared none);
+- ``volume_bytes``: the sizes of the owner's volumes and snapshots, whatever their state
+  (a volume being created or in error still holds, or may hold, its bytes).
 """
 
 from __future__ import annotations
@@ -38,10 +45,75 @@ def check_instance_quota(session: Session, user_id: str, vcpus: int, memory_mib:
         ("memory_mib", user.quota_memory_mib, memory, memory_mib),
     ):
         if limit is not None and used + asked > limit:
-            raise QuotaExceeded(
-                f"quota exceeded: {name} (limit {limit}, in use {used}, requested {asked})",
-                quota=name,
-                limit=limit,
-                used=int(used),
-                requested=asked,
-            )
+            raise _refuse(name, limit, int(used), asked)
+
+
+def _refuse(name: str, limit: int, used: int, asked: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"quota exceeded: {name} (limit {limit}, in use {used}, requested {asked})",
+        quota=name,
+        limit=limit,
+        used=used,
+        requested=asked,
+    )
+
+
+def image_bytes_used(session: Session, user_id: str) -> int:
+    """Bytes of the owner's image files, and those their uploads in progress reserved."""
+    from lamina.images.models import Image
+
+    held = session.scalar(
+        select(func.coalesce(func.sum(Image.size), 0)).where(
+            Image.owner == user_id, Image.status == "available"
+        )
+    )
+    coming = session.scalar(
+        select(func.coalesce(func.sum(Image.upload_size), 0)).where(
+            Image.owner == user_id, Image.status == "uploading"
+        )
+    )
+    return int(held or 0) + int(coming or 0)
+
+
+def volume_bytes_used(session: Session, user_id: str) -> int:
+    """Bytes of the owner's volumes and snapshots."""
+    from lamina.volumes.models import Snapshot, Volume
+
+    volumes = session.scalar(
+        select(func.coalesce(func.sum(Volume.size_bytes), 0)).where(Volume.owner == user_id)
+    )
+    snapshots = session.scalar(
+        select(func.coalesce(func.sum(Snapshot.size_bytes), 0)).where(Snapshot.owner == user_id)
+    )
+    return int(volumes or 0) + int(snapshots or 0)
+
+
+def image_bytes_left(session: Session, user_id: str | None) -> int | None:
+    """What the owner's ``image_bytes`` quota still allows (never below 0), None for no
+    limit. Locks the user's row: call it in the transaction that takes the bytes."""
+    user = lock_user(session, user_id) if user_id else None
+    if user is None or user.quota_image_bytes is None:
+        return None
+    return max(user.quota_image_bytes - image_bytes_used(session, user.id), 0)
+
+
+def check_image_bytes(session: Session, user_id: str | None, asked: int) -> None:
+    """Raise ``QuotaExceeded`` if ``asked`` more image bytes would put the owner past their
+    ``image_bytes`` quota."""
+    user = lock_user(session, user_id) if user_id else None
+    if user is None or user.quota_image_bytes is None:
+        return
+    used = image_bytes_used(session, user.id)
+    if used + asked > user.quota_image_bytes:
+        raise _refuse("image_bytes", user.quota_image_bytes, used, asked)
+
+
+def check_volume_bytes(session: Session, user_id: str | None, asked: int) -> None:
+    """Raise ``QuotaExceeded`` if ``asked`` more bytes of volumes or snapshots would put the
+    owner past their ``volume_bytes`` quota."""
+    user = lock_user(session, user_id) if user_id else None
+    if user is None or user.quota_volume_bytes is None:
+        return
+    used = volume_bytes_used(session, user.id)
+    if used + asked > user.quota_volume_bytes:
+        raise _refuse("volume_bytes", user.quota_volume_bytes, used, asked)

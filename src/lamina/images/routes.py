@@ -24,7 +24,7 @@ from lamina.db.types import utcnow
 from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.identity.signing import BODY_HEADER, UNSIGNED
-from lamina.images import meta, resumable, service
+from lamina.images import limits, meta, resumable, service
 from lamina.images.stores import pick
 from lamina.images.stores.base import ImageStore, StoredObject
 from lamina.images.transfer import body_blocks, parse_range
@@ -62,8 +62,10 @@ async def _upload(
     image_id: str,
     store: ImageStore,
     declared: dict[str, str],
+    allowance: limits.Allowance,
 ) -> dict[str, Any]:
-    """Stream the request body into ``store`` as image ``image_id`` (already claimed)."""
+    """Stream the request body into ``store`` as image ``image_id`` (already claimed), cut
+    off as soon as it brings more than ``allowance``."""
 
     def heartbeat() -> None:
         from lamina.db.types import utcnow
@@ -80,7 +82,7 @@ async def _upload(
         store,
         who,
         image_id,
-        body_blocks(request.stream().__aiter__(), heartbeat),
+        limits.limited(body_blocks(request.stream().__aiter__(), heartbeat), allowance),
         declared,
     )
     return service.describe(image, _base(request))
@@ -95,6 +97,26 @@ def _require_declared(request: Request, declared: dict[str, str]) -> None:
             f"an {UNSIGNED} upload must declare X-Image-Meta-Sha256 (or X-Image-Meta-Checksum):"
             " it is what keeps the file from being changed on the way"
         )
+
+
+def _declared_size(request: Request, declared: dict[str, str]) -> int | None:
+    return limits.declared_size(request.headers.get("content-length"), declared.get("size"))
+
+
+def _claim(
+    svc: Services, s: Session, who: Principal, image: Any, store: ImageStore, size: int | None
+) -> limits.Allowance:
+    """Check a file of ``size`` bytes for ``image`` against the limits, then claim the image
+    for the upload, reserving what it may bring."""
+    allowance = limits.allow(s, image.owner, store, svc.settings.images.max_size_bytes, size)
+    service.begin_upload(s, who, image, WRITER)
+    image.upload_size = allowance.size
+    return allowance
+
+
+def _check_location(svc: Services, s: Session, owner: str | None, probed: StoredObject) -> None:
+    http = pick(svc.stores, "http")
+    limits.allow(s, owner, http, svc.settings.images.max_size_bytes, probed.size)
 
 
 def _probe(svc: Services, fields: dict[str, Any]) -> StoredObject:
@@ -118,25 +140,38 @@ async def add_image(request: Request) -> Any:
         raise InvalidRequest(f"the {store.name} store is read-only: upload to another store")
     if with_file:
         _require_declared(request, declared)
+    size = _declared_size(request, declared) if with_file else None
     if location and store.capabilities.writable:
         raise InvalidRequest(
             f"a location can only be given for a read-only store, not {store.name}"
         )
     probed = await run_in_threadpool(_probe, svc, fields) if location else None
 
+    allowance: list[limits.Allowance] = []
+
     def create(s: Session) -> tuple[str, dict[str, Any]]:
+        # The limits first: a refused file leaves no image behind.
+        if probed is not None:
+            _check_location(svc, s, who.user_id, probed)
+        if with_file:
+            allowance.append(
+                limits.allow(s, who.user_id, store, svc.settings.images.max_size_bytes, size)
+            )
         row = service.register(s, who, fields, others, svc.settings.images.default_access)
         if probed is not None:
             image = service.finish_upload(s, who, row.id, probed, probed.checksum, None, declared)
             return image.id, service.describe(image, _base(request))
         if with_file:
-            service.begin_upload(s, who, service.get_image(s, row.id, who), WRITER)
+            image = service.get_image(s, row.id, who)
+            service.begin_upload(s, who, image, WRITER)
+            image.upload_size = allowance[-1].size
+            s.flush()
             row = service.image_row(s, row.id, who)
         return row.id, service.describe(row, _base(request))
 
     image_id, described = await svc.db.batched(create)
     if with_file:
-        described = await _upload(svc, request, who, image_id, store, declared)
+        described = await _upload(svc, request, who, image_id, store, declared, allowance[-1])
     return json_response({"image": described}, status_code=201)
 
 
@@ -151,8 +186,12 @@ async def update_image(image_id: str, request: Request) -> Any:
         raise InvalidRequest("give the image's file or its location, not both")
     if with_file:
         _require_declared(request, declared)
+    size = _declared_size(request, declared) if with_file else None
     if not (fields or others or with_file):
         raise InvalidRequest("nothing to do: give metadata headers, a file or a location")
+
+    allowance: list[limits.Allowance] = []
+    before: list[tuple[str, str | None]] = []
 
     def change(s: Session) -> tuple[str, dict[str, Any]]:
         if fields.keys() - {"location"} or others:
@@ -169,24 +208,35 @@ async def update_image(image_id: str, request: Request) -> Any:
                 else "a location can only be given for a read-only store"
             )
         image = service.get_image(s, image_id, who)
-        service.begin_upload(s, who, image, WRITER)
+        before.append((image.status, image.error))
+        if with_file:
+            allowance.append(_claim(svc, s, who, image, store, size))
+        else:
+            service.begin_upload(s, who, image, WRITER)
         return image.store, service.describe(image, _base(request))
 
     store_name, described = await svc.db.batched(change)
     store = svc.stores[store_name]
     if with_file:
-        described = await _upload(svc, request, who, image_id, store, declared)
+        described = await _upload(svc, request, who, image_id, store, declared, allowance[-1])
     elif location:
-        probed = await run_in_threadpool(store.probe, location)
 
         def assign() -> dict[str, Any]:
+            probed = store.probe(location)
             with svc.db.write() as s:
+                image = service.get_image(s, image_id, who)
+                _check_location(svc, s, image.owner, probed)
                 image = service.finish_upload(
                     s, who, image_id, probed, probed.checksum, None, declared
                 )
                 return service.describe(image, _base(request))
 
-        described = await run_in_threadpool(assign)
+        try:
+            described = await run_in_threadpool(assign)
+        except LaminaError:
+            # Refused (too large, over quota, or the location failed): the image is as it was.
+            await run_in_threadpool(_unclaim, svc, image_id, *before[-1])
+            raise
     return json_response({"image": described})
 
 
@@ -231,7 +281,7 @@ def list_detail(
         )
         if not found and marker is None:
             raise NotFound("no images were found", filters=filters)  # VISOR table 4.3
-        return {"images": [service.describe(i, _base(request)) for i in found]}
+        return {"images": [service.describe(i, _base(request), viewer=who) for i in found]}
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -251,7 +301,8 @@ async def head_image(image_id: str, request: Request) -> Response:
     """The image's metadata as ``X-Image-Meta-*`` headers, no body."""
     svc, who = caller(request)
     with svc.db.read() as s:
-        described = service.describe(service.image_row(s, image_id, who), _base(request))
+        row = service.image_row(s, image_id, who)
+        described = service.describe(row, _base(request), viewer=who)
     return Response(headers=_meta_headers(described))
 
 
@@ -278,7 +329,7 @@ def get_image(
             raise NotFound(f"image {image_id} has no file (it is {image.status})")
         span = parse_range(request.headers.get("range"), image.size)
         service.touch(s, image)
-        described = service.describe(image, _base(request))
+        described = service.describe(image, _base(request), viewer=who)
     store = pick(svc.stores, str(described["store"]))
     location = str(described["location"])
     offset, length = span or (0, int(described["size"]))
@@ -324,9 +375,14 @@ def delete_image(
 # -- resumable uploads ---------------------------------------------------------------------
 
 
+def _unclaim(svc: Services, image_id: str, status: str, error: str | None) -> None:
+    with svc.db.write() as s:
+        service.release_claim(s, image_id, status, error)
+
+
 class UploadStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=2**63 - 1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -352,8 +408,12 @@ def start_resumable(
     with svc.db.write() as s:
         image = service.get_image(s, image_id, who)
         store_name = image.store
-        if not pick(svc.stores, store_name).capabilities.writable:
+        store = pick(svc.stores, store_name)
+        if not store.capabilities.writable:
             raise InvalidRequest(f"the {store_name} store is read-only: upload to another store")
+        limits.allow(
+            s, image.owner, store, svc.settings.images.max_size_bytes, body.size, _uploads(svc)
+        )
         service.begin_upload(s, who, image, resumable.RESUMABLE)
         image.upload_size, image.upload_sha256 = body.size, body.sha256
         resumable.discard(_uploads(svc), image_id)

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from lamina.db import Database
 from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
-from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
 from lamina.images.hashing import StreamDigests
 from lamina.images.models import Image, ImageEvent
@@ -248,6 +248,16 @@ def fail_upload(session: Session, image_id: str, error: str) -> None:
         record(session, image.id, None, "upload-failed", error[:500])
 
 
+def release_claim(session: Session, image_id: str, status: str, error: str | None) -> None:
+    """Give back an image claimed by ``begin_upload`` whose file was refused before any
+    byte was stored: it is ``status`` again (locked or error), with its ``error``."""
+    image = session.get(Image, image_id)
+    if image is not None and image.status == "uploading":
+        image.status, image.error, image.upload_by = status, error, None
+        image.upload_size = None
+        record(session, image.id, None, "upload-refused")
+
+
 def save_file(store: ImageStore, image_id: str, chunks: Iterable[bytes]) -> StoredObject:
     """Write the file; on any failure nothing stays in the store."""
     try:
@@ -396,7 +406,11 @@ def brief_listing(
     return b'{"images":' + built.encode() + b"}"
 
 
-def describe(image: Image | ImageRow, base_url: str, brief: bool = False) -> dict[str, Any]:
+def describe(
+    image: Image | ImageRow, base_url: str, brief: bool = False, viewer: Principal | None = None
+) -> dict[str, Any]:
+    """The image's metadata; ``viewer`` (a reader of someone else's public or shared image)
+    is not told whose it is."""
     full: dict[str, Any] = {
         "id": image.id,
         "uri": f"{base_url}/images/{image.id}",
@@ -411,7 +425,7 @@ def describe(image: Image | ImageRow, base_url: str, brief: bool = False) -> dic
         "location": image.location,
         "kernel": image.kernel,
         "ramdisk": image.ramdisk,
-        "owner": image.owner,
+        "owner": shown_owner(viewer, image.owner),
         "checksum": image.checksum,
         "sha256": image.sha256,
         "created_at": image.created_at,
@@ -426,13 +440,21 @@ def describe(image: Image | ImageRow, base_url: str, brief: bool = False) -> dic
 
 
 def history(session: Session, who: Principal, image: Image) -> list[dict[str, Any]]:
+    """The image's history. Its owner and administrators see who did what; another reader
+    (of a public or shared image) sees their own actions as theirs and nobody else's access
+    key."""
     check(session, who, KIND, image, "read", image.id)
     events = session.scalars(
         select(ImageEvent).where(ImageEvent.image_id == image.id).order_by(ImageEvent.id)
     )
-    return [
-        {"at": e.at, "user": e.access_key, "action": e.action, "detail": e.detail} for e in events
-    ]
+    everyone = who.is_admin or image.owner == who.user_id
+
+    def actor(event: ImageEvent) -> str | None:
+        if everyone or event.user_id == who.user_id or event.user_id is None:
+            return event.access_key
+        return "another user"
+
+    return [{"at": e.at, "user": actor(e), "action": e.action, "detail": e.detail} for e in events]
 
 
 def recover_uploads(

@@ -12,7 +12,16 @@ from lamina.db.types import Base, UTCDateTime, new_id, utcnow
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "rolled_back")
 FINISHED = ("succeeded", "failed", "rolled_back")
-STEP_STATUSES = ("pending", "running", "succeeded", "failed", "undoing", "undone", "undo_failed")
+STEP_STATUSES = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "undoing",
+    "undone",
+    "undo_pending",
+    "undo_failed",
+)
 
 
 class Job(Base):
@@ -41,6 +50,11 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Set while undos that failed because a host could not be reached wait to be retried
+    #: (the job is ``failed``, its rollback pending): when the next retry is due.
+    undo_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Retries of the pending undos so far (the delay between them doubles).
+    undo_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     steps: Mapped[list[JobStep]] = relationship(
         order_by="JobStep.seq", cascade="all, delete-orphan", lazy="selectin"

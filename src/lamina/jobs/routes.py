@@ -29,9 +29,9 @@ def jobs(
     with svc.db.read() as s:
         if stuck:
             found = stuck_jobs(s, svc.settings.jobs.stuck_fraction, who)
-            return {"jobs": [describe_job(j) for j in found]}
+            return {"jobs": [describe_job(j, viewer=who) for j in found]}
         found = list_jobs(s, status=status, target_id=target, limit=limit, who=who)
-        return {"jobs": [describe_job(j, steps=False) for j in found]}
+        return {"jobs": [describe_job(j, steps=False, viewer=who) for j in found]}
 
 
 @router.get("/{job_id}")
@@ -39,4 +39,4 @@ def job(
     job_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     with svc.db.read() as s:
-        return {"job": describe_job(get_job(s, job_id, who))}
+        return {"job": describe_job(get_job(s, job_id, who), viewer=who)}

@@ -7,6 +7,14 @@ lease_owner = me``; a manager that finds its lease gone stops at once, so no ste
 by two managers. A job whose lease expired (its manager crashed) is taken over: the step that
 was running is run again (steps are idempotent) or, for kinds that ask for it, everything done
 is undone.
+
+An undo that fails because its host cannot be reached (``BackendUnavailable``, a connection
+error) is not given up: its step is ``undo_pending``, the job ``failed`` with its rollback
+pending and a retry time (``undo_retry_at``) in the database, so any manager, after a restart
+too, takes the job up again when that time comes (backing off, or at once when the host
+monitor sees a host come back: ``retry_pending_undos``) until every such undo ran. Then the
+kind's ``on_failure`` hook runs again (unless a later job took the resource over) and the job
+ends ``rolled_back``.
 """
 
 from __future__ import annotations
@@ -21,14 +29,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+import httpx
+from sqlalchemy import and_, exists, or_, select, update
 
 from lamina.db import Database
 from lamina.db.types import utcnow
+from lamina.errors import BackendUnavailable
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job, JobStep
 
 log = logging.getLogger(__name__)
+#: Appended to the error of a job whose rollback waits for a host.
+PENDING = " (rollback pending: an undo waits for its host to answer; it is retried by itself)"
+INCOMPLETE = " (rollback incomplete: see the steps)"
 
 
 class LeaseLost(Exception):
@@ -50,6 +63,8 @@ class JobRunner:
         lease_seconds: float = 15.0,
         poll_interval: float = 0.5,
         runner_id: str | None = None,
+        undo_retry_seconds: float = 5.0,
+        undo_retry_max_seconds: float = 300.0,
     ) -> None:
         self.db = db
         self.registry = registry
@@ -57,6 +72,7 @@ class JobRunner:
         self.workers = workers
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_interval = poll_interval
+        self.undo_retry = (undo_retry_seconds, undo_retry_max_seconds)
         self.id = runner_id or f"{machine_boot()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -137,19 +153,21 @@ class JobRunner:
         now = utcnow()
         dead = self._dead_local_owners()
         free = or_(Job.lease_owner.is_(None), Job.lease_expires < now, Job.lease_owner.in_(dead))
+        # Unfinished jobs, and failed ones whose pending undos are due for another try.
+        runnable = or_(
+            Job.status.in_(("queued", "running")),
+            and_(Job.status == "failed", Job.undo_retry_at <= now),
+        )
         with self.db.read() as s:
             candidates = s.scalars(
-                select(Job.id)
-                .where(Job.status.in_(("queued", "running")), free)
-                .order_by(Job.created_at)
-                .limit(10)
+                select(Job.id).where(runnable, free).order_by(Job.created_at).limit(10)
             ).all()
         for job_id in candidates:
             with self.db.write() as s:
                 taken = _rowcount(
                     s.execute(
                         update(Job)
-                        .where(and_(Job.id == job_id, Job.status.in_(("queued", "running")), free))
+                        .where(and_(Job.id == job_id, runnable, free))
                         .values(
                             lease_owner=self.id, lease_expires=now + self.lease, runs=Job.runs + 1
                         )
@@ -204,15 +222,22 @@ class JobRunner:
             steps = {st.seq: st.status for st in job.steps}
             deadline = job.deadline
             error = job.error
+            retrying = job.status == "failed"
+            attempts = job.undo_attempts
         ctx.report = self._reporter(job_id)
+        if retrying:
+            self._retry_undos(kind, ctx, steps, error or "", attempts)
+            return
         self._update_job(job_id, status="running", started_at=utcnow())
 
         was_failing = any(
-            st in ("failed", "undoing", "undone", "undo_failed") for st in steps.values()
+            st in ("failed", "undoing", "undone", "undo_pending", "undo_failed")
+            for st in steps.values()
         )
         if interrupted and was_failing:
             # The crash came during a rollback: finish it.
-            done = [i for i, st in steps.items() if st in ("succeeded", "running", "undoing")]
+            redo = ("succeeded", "running", "undoing", "undo_pending")
+            done = [i for i, st in steps.items() if st in redo]
             self._fail(kind, ctx, done, error or "interrupted during its rollback")
             return
         if interrupted and kind.on_interrupt == "rollback":
@@ -262,35 +287,115 @@ class JobRunner:
         )
 
     def _fail(self, kind: JobKind, ctx: StepContext, seqs: list[int], error: str) -> None:
-        """Undo the given steps in reverse order, then record the job's end."""
+        """Undo the given steps in reverse order, then record the job's end (or, when an
+        undo waits for a host that cannot be reached, its rollback as pending)."""
         job_id = ctx.job_id
         log.warning("job %s (%s) failed: %s", job_id, kind.name, error)
-        clean = True
+        clean, pending = True, False
         for seq in reversed(seqs):
             step: Step = kind.steps[seq]
             if step.undo is None:
                 continue
-            self._set_step(job_id, seq, status="undoing")
-            try:
-                _call_with_timeout(step.undo, ctx, step.timeout)
-                self._set_step(job_id, seq, status="undone")
-            except Exception as exc:
-                clean = False
-                self._set_step(job_id, seq, status="undo_failed", message=_message(exc))
+            outcome = self._undo(ctx, seq, step)
+            clean = clean and outcome == "undone"
+            pending = pending or outcome == "undo_pending"
         if kind.on_failure is not None:
             try:
                 kind.on_failure(ctx, error)
             except Exception:
                 log.exception("job %s: on_failure hook failed", job_id)
+        values: dict[str, Any] = {}
+        if pending:
+            values = {"undo_retry_at": utcnow() + timedelta(seconds=self.undo_retry[0])}
         self._update_job(
             job_id,
             status="rolled_back" if clean else "failed",
-            error=error if clean else error + " (rollback incomplete: see the steps)",
+            error=error + _note(clean, pending),
             finished_at=utcnow(),
             state=ctx.state,
             lease_owner=None,
             lease_expires=None,
+            undo_attempts=0,
+            **values,
         )
+
+    def _undo(self, ctx: StepContext, seq: int, step: Step) -> str:
+        """Run one step's undo; answer the step's new status: ``undone``, ``undo_pending``
+        (its host could not be reached: retried later) or ``undo_failed``."""
+        assert step.undo is not None
+        self._set_step(ctx.job_id, seq, status="undoing")
+        try:
+            _call_with_timeout(step.undo, ctx, step.timeout)
+        except Exception as exc:
+            if unreachable(exc):
+                message = f"{_message(exc)} (retried when its host answers)"
+                self._set_step(ctx.job_id, seq, status="undo_pending", message=message)
+                return "undo_pending"
+            self._set_step(ctx.job_id, seq, status="undo_failed", message=_message(exc))
+            return "undo_failed"
+        self._set_step(ctx.job_id, seq, status="undone")
+        return "undone"
+
+    def _retry_undos(
+        self, kind: JobKind, ctx: StepContext, steps: dict[int, str], error: str, attempts: int
+    ) -> None:
+        """Try the pending undos of a failed job again, in reverse order. While one still
+        cannot reach its host, the next try is set (the delay doubles); when none is left,
+        the kind's ``on_failure`` hook marks the resource again and the job ends."""
+        job_id = ctx.job_id
+        attempts += 1
+        base = error.split(PENDING)[0]
+        log.info("job %s: retrying its pending undos (try %d)", job_id, attempts)
+        outcomes = {
+            seq: self._undo(ctx, seq, kind.steps[seq])
+            for seq in sorted(steps, reverse=True)
+            # "undoing": a manager died during an earlier try.
+            if steps[seq] in ("undo_pending", "undoing") and kind.steps[seq].undo is not None
+        }
+        if "undo_pending" in outcomes.values():
+            first, most = self.undo_retry
+            delay = min(first * 2**attempts, most)
+            self._update_job(
+                job_id,
+                undo_attempts=attempts,
+                undo_retry_at=utcnow() + timedelta(seconds=delay),
+                state=ctx.state,
+                lease_owner=None,
+                lease_expires=None,
+            )
+            return
+        clean = "undo_failed" not in outcomes.values() and not any(
+            st == "undo_failed" for seq, st in steps.items() if seq not in outcomes
+        )
+        if kind.on_failure is not None and not self._taken_over(job_id):
+            try:
+                kind.on_failure(ctx, base)
+            except Exception:
+                log.exception("job %s: on_failure hook failed", job_id)
+        log.info("job %s: rollback finished after %d retries", job_id, attempts)
+        self._update_job(
+            job_id,
+            status="rolled_back" if clean else "failed",
+            error=base + _note(clean, False),
+            finished_at=utcnow(),
+            state=ctx.state,
+            undo_attempts=attempts,
+            undo_retry_at=None,
+            lease_owner=None,
+            lease_expires=None,
+        )
+
+    def _taken_over(self, job_id: str) -> bool:
+        """Whether a job newer than this one is about the same resource: then the resource's
+        state is that job's business, and a late rollback does not mark it again."""
+        with self.db.read() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.target_id is None:
+                return False
+            newer = select(Job.id).where(
+                Job.target_id == job.target_id, Job.created_at > job.created_at, Job.id != job.id
+            )
+            return bool(s.scalar(select(exists(newer))))
 
     # -- recording ------------------------------------------------------------------------
 
@@ -429,6 +534,18 @@ def _process_alive(runner_id: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says a host could not be reached (so trying again later may work),
+    rather than that it refused or failed the request."""
+    return isinstance(exc, (BackendUnavailable, httpx.TransportError, ConnectionError))
+
+
+def _note(clean: bool, pending: bool) -> str:
+    if pending:
+        return PENDING
+    return "" if clean else INCOMPLETE
 
 
 def _message(exc: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lamina.db.types import utcnow
@@ -42,6 +42,16 @@ def submit(
     session.add(job)
     session.flush()
     return job
+
+
+def retry_pending_undos(session: Session) -> int:
+    """Make every pending undo due now (a host came back up); answer how many jobs wait."""
+    result = session.execute(
+        update(Job)
+        .where(Job.status == "failed", Job.undo_retry_at.is_not(None))
+        .values(undo_retry_at=utcnow())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def get_job(session: Session, job_id: str, who: Principal | None = None) -> Job:

@@ -4,18 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from lamina.identity.access import shown_owner
+from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
 
 
-def describe_job(job: Job, *, steps: bool = True) -> dict[str, Any]:
+def rollback_state(job: Job) -> str | None:
+    """``pending`` while undos wait for a host (retried by themselves), ``incomplete``
+    when one failed for good, ``done`` when a failure was undone; None otherwise."""
+    if job.undo_retry_at is not None and job.status == "failed":
+        return "pending"
+    statuses = {st.status for st in job.steps}
+    if "undo_failed" in statuses:
+        return "incomplete"
+    if job.status == "rolled_back":
+        return "done"
+    return None
+
+
+def describe_job(
+    job: Job, *, steps: bool = True, viewer: Principal | None = None
+) -> dict[str, Any]:
+    """The job; ``viewer`` (the owner of an instance a grantee acted on) is not told who the
+    job's owner is unless it is them."""
     body: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
         "target_type": job.target_type,
         "target_id": job.target_id,
-        "owner": job.owner,
+        "owner": shown_owner(viewer, job.owner),
         "error": job.error,
+        "rollback": rollback_state(job),
+        "undo_retry_at": job.undo_retry_at,
         "progress": round(job.progress, 4),
         "bytes_done": job.bytes_done,
         "bytes_total": job.bytes_total,

@@ -63,7 +63,7 @@ def expose(
             forward=clash.id,
         )
     if host_port is not None:
-        _host_port_free(session, instance.host_id, host_port)
+        _host_port_free(session, instance, host_port)
     forward = PortForward(
         instance_id=instance.id,
         host_id=instance.host_id,
@@ -106,13 +106,17 @@ def _nic(session: Session, instance: Instance, network: str | None) -> Port:
     return port
 
 
-def _host_port_free(session: Session, host_id: str, host_port: int) -> None:
+def _host_port_free(session: Session, instance: Instance, host_port: int) -> None:
     holder = session.scalar(
         select(PortForward).where(
-            PortForward.host_id == host_id, PortForward.host_port == host_port
+            PortForward.host_id == instance.host_id, PortForward.host_port == host_port
         )
     )
     if holder is not None:
+        other = session.get(Instance, holder.instance_id)
+        if other is None or other.owner != instance.owner:
+            # Another user's forward: not theirs to know of (its id, its instance).
+            raise Conflict(f"port {host_port} of the host is not available; choose another")
         raise Conflict(
             f"port {host_port} of the host is already published (forward {holder.id})",
             forward=holder.id,

@@ -73,7 +73,8 @@ def list_networks(svc: Services = Depends(services), who: Principal = Depends(pr
     with svc.db.read() as s:
         return {
             "networks": [
-                service.describe_network(s, n, _domain(svc)) for n in service.list_networks(s, who)
+                service.describe_network(s, n, _domain(svc), who)
+                for n in service.list_networks(s, who)
             ]
         }
 
@@ -84,7 +85,7 @@ def show_network(
 ) -> Any:
     with svc.db.read() as s:
         network = service.get_network(s, ref, who)
-        shown = service.describe_network(s, network, _domain(svc))
+        shown = service.describe_network(s, network, _domain(svc), who)
         shown["addresses"] = service.addresses(s, network, who)
         return {"network": shown}
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
-from lamina.identity.access import Need, check, may_see, visible_to
+from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -77,14 +77,23 @@ def create_network(
         raise InvalidRequest("a VLAN id is 1 to 4094")
     network = parse_cidr(cidr)
     _lock_networks(session)
-    if session.scalar(select(Network.id).where(Network.name == name)):
+    taken = session.scalar(select(Network).where(Network.name == name))
+    if taken is not None:
+        if not may_see(session, who, taken, KIND):
+            # Someone else's private network: say no more than that the name is not free.
+            raise Conflict(f"the network name {name!r} is not available", network=name)
         raise Conflict(f"a network named {name!r} already exists", network=name)
-    existing = [(name, cidr) for name, cidr in session.execute(select(Network.name, Network.cidr))]
-    clash = overlapping(network, existing)
+    existing = {n.cidr: n for n in session.scalars(select(Network))}
+    clash = overlapping(network, [(n.name, n.cidr) for n in existing.values()])
     if clash is not None:
+        if not may_see(session, who, existing[clash[1]], KIND):
+            raise Conflict(
+                f"cidr {network} is not available: it overlaps a range in use; choose another",
+                cidr=str(network),
+            )
         raise Conflict(
-            f"cidr {network} overlaps {clash[1]}, the range of another network: networks "
-            "must not overlap",
+            f"cidr {network} overlaps {clash[1]}, the range of network {clash[0]!r}: "
+            "networks must not overlap",
             cidr=str(network),
             overlaps=clash[1],
         )
@@ -135,7 +144,11 @@ def list_networks(session: Session, who: Principal) -> list[Network]:
     return list(session.scalars(query))
 
 
-def describe_network(session: Session, network: Network, domain: str) -> dict[str, Any]:
+def describe_network(
+    session: Session, network: Network, domain: str, viewer: Principal | None = None
+) -> dict[str, Any]:
+    """The network as the API shows it; ``viewer`` sees its owner only if it is theirs (or
+    they are an administrator)."""
     cidr = ipaddress.IPv4Network(network.cidr)
     instances = session.scalar(
         select(func.count()).where(Port.network_id == network.id, Port.instance_id.is_not(None))
@@ -159,7 +172,7 @@ def describe_network(session: Session, network: Network, domain: str) -> dict[st
         "mode": network.mode,
         "zone": zone(network, domain),
         "vlan": network.vlan,
-        "owner": network.owner,
+        "owner": shown_owner(viewer, network.owner),
         "visibility": network.visibility,
         "status": network.status,
         "description": network.description,

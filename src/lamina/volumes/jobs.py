@@ -344,11 +344,14 @@ def record_attached(ctx: StepContext) -> None:
 
 
 def _undo_failed(ctx: StepContext, *names: str) -> list[str]:
-    """Which of the named steps of this job could not be undone."""
+    """Which of the named steps of this job are not undone: their undo failed, or waits for
+    its host (``undo_pending``: the runner retries it and calls the hook again after)."""
     svc: Services = ctx.services
     with svc.db.read() as s:
         query = select(JobStep.name).where(
-            JobStep.job_id == ctx.job_id, JobStep.name.in_(names), JobStep.status == "undo_failed"
+            JobStep.job_id == ctx.job_id,
+            JobStep.name.in_(names),
+            JobStep.status.in_(("undo_failed", "undo_pending")),
         )
         return list(s.scalars(query))
 
@@ -357,7 +360,9 @@ def attach_failed(ctx: StepContext, error: str) -> None:
     """The volume is available again and attached nowhere, once its export is withdrawn:
     without the target no guest can reach its bytes, even one on a host that could not be
     told to detach (the step's undo failed; ``lamina reconcile`` finds that disk). If the
-    unexport failed too, the volume is ``error`` (delete unexports it first)."""
+    unexport failed too, the volume is ``error`` (delete unexports it first); when that was
+    because the server could not be reached, the runner unexports again once it answers
+    and calls this again: the volume is then ``available``."""
     svc: Services = ctx.services
     exported = _undo_failed(ctx, "export")
     with svc.db.write() as s:
@@ -366,7 +371,10 @@ def attach_failed(ctx: StepContext, error: str) -> None:
             return
         if exported:
             volume.status = "error"
-            volume.error = f"{error}; its iSCSI target may still be exported"
+            volume.error = (
+                f"{error}; its iSCSI target may still be exported (withdrawn, and the volume "
+                "available again, once its server answers)"
+            )
             return
         s.execute(delete(Attachment).where(Attachment.volume_id == volume.id))
         volume.status = "available"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -315,13 +316,29 @@ class _Compare:
                 "a volume on " + where,
                 None,  # never delete bytes the database does not know: an administrator decides
             )  # fmt: skip
+        ours, grace = self.svc.deployment, self.svc.settings.reconcile.grace_seconds
         for volume_id, exported in server.exports.items():
             if volume_id in self.db.volumes or not self.settled(volume_id):
                 continue
-            self.add(
-                "stray_export", f"volume {volume_id} on {where}", "no record",
-                f"target {exported.tid} admits {exported.initiator_address}",
-                "withdraw the target", self.unexport_unknown(server, volume_id),
+            if exported.deployment is not None and exported.deployment != ours:
+                continue  # another deployment's: not ours to judge
+            if exported.deployment is None:
+                # Made before exports were tagged, or by hand: reported, never withdrawn.
+                self.add(
+                    "untagged_export", f"volume {volume_id} on {where}", "no record",
+                    f"target {exported.tid} admits {exported.initiator_address}; "
+                    "no deployment tag", None,
+                )  # fmt: skip
+                continue
+            if exported.created_at is None or time.time() - exported.created_at < grace:
+                continue  # too new to call a stray: its job may not have recorded it yet
+            self.diffs.append(
+                Difference(
+                    "stray_export", f"volume {volume_id} on {where}", "no record",
+                    f"target {exported.tid} admits {exported.initiator_address}",
+                    "withdraw the target", self.unexport_unknown(server, volume_id),
+                    stamp=repr(exported.created_at),
+                )
             )  # fmt: skip
 
     def stray_disks(self) -> None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
+from lamina.compute.models import Host
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.services import Services
@@ -18,7 +19,8 @@ from lamina.volumes.models import SNAPSHOT_STATUSES, VOLUME_STATUSES
 
 volumes = APIRouter(prefix="/volumes", tags=["volumes"])
 snapshots = APIRouter(prefix="/snapshots", tags=["volumes"])
-MAX_SIZE = 64 * 1024**4  # 64 TiB
+#: What the database holds; the real limit is ``volumes.max_size_bytes`` (413 past it).
+MAX_SIZE = 2**63 - 1
 
 
 class Body(BaseModel):
@@ -51,10 +53,21 @@ def _status_filter(statuses: tuple[str, ...]) -> Any:
     return Query(None, pattern="^(" + "|".join(statuses) + ")$")
 
 
+def _room_of(svc: Services, who: Principal, volume_id: str) -> service.Room | None:
+    """The room on a volume's server (None when it has none: the state check refuses)."""
+    with svc.db.read() as s:
+        volume = service.get_volume(s, volume_id, who, "operate")
+        host = s.get(Host, volume.host_id) if volume.host_id else None
+    return service.room_on(svc, host) if host is not None else None
+
+
 @volumes.post("", status_code=202)
 def create_volume(
     body: VolumeCreateBody, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
+    with svc.db.read() as s:
+        server = service.server_for(s, who, body.host, body.snapshot)
+    room = service.room_on(svc, server)
     with svc.db.write() as s:
         volume, job = service.create_volume(
             s,
@@ -65,6 +78,7 @@ def create_volume(
             comment=body.comment,
             host=body.host,
             clone=body.clone,
+            room=room,
         )
         result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
     svc.wake_jobs()
@@ -112,9 +126,10 @@ def extend_volume(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
+    room = _room_of(svc, who, volume_id)
     with svc.db.write() as s:
         volume = service.get_volume(s, volume_id, who, "operate", lock=True)
-        job = service.extend_volume(s, svc.jobs, volume, body.size_bytes)
+        job = service.extend_volume(s, svc.jobs, volume, body.size_bytes, room)
         result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
     svc.wake_jobs()
     return result
@@ -150,9 +165,10 @@ def create_snapshot(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
+    room = _room_of(svc, who, body.volume)
     with svc.db.write() as s:
         volume = service.get_volume(s, body.volume, who, "operate", lock=True)
-        snapshot, job = service.create_snapshot(s, svc.jobs, who, volume, body.comment)
+        snapshot, job = service.create_snapshot(s, svc.jobs, who, volume, body.comment, room)
         result = {"snapshot": service.describe_snapshot(s, snapshot), "job": describe_job(job)}
     svc.wake_jobs()
     return result

@@ -13,6 +13,7 @@ which holds the snapshot's bytes.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -22,9 +23,18 @@ from sqlalchemy.orm import Session
 from lamina.compute.hosts import get_host
 from lamina.compute.instances import get_instance
 from lamina.compute.models import Host, Instance
-from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NoCapacity, NotFound
+from lamina.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    InvalidState,
+    NoCapacity,
+    NotFound,
+    TooLarge,
+)
 from lamina.identity.access import Need, check
 from lamina.identity.principal import Principal
+from lamina.identity.quotas import check_volume_bytes
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
@@ -258,6 +268,57 @@ def describe_snapshot(session: Session, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+# -- limits -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Room:
+    """What a volume server takes: the largest volume (``volumes.max_size_bytes``) and the
+    free bytes of its volume root (None: it cannot tell)."""
+
+    host: str
+    max_size: int
+    free: int | None
+
+
+def room_on(svc: Services, host: Host) -> Room:
+    """Ask ``host``'s agent how much room its volume root has (``BackendUnavailable`` if it
+    cannot be reached: the job could not run either)."""
+    usage = svc.agents.for_host(host).disk_usage()
+    return Room(host.name, svc.settings.volumes.max_size_bytes, usage.volume_free_bytes)
+
+
+def _fits(room: Room | None, what: str, size: int | None, grows: int) -> None:
+    """Refuse (``TooLarge``) a volume of ``size`` bytes (None: a size checked before) that
+    takes ``grows`` more bytes on its server."""
+    if room is None:
+        return
+    if size is not None and size > room.max_size:
+        raise TooLarge(
+            f"{what} too large: {size} bytes asked, volumes.max_size_bytes allows {room.max_size}",
+            limit=room.max_size,
+            requested=size,
+        )
+    if room.free is not None and grows > room.free:
+        raise TooLarge(
+            f"{what} too large: it needs {grows} bytes and the volume server {room.host!r} has "
+            f"{room.free} bytes free",
+            limit=room.free,
+            requested=grows,
+        )
+
+
+def server_for(session: Session, who: Principal, host: str | None, snapshot: str | None) -> Host:
+    """The host a new volume would live on (see ``create_volume``), to ask for its room."""
+    if snapshot:
+        source = get_snapshot(session, snapshot, who)
+        server = session.get(Host, source.host_id) if source.host_id else None
+        if server is None:
+            raise NotFound(f"the host of snapshot {source.id} no longer exists")
+        return server
+    return volume_server(session, host, who)
+
+
 # -- volumes ------------------------------------------------------------------------------
 
 
@@ -301,10 +362,12 @@ def create_volume(
     comment: str = "",
     host: str | None = None,
     clone: bool = True,
+    room: Room | None = None,
 ) -> tuple[Volume, Job]:
     """Record a ``creating`` volume of ``size_bytes`` (empty) or made from a completed
     ``snapshot`` (at least the snapshot's size; copy-on-write if ``clone`` and the backend can,
-    else a copy) and queue the ``volume.create`` job."""
+    else a copy) and queue the ``volume.create`` job. ``TooLarge`` for a size past ``room``
+    (the server's), ``QuotaExceeded`` past the caller's ``volume_bytes``: nothing recorded."""
     source = None
     if snapshot:
         source = get_snapshot(session, snapshot, who)
@@ -328,6 +391,8 @@ def create_volume(
         if not size_bytes or size_bytes <= 0:
             raise InvalidRequest("give the volume's size, or a snapshot to make it from")
         server = volume_server(session, host, who)
+    _fits(room, "volume", size_bytes, size_bytes)
+    check_volume_bytes(session, who.user_id, size_bytes)
     volume = Volume(
         owner=who.user_id,
         size_bytes=size_bytes,
@@ -369,14 +434,24 @@ def delete_volume(session: Session, registry: JobRegistry, volume: Volume) -> Jo
     return _submit(session, registry, "volume.delete", volume)
 
 
-def extend_volume(session: Session, registry: JobRegistry, volume: Volume, size_bytes: int) -> Job:
-    """Queue growing an ``available`` volume to ``size_bytes`` (never shrinking)."""
+def extend_volume(
+    session: Session,
+    registry: JobRegistry,
+    volume: Volume,
+    size_bytes: int,
+    room: Room | None = None,
+) -> Job:
+    """Queue growing an ``available`` volume to ``size_bytes`` (never shrinking). The growth
+    counts against the owner's ``volume_bytes`` and must fit ``room``."""
     if size_bytes <= volume.size_bytes:
         raise InvalidRequest(
             f"volume {volume.id} is {volume.size_bytes} bytes: extend it to a bigger size "
             f"(asked {size_bytes})"
         )
     _no_pending_snapshot(session, volume, "extend")
+    refuse(session, volume, "extending")
+    _fits(room, f"volume {volume.id}", size_bytes, size_bytes - volume.size_bytes)
+    check_volume_bytes(session, volume.owner, size_bytes - volume.size_bytes)
     move(session, volume, "extending")
     return _submit(session, registry, "volume.extend", volume, size_bytes=size_bytes)
 
@@ -477,10 +552,16 @@ def detach_volume(session: Session, registry: JobRegistry, volume: Volume) -> Jo
 
 
 def create_snapshot(
-    session: Session, registry: JobRegistry, who: Principal, volume: Volume, comment: str = ""
+    session: Session,
+    registry: JobRegistry,
+    who: Principal,
+    volume: Volume,
+    comment: str = "",
+    room: Room | None = None,
 ) -> tuple[Snapshot, Job]:
     """Record a ``pending`` snapshot of an ``available`` or ``in-use`` volume (crash-consistent
-    while attached, as EBS's) and queue the ``snapshot.create`` job."""
+    while attached, as EBS's) and queue the ``snapshot.create`` job. The snapshot counts its
+    volume's size against the owner's ``volume_bytes`` and must fit ``room`` (a full copy)."""
     if volume.status not in ("available", "in-use"):
         raise InvalidState(
             f"cannot snapshot volume {volume.id}: it is {volume.status}",
@@ -488,6 +569,8 @@ def create_snapshot(
             status=volume.status,
         )
     _no_pending_snapshot(session, volume, "snapshot")
+    _fits(room, f"a snapshot of volume {volume.id}", None, volume.size_bytes)
+    check_volume_bytes(session, volume.owner, volume.size_bytes)
     snapshot = Snapshot(
         volume_id=volume.id,
         owner=volume.owner,

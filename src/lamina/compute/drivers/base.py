@@ -66,6 +66,18 @@ class GuestDisk:
 
 
 @dataclass(frozen=True)
+class GuestTags:
+    """Who made a guest, kept in its domain's metadata: the deployment whose manager asked
+    for it, the instance it is, and when it was first defined (seconds since the epoch).
+    Reconcile touches only guests tagged with its own deployment, and only once they are
+    older than its grace period."""
+
+    deployment: str | None = None
+    instance: str | None = None
+    created: float | None = None
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     """Everything needed to define a guest."""
 
@@ -79,6 +91,7 @@ class GuestSpec:
     nics: tuple[NicSpec, ...] = ()
     console_log: str | None = None  # serial console output is appended to this file
     uuid: str | None = None  # None: the hypervisor picks one (or keeps the existing one)
+    tags: GuestTags | None = None  # None: an untagged guest
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class GuestInfo:
     vcpus: int
     memory_mib: int
     uptime_seconds: float | None  # None unless running or paused
+    tags: GuestTags = GuestTags()
 
 
 @dataclass(frozen=True)

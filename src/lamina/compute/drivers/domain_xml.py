@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from lamina.compute.drivers.base import GuestDisk, GuestSpec, NetworkDisk
+from lamina.compute.drivers.base import GuestDisk, GuestSpec, GuestTags, NetworkDisk
 
-# Lamina's own element under <metadata>; the libvirt driver stores the start time in it.
+# Lamina's own element under <metadata>: who made the guest (``GuestTags``: deployment,
+# instance, created) and, live only, when it was started (the libvirt driver adds that).
 METADATA_NS = "https://lamina.dev/xmlns/guest/1"
 METADATA_PREFIX = "lamina"
 METADATA_ROOT = "guest"
@@ -44,8 +45,11 @@ def domain_xml(spec: GuestSpec, domain_type: str, emulator: str | None = None) -
     if spec.uuid:
         _sub(domain, "uuid", spec.uuid)
     metadata = _sub(domain, "metadata")
-    # An element in our namespace marks the guest as Lamina's; start() fills it in live.
-    ET.SubElement(metadata, f"{{{METADATA_NS}}}{METADATA_ROOT}")
+    # An element in our namespace marks the guest as Lamina's; start() adds its start time.
+    lamina = ET.SubElement(metadata, f"{{{METADATA_NS}}}{METADATA_ROOT}")
+    if spec.tags is not None:
+        for key, value in _tag_values(spec.tags):
+            ET.SubElement(lamina, f"{{{METADATA_NS}}}{key}").text = value
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))
 
@@ -116,6 +120,40 @@ def domain_xml(spec: GuestSpec, domain_type: str, emulator: str | None = None) -
 
     ET.indent(domain, space="  ")
     return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def _tag_values(tags: GuestTags) -> list[tuple[str, str]]:
+    values = [("deployment", tags.deployment), ("instance", tags.instance)]
+    if tags.created is not None:
+        values.append(("created", repr(tags.created)))
+    return [(k, v) for k, v in values if v]
+
+
+def read_tags(element: ET.Element | None) -> GuestTags:
+    """The tags in Lamina's metadata element (as ``domain_xml`` writes it, or as libvirt's
+    ``metadata()`` answers it: then without a namespace); empty for an untagged guest."""
+    if element is None:
+        return GuestTags()
+
+    def text(key: str) -> str | None:
+        found = element.find(f"{{{METADATA_NS}}}{key}")
+        if found is None:
+            found = element.find(key)
+        value = (found.text or "").strip() if found is not None else ""
+        return value or None
+
+    created = text("created")
+    try:
+        when = float(created) if created else None
+    except ValueError:
+        when = None
+    return GuestTags(deployment=text("deployment"), instance=text("instance"), created=when)
+
+
+def domain_tags(domain: str) -> GuestTags:
+    """The tags of a domain document."""
+    root = ET.fromstring(domain)
+    return read_tags(root.find(f"metadata/{{{METADATA_NS}}}{METADATA_ROOT}"))
 
 
 def network_disk_xml(disk: NetworkDisk) -> str:

@@ -21,6 +21,7 @@ from lamina.compute.drivers.base import (
     GuestInfo,
     GuestSpec,
     GuestState,
+    GuestTags,
     HostInfo,
     Hypervisor,
     NetworkDisk,
@@ -28,11 +29,14 @@ from lamina.compute.drivers.base import (
 from lamina.compute.drivers.domain_xml import (
     METADATA_NS,
     METADATA_PREFIX,
+    METADATA_ROOT,
     disk_elements,
     disk_source,
+    domain_tags,
     domain_xml,
     guest_disks,
     network_disk_xml,
+    read_tags,
 )
 from lamina.compute.drivers.kvm import kvm_usable
 from lamina.errors import (
@@ -222,7 +226,14 @@ class LibvirtHypervisor(Hypervisor):
 
     def _record_start(self, dom: libvirt.virDomain) -> None:
         now = time.time()
-        guest = ET.Element("guest")
+        # setMetadata replaces the whole element: keep the guest's tags in the live one.
+        guest = ET.Element(METADATA_ROOT)
+        tags = self._tags(dom)
+        for key, value in (("deployment", tags.deployment), ("instance", tags.instance)):
+            if value:
+                ET.SubElement(guest, key).text = value
+        if tags.created is not None:
+            ET.SubElement(guest, "created").text = repr(tags.created)
         ET.SubElement(guest, "started").text = repr(now)
         try:
             # Live only: the record vanishes when the guest stops, so it is never stale.
@@ -241,6 +252,20 @@ class LibvirtHypervisor(Hypervisor):
                 exc.get_error_message(),
             )
             self._started[dom.name()] = (dom.ID(), now)
+
+    @staticmethod
+    def _tags(dom: libvirt.virDomain) -> GuestTags:
+        """Who made the guest, from its persistent definition (``GuestTags``)."""
+        try:
+            xml = dom.metadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            )
+        except libvirt.libvirtError:
+            return GuestTags()  # untagged (or a transient guest)
+        try:
+            return read_tags(ET.fromstring(xml))
+        except ET.ParseError:
+            return GuestTags()
 
     def _start_time(self, dom: libvirt.virDomain) -> float | None:
         try:
@@ -275,6 +300,7 @@ class LibvirtHypervisor(Hypervisor):
             vcpus=vcpus,
             memory_mib=max_mem_kib // 1024,
             uptime_seconds=uptime,
+            tags=self._tags(dom),
         )
 
     # -- the Hypervisor interface ------------------------------------------------------
@@ -310,6 +336,12 @@ class LibvirtHypervisor(Hypervisor):
                 if spec.uuid is None:
                     # Without it libvirt refuses: "domain '...' already exists with uuid ...".
                     spec = dataclasses.replace(spec, uuid=existing.UUIDString())
+                old = domain_tags(existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+                if spec.tags is not None and old.created is not None:
+                    # Redefined (a layered guest moving to a new substrate): still as old.
+                    spec = dataclasses.replace(
+                        spec, tags=dataclasses.replace(spec.tags, created=old.created)
+                    )
             xml = domain_xml(spec, self.domain_type)
             if existing is not None:
                 xml = _keep_network_disks(xml, existing.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))

@@ -68,6 +68,12 @@ class ImageStore(abc.ABC):
         go out with ``sendfile``); None for the others."""
         return None
 
+    def room(self) -> int | None:
+        """The largest object a ``save`` could write now (the free space of a disk, the
+        largest object the service takes), or None when the store cannot tell. Uploads
+        larger than this are refused before they start."""
+        return None
+
     def discard_partial(self, key: str) -> None:  # noqa: B027 - optional hook
         """Remove what an interrupted write of ``key`` left behind (after a crash)."""
 

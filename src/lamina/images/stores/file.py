@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -93,6 +94,10 @@ class FileImageStore(ImageStore):
             return self._path(location).stat().st_size
         except FileNotFoundError:
             raise NotFound(f"image file {location} is missing from the file store") from None
+
+    def room(self) -> int:
+        """The free space of the root's file system."""
+        return shutil.disk_usage(self.root).free
 
     def discard_partial(self, key: str) -> None:
         for leftover in self.root.glob(f".partial-{key}-*"):

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: Multipart part size. S3 wants at least 5 MiB for every part but the last.
 PART = 8 * 1024 * 1024
+#: S3 takes at most this many parts in one multipart upload: with :data:`PART`-sized parts,
+#: the largest object the store can write is ``PART * MAX_PARTS`` (78.1 GiB).
+MAX_PARTS = 10_000
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _MISSING = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {
@@ -196,6 +199,11 @@ class S3ImageStore(ImageStore):
         if head is None:
             raise NotFound(f"image file {location} is missing from the s3 store")
         return int(head["ContentLength"])
+
+    def room(self) -> int:
+        """The largest object a multipart upload of :data:`PART`-sized parts can make (a
+        bucket's free space is not something S3 tells)."""
+        return PART * MAX_PARTS
 
     def close(self) -> None:
         self._client.close()
