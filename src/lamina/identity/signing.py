@@ -14,10 +14,12 @@ The Lamina scheme (HMAC-SHA256, hex):
 - HEADER lines, one per signed header, sorted by name: ``name:value`` with the name lower
   case and the value trimmed of spaces and tabs at both ends. Signed are every
   ``X-Image-Meta-*``, ``Upload-*`` and ``X-Lamina-*`` header but ``X-Lamina-Date`` and
-  ``X-Lamina-Content-SHA256`` (they have lines of their own); none may be repeated and their
-  values must be ASCII. No list of them is sent: the server signs whatever such headers it
-  received, so adding, removing or changing one breaks the signature. A request without such
-  headers has the five lines above, as before headers were signed.
+  ``X-Lamina-Content-SHA256`` (they have lines of their own); none may be repeated. A value
+  is its bytes as sent, one character per byte (ISO-8859-1, as the server reads headers);
+  the canonical request is hashed as UTF-8. No list of them is sent: the server signs
+  whatever such headers it received, so adding, removing or changing one breaks the
+  signature. A request without such headers has the five lines above, as before headers were
+  signed.
 - BODY_SHA256 is the hex SHA-256 of the body, sent as ``X-Lamina-Content-SHA256``
   (``e3b0c442...`` for an empty body), or ``UNSIGNED-PAYLOAD`` for a streamed image upload
   whose checksum the client declares in a signed header (``X-Image-Meta-Sha256``).
@@ -50,7 +52,7 @@ _OWN_LINES = (DATE_HEADER.lower(), BODY_HEADER.lower())
 
 
 class UnsignableHeader(ValueError):
-    """A header that must be signed but cannot be: repeated, or not ASCII."""
+    """A header that must be signed but cannot be: one sent twice."""
 
 
 def is_signed_header(name: str) -> bool:
@@ -60,8 +62,8 @@ def is_signed_header(name: str) -> bool:
 
 def canonical_headers(headers: Iterable[tuple[str, str]]) -> list[str]:
     """The canonical request's header lines (``name:value``, sorted by name) of ``headers``
-    (name, value) pairs; raises ``UnsignableHeader`` for a signed one that is repeated or
-    not ASCII."""
+    (name, value) pairs, values as ISO-8859-1 text of their bytes); raises
+    ``UnsignableHeader`` for a signed one that is repeated."""
     found: dict[str, str] = {}
     for name, value in headers:
         lower = name.lower()
@@ -69,8 +71,6 @@ def canonical_headers(headers: Iterable[tuple[str, str]]) -> list[str]:
             continue
         if lower in found:
             raise UnsignableHeader(f"the signed header {name[:64]} is repeated")
-        if not value.isascii():
-            raise UnsignableHeader(f"the signed header {name[:64]} is not ASCII")
         found[lower] = value.strip(" \t")
     return [f"{name}:{found[name]}" for name in sorted(found)]
 
@@ -158,7 +158,8 @@ class LaminaAuth(httpx.Auth):
             self.access_key,
             self.secret,
             unsigned_payload=streamed,
-            headers=request.headers.multi_items(),
+            # The bytes that will be sent, one character per byte, as the server reads them.
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
         )
         request.headers.update(headers)
         yield request
