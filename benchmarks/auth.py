@@ -29,7 +29,7 @@ from harness import Cloud, free_port, wait_until  # noqa: E402
 
 from lamina.db import Database  # noqa: E402
 from lamina.identity import signing  # noqa: E402
-from lamina.identity.authn import KeyCache, verify_signature  # noqa: E402
+from lamina.identity.authn import KeyCache, parse_authorization, verify_signature  # noqa: E402
 from lamina.identity.secretbox import SecretBox  # noqa: E402
 
 TARGET_OVERHEAD = 0.10
@@ -49,13 +49,13 @@ def in_process_cost(cloud: Cloud, ttl: float, rounds: int = 2000) -> float:
     for _ in range(rounds):
         verify_signature(
             cache,
-            authorization=headers["authorization"],
+            claim=parse_authorization(headers["authorization"]),
             method="GET",
             path="/instances",
             query="",
             headers=headers,
-            body=b"",
-            streamed_upload=False,
+            has_body=False,
+            visor=False,
         )
     took = time.perf_counter() - t0
     db.dispose()

@@ -308,25 +308,37 @@ class Bench:
         self.delete_images(ids)
         src.unlink()
 
-    def signed(self, method: str, path: str, upload: bool = False) -> list[str]:
+    def signed(
+        self, method: str, path: str, upload: bool = False, extra: dict[str, str] | None = None
+    ) -> list[str]:
+        """curl's ``-H`` arguments of a signed request with the headers ``extra`` (signed
+        too when they are X-Image-Meta-* headers)."""
         from lamina.identity.signing import sign_headers
 
+        extra = extra or {}
         headers = sign_headers(
-            method, path, "", None if upload else b"", *self.keys, unsigned_payload=upload
+            method,
+            path,
+            "",
+            None if upload else b"",
+            *self.keys,
+            unsigned_payload=upload,
+            headers=extra.items(),
         )
+        headers.update(extra)
         return [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
 
     def lamina_upload(self, src: Path, sha256: str, clients: int) -> list[str]:
-        headers = self.signed("POST", "/images", upload=True) + [
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-H",
-            f"X-Image-Meta-Sha256: {sha256}",
-            "-H",
-            "X-Image-Meta-Format: raw",
-            "-H",
-            "X-Image-Meta-Architecture: x86_64",
-        ]
+        def headers(i: int) -> list[str]:
+            meta = {
+                "Content-Type": "application/octet-stream",
+                "X-Image-Meta-Sha256": sha256,
+                "X-Image-Meta-Format": "raw",
+                "X-Image-Meta-Architecture": "x86_64",
+                "X-Image-Meta-Name": f"bench-{i}",
+            }
+            return self.signed("POST", "/images", upload=True, extra=meta)
+
         outs = [self.work / f"up-{i}.json" for i in range(clients)]
         commands = [
             [
@@ -335,9 +347,7 @@ class Bench:
                 "POST",
                 "-T",
                 str(src),
-                *headers,
-                "-H",
-                f"X-Image-Meta-Name: bench-{i}",
+                *headers(i),
                 "-o",
                 str(out),
                 "-w",
@@ -645,6 +655,18 @@ def bench_api(work: Path, count: int, duration: float, connections: int, process
         )
         empty = {"Content-Length": "0"}
         target = ids[len(ids) // 2]
+        renamed = {"X-Image-Meta-Name": "renamed-by-wrk", "X-Image-Meta-Os": "debian"}
+        registered = {
+            "X-Image-Meta-Name": "registered-by-wrk",
+            "X-Image-Meta-Architecture": "x86_64",
+            "X-Image-Meta-Format": "qcow2",
+            "X-Image-Meta-Type": "machine",
+        }
+
+        def signed_with(method: str, path: str, meta: dict[str, str]) -> dict[str, str]:
+            signed = sign_headers(method, path, "", b"", *keys, headers=meta.items())
+            return {**signed, **empty, **meta}
+
         cases = [
             ("health", "GET", "/health", {}),
             ("list", "GET", "/images", sign_headers("GET", "/images", "", b"", *keys)),
@@ -658,25 +680,13 @@ def bench_api(work: Path, count: int, duration: float, connections: int, process
                 "update",
                 "PUT",
                 f"/images/{target}",
-                {
-                    **sign_headers("PUT", f"/images/{target}", "", b"", *keys),
-                    **empty,
-                    "X-Image-Meta-Name": "renamed-by-wrk",
-                    "X-Image-Meta-Os": "debian",
-                },
+                signed_with("PUT", f"/images/{target}", renamed),
             ),
             (
                 "register",
                 "POST",
                 "/images",
-                {
-                    **sign_headers("POST", "/images", "", b"", *keys),
-                    **empty,
-                    "X-Image-Meta-Name": "registered-by-wrk",
-                    "X-Image-Meta-Architecture": "x86_64",
-                    "X-Image-Meta-Format": "qcow2",
-                    "X-Image-Meta-Type": "machine",
-                },
+                signed_with("POST", "/images", registered),
             ),
         ]
         results = {}

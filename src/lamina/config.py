@@ -52,6 +52,11 @@ class ManagerSettings(Section):
     #: For "files": the CA certificate clients should trust, written by ``lamina user
     #: bootstrap`` to the credentials file; unset, clients use the system's trust store.
     tls_ca_file: Path | None = None
+    #: The largest request body read into memory: JSON, forms and signed bodies (whose hash
+    #: is checked). Only the image uploads stream bigger bodies, and only once authenticated.
+    max_body_bytes: int = Field(2 * 2**20, ge=64 * 1024, le=64 * 2**20)
+    #: The request line and headers together; more is refused (431) while they arrive.
+    max_header_bytes: int = Field(128 * 1024, ge=16 * 1024, le=2**20)
 
     @field_validator("tls")
     @classmethod
@@ -131,6 +136,9 @@ class IdentitySettings(Section):
     #: The first wait; it doubles with every further failure, up to lockout_max_seconds.
     lockout_seconds: float = Field(30.0, ge=0)
     lockout_max_seconds: float = Field(900.0, ge=0)
+    #: Accept VISOR's HMAC-SHA1 signatures, which cover neither the query, the body nor the
+    #: headers: only for requests without a body (and without a query but image listings).
+    visor_signatures: bool = False
 
 
 class ImageSettings(Section):

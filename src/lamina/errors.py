@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def excerpt(text: str, limit: int = 32) -> str:
+    """``text`` as an error message may repeat it: at most ``limit`` characters, so that a
+    client's long header or key is never echoed back (nor logged) whole."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class LaminaError(Exception):
     """Root of every error Lamina raises on purpose."""
 
@@ -61,6 +67,20 @@ class Conflict(LaminaError):
 
 class InvalidState(Conflict):
     code = "invalid_state"
+
+
+class PayloadTooLarge(LaminaError):
+    """A request body over its limit (``manager.max_body_bytes`` but for image uploads)."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class HeadersTooLarge(LaminaError):
+    """A request line and headers over ``manager.max_header_bytes``."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class QuotaExceeded(LaminaError):

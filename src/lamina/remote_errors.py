@@ -22,6 +22,7 @@ _BY_CODE: dict[str, type[errors.LaminaError]] = {
     "no_capacity": errors.NoCapacity,
     "invalid_state": errors.InvalidState,
     "too_large": errors.TooLarge,
+    "request_too_large": errors.PayloadTooLarge,
 }
 
 

@@ -241,13 +241,15 @@ def test_a_checksum_mismatch_leaves_error_and_nothing_stored(
 def _raw_upload(cloud: Cloud, size: int, sent: int, name: str) -> socket.socket:
     """Start a signed, streamed upload by hand and send only ``sent`` of ``size`` bytes."""
     path = "/images"
-    headers = signing.sign_headers("POST", path, "", None, *cloud.keys(), unsigned_payload=True)
+    signed = {**meta(name=name), "X-Image-Meta-Sha256": "a" * 64}
+    headers = signing.sign_headers(
+        "POST", path, "", None, *cloud.keys(), unsigned_payload=True, headers=signed.items()
+    )
     headers.update(
         {
-            **meta(name=name),
+            **signed,
             "Content-Type": "application/octet-stream",
             "Content-Length": str(size),
-            "X-Image-Meta-Sha256": "a" * 64,
             "Host": f"127.0.0.1:{cloud.port}",
         }
     )
@@ -295,11 +297,14 @@ def test_a_resumable_upload_survives_a_broken_connection(cloud: Cloud, http: htt
     wrong = http.patch(path, headers={**octet, "Upload-Offset": "0"}, content=data[:10])
     assert code(wrong) == (409, "conflict") and wrong.json()["details"]["offset"] == MiB
     # A connection that breaks half-way through a part.
-    headers = signing.sign_headers("PATCH", path, "", None, *cloud.keys(), unsigned_payload=True)
+    offset_header = {"Upload-Offset": str(MiB)}
+    headers = signing.sign_headers(
+        "PATCH", path, "", None, *cloud.keys(), unsigned_payload=True, headers=offset_header.items()
+    )
     headers.update(
         {
             **octet,
-            "Upload-Offset": str(MiB),
+            **offset_header,
             "Content-Length": str(3 * MiB),
             "Host": f"127.0.0.1:{cloud.port}",
         }

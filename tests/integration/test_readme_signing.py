@@ -70,7 +70,7 @@ def test_readme_example_lists_instances_with_a_signed_query(cloud: Cloud, tmp_pa
 
 
 def test_readme_example_signs_a_json_body(cloud: Cloud, tmp_path: Path) -> None:
-    result = run(tmp_path, cloud.url, *cloud.keys(), "alice", "alice@example.org")
+    result = run(tmp_path, cloud.url, *cloud.keys(), "user", "alice", "alice@example.org")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert json.loads(lines[0]) == {"instances": []}
@@ -78,6 +78,13 @@ def test_readme_example_signs_a_json_body(cloud: Cloud, tmp_path: Path) -> None:
     assert (user["access_key"], user["role"]) == ("alice", "member")
     with cloud.client() as client:
         assert client.user("alice")["email"] == "alice@example.org"
+
+
+def test_readme_example_signs_metadata_headers(cloud: Cloud, tmp_path: Path) -> None:
+    result = run(tmp_path, cloud.url, *cloud.keys(), "image", "Debian 12")
+    assert result.returncode == 0, result.stderr
+    image = json.loads(result.stdout.splitlines()[1])
+    assert (image["name"], image["access"], image["status"]) == ("Debian 12", "private", "locked")
 
 
 def test_readme_example_is_refused_with_a_wrong_secret(cloud: Cloud, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from lamina import __version__
-from lamina.api.auth import admin, principal
+from lamina.api.auth import AuthenticationMiddleware, admin, principal, route_rules
+from lamina.api.edge import EdgeMiddleware
 from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
 from lamina.api.system import health, system
@@ -35,11 +36,13 @@ from lamina.volumes.routes import snapshots, volumes
 def app_from_settings() -> ZeroCopy:
     """The manager app built from the settings, as ``lamina serve`` runs it: the factory each
     worker process calls when ``manager.processes`` is above 1."""
+    from lamina.api.edge import BoundedHttpTools
     from lamina.config import load_settings
     from lamina.logs import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    BoundedHttpTools.limit = settings.manager.max_header_bytes
     return ZeroCopy(create_app(Services.build(settings)))
 
 
@@ -107,8 +110,20 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])
-    # Added first, so it sits inside negotiation and reads error codes from JSON, not XML.
+    # Innermost, so that its refusals are audited and negotiated like any answer.
+    app.add_middleware(
+        AuthenticationMiddleware,
+        public=route_rules((health, enrolment, login_router, guest)),
+        uploads=route_rules((*domains, volumes, snapshots), only_uploads=True),
+    )
+    # Added before negotiation, so it sits inside it and reads error codes from JSON, not XML.
     app.add_middleware(AuditMiddleware, db=svc.db)
     app.add_middleware(NegotiationMiddleware)
+    # Outermost: limits and refusals before anything reads, buffers or records the request.
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=svc.settings.manager.max_body_bytes,
+        max_header_bytes=svc.settings.manager.max_header_bytes,
+    )
     install_openapi(app)
     return app

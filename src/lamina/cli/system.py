@@ -19,6 +19,7 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from lamina.api.app import create_app
+    from lamina.api.edge import BoundedHttpTools
     from lamina.api.zerocopy import ZeroCopy
     from lamina.identity.transport import manager_tls
     from lamina.services import Services
@@ -27,6 +28,8 @@ def serve(host: str | None, port: int | None) -> None:
     setup_logging(settings.log_level)
     # Checked before anything starts: a bad certificate or key stops the manager here.
     tls = manager_tls(settings, host)
+    # httptools keeps any amount of header: this protocol counts it as it arrives.
+    BoundedHttpTools.limit = settings.manager.max_header_bytes
     processes = settings.manager.processes
     if processes > 1:
         # Each worker process builds its own services from the same settings; several
@@ -48,6 +51,8 @@ def serve(host: str | None, port: int | None) -> None:
         # The client address is the socket's: a forwarded-for header from a local process
         # must not choose what the audit trail and the login lock-out see.
         proxy_headers=False,
+        http=BoundedHttpTools,
+        h11_max_incomplete_event_size=settings.manager.max_header_bytes,
     )
 
 

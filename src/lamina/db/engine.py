@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from lamina.db.batch import WriteBatcher
+from lamina.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +55,7 @@ class Database:
         self._writers = _WriterQueue(url) if self.is_sqlite else None
         if self.is_sqlite:
             _sqlite_tuning(self.engine)
+        _refuse_nul(self.engine)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(lamina_write=True), expire_on_commit=False
@@ -140,6 +142,27 @@ class _WriterQueue:
             self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._pid = os.getpid()
         return self._fd
+
+
+def _refuse_nul(engine: Engine) -> None:
+    """PostgreSQL cannot store NUL in text (psycopg raises, a 500); SQLite can. Refuse it
+    on both, as a 400, wherever it came from (a JSON body, a header, a path)."""
+
+    def has_nul(value: object) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(has_nul(v) for v in value)
+        return False
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(
+        _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        if has_nul(parameters):
+            raise InvalidRequest("text may not hold a NUL character")
 
 
 def _sqlite_tuning(engine: Engine) -> None:

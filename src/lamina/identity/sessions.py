@@ -50,7 +50,7 @@ def login(
     if failure and failure.locked_until and failure.locked_until > now:
         wait = int((failure.locked_until - now).total_seconds()) + 1
         raise TooManyRequests(
-            f"too many failed logins for {access_key!r}: try again in {wait}s", retry_after=wait
+            f"too many failed logins for this access key: try again in {wait}s", retry_after=wait
         )
     user = session.scalar(select(User).where(User.access_key == access_key))
     ok = False

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from lamina.errors import InvalidRequest
+from lamina.errors import InvalidRequest, excerpt
 from lamina.images.models import ACCESS, ARCHITECTURES, FORMATS, TYPES
 
 HEADER_PREFIX = "x-image-meta-"
@@ -68,8 +68,8 @@ def split(
         else:
             if not OTHER_KEY.match(key):
                 raise InvalidRequest(
-                    f"attribute name {key!r} must be 1-64 lower-case letters, digits or _.- "
-                    "starting with a letter"
+                    f"attribute name {excerpt(key)!r} must be 1-64 lower-case letters, digits "
+                    "or _.- starting with a letter"
                 )
             if value is not None and len(str(value)) > 1024:
                 raise InvalidRequest(f"attribute {key!r} is longer than 1024 characters")
@@ -89,7 +89,7 @@ def _check(key: str, value: Any) -> Any:
             raise InvalidRequest("name must be 1-255 characters")
         return text
     if key in CHOICES and text not in CHOICES[key]:
-        raise InvalidRequest(f"{key} {text!r} is not one of {', '.join(CHOICES[key])}")
+        raise InvalidRequest(f"{key} {excerpt(text)!r} is not one of {', '.join(CHOICES[key])}")
     if key in ("kernel", "ramdisk") and not re.match(r"^[0-9a-f-]{36}$", text):
         raise InvalidRequest(f"{key} must be the id of a registered image")
     return text

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from lamina.api.auth import principal
+from lamina.api.auth import principal, streamed_upload
 from lamina.api.deps import caller, services
 from lamina.api.responses import json_response
 from lamina.api.zerocopy import EXTENSION as ZERO_COPY
@@ -125,6 +125,7 @@ def _probe(svc: Services, fields: dict[str, Any]) -> StoredObject:
 
 
 @images.post("", status_code=201)
+@streamed_upload
 async def add_image(request: Request) -> Any:
     """Register an image from ``X-Image-Meta-*`` headers, with its file in the body, or a
     ``location`` (an http store), or neither (``locked``)."""
@@ -175,6 +176,7 @@ async def add_image(request: Request) -> Any:
 
 
 @images.put("/{image_id}")
+@streamed_upload
 async def update_image(image_id: str, request: Request) -> Any:
     """Change metadata and/or give a ``locked`` or ``error`` image its file."""
     svc, who = caller(request)
@@ -428,6 +430,7 @@ def resumable_state(
 
 
 @images.patch("/{image_id}/upload")
+@streamed_upload
 async def upload_part(
     image_id: str,
     request: Request,
