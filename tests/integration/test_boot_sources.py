@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from harness import Cloud
 
 from lamina.agent.cache import FetchConfig
 from lamina.agent.client import AgentClient
+from lamina.agent.wire import DiskCreate
 from lamina.client import Client
 from lamina.compute.agents import AgentPool
 from lamina.errors import Forbidden, InvalidRequest
@@ -208,3 +210,42 @@ def test_the_agent_reads_nothing_outside_its_fetch_roots(
     # The entry an older agent left world-readable was made private at start.
     assert stat.S_IMODE(os.stat(cache / ("0" * 64)).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(cache / "sources.json").st_mode) == 0o600
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True, timeout=60)
+
+
+def test_a_disk_image_naming_other_host_files_is_refused(
+    agent: tuple[Path, AgentClient, Path], tmp_path: Path
+) -> None:
+    """A qcow2 image is a path list too: its backing file or external data file, or a VMDK's
+    extents, would have QEMU (as root) open them for the guest. Only self-contained raw and
+    qcow2 images may be a disk's base."""
+    images, client, _ = agent
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only" * 1000)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", f"{images}/b.qcow2")
+    qemu_img(
+        "create", "-q", "-f", "qcow2", "-o", f"data_file={secret},data_file_raw=on",
+        f"{images}/d.qcow2", "1M",
+    )  # fmt: skip
+    (images / "e.vmdk").write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
+        f'createType="monolithicFlat"\nRW 2048 FLAT "{secret}" 0\n'
+    )
+    for name in ("b.qcow2", "d.qcow2", "e.vmdk"):
+        digest = client.cache_install(str(images / name)).sha256
+        with pytest.raises(InvalidRequest, match="self-contained") as refused:
+            client.disk_create(
+                DiskCreate(guest="thief", name="root", backing=digest, format="qcow2")
+            )
+        assert refused.value.code == "invalid_request", name
+    qemu_img("create", "-q", "-f", "qcow2", f"{images}/ok.qcow2", "1M")
+    (images / "ok.raw").write_bytes(b"\0" * 65536)
+    for name in ("ok.qcow2", "ok.raw"):
+        digest = client.cache_install(str(images / name)).sha256
+        made = client.disk_create(
+            DiskCreate(guest="fine", name=name.replace(".", "-"), backing=digest, format="qcow2")
+        )
+        assert made.format == "qcow2"
