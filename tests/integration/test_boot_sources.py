@@ -80,6 +80,11 @@ def test_an_administrator_is_refused_host_paths_when_boot_paths_is_off(
         assert code(response) == (403, "path_forbidden"), response.text
         assert "compute.boot_paths" in response.json()["message"]
     assert cached(cloud) == []
+    # Images still boot: the agent's default fetch roots are the image store's root.
+    with cloud.client() as admin:
+        made = admin.create_instance(name="ok", kernel=cloud.boot_image(kernel), memory_mib=64)
+        assert admin.wait_job(made["job"]["id"], timeout=60)["status"] == "succeeded"
+    assert len(cached(cloud)) == 1
 
 
 def test_an_administrator_boots_only_from_inside_boot_paths(
