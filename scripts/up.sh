@@ -20,6 +20,10 @@ mkdir -p "$RUN" "$LOG"
 CHANNEL=$(cd "$DATA" && pwd)/sample-channel
 CHANNEL_PORT=${LAMINA_SAMPLE_CHANNEL_PORT:-8777}
 CHANNEL_URL=http://127.0.0.1:$CHANNEL_PORT/channel.rss
+# The manager fetches channels only from public addresses unless told otherwise; the sample
+# channel is served on loopback, so this one machine allows it (channels.allow_private,
+# docs/configuration.md). Image locations and boot URLs stay public-only.
+export LAMINA_CHANNELS__ALLOW_PRIVATE=${LAMINA_CHANNELS__ALLOW_PRIVATE-true}
 # Guests' bridges, dnsmasq, taps and the configuration service live in a network namespace
 # of their own, so the quick start touches none of this machine's own networking and guests
 # reach nothing but what is inside it (set it to "" to use the host's network, as on a real

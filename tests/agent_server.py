@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 import uvicorn
 from harness import free_port, wait_until
 
+from lamina.agent.cache import FetchConfig
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
@@ -42,11 +44,14 @@ def serve_agent(
     uri: str = "test:///default",
     volumes: VolumeConfig | None = None,
     network: NetworkConfig | None = None,
+    fetch: FetchConfig | None = None,
 ) -> Iterator[InProcessAgent]:
     """An agent on a free port of 127.0.0.1 with its data under ``root/agent``, its
     certificate (for 127.0.0.1) from a CA under ``root/manager/ca``. It starts as
     ``run_agent`` starts one (``restore()``) and stops its listeners at the end (its
-    dnsmasq processes stay, as a real agent's do: remove its networks to stop them)."""
+    dnsmasq processes stay, as a real agent's do: remove its networks to stop them).
+    ``fetch``: what its cache may fetch; by default files under the temporary folder (where
+    tests make them) and URLs on loopback."""
     ca = CertificateAuthority(root / "manager" / "ca")
     key = new_key()
     tls = TLSFiles(
@@ -57,7 +62,9 @@ def serve_agent(
         tls.cert, ca.sign(make_csr(key, "h1"), common_name="h1", sans=["127.0.0.1"], server=True)
     )
     hypervisor = load_hypervisor("libvirt", uri=uri, domain_type=None)
-    agent = Agent(root / "agent", hypervisor, volumes, network)
+    if fetch is None:
+        fetch = FetchConfig(roots=(Path(tempfile.gettempdir()),), allow_private=True)
+    agent = Agent(root / "agent", hypervisor, volumes, network, fetch)
     agent.restore()
     port = free_port()
     server = uvicorn.Server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -114,6 +116,11 @@ class Cloud:
             # itself set it.
             "LAMINA_RECONCILE__GRACE_SECONDS": "0",
             "LAMINA_URL": self.url,
+            # Tests serve image locations and channels on loopback and boot administrators'
+            # instances from files under the temporary folder: all off by default.
+            "LAMINA_IMAGES__HTTP_ALLOW_PRIVATE": "true",
+            "LAMINA_CHANNELS__ALLOW_PRIVATE": "true",
+            "LAMINA_COMPUTE__BOOT_PATHS": json.dumps([tempfile.gettempdir()]),
             **env,
         }
         for key in ("LAMINA_CONFIG", "LAMINA_ACCESS_KEY", "LAMINA_SECRET_KEY", "LAMINA_PROFILE"):
@@ -156,6 +163,13 @@ class Cloud:
         proc = Proc(f"agent-{name}", args, proc_env, self.root / f"agent-{name}.log").start()
         self.agents.append(proc)
         return proc
+
+    def boot_image(self, path: Path | str, name: str | None = None) -> str:
+        """Register the file at ``path`` as a public image (as the administrator) and return
+        its id: what members boot from."""
+        with self.client() as admin:
+            meta = {"name": name or Path(path).name, "access": "public"}
+            return str(admin.add_image(meta, file=path)["id"])
 
     def keys(self) -> tuple[str, str]:
         profile = tomllib.loads(self.credentials.read_text())["default"]

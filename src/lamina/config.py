@@ -123,6 +123,14 @@ class ComputeSettings(Section):
     reserved_memory_mib: int = Field(128, ge=0)
     cpu_allocation_ratio: float = Field(4.0, gt=0)
     memory_allocation_ratio: float = Field(1.0, gt=0)
+    #: Folders whose files administrators may boot instances from by host path or
+    #: ``file://`` URL (members never may: they boot from images). Empty: no host paths.
+    boot_paths: tuple[Path, ...] = ()
+
+    @field_validator("boot_paths")
+    @classmethod
+    def _absolute(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return _absolute_folders(value)
 
 
 class IdentitySettings(Section):
@@ -158,9 +166,11 @@ class ImageSettings(Section):
     s3_region: str = "us-east-1"
     #: Redirects followed when registering an http location.
     http_max_redirects: int = Field(5, ge=0, le=20)
-    #: Whether http locations may point at loopback or private addresses (the manager
-    #: fetches them: turn off where users must not reach internal services).
-    http_allow_private: bool = True
+    #: Whether image locations and boot sources (``http(s)://``) may point at loopback,
+    #: private or other non-global addresses: the manager and the hosts fetch them, so
+    #: anyone who may register an image could reach internal services. Link-local and
+    #: metadata-service addresses are refused even then. Hosts' agents read it too.
+    http_allow_private: bool = False
     #: An upload whose writer has made no progress for this long is turned to error.
     stale_upload_seconds: float = Field(120.0, gt=0)
     #: A resumable upload nobody continued for this long is abandoned.
@@ -181,6 +191,9 @@ class ChannelSettings(Section):
     refresh_minutes: float = Field(60.0, ge=0)
     #: Seconds to wait for a channel's server (connect and each read).
     timeout_seconds: float = Field(30.0, gt=0)
+    #: Whether channel feeds and their files may be fetched from loopback, private or other
+    #: non-global addresses (``make up`` serves its sample channel on loopback).
+    allow_private: bool = False
 
 
 class NetworkSettings(Section):
@@ -235,6 +248,15 @@ class AgentSettings(Section):
     #: An interface (in that namespace, or the host's) carrying the 802.1Q VLANs of the
     #: networks that have a VLAN id; "" for none.
     network_uplink: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,9})?$")
+    #: Folders whose files the agent may copy into its cache when the manager names a host
+    #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the image
+    #: store's root (``images.file_root``) and ``compute.boot_paths``.
+    fetch_roots: tuple[Path, ...] | None = None
+
+    @field_validator("fetch_roots")
+    @classmethod
+    def _absolute(cls, value: tuple[Path, ...] | None) -> tuple[Path, ...] | None:
+        return None if value is None else _absolute_folders(value)
 
 
 class Settings(BaseSettings):
@@ -283,6 +305,22 @@ class Settings(BaseSettings):
     @property
     def volume_root(self) -> Path:
         return (self.agent.volume_root or self.agent_dir / "volumes").resolve()
+
+    @property
+    def fetch_roots(self) -> tuple[Path, ...]:
+        """The folders the agent may read boot files from."""
+        if self.agent.fetch_roots is not None:
+            return self.agent.fetch_roots
+        return (self.image_root, *self.compute.boot_paths)
+
+
+def _absolute_folders(value: tuple[Path, ...]) -> tuple[Path, ...]:
+    for folder in value:
+        if not folder.is_absolute():
+            raise ValueError(f"{folder} is not an absolute path")
+        if folder == Path("/"):
+            raise ValueError("/ would allow every file of the host")
+    return value
 
 
 def config_path() -> Path | None:
@@ -333,6 +371,7 @@ def public_view(settings: Settings) -> dict[str, Any]:
     data["agent"]["data_dir"] = str(settings.agent_dir)
     data["agent"]["volume_root"] = str(settings.volume_root)
     data["images"]["file_root"] = str(settings.image_root)
+    data["agent"]["fetch_roots"] = [str(p) for p in settings.fetch_roots]
     if settings.images.s3_secret_key is not None:
         data["images"]["s3_secret_key"] = "***"
     return data

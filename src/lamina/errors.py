@@ -39,6 +39,17 @@ class InvalidRequest(LaminaError):
     code = "invalid_request"
 
 
+class LocationUnavailable(InvalidRequest):
+    """A URL Lamina was asked to fetch could not be fetched: refused by the fetch policy
+    (``lamina.fetchpolicy``), unresolvable, unreachable, or answered with an error. One message
+    whatever the reason, so the answer maps nothing behind Lamina; the log says why."""
+
+    code = "location_unavailable"
+
+    def __init__(self, message: str = "the location could not be fetched") -> None:
+        super().__init__(message)
+
+
 class ConfigError(LaminaError):
     """A bad setting; the message names the key."""
 

@@ -37,7 +37,7 @@ from lamina.agent.wire import (
     GuestDisk,
 )
 from lamina.compute.agents import AgentPool
-from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
+from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.ca import (
     CertificateAuthority,
     client_context,
@@ -261,8 +261,9 @@ def test_cache_install_with_wrong_digest_keeps_an_entry_already_there(
 def test_cache_refuses_bad_sources_and_digests(served: Served) -> None:
     with pytest.raises(InvalidRequest, match="absolute path or a URL"):
         served.client.cache_install("relative/image")
-    with pytest.raises(NotFound, match="cannot read"):
+    with pytest.raises(Forbidden) as refused:
         served.client.cache_install("/nonexistent/image")
+    assert refused.value.code == "path_forbidden"
     assert_envelope(served.raw.get("/cache/not-a-digest"), 400, "invalid_request")
     assert_envelope(
         served.raw.post("/cache", json={"source": "/x", "sha256": "zz"}), 400, "invalid_request"

@@ -295,3 +295,22 @@ def test_the_manager_refreshes_its_channels_by_itself(
 
     wait_until(lambda: webserv() == "2.0.0-0", 30, "the periodic refresh")
     assert server.feed_answers()[-1] == 200
+
+
+def test_a_loopback_channel_needs_channels_allow_private(
+    make_cloud: Callable[..., Cloud], published: tuple[Server, Path, str, Path]
+) -> None:
+    """Channels follow the fetch policy: a feed on loopback is refused unless
+    channels.allow_private says otherwise (as `make up` does for its sample channel), with
+    the one answer of every refused fetch, and nothing reaches the server."""
+    server, _, token, _ = published
+    cloud = make_cloud()
+    cloud.base_env.pop("LAMINA_CHANNELS__ALLOW_PRIVATE", None)  # the default
+    cloud.start_manager()
+    for url in (server.url + "channel.rss", server.url.replace("127.0.0.1", "2130706433")):
+        refused = cloud.http.post("/channels", json={"url": url, "key": token})
+        assert _error(refused, 400, "location_unavailable")["message"] == (
+            "the location could not be fetched"
+        )
+    assert server.feed_answers() == []
+    assert cloud.http.get("/channels").json()["channels"] == []

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from lamina.errors import BackendUnavailable, InvalidRequest, NotFound
-from lamina.images.stores import http as http_store
+from lamina import fetchpolicy
+from lamina.errors import InvalidRequest, LocationUnavailable, NotFound
 from lamina.images.stores.base import CHUNK
 from lamina.images.stores.http import HttpImageStore
 
@@ -41,6 +41,7 @@ FILES = {
 
 class Handler(http.server.BaseHTTPRequestHandler):
     requests: list[tuple[str, str, str | None]] = []
+    hosts: list[str] = []
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
@@ -64,6 +65,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         self.requests.append((self.command, self.path, self.headers.get("Range")))
+        self.hosts.append(self.headers.get("Host", ""))
         parsed = urllib.parse.urlsplit(self.path)
         parts = parsed.path.strip("/").split("/")
         if parts[0] == "r":
@@ -141,10 +143,26 @@ def server() -> Iterator[str]:
 
 @pytest.fixture
 def store() -> Iterator[HttpImageStore]:
-    s = HttpImageStore(max_redirects=5, timeout=10.0)
+    # The server is on loopback, which the default policy refuses.
+    s = HttpImageStore(max_redirects=5, timeout=10.0, allow_private=True)
     Handler.requests.clear()
     yield s
     s.close()
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="lamina")
+    return caplog
+
+
+UNAVAILABLE = "^the location could not be fetched$"
+
+
+def unavailable(log: pytest.LogCaptureFixture, reason: str) -> None:
+    """The one answer was given, and the log says why."""
+    assert re.search(reason, log.text), log.text
+    log.clear()
 
 
 def md5(data: bytes) -> str:
@@ -191,23 +209,29 @@ def test_probe_follows_redirects_to_the_true_location(server: str, store: HttpIm
         assert found.checksum == md5(FILES["small.img"])
 
 
-def test_redirect_depth_is_bounded(server: str) -> None:
-    store = HttpImageStore(max_redirects=2)
+def test_redirect_depth_is_bounded(server: str, log: pytest.LogCaptureFixture) -> None:
+    store = HttpImageStore(max_redirects=2, allow_private=True)
     try:
         assert store.probe(f"{server}/r/2/f/-/small.img").size == len(FILES["small.img"])
-        with pytest.raises(InvalidRequest, match="more than 2 times"):
+        with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
             store.probe(f"{server}/r/3/f/-/small.img")
-        with pytest.raises(InvalidRequest, match="more than 2"):
+        unavailable(log, "more than 2 times")
+        with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
             store.open(f"{server}/r/3/f/-/small.img")
+        unavailable(log, "more than 2")
     finally:
         store.close()
-    with pytest.raises(InvalidRequest, match="redirects"):
-        HttpImageStore(max_redirects=0).probe(f"{server}/r/1/f/-/small.img")
+    with pytest.raises(LocationUnavailable):
+        HttpImageStore(max_redirects=0, allow_private=True).probe(f"{server}/r/1/f/-/small.img")
+    unavailable(log, "redirects")
 
 
-def test_redirect_loop_is_refused_naming_the_limit(server: str, store: HttpImageStore) -> None:
-    with pytest.raises(InvalidRequest, match=r"loop \(at most 5 redirects"):
+def test_redirect_loop_is_refused(
+    server: str, store: HttpImageStore, log: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.probe(f"{server}/loop/a")
+    unavailable(log, r"loop \(at most 5 redirects")
 
 
 def test_head_refused_falls_back_to_a_one_byte_get(server: str, store: HttpImageStore) -> None:
@@ -227,9 +251,12 @@ def test_content_md5_of_a_partial_answer_is_not_the_files(
     assert (found.size, found.checksum) == (len(FILES["big.img"]), md5(FILES["big.img"]))
 
 
-def test_a_server_that_tells_no_size_is_refused(server: str, store: HttpImageStore) -> None:
-    with pytest.raises(InvalidRequest, match="does not tell the size"):
+def test_a_server_that_tells_no_size_is_refused(
+    server: str, store: HttpImageStore, log: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.probe(f"{server}/f/nosize,norange/small.img")
+    unavailable(log, "does not tell the size")
 
 
 def test_size_from_the_range_total_when_head_has_no_length(
@@ -245,16 +272,36 @@ def test_empty_file(server: str, store: HttpImageStore) -> None:
 
 
 @pytest.mark.parametrize("path", ["/f/-/nothing.img", "/status/410", "/status/403", "/r/2/nope"])
-def test_no_file_is_visors_400(server: str, store: HttpImageStore, path: str) -> None:
-    with pytest.raises(InvalidRequest, match="no image file found at the given location") as e:
+def test_no_file_is_a_400(
+    server: str, store: HttpImageStore, path: str, log: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE) as e:
         store.probe(server + path)
-    assert e.value.status == 400
+    assert (e.value.status, e.value.code) == (400, "location_unavailable")
+    unavailable(log, "no image file found at the given location")
     assert not store.exists(server + path)
 
 
-def test_server_errors_are_503(server: str, store: HttpImageStore) -> None:
-    with pytest.raises(BackendUnavailable, match="answered 500"):
-        store.probe(f"{server}/status/500")
+def test_every_failure_is_the_same_answer(server: str, store: HttpImageStore) -> None:
+    """No oracle: a missing file, a server error, a closed port and a refused address all
+    answer the same, for a probe and for a download."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    locations = [
+        f"{server}/f/-/nothing.img",
+        f"{server}/status/500",
+        f"http://127.0.0.1:{closed}/x.img",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/x",
+    ]
+    answers = set()
+    for location in locations:
+        for call in (store.probe, store.open):
+            with pytest.raises(LocationUnavailable) as e:
+                call(location)
+            answers.add((type(e.value), e.value.status, e.value.code, str(e.value.to_dict())))
+    assert len(answers) == 1, answers
 
 
 def test_exists_and_size(server: str, store: HttpImageStore) -> None:
@@ -274,12 +321,17 @@ def test_unsupported_locations(store: HttpImageStore, location: str) -> None:
         store.open(location)
 
 
-def test_redirect_to_another_scheme_is_refused(server: str, store: HttpImageStore) -> None:
-    with pytest.raises(InvalidRequest, match="unsupported location"):
+def test_redirect_to_another_scheme_is_refused(
+    server: str, store: HttpImageStore, log: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.probe(f"{server}/to?url=file:///etc/passwd")
+    unavailable(log, "unsupported location")
 
 
-def test_credentials_in_the_url_are_refused(server: str, store: HttpImageStore) -> None:
+def test_credentials_in_the_url_are_refused(
+    server: str, store: HttpImageStore, log: pytest.LogCaptureFixture
+) -> None:
     netloc = server.removeprefix("http://")
     for location in (f"http://alice:s3cret@{netloc}/f/-/small.img", f"http://tok@{netloc}/f/-/a"):
         with pytest.raises(InvalidRequest, match="carries credentials") as e:
@@ -287,9 +339,10 @@ def test_credentials_in_the_url_are_refused(server: str, store: HttpImageStore) 
         assert e.value.status == 400
         assert "s3cret" not in e.value.message
     quoted = urllib.parse.quote(f"http://bob:hunter2@{netloc}/f/-/small.img", safe="")
-    with pytest.raises(InvalidRequest, match="carries credentials") as e:
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.probe(f"{server}/to?url={quoted}")
-    assert "hunter2" not in e.value.message
+    unavailable(log, "carries credentials")
+    assert "hunter2" not in log.text
     assert Handler.requests == [("HEAD", f"/to?url={quoted}", None)]
 
 
@@ -351,23 +404,27 @@ def test_an_abandoned_stream_can_be_closed(server: str, store: HttpImageStore) -
     assert read(store, f"{server}/f/-/small.img") == FILES["small.img"]
 
 
-def test_open_of_a_missing_file_is_not_found(server: str, store: HttpImageStore) -> None:
-    with pytest.raises(NotFound):
+def test_open_of_a_missing_file_is_unavailable(server: str, store: HttpImageStore) -> None:
+    with pytest.raises(LocationUnavailable):
         store.open(f"{server}/f/-/nothing.img")
-    with pytest.raises(NotFound):
+    with pytest.raises(LocationUnavailable):
         store.open(f"{server}/status/410", 5, 5)
-    with pytest.raises(BackendUnavailable, match="answered 500"):
+    with pytest.raises(LocationUnavailable):
         store.open(f"{server}/status/500")
 
 
-def test_unreachable_server_names_the_host(store: HttpImageStore) -> None:
+def test_an_unreachable_server_is_named_in_the_log_only(
+    store: HttpImageStore, log: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{port}"):
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.open(f"http://127.0.0.1:{port}/x.img")
-    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{port}"):
+    unavailable(log, f"127.0.0.1:{port}")
+    with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
         store.probe(f"http://127.0.0.1:{port}/x.img")
+    unavailable(log, f"127.0.0.1:{port}")
 
 
 # -- read-only -------------------------------------------------------------------------------
@@ -392,69 +449,75 @@ def test_delete_leaves_the_remote_file_alone(server: str, store: HttpImageStore)
 # -- private addresses -----------------------------------------------------------------------
 
 
-def test_private_addresses_are_refused_when_not_allowed(server: str) -> None:
-    store = HttpImageStore(allow_private=False)
+def test_private_addresses_are_refused_by_default(
+    server: str, log: pytest.LogCaptureFixture
+) -> None:
+    store = HttpImageStore()
     port = server.rsplit(":", 1)[1]
     Handler.requests.clear()
     try:
-        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]"):
-            with pytest.raises(InvalidRequest, match="refusing to fetch") as e:
+        for host in ("127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433", "[::1]"):
+            with pytest.raises(LocationUnavailable, match=UNAVAILABLE) as e:
                 store.probe(f"http://{host}:{port}/f/-/small.img")
             assert e.value.status == 400
-        with pytest.raises(InvalidRequest, match="refusing to fetch"):
+            unavailable(log, "refused addresses")
+        with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
             store.open(f"{server}/f/-/small.img")
         assert Handler.requests == []
     finally:
         store.close()
 
 
-def test_the_guard_checks_resolved_names(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A public-looking name that resolves to loopback is refused, after DNS."""
-    real = http_store._resolve
-    monkeypatch.setattr(http_store, "_resolve", lambda host, port: real("127.0.0.1", port))
-    store = HttpImageStore(allow_private=False)
+def test_the_guard_checks_resolved_names_and_connects_to_what_it_checked(
+    server: str, monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
+    """A public-looking name that resolves to loopback is refused, after DNS; allowed, the
+    connection goes to the very address that was checked (the system's resolver does not
+    know the name), with the name in the Host header."""
+    asked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[fetchpolicy.IPAddress]:
+        asked.append(host)
+        return fetchpolicy.resolve("127.0.0.1", port)
+
+    monkeypatch.setattr(fetchpolicy, "_resolver", resolver)
+    port = server.rsplit(":", 1)[1]
+    location = f"http://images.example:{port}/f/-/small.img"
+    refusing = HttpImageStore()
     try:
-        with pytest.raises(InvalidRequest, match=r"images.example \(127.0.0.1\)"):
-            store.probe(f"http://images.example:{server.rsplit(':', 1)[1]}/f/-/small.img")
+        with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
+            refusing.probe(location)
+        unavailable(log, r"images.example resolves to refused addresses: 127.0.0.1")
     finally:
-        store.close()
+        refusing.close()
+    asked.clear()
+    Handler.hosts.clear()
+    allowing = HttpImageStore(allow_private=True)
+    try:
+        assert allowing.probe(location).size == len(FILES["small.img"])
+    finally:
+        allowing.close()
+    assert asked == ["images.example"]
+    assert Handler.hosts == [f"images.example:{port}"]
 
 
-def test_the_guard_checks_every_redirect(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_guard_checks_every_redirect(
+    server: str, monkeypatch: pytest.MonkeyPatch, log: pytest.LogCaptureFixture
+) -> None:
     """With 127.0.0.1 counted as public, the server's redirect to 127.0.0.2 is refused."""
-    real = http_store._refused
-    monkeypatch.setattr(http_store, "_refused", lambda a: str(a) != "127.0.0.1" and real(a))
-    store = HttpImageStore(allow_private=False)
+    real = fetchpolicy.refused
+
+    def refused(address: fetchpolicy.IPAddress, policy: fetchpolicy.FetchPolicy) -> bool:
+        return str(address) != "127.0.0.1" and real(address, policy)
+
+    monkeypatch.setattr(fetchpolicy, "refused", refused)
+    store = HttpImageStore()
     port = server.rsplit(":", 1)[1]
     try:
         assert store.probe(f"{server}/r/1/f/-/small.img").size == len(FILES["small.img"])
         target = urllib.parse.quote(f"http://127.0.0.2:{port}/f/-/small.img", safe="")
-        with pytest.raises(InvalidRequest, match=r"refusing to fetch from 127.0.0.2"):
+        with pytest.raises(LocationUnavailable, match=UNAVAILABLE):
             store.probe(f"{server}/to?url={target}")
+        unavailable(log, "127.0.0.2")
     finally:
         store.close()
-
-
-@pytest.mark.parametrize(
-    ("address", "refused"),
-    [
-        ("127.0.0.1", True),
-        ("10.1.2.3", True),
-        ("172.16.0.1", True),
-        ("192.168.1.1", True),
-        ("169.254.169.254", True),
-        ("100.64.0.1", True),
-        ("0.0.0.0", True),
-        ("224.0.0.1", True),
-        ("::1", True),
-        ("fe80::1", True),
-        ("fd00::1", True),
-        ("::ffff:10.0.0.1", True),
-        ("93.184.216.34", False),
-        ("2606:2800:220:1:248:1893:25c8:1946", False),
-    ],
-)
-def test_which_addresses_are_private(address: str, refused: bool) -> None:
-    import ipaddress
-
-    assert http_store._refused(ipaddress.ip_address(address)) is refused

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def kernel(tmp_path: Path) -> str:
+def kernel(cloud: Cloud, tmp_path: Path) -> str:
+    """A public image members boot from (they may not name host paths)."""
     path = tmp_path / "vmlinuz"
     path.write_bytes(b"k" * 4096)
-    return str(path)
+    return cloud.boot_image(path)
 
 
 def member(cloud: Cloud, name: str, **quotas: int) -> tuple[Client, str]:

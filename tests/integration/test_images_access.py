@@ -7,8 +7,9 @@ import functools
 import hashlib
 import http.server
 import os
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -90,8 +91,8 @@ def test_a_location_with_no_file_is_400(cloud: Cloud, empty_server: str) -> None
     response = cloud.http.post(
         "/images", headers=meta(name="x", store="http", location=f"{empty_server}/no.iso")
     )
-    assert code(response) == (400, "invalid_request")
-    assert "no image file found at the given location" in response.json()["message"]
+    assert code(response) == (400, "location_unavailable")
+    assert response.json()["message"] == "the location could not be fetched"
     both = cloud.http.post(
         "/images", headers=meta(name="x", store="file", location=f"{empty_server}/no.iso")
     )
@@ -129,3 +130,37 @@ def test_a_manager_can_serve_with_several_processes(make_cloud) -> None:  # type
     ]
     listed = [i["id"] for i in http.get("/images", params={"sort": "name"}).json()["images"]]
     assert sorted(listed) == sorted(made)
+
+
+def test_a_member_cannot_make_the_manager_fetch_private_addresses(
+    make_cloud: Callable[..., Cloud], location: tuple[str, bytes]
+) -> None:
+    """The reproduction of issue 12, item 4: with the default settings a member registered
+    a loopback URL (the sample channel's server) as an image location and read it back, and
+    the errors told which local ports were open. Now every such location is one answer."""
+    cloud = make_cloud()
+    del cloud.base_env["LAMINA_IMAGES__HTTP_ALLOW_PRIVATE"]  # the default
+    cloud.start_manager()
+    bob = member(cloud, "bob")
+    url, _ = location
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    answers = set()
+    for where in (
+        url,
+        url.replace("127.0.0.1", "localhost"),
+        url.replace("127.0.0.1", "2130706433"),
+        url.replace("127.0.0.1", "[::ffff:127.0.0.1]"),
+        f"http://127.0.0.1:{port}/missing.iso",
+        f"http://127.0.0.1:{closed}/x.iso",
+        f"http://127.0.0.1:{cloud.port}/health",
+        "http://169.254.169.254/latest/meta-data/iam/",
+        "http://[fd00:ec2::254]/latest/",
+    ):
+        response = bob.post("/images", headers=meta(name="x", store="http", location=where))
+        assert code(response) == (400, "location_unavailable"), (where, response.text)
+        answers.add(response.text)
+    assert len(answers) == 1
+    assert bob.get("/images").status_code == 404  # nothing was registered (VISOR: 404)

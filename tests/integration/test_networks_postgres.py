@@ -16,6 +16,7 @@ import pytest
 from harness import bare_services
 
 from lamina.compute import instances
+from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.models import Host, Instance
 from lamina.identity.principal import Principal
 from lamina.network import addresses, service
@@ -45,7 +46,7 @@ def test_concurrent_instances_get_distinct_addresses(svc: Any) -> None:
         with svc.db.write() as s:
             instance, _ = instances.create_instance(
                 s, svc.jobs, svc.settings.compute, name=f"vm{i}", vcpus=1, memory_mib=64,
-                kernel="/boot/k", networks=[NicRequest("lan")], who=who,
+                boot=BootSources(BootSource("/boot/k")), networks=[NicRequest("lan")], who=who,
             )  # fmt: skip
             return instance.id
 
@@ -66,7 +67,7 @@ def test_two_transactions_choosing_one_address(svc: Any, monkeypatch: pytest.Mon
         with svc.db.write() as s:
             instance, _ = instances.create_instance(
                 s, svc.jobs, svc.settings.compute, name=f"race{i}", vcpus=1, memory_mib=64,
-                kernel="/boot/k", networks=[], host="one", who=ADMIN,
+                boot=BootSources(BootSource("/boot/k")), networks=[], host="one", who=ADMIN,
             )  # fmt: skip
             made.append(instance.id)
     with svc.db.write() as s:  # the host's service address first: only guests race below

@@ -83,9 +83,10 @@ def test_quotas_hold_across_two_managers(
     ]
     auth = LaminaAuth("greedy", secret)
     urls = [cloud.url, f"http://127.0.0.1:{second_port}"]
+    image = cloud.boot_image(kernel)  # a member boots from images, not host paths
 
     def create(i: int) -> httpx.Response:
-        body = {"name": f"g{i}", "kernel": kernel, "memory_mib": 64, "vcpus": 2}
+        body = {"name": f"g{i}", "kernel": image, "memory_mib": 64, "vcpus": 2}
         return httpx.post(f"{urls[i % 2]}/instances", json=body, timeout=30, auth=auth)
 
     with ThreadPoolExecutor(8) as pool:

@@ -16,6 +16,7 @@ from harness import bare_services
 from lamina.agent.wire import NetworkState
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
+from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.principal import Principal
@@ -88,7 +89,8 @@ def make_instance(
     with svc.db.write() as s:
         instance, _ = instances.create_instance(
             s, svc.jobs, svc.settings.compute, name=name, vcpus=1, memory_mib=128,
-            kernel="/boot/k", networks=nics, host=host, who=ADMIN if host else who,
+            boot=BootSources(BootSource("/boot/k")), networks=nics, host=host,
+            who=ADMIN if host else who,
             default_network=svc.settings.network.default_network, **fields,
         )  # fmt: skip
         if host:

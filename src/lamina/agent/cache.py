@@ -2,12 +2,18 @@
 
 Files live at ``<cache>/<sha256>``; a file is hashed while it streams in (constant memory)
 and renamed into place only when complete, so a half-fetched file is never used.
+
+The agent runs as root, so what it copies in is its caller's to read back (a guest boots it
+and prints it): it copies only from the folders of ``FetchConfig.roots`` and fetches only
+URLs the fetch policy allows (``lamina.fetchpolicy``), whoever asks. Cached files are mode
+0600 in a 0700 folder: no other user of the host reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -18,9 +24,31 @@ from pathlib import Path
 import httpx
 
 from lamina.agent.wire import CacheEntry, DownloadStatus, Transfer
-from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
+from lamina.errors import Conflict, InvalidRequest, NotFound
+from lamina.fetchpolicy import (
+    FetchPolicy,
+    check_url,
+    http_client,
+    local_path,
+    open_path,
+    unavailable,
+)
 
+log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """What the cache may fetch: files under ``roots`` (resolved), and URLs under the
+    fetch policy."""
+
+    roots: tuple[Path, ...] = ()
+    allow_private: bool = False
+    max_redirects: int = 5
+    timeout: float = 30.0
 
 
 @dataclass
@@ -74,12 +102,24 @@ class DownloadTracker:
 
 
 class ImageCache:
-    def __init__(self, root: Path, tracker: DownloadTracker) -> None:
+    def __init__(
+        self, root: Path, tracker: DownloadTracker, fetch: FetchConfig | None = None
+    ) -> None:
         self.root = root
         self.tracker = tracker
-        root.mkdir(parents=True, exist_ok=True)
+        self.fetch = fetch or FetchConfig()
+        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         self._index_path = root / "sources.json"
         self._lock = threading.Lock()
+        self._fix_modes()
+
+    def _fix_modes(self) -> None:
+        """Entries cached by an older agent were world-readable: no longer."""
+        os.chmod(self.root, DIR_MODE)
+        for path in self.root.iterdir():
+            if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:
+                os.chmod(path, FILE_MODE)
+                log.info("cache entry %s made private (mode 0600)", path.name)
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)
@@ -102,41 +142,62 @@ class ImageCache:
         ]
 
     def install(self, source: str, sha256: str | None = None) -> CacheEntry:
-        """Fetch ``source`` into the cache unless it is there already, and return it."""
-        if sha256 and (self.root / sha256).is_file():
-            return self.check(sha256)
-        known = self._known(source)
-        if known and (self.root / known).is_file() and not sha256:
-            return self.check(known)
-        parsed = urllib.parse.urlsplit(source)
-        if parsed.scheme in ("http", "https"):
-            entry = self._fetch_http(source, sha256)
-        elif parsed.scheme == "file" or (not parsed.scheme and source.startswith("/")):
-            entry = self._copy_file(Path(urllib.parse.unquote(parsed.path)), source, sha256)
-        else:
-            raise InvalidRequest(f"cannot fetch {source!r}: use an absolute path or a URL")
-        self._remember(source, entry.sha256, _file_key(source))
+        """Fetch ``source`` into the cache unless it is there already, and return it.
+
+        ``source``: an absolute path or ``file://`` URL inside ``FetchConfig.roots``
+        (``PathForbidden``, 403, otherwise, whether the file exists or not), or an
+        ``http(s)://`` URL (``LocationUnavailable``, 400, when refused by the fetch policy or
+        when the fetch fails for any reason). The source is checked before anything cached
+        is looked at."""
+        path = local_path(source)
+        if path is not None:
+            fd, info = open_path(path, self.fetch.roots)
+            with os.fdopen(fd, "rb") as f:
+                key = f"{info.st_size}:{info.st_mtime_ns}"
+                cached = self._cached(source, sha256, key)
+                if cached is not None:
+                    return cached
+                chunks = iter(lambda: f.read(CHUNK), b"")
+                entry = self._store(source, info.st_size, chunks, sha256)
+            self._remember(source, entry.sha256, key)
+            return entry
+        if urllib.parse.urlsplit(source).scheme.lower() not in ("http", "https"):
+            raise InvalidRequest(
+                "cannot fetch that source: use an absolute path or a URL (file://, http(s)://)"
+            )
+        url = check_url(source)
+        cached = self._cached(source, sha256, None)
+        if cached is not None:
+            return cached
+        entry = self._fetch_http(url, sha256)
+        self._remember(source, entry.sha256, None)
         return entry
 
-    def _copy_file(self, path: Path, source: str, expected: str | None) -> CacheEntry:
-        try:
-            size = path.stat().st_size
-            f = path.open("rb")
-        except OSError as exc:
-            raise NotFound(f"cannot read {path}: {exc.strerror}", source=source) from None
-        with f:
-            return self._store(source, size, iter(lambda: f.read(CHUNK), b""), expected)
+    def _cached(self, source: str, sha256: str | None, key: str | None) -> CacheEntry | None:
+        if sha256 and (self.root / sha256).is_file():
+            return self.check(sha256)
+        known = self._known(source, key)
+        if known and (self.root / known).is_file() and not sha256:
+            return self.check(known)
+        return None
 
-    def _fetch_http(self, url: str, expected: str | None) -> CacheEntry:
+    def _fetch_http(self, url: httpx.URL, expected: str | None) -> CacheEntry:
+        policy = FetchPolicy(allow_private=self.fetch.allow_private)
+        source = str(url)
         try:
-            with httpx.stream("GET", url, timeout=30, follow_redirects=True) as response:
+            with (
+                http_client(
+                    policy, timeout=self.fetch.timeout, max_redirects=self.fetch.max_redirects
+                ) as client,
+                client.stream("GET", url) as response,
+            ):
                 if response.status_code != 200:
-                    raise BackendUnavailable(f"GET {url} answered {response.status_code}")
+                    raise unavailable(url, f"answered {response.status_code}")
                 length = response.headers.get("content-length")
-                total = int(length) if length else None
-                return self._store(url, total, response.iter_bytes(CHUNK), expected)
+                total = int(length) if length and length.isdigit() else None
+                return self._store(source, total, response.iter_bytes(CHUNK), expected)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"cannot fetch {url}: {exc}") from None
+            raise unavailable(url, f"{type(exc).__name__}: {exc}") from None
 
     def _store(
         self, source: str, total: int | None, chunks: object, expected: str | None
@@ -148,7 +209,8 @@ class ImageCache:
         transfer = self.tracker.begin(source, total)
         tmp = self.root / f".partial-{os.getpid()}-{threading.get_ident()}"
         try:
-            with tmp.open("wb") as out:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(tmp, flags, FILE_MODE), "wb") as out:
                 for chunk in chunks:  # type: ignore[attr-defined]
                     out.write(chunk)
                     digest.update(chunk)
@@ -174,16 +236,17 @@ class ImageCache:
             for chunk in iter(lambda: f.read(CHUNK), b""):
                 digest.update(chunk)
             os.fsync(f.fileno())
+        os.chmod(path, FILE_MODE)
         final = self.root / digest.hexdigest()
         os.replace(path, final)
         return self.check(final.name)
 
     # A source's last digest, so a local file or URL already fetched is not fetched again.
-    def _known(self, source: str) -> str | None:
+    def _known(self, source: str, key: str | None) -> str | None:
         with self._lock:
             index = self._read_index()
         record = index.get(source)
-        if record and record.get("key") == _file_key(source):
+        if record and record.get("key") == key:
             return str(record["sha256"])
         return None
 
@@ -192,7 +255,9 @@ class ImageCache:
             index = self._read_index()
             index[source] = {"sha256": digest, "key": key}
             tmp = self._index_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(index))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(tmp, flags, FILE_MODE), "w") as out:
+                out.write(json.dumps(index))
             os.replace(tmp, self._index_path)
 
     def _read_index(self) -> dict[str, dict[str, object]]:
@@ -200,18 +265,6 @@ class ImageCache:
             return dict(json.loads(self._index_path.read_text()))
         except (OSError, ValueError):
             return {}
-
-
-def _file_key(source: str) -> str | None:
-    """Size and mtime of a local source, so a changed file is fetched again."""
-    parsed = urllib.parse.urlsplit(source)
-    if parsed.scheme in ("http", "https"):
-        return None
-    try:
-        st = Path(urllib.parse.unquote(parsed.path)).stat()
-    except OSError:
-        return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _check_digest(digest: str) -> None:

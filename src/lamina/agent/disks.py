@@ -15,15 +15,42 @@ from pathlib import Path
 from lamina.agent.wire import DiskCreate, DiskInfo
 from lamina.errors import CommandFailed, InvalidRequest, NotFound
 
+#: Formats a cached image may have to be a guest disk's base: ones whose every byte is in
+#: the file itself (see ``base_format``).
+BASE_FORMATS = ("raw", "qcow2")
 
-def qemu_img_create(path: Path, fmt: str, size: int | None, backing: Path | None) -> list[str]:
+
+def qemu_img_create(
+    path: Path, fmt: str, size: int | None, backing: Path | None, backing_format: str = "raw"
+) -> list[str]:
     argv = ["qemu-img", "create", "-q", "-f", fmt]
     if backing is not None:
-        argv += ["-b", str(backing), "-F", _image_format(backing)]
+        argv += ["-b", str(backing), "-F", backing_format]
     argv.append(str(path))
     if size is not None:
         argv.append(str(size))
     return argv
+
+
+def base_format(path: Path) -> str:
+    """The format of ``path``, a cached image some user supplied, if it may be a guest
+    disk's base: raw, or qcow2 without a backing file or an external data file. Anything
+    else (a qcow2 naming a backing file, a VMDK with extents, ...) would have QEMU, running
+    as root, open other files of the host for the guest to read: ``InvalidRequest``."""
+    info = json.loads(run(["qemu-img", "info", "--output=json", str(path)]))
+    fmt = str(info.get("format"))
+    specific = info.get("format-specific") or {}
+    data = specific.get("data") or {} if isinstance(specific, dict) else {}
+    outside = bool(
+        "backing-filename" in info or "full-backing-filename" in info or data.get("data-file")
+    )
+    if fmt not in BASE_FORMATS or outside:
+        named = " naming other files (a backing or data file)" if outside else ""
+        raise InvalidRequest(
+            f"the disk image is {fmt}{named}: a disk image must be a self-contained raw or "
+            "qcow2 file"
+        )
+    return fmt
 
 
 def mkfs_argv(path: Path) -> list[str]:
@@ -79,11 +106,6 @@ def run(argv: list[str], timeout: float = 120) -> str:
     return result.stdout
 
 
-def _image_format(path: Path) -> str:
-    info = json.loads(run(["qemu-img", "info", "--output=json", str(path)]))
-    return str(info["format"])
-
-
 class DiskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -107,7 +129,8 @@ class DiskStore:
             if req.files is not None:
                 write_tar_disk(tmp, req.files)
             else:
-                run(qemu_img_create(tmp, req.format, req.size_bytes, backing))
+                base = base_format(backing) if backing is not None else "raw"
+                run(qemu_img_create(tmp, req.format, req.size_bytes, backing, base))
                 if req.filesystem:
                     run(mkfs_argv(tmp))
             tmp.rename(path)

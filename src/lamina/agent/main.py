@@ -8,6 +8,7 @@ import ssl
 
 import uvicorn
 
+from lamina.agent.cache import FetchConfig
 from lamina.agent.enrol import enrol
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
@@ -58,7 +59,13 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
     network = NetworkConfig(
         namespace=settings.agent.network_namespace, uplink=settings.agent.network_uplink
     )
-    agent = Agent(settings.agent_dir, hypervisor, volumes, network)
+    fetch = FetchConfig(
+        roots=settings.fetch_roots,
+        allow_private=settings.images.http_allow_private,
+        max_redirects=settings.images.http_max_redirects,
+    )
+    log.info("the image cache reads host files only under %s", ", ".join(map(str, fetch.roots)))
+    agent = Agent(settings.agent_dir, hypervisor, volumes, network, fetch)
     agent.restore()
     app = create_agent_app(agent)
     try:

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.middleware.base import RequestResponseEndpoint
 
 from lamina import __version__
-from lamina.agent.cache import DownloadTracker, ImageCache
+from lamina.agent.cache import DownloadTracker, FetchConfig, ImageCache
 from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
 from lamina.agent.forwards import ForwardTable
@@ -90,13 +90,14 @@ class Agent:
         hypervisor: Hypervisor,
         volumes: VolumeConfig | None = None,
         network: NetworkConfig | None = None,
+        fetch: FetchConfig | None = None,
     ) -> None:
         self.root = root
         self.hypervisor = hypervisor
         #: The deployment whose manager this agent serves; what it makes is tagged with it.
         self.identity = DeploymentIdentity(root)
         self.tracker = DownloadTracker()
-        self.cache = ImageCache(root / "cache", self.tracker)
+        self.cache = ImageCache(root / "cache", self.tracker, fetch)
         self.disks = DiskStore(root / "guests")
         self.volumes = VolumeServer(
             volumes or VolumeConfig(), root, self.tracker, lambda: self.identity.id

@@ -30,6 +30,7 @@ from lamina.appliances.parsing import parse_appliance
 from lamina.appliances.variables import resolve_variables
 from lamina.appliances.versions import Version
 from lamina.compute import instances
+from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.models import Host
 from lamina.errors import InvalidState, NotFound
 from lamina.identity.principal import Principal
@@ -93,14 +94,18 @@ def deploy(
         appliance = parse_appliance(row.definition)
         values = resolve_variables(appliance, variables)
         hardware = appliance.hardware or Hardware()
+        # The appliance's files are images ``who`` may read (``file_of``): the host fetches
+        # them from their store.
         boot: dict[str, Any]
         if appliance.kind == "traditional":
-            boot = {"disk_image": _disk_image(s, who, row, appliance)}
+            boot = {"boot": BootSources(disk_image=_disk_image(s, who, row, appliance))}
         else:
             layered = layered_boot(s, who, row, appliance)
             boot = {
-                "kernel": layered.kernel.source,
-                "initrd": layered.initrd and layered.initrd.source,
+                "boot": BootSources(
+                    kernel=layered.kernel.boot_source,
+                    initrd=layered.initrd.boot_source if layered.initrd else None,
+                ),
                 "cmdline": kernel_cmdline(layered.cmdline, len(layered.layers)),
                 "disk_size_bytes": upper_bytes(hardware),
             }
@@ -143,8 +148,8 @@ def upper_bytes(hardware: Hardware) -> int:
 
 def _disk_image(
     session: Session, who: Principal, row: InstalledAppliance, appliance: Appliance
-) -> str:
+) -> BootSource:
     """Where a host fetches the appliance's disk image from: its store location."""
     if appliance.image is None or not row.images:
         raise InvalidState(f"appliance {row.name} {row.version} has no disk image to boot")
-    return file_of(session, who, row, appliance, appliance.image).source
+    return file_of(session, who, row, appliance, appliance.image).boot_source

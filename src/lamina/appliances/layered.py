@@ -13,7 +13,6 @@ so it never guesses from device order.
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,15 +23,14 @@ from lamina.appliances.definition import Appliance, Blob
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.parsing import parse_appliance
 from lamina.appliances.versions import Version
-from lamina.errors import InvalidState, NotSupported
+from lamina.compute.boot import BootSource, image_source
+from lamina.errors import InvalidState
 from lamina.identity.principal import Principal
 from lamina.images import service as images
 
 if TYPE_CHECKING:
     from lamina.compute.models import Instance
 
-#: Image locations a host's cache can fetch itself (``lamina.agent.cache.ImageCache``).
-FETCHABLE = ("file", "http", "https")
 #: Serial numbers of the instance layer and the config disk.
 UPPER = "upper"
 CONFIG = "config"
@@ -48,6 +46,10 @@ class BootFile:
 
     def as_dict(self) -> dict[str, str]:
         return {"image": self.image, "source": self.source, "sha256": self.sha256}
+
+    @property
+    def boot_source(self) -> BootSource:
+        return BootSource(self.source, self.image, self.sha256)
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,5 @@ def file_of(
         raise InvalidState(
             f"image {image.id} of appliance {row.name} is {image.status}", image=image.id
         )
-    where = urllib.parse.urlsplit(image.location)
-    # A location with credentials in it would show them in the instance's record.
-    if where.scheme not in FETCHABLE or where.username or where.password:
-        raise NotSupported(
-            f"image {image.id} is in the {image.store!r} store, which hosts cannot fetch from "
-            "yet (use the file or http store)",
-            image=image.id,
-            store=image.store,
-        )
-    return BootFile(image.id, image.location, image.sha256)
+    source = image_source(image)
+    return BootFile(image.id, source.location, image.sha256)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import httpx
 
 from lamina.errors import BackendUnavailable
+from lamina.fetchpolicy import FetchPolicy, http_client
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,8 @@ def fetch(
     download), which are kept and not fetched again if they are right. On return the sink
     holds exactly the file. Raise MirrorsFailed (503), with each mirror's reason, when none
     served it; the sink then holds whatever valid-looking prefix was received, to resume
-    from. ``client``: an ``httpx.Client`` to use (else one with 10 s connect and 30 s read
-    timeouts)."""
+    from. ``client``: an ``httpx.Client`` to use (else one of ``lamina.fetchpolicy``, refusing
+    private addresses, with 10 s connect and 30 s read timeouts)."""
     download = _Download(sink, sha256, size, progress)
     download.resume(min(start, size))
     if download.complete():
@@ -157,7 +158,7 @@ def fetch(
     if download.done == size:
         download.restart()  # all the bytes, but not the file's
     own = client is None
-    http = client or httpx.Client(timeout=httpx.Timeout(30, connect=10), follow_redirects=True)
+    http = client or http_client(FetchPolicy(), timeout=httpx.Timeout(30, connect=10))
     failures: list[tuple[str, str]] = []
     try:
         for url in urls:

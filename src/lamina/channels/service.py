@@ -15,6 +15,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from lamina import fetchpolicy
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.parsing import parse_appliance
 from lamina.channels.feed import MAX_BYTES, Feed, Item, parse_feed
@@ -22,7 +23,7 @@ from lamina.channels.models import Channel
 from lamina.channels.signing import fingerprint, parse_public_key
 from lamina.channels.verify import verify_feed
 from lamina.db.types import utcnow
-from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
 
 if TYPE_CHECKING:
@@ -46,32 +47,36 @@ class Fetched:
 
 
 def http_client(svc: Services) -> httpx.Client:
-    """A client for channel servers: the configured timeout, a few redirects."""
-    timeout = svc.settings.channels.timeout_seconds
-    return httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=5)
+    """A client for channel servers and their mirrors: the configured timeout, a few
+    redirects, every connection checked by the fetch policy (``channels.allow_private``)."""
+    cfg = svc.settings.channels
+    return fetchpolicy.http_client(
+        fetchpolicy.FetchPolicy(allow_private=cfg.allow_private),
+        timeout=cfg.timeout_seconds,
+        max_redirects=5,
+    )
 
 
 def _get(
     client: httpx.Client, url: str, limit: int, headers: dict[str, str]
 ) -> tuple[httpx.Response, bytes]:
-    """GET ``url`` reading at most ``limit`` bytes of body; BackendUnavailable if it fails,
-    InvalidRequest if the body is larger."""
+    """GET ``url`` reading at most ``limit`` bytes of body; LocationUnavailable if it fails
+    or the fetch policy refuses it (the reason is logged), InvalidRequest if the body is
+    larger."""
     try:
         with client.stream("GET", url, headers=headers) as response:
             if response.status_code == 304:
                 return response, b""
             if response.status_code >= 400:
-                raise BackendUnavailable(
-                    f"channel server: GET {url} answered {response.status_code}", url=url
-                )
+                raise fetchpolicy.unavailable(url, f"answered {response.status_code}")
             body = bytearray()
             for block in response.iter_bytes():
                 body += block
                 if len(body) > limit:
                     raise InvalidRequest(f"{url} is larger than {limit} bytes", url=url)
             return response, bytes(body)
-    except httpx.HTTPError as exc:
-        raise BackendUnavailable(f"cannot fetch {url}: {exc or type(exc).__name__}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise fetchpolicy.unavailable(url, f"{type(exc).__name__}: {exc}") from None
 
 
 def fetch_feed(
@@ -135,7 +140,7 @@ def get_channel(session: Session, channel_id: str) -> Channel:
 def subscribe(svc: Services, who: Principal, url: str, public_key: str) -> dict[str, Any]:
     """Fetch the feed at ``url`` and ``<url>.sig``, verify them with the pinned key and only
     then store the channel. Raises InvalidRequest (bad URL or key), Conflict (already
-    subscribed), VerificationFailed (502), BackendUnavailable (server unreachable)."""
+    subscribed), VerificationFailed (502), LocationUnavailable (not fetched, for any reason)."""
     key = parse_public_key(public_key)
     _check_url(url)
     with svc.db.read() as s:

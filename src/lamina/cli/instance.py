@@ -24,7 +24,11 @@ def instance() -> None:
 @click.argument("name")
 @click.option("--vcpus", type=int, default=1, show_default=True)
 @click.option("--memory", type=int, default=256, show_default=True, help="MiB")
-@click.option("--kernel", help="Kernel: absolute path on the host, file:// or http(s):// URL.")
+@click.option(
+    "--kernel",
+    help="Kernel: an image (id or name), an http(s):// URL, or (administrators, inside "
+    "compute.boot_paths) a host path.",
+)
 @click.option("--initrd", help="Initramfs, same forms as --kernel.")
 @click.option("--cmdline", default="console=ttyS0", show_default=True)
 @click.option("--disk-image", help="Boot disk image (qcow2/raw), used as a copy-on-write base.")

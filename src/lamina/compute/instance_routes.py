@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from lamina.api.auth import principal
 from lamina.api.deps import services
 from lamina.compute import instances as instance_service
+from lamina.compute.boot import resolve_boot
 from lamina.compute.instances import KIND
 from lamina.compute.listing import brief_listing
 from lamina.compute.models import Host
@@ -33,14 +34,21 @@ class NicBody(Body):
     ip: str | None = Field(None, max_length=15, description="A static address on it")
 
 
+#: What a boot file field takes (``lamina.compute.boot``).
+BOOT_SOURCE = (
+    "An image you may read (its id or name), an http(s):// URL, or (administrators only, "
+    "inside compute.boot_paths) a host path or file:// URL"
+)
+
+
 class InstanceCreate(Body):
     name: str = Field(min_length=1, max_length=63)
     vcpus: int = Field(1, ge=1, le=64)
     memory_mib: int = Field(256, ge=32, le=1024 * 1024)
-    kernel: str | None = Field(None, max_length=2048)
-    initrd: str | None = Field(None, max_length=2048)
+    kernel: str | None = Field(None, max_length=2048, description=BOOT_SOURCE)
+    initrd: str | None = Field(None, max_length=2048, description=BOOT_SOURCE)
     cmdline: str = Field("", max_length=4096)
-    disk_image: str | None = Field(None, max_length=2048)
+    disk_image: str | None = Field(None, max_length=2048, description=BOOT_SOURCE)
     disk_size_mib: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
     host: str | None = None
     visibility: Literal["private", "public"] = "private"
@@ -72,7 +80,16 @@ def _describe(s: Session, svc: Services, instance: Any, who: Principal) -> dict[
 def create_instance(
     body: InstanceCreate, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
+    instance_service.check_name(body.name)  # before the boot files are looked up
     with svc.db.write() as s:
+        boot = resolve_boot(
+            s,
+            who,
+            svc.settings,
+            kernel=body.kernel,
+            initrd=body.initrd,
+            disk_image=body.disk_image,
+        )
         instance, job = instance_service.create_instance(
             s,
             svc.jobs,
@@ -80,10 +97,8 @@ def create_instance(
             name=body.name,
             vcpus=body.vcpus,
             memory_mib=body.memory_mib,
-            kernel=body.kernel,
-            initrd=body.initrd,
+            boot=boot,
             cmdline=body.cmdline,
-            disk_image=body.disk_image,
             disk_size_bytes=body.disk_size_mib * 1024 * 1024 if body.disk_size_mib else None,
             host=body.host,
             visibility=body.visibility,

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
+from lamina.compute.boot import BootSources
 from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
@@ -35,16 +36,13 @@ VISIBILITIES = ("private", "public")
 LIVE = ("building", "running", "paused", "stopped", "error", "deleting")
 
 
-def validate_boot(kernel: str | None, initrd: str | None, disk_image: str | None) -> None:
-    if not kernel and not disk_image:
-        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
-    if initrd and not kernel:
-        raise InvalidRequest("an initrd needs a kernel")
-    for label, value in (("kernel", kernel), ("initrd", initrd), ("disk_image", disk_image)):
-        if value and not re.match(r"^(/|file://|https?://)", value):
-            raise InvalidRequest(
-                f"{label} must be an absolute path, a file:// or an http(s):// URL"
-            )
+def check_name(name: str) -> None:
+    """InvalidRequest unless ``name`` is a DNS label, as instance names are."""
+    if not NAME.match(name):
+        raise InvalidRequest(
+            f"instance name {name!r} must be 1-63 lower-case letters, digits or '-', "
+            "not starting or ending with '-'"
+        )
 
 
 def create_instance(
@@ -55,10 +53,8 @@ def create_instance(
     name: str,
     vcpus: int,
     memory_mib: int,
-    kernel: str | None = None,
-    initrd: str | None = None,
+    boot: BootSources,
     cmdline: str = "",
-    disk_image: str | None = None,
     disk_size_bytes: int | None = None,
     host: str | None = None,
     visibility: str = "private",
@@ -69,13 +65,13 @@ def create_instance(
 ) -> tuple[Instance, Job]:
     """Record an instance owned by ``who``, placed and within their quotas, with an address
     on each of ``networks`` (None: the ``default_network`` if there is one the caller may
-    use; empty: none), and queue the job that builds it."""
-    if not NAME.match(name):
-        raise InvalidRequest(
-            f"instance name {name!r} must be 1-63 lower-case letters, digits or '-', "
-            "not starting or ending with '-'"
-        )
-    validate_boot(kernel, initrd, disk_image)
+    use; empty: none), and queue the job that builds it. ``boot``: its boot files, already
+    checked for ``who`` (``lamina.compute.boot.resolve_boot``, or an appliance's files)."""
+    check_name(name)
+    if boot.kernel is None and boot.disk_image is None:
+        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
+    if boot.initrd is not None and boot.kernel is None:
+        raise InvalidRequest("an initrd needs a kernel")
     if visibility not in VISIBILITIES:
         raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
     if host and not who.is_admin:
@@ -100,10 +96,10 @@ def create_instance(
         status="building",
         vcpus=vcpus,
         memory_mib=memory_mib,
-        kernel=kernel,
-        initrd=initrd,
+        kernel=boot.kernel and boot.kernel.location,
+        initrd=boot.initrd and boot.initrd.location,
         cmdline=cmdline,
-        disk_image=disk_image,
+        disk_image=boot.disk_image and boot.disk_image.location,
         disk_size_bytes=disk_size_bytes,
         group_name=group,
     )

@@ -117,6 +117,29 @@ def get_image(session: Session, image_id: str, who: Principal, need: Need = "rea
     return image
 
 
+def find_image(session: Session, ref: str, who: Principal) -> Image:
+    """An image ``who`` may read, by id, else by name (the caller's own image of that name
+    first). NotFound when there is none they may see; InvalidRequest when several are
+    named so."""
+    image = session.get(Image, ref)
+    if image is not None:
+        check(session, who, KIND, image, "read", ref)
+        return image
+    named = list(
+        session.scalars(
+            select(Image)
+            .where(Image.name == ref, visible_to(who, KIND, Image.id, Image.owner, Image.access))
+            .limit(100)
+        )
+    )
+    own = [i for i in named if i.owner == who.user_id]
+    if len(own) == 1 or len(named) == 1:
+        return (own or named)[0]
+    if named:
+        raise InvalidRequest(f"several images are named {ref!r}: use the id", image=ref)
+    raise NotFound(f"image {ref!r} does not exist", image=ref)
+
+
 def _check_links(session: Session, who: Principal, fields: dict[str, Any]) -> None:
     for key, kind in (("kernel", "kernel"), ("ramdisk", "ramdisk")):
         ref = fields.get(key)

@@ -34,35 +34,35 @@ Decisions worth knowing:
   URLs); the stored location keeps it, since the download needs it.
 
 Security (SSRF): the manager fetches whatever URL a user registers, from inside the network it
-runs in, and tells the user the answer's size and whether it was found. Anyone who may register
-images can therefore probe services only the manager can reach: ``http://127.0.0.1:...``, a
-cloud's metadata service at ``169.254.169.254``, hosts on private networks. With
-``allow_private=True`` (the default, for a single machine where images are often served from
-localhost) that is allowed. With ``allow_private=False`` (setting
-``images.http_allow_private``) every connection, the first and each one after a redirect, is
-checked *after* DNS resolution, at the moment the socket is opened, and refused with a 400 if
-the name resolves to any loopback, private, link-local, shared, multicast, reserved or
-unspecified address (IPv4-mapped IPv6 included). Checking where the socket connects, not the
-name beforehand, also defeats DNS rebinding. Proxies from the environment are not used in that
-mode, since the check would only see the proxy.
+runs in. Every connection (the first and each one after a redirect) goes through the fetch
+policy of ``lamina.fetchpolicy``: checked after DNS resolution and pinned to the checked address,
+refusing loopback, private and other non-global addresses unless ``allow_private``
+(``images.http_allow_private``, off by default) and link-local and metadata-service addresses
+always. And whatever goes wrong once the URL is well formed (refused, unresolvable,
+unreachable, an error status, no size, too many redirects), ``probe`` and ``open`` raise the
+same ``LocationUnavailable`` ("the location could not be fetched", 400); the reason goes to
+the log only, so the answers do not map which ports answer behind the manager.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 import re
-import socket
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
-import httpcore
 import httpx
 
 from lamina import __version__
-from lamina.errors import BackendUnavailable, InvalidRequest, NotFound
+from lamina.errors import (
+    BackendUnavailable,
+    InvalidRequest,
+    LaminaError,
+    LocationUnavailable,
+    NotFound,
+)
+from lamina.fetchpolicy import FetchPolicy, check_url, http_client, redact, unavailable
 from lamina.images.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,6 @@ HEAD_REFUSED = frozenset({403, 405, 501})
 GONE = frozenset({404, 410})
 MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class NoImageFile(InvalidRequest):
@@ -94,7 +92,7 @@ class HttpImageStore(ImageStore):
     capabilities = Capabilities(writable=False, ranged=True)
 
     def __init__(
-        self, max_redirects: int = 5, timeout: float = 30.0, allow_private: bool = True
+        self, max_redirects: int = 5, timeout: float = 30.0, allow_private: bool = False
     ) -> None:
         if max_redirects < 0:
             raise ValueError("max_redirects must be >= 0")
@@ -105,13 +103,12 @@ class HttpImageStore(ImageStore):
             # The bytes as stored, so that Content-Length is the size of what we stream.
             "Accept-Encoding": "identity",
         }
-        transport = None if allow_private else _PublicOnlyTransport()
-        self._client = httpx.Client(
+        # Redirects are followed by ``_follow``, one checked hop at a time.
+        self._client = http_client(
+            FetchPolicy(allow_private=allow_private),
             headers=headers,
             timeout=timeout,
             follow_redirects=False,
-            transport=transport,
-            trust_env=allow_private,
         )
 
     # -- the interface ---------------------------------------------------------------------
@@ -123,11 +120,18 @@ class HttpImageStore(ImageStore):
     def probe(self, location: str) -> StoredObject:
         """Follow ``location``'s redirects and read the true location's size and checksum.
 
-        Raises ``InvalidRequest`` for a location that is not a plain http(s) URL, carries
-        credentials, redirects too often or in a loop, points at a private address when those
-        are not allowed, gives no size, or where the server has no file (4xx);
-        ``BackendUnavailable`` when the server cannot be reached or answers 5xx."""
-        url, response = self._follow(_check(location), self._ask_head)
+        Raises ``InvalidRequest`` for a location that is not a plain http(s) URL or carries
+        credentials; ``LocationUnavailable`` (400, one message) for anything else: an
+        address the fetch policy refuses, a server that cannot be reached or answers with an
+        error, too many redirects or a loop, a redirect to an unsupported location, no size."""
+        start = _check(location)
+        try:
+            return self._probe(start)
+        except (LaminaError, httpx.HTTPError) as exc:
+            raise unavailable(start, getattr(exc, "message", exc)) from None
+
+    def _probe(self, start: httpx.URL) -> StoredObject:
+        url, response = self._follow(start, self._ask_head)
         try:
             if response.status_code == 416:
                 size = _range_total(response)  # an empty file answers 416 to bytes=0-0
@@ -160,8 +164,8 @@ class HttpImageStore(ImageStore):
         """Stream ``length`` bytes (to the end if None) from ``offset`` of the remote file,
         in pieces of at most ``CHUNK`` bytes.
 
-        The request is made before this returns, so a missing file raises ``NotFound`` here
-        (and an unreachable server ``BackendUnavailable``); errors while streaming raise
+        The request is made before this returns, so a missing file, an unreachable server or
+        a refused address raises ``LocationUnavailable`` here; errors while streaming raise
         ``BackendUnavailable`` from the iterator. Close the iterator to stop early."""
         if offset < 0 or (length is not None and length < 0):
             raise InvalidRequest(f"bad range: offset {offset}, length {length}")
@@ -173,6 +177,14 @@ class HttpImageStore(ImageStore):
             end = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{end}"
 
+        try:
+            return self._open(start, offset, length, headers)
+        except (LaminaError, httpx.HTTPError) as exc:
+            raise unavailable(start, getattr(exc, "message", exc)) from None
+
+    def _open(
+        self, start: httpx.URL, offset: int, length: int | None, headers: dict[str, str]
+    ) -> Iterator[bytes]:
         def ask(url: httpx.URL) -> httpx.Response:
             return self._send("GET", url, headers)
 
@@ -214,7 +226,7 @@ class HttpImageStore(ImageStore):
         """Whether the server has a file there (after redirects)."""
         try:
             self.probe(location)
-        except NoImageFile:
+        except LocationUnavailable:
             return False
         return True
 
@@ -222,7 +234,7 @@ class HttpImageStore(ImageStore):
         """The remote file's size; ``NotFound`` when the server has no file there."""
         try:
             return self.probe(location).size
-        except NoImageFile as exc:
+        except LocationUnavailable as exc:
             raise NotFound(exc.message) from None
 
     def close(self) -> None:
@@ -333,29 +345,18 @@ def _stream(
 def _check(location: str) -> httpx.URL:
     """``location`` as a URL, if it is a plain http(s) URL without credentials."""
     try:
-        url = httpx.URL(location)
-    except (httpx.InvalidURL, TypeError):
-        raise InvalidRequest("unsupported location: not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
+        return check_url(location)
+    except InvalidRequest as exc:
+        if "credentials" in exc.message:
+            raise InvalidRequest(
+                f"the location {redact(location)} carries credentials (user:password@); they "
+                "would be stored with the image for everyone to read: use a pre-signed or "
+                "public URL"
+            ) from None
         raise InvalidRequest(
-            f"unsupported location {redact(url)!r}: the http store takes http:// and https:// URLs"
-        )
-    if url.userinfo:
-        raise InvalidRequest(
-            f"the location {redact(url)} carries credentials (user:password@); they would be "
-            "stored with the image for everyone to read: use a pre-signed or public URL"
-        )
-    return url
-
-
-def redact(url: httpx.URL | str) -> str:
-    """``url`` for logs and messages: no credentials, no query string (tokens), no fragment."""
-    try:
-        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return "<invalid URL>"
-    shown = parsed.copy_with(userinfo=b"", query=None, fragment=None)
-    return str(shown) + ("?..." if parsed.query else "")
+            f"unsupported location {redact(location)!r}: the http store takes http:// and "
+            "https:// URLs"
+        ) from None
 
 
 def _host(url: httpx.URL) -> str:
@@ -400,64 +401,3 @@ def _checksum(response: httpx.Response) -> str | None:
         if MD5_HEX.match(etag):
             return etag.lower()
     return None
-
-
-# -- the private-address guard ---------------------------------------------------------------
-
-
-def _resolve(host: str, port: int) -> list[IPAddress]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
-
-
-def _refused(address: IPAddress) -> bool:
-    """Whether ``address`` is one an image location must not reach without allow_private."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
-
-
-class _PublicOnlyBackend(httpcore.SyncBackend):
-    """Connects only to global addresses: resolves the name itself and checks every address
-    before connecting to one of them, so no later resolution can send it elsewhere."""
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = _resolve(host, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        refused = [str(a) for a in addresses if _refused(a)]
-        if refused:
-            raise InvalidRequest(
-                f"refusing to fetch from {host} ({', '.join(refused)}): image locations may not "
-                "point at loopback, private or link-local addresses here "
-                "(images.http_allow_private is off)",
-                host=host,
-            )
-        error: httpcore.ConnectError | None = None
-        for address in addresses:
-            try:
-                return super().connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except httpcore.ConnectError as exc:
-                error = exc
-        raise error or httpcore.ConnectError(f"{host} has no address")
-
-
-class _PublicOnlyTransport(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__(trust_env=False)
-        # httpx has no option for the network backend; replace the pool it built with one that
-        # connects through the guard (``_pool`` is the pool every request goes through).
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            network_backend=_PublicOnlyBackend(),
-        )
