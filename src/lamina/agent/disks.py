@@ -109,7 +109,10 @@ def run(argv: list[str], timeout: float = 120) -> str:
 class DiskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        # Guests' disks, config disks (with their configuration-service tokens) and console
+        # logs are theirs and root's: no other user of the host may even list them.
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
 
     def guest_dir(self, guest: str) -> Path:
         path = (self.root / guest).resolve()
