@@ -28,9 +28,10 @@ def run(
     *,
     input: str | None = None,  # noqa: A002
     ok: Collection[int] = (0,),
+    merge_stderr: bool = False,
 ) -> str:
     """Run ``argv`` (never through a shell) with ``input`` on its standard input (else none);
-    answer its standard output.
+    answer its standard output (followed by its standard error if ``merge_stderr``).
 
     Raises ``CommandFailed`` when its exit code is not in ``ok`` or it cannot be started,
     ``CommandTimeout`` when it runs longer than ``timeout`` seconds (it is killed).
@@ -44,7 +45,8 @@ def run(
             args,
             input=input,
             stdin=subprocess.DEVNULL if input is None else None,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             text=True,
             errors="replace",
             timeout=timeout,
@@ -52,11 +54,12 @@ def run(
             shell=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise CommandTimeout(args, timeout, _text(exc.stderr)) from None
+        said = exc.output if merge_stderr else exc.stderr
+        raise CommandTimeout(args, timeout, _text(said)) from None
     except OSError as exc:
         raise CommandFailed(args, 127, f"cannot run {args[0]}: {exc.strerror}") from None
     if result.returncode not in ok:
         raise CommandFailed(
-            args, result.returncode, result.stderr or result.stdout, stdout=result.stdout
+            args, result.returncode, result.stderr or result.stdout or "", stdout=result.stdout
         )
     return result.stdout

@@ -44,6 +44,13 @@ def test_other_exit_codes_may_be_expected() -> None:
         run(["true"], timeout=5, ok=(1,))
 
 
+def test_stderr_may_follow_stdout() -> None:
+    script = "echo out; echo err >&2; exit 1"
+    assert run(["sh", "-c", script], timeout=5, ok=(1,), merge_stderr=True) == "out\nerr\n"
+    with pytest.raises(CommandFailed, match="exited with 1: out\nerr$"):
+        run(["sh", "-c", script], timeout=5, merge_stderr=True)
+
+
 def test_a_missing_program_is_command_failed() -> None:
     with pytest.raises(CommandFailed, match="cannot run /nonexistent/program") as caught:
         run(["/nonexistent/program"], timeout=5)

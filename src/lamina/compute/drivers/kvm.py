@@ -129,9 +129,10 @@ def probe_accel(accel: str, timeout: float = 3.0) -> bool:
         argv = probe_argv(accel, image, qemu)
         try:
             # isa-debug-exit ends QEMU with (0 << 1) | 1 = 1 whether or not the marker was
-            # printed, so exit 1 is the normal end; stdout also has SeaBIOS's debug log and
-            # only the probe's marker counts.
-            out = run(argv, timeout, ok=(1,))
+            # printed, and QEMU exits 1 too when it cannot start the accelerator: only the
+            # probe's marker counts. The output also has SeaBIOS's debug log, and QEMU's own
+            # errors (merged) so that the log below says why.
+            out = run(argv, timeout, ok=(0, 1), merge_stderr=True)
         except CommandTimeout:
             log.info("accelerator %s: probe guest did not finish within %.1fs", accel, timeout)
             return False
@@ -140,7 +141,7 @@ def probe_accel(accel: str, timeout: float = 3.0) -> bool:
             return False
     ok = MARKER.decode() in out
     if not ok:
-        log.info("accelerator %s: probe guest ended without its marker: %s", accel, out[-300:])
+        log.info("accelerator %s: probe guest failed: %s", accel, out.strip()[-300:])
     return ok
 
 
