@@ -1,11 +1,12 @@
-# Lamina: `make up` starts a working cloud on this machine, `make test` runs every test.
+# Lamina: `make up` starts a working cloud on this machine, `make test` runs every test,
+# `make check` is the fast loop (lint, types, unit tests; no daemons).
 # Each target installs what is missing first and is safe to run twice.
 
 VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: up down test packages venv lint
+.PHONY: up down test check packages venv lint
 
 packages:
 	@bash scripts/install-packages.sh
@@ -26,6 +27,13 @@ down:
 
 lint: venv
 	@$(VENV)/bin/ruff check src tests benchmarks
+
+# The fast loop: ruff (lint and format), mypy and the unit tests, without starting a daemon.
+check: venv
+	@$(VENV)/bin/ruff check src tests benchmarks
+	@$(VENV)/bin/ruff format --check src tests benchmarks
+	@$(VENV)/bin/mypy src
+	@$(VENV)/bin/python -m pytest -q tests/unit
 
 test: venv
 	@bash scripts/test.sh

@@ -149,7 +149,7 @@ class CommandFailed(LaminaError):
 
     code = "command_failed"
 
-    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+    def __init__(self, argv: list[str], returncode: int, stderr: str, stdout: str = "") -> None:
         super().__init__(
             f"{argv[0]} exited with {returncode}: {stderr.strip()[-500:]}",
             argv=argv,
@@ -157,6 +157,23 @@ class CommandFailed(LaminaError):
         )
         self.argv = argv
         self.returncode = returncode
+        self.stderr = stderr
+        self.stdout = stdout
+
+
+class CommandTimeout(Timeout):
+    """An external command ran past its timeout and was killed; the message names it, and
+    the tail of what it wrote on stderr so far."""
+
+    def __init__(self, argv: list[str], timeout: float, stderr: str = "") -> None:
+        tail = stderr.strip()[-500:]
+        super().__init__(
+            f"{argv[0]} did not finish within {timeout:g}s" + (f": {tail}" if tail else ""),
+            argv=argv,
+            timeout=timeout,
+        )
+        self.argv = argv
+        self.timeout = timeout
         self.stderr = stderr
 
 

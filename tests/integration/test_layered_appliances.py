@@ -117,14 +117,30 @@ def test_layered_appliances_boot_persist_capture_and_upgrade(
 
     web = json.loads(
         cloud.cli(
-            "--json", "appliance", "deploy", "webserv", "--name", "web1",
-            "--var", "domain=www.example.org", "--var", "port=8080",
+            "--json",
+            "appliance",
+            "deploy",
+            "webserv",
+            "--name",
+            "web1",
+            "--var",
+            "domain=www.example.org",
+            "--var",
+            "port=8080",
         ).stdout  # fmt: skip
     )["instance"]
     dns = json.loads(
         cloud.cli(
-            "--json", "appliance", "deploy", "dnsserv", "--name", "dns1",
-            "--var", "domain=example.org", "--var", "address=192.0.2.53",
+            "--json",
+            "appliance",
+            "deploy",
+            "dnsserv",
+            "--name",
+            "dns1",
+            "--var",
+            "domain=example.org",
+            "--var",
+            "address=192.0.2.53",
         ).stdout  # fmt: skip
     )["instance"]
     try:
@@ -156,8 +172,14 @@ def test_layered_appliances_boot_persist_capture_and_upgrade(
         cloud.cli("appliance", "capture", "web1", "--as", "webserv-acme")
         acme = json.loads(
             cloud.cli(
-                "--json", "appliance", "deploy", "webserv-acme", "--name", "web2",
-                "--var", "domain=acme.example.org",
+                "--json",
+                "appliance",
+                "deploy",
+                "webserv-acme",
+                "--name",
+                "web2",
+                "--var",
+                "domain=acme.example.org",
             ).stdout  # fmt: skip
         )["instance"]
         assert len(acme["layers"]) == 3 and acme["layers"][:2] == web["layers"]

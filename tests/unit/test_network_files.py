@@ -139,9 +139,7 @@ def test_isolated_network_gives_no_route() -> None:
 
 
 def test_hosts_files() -> None:
-    assert render_dhcp_hosts(SPEC) == (
-        "52:54:00:00:00:01,10.77.0.5\n52:54:00:00:00:02,10.77.0.6\n"
-    )
+    assert render_dhcp_hosts(SPEC) == ("52:54:00:00:00:01,10.77.0.5\n52:54:00:00:00:02,10.77.0.6\n")
     assert render_hosts(SPEC) == (
         "10.77.0.5 web.shop.lamina.internal\n"
         "fd00::5 web.shop.lamina.internal\n"

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from lamina.agent.tgt import parse_targets
-from lamina.errors import CommandFailed, ConfigError, InvalidRequest, Timeout
+from lamina.errors import ConfigError, InvalidRequest
 from lamina.volumes.patterns import (
     OPERATIONS,
     backend_names,
     load_backend,
     parse_backend,
     parse_info,
-    run,
 )
 
 VOL = "vol-0123456789abcdef"
@@ -391,20 +390,6 @@ def test_a_pattern_file_from_a_path(tmp_path: Path) -> None:
     path.write_text("name = [")
     with pytest.raises(ConfigError, match="mine.toml"):
         load_backend("mine", path)
-
-
-# -- running ---------------------------------------------------------------------------------
-
-
-def test_run_captures_output_and_raises_command_failed() -> None:
-    assert run(["echo", "a b"], timeout=5) == "a b\n"
-    with pytest.raises(CommandFailed) as caught:
-        run(["sh", "-c", "echo nope >&2; exit 3"], timeout=5)
-    assert caught.value.returncode == 3 and "nope" in caught.value.stderr
-    with pytest.raises(CommandFailed):
-        run(["/nonexistent/program"], timeout=5)
-    with pytest.raises(Timeout):
-        run(["sleep", "5"], timeout=0.2)
 
 
 def test_parse_qemu_img_info() -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from lamina.agent.netns import COMMAND_TIMEOUT, ip_argv
 from lamina.agent.wire import bridge_name
+from lamina.commands import run
 from lamina.errors import InvalidRequest, LaminaError
-from lamina.volumes.patterns import run
 
 log = logging.getLogger(__name__)
 

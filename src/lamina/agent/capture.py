@@ -12,15 +12,19 @@ so the deletions carry over too.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lamina.agent.cache import ImageCache
-from lamina.agent.disks import run
 from lamina.agent.wire import CacheEntry
-from lamina.errors import CommandFailed, InvalidRequest, InvalidState
+from lamina.commands import run
+from lamina.errors import InvalidRequest, InvalidState
+
+#: Seconds ``e2fsck``, ``mount`` or ``umount`` may take (a disk of several GiB to check).
+COMMAND_TIMEOUT = 600.0
+#: Seconds making the layer image may take.
+LAYER_TIMEOUT = 1800.0
 
 
 def capture_layer(disk: Path, exclude: Sequence[str], fmt: str, cache: ImageCache) -> CacheEntry:
@@ -35,7 +39,7 @@ def capture_layer(disk: Path, exclude: Sequence[str], fmt: str, cache: ImageCach
             upper = mountpoint / "data"
             if not upper.is_dir():
                 raise InvalidState("the instance layer is empty: the instance never booted")
-            run(_layer_argv(fmt, upper, image, relative), timeout=1800)
+            run(_layer_argv(fmt, upper, image, relative), LAYER_TIMEOUT)
         return cache.adopt(image)
 
 
@@ -66,13 +70,11 @@ def _mounted(disk: Path, mountpoint: Path) -> Iterator[None]:
         raise InvalidState(f"{disk.name} does not exist: the instance has no instance layer")
     # A guest forced off leaves its journal to replay: e2fsck replays it (and fixes what a
     # crash may leave) so the capture sees everything the guest wrote. Exit 1 means "fixed".
-    fsck = subprocess.run(["e2fsck", "-p", str(disk)], capture_output=True, text=True)
-    if fsck.returncode not in (0, 1):
-        raise CommandFailed(["e2fsck", "-p", str(disk)], fsck.returncode, fsck.stdout + fsck.stderr)
+    run(["e2fsck", "-p", str(disk)], COMMAND_TIMEOUT, ok=(0, 1))
     # The guest wrote this filesystem: nothing on it is run, opened as a device or setuid.
     options = "ro,loop,noload,nosuid,nodev,noexec"
-    run(["mount", "-t", "ext4", "-o", options, str(disk), str(mountpoint)])
+    run(["mount", "-t", "ext4", "-o", options, str(disk), str(mountpoint)], COMMAND_TIMEOUT)
     try:
         yield
     finally:
-        run(["umount", "-d", str(mountpoint)])
+        run(["umount", "-d", str(mountpoint)], COMMAND_TIMEOUT)

@@ -7,17 +7,20 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from lamina.agent.wire import DiskCreate, DiskInfo
-from lamina.errors import CommandFailed, InvalidRequest, NotFound
+from lamina.commands import run
+from lamina.errors import InvalidRequest, NotFound
 
 #: Formats a cached image may have to be a guest disk's base: ones whose every byte is in
 #: the file itself (see ``base_format``).
 BASE_FORMATS = ("raw", "qcow2")
+
+#: Seconds ``qemu-img create`` or ``mkfs.ext4`` may take.
+COMMAND_TIMEOUT = 120.0
 
 
 def qemu_img_create(
@@ -37,7 +40,7 @@ def base_format(path: Path) -> str:
     disk's base: raw, or qcow2 without a backing file or an external data file. Anything
     else (a qcow2 naming a backing file, a VMDK with extents, ...) would have QEMU, running
     as root, open other files of the host for the guest to read: ``InvalidRequest``."""
-    info = json.loads(run(["qemu-img", "info", "--output=json", str(path)]))
+    info = json.loads(run(["qemu-img", "info", "--output=json", str(path)], COMMAND_TIMEOUT))
     fmt = str(info.get("format"))
     specific = info.get("format-specific") or {}
     data = specific.get("data") or {} if isinstance(specific, dict) else {}
@@ -98,14 +101,6 @@ def _check_request(req: DiskCreate, backing: Path | None) -> None:
         raise InvalidRequest("a disk with a filesystem is raw, sized and has no backing image")
 
 
-def run(argv: list[str], timeout: float = 120) -> str:
-    """Run a command (never through a shell); raise CommandFailed on a non-zero exit."""
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise CommandFailed(argv, result.returncode, result.stderr)
-    return result.stdout
-
-
 class DiskStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -133,9 +128,10 @@ class DiskStore:
                 write_tar_disk(tmp, req.files)
             else:
                 base = base_format(backing) if backing is not None else "raw"
-                run(qemu_img_create(tmp, req.format, req.size_bytes, backing, base))
+                argv = qemu_img_create(tmp, req.format, req.size_bytes, backing, base)
+                run(argv, COMMAND_TIMEOUT)
                 if req.filesystem:
-                    run(mkfs_argv(tmp))
+                    run(mkfs_argv(tmp), COMMAND_TIMEOUT)
             tmp.rename(path)
         return self.info(req.guest, req.name)
 
@@ -143,7 +139,8 @@ class DiskStore:
         path = self.disk_path(guest, name)
         if not path.is_file():
             raise NotFound(f"disk {name!r} of guest {guest!r} does not exist")
-        info = json.loads(run(["qemu-img", "info", "--output=json", "-U", str(path)]))
+        argv = ["qemu-img", "info", "--output=json", "-U", str(path)]
+        info = json.loads(run(argv, COMMAND_TIMEOUT))
         return DiskInfo(
             guest=guest,
             name=name,

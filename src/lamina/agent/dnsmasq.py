@@ -38,8 +38,8 @@ from pathlib import Path
 
 from lamina.agent.netns import exec_argv
 from lamina.agent.wire import CONFIG_SERVICE_NAME, DNS_NAME, NetworkSpec, bridge_name
+from lamina.commands import run
 from lamina.errors import InvalidRequest
-from lamina.volumes.patterns import run
 
 log = logging.getLogger(__name__)
 

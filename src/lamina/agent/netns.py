@@ -21,8 +21,8 @@ from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
 from typing import TypeVar
 
+from lamina.commands import run
 from lamina.errors import ConfigError
-from lamina.volumes.patterns import run
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from lamina.agent.dnsmasq import Dnsmasq, check_spec, choose_run_as, find_dnsmas
 from lamina.agent.netns import COMMAND_TIMEOUT, check_namespace_name, ensure_namespace
 from lamina.agent.relay import Relay, close_all, upstream_tls
 from lamina.agent.wire import NETWORK_ID, NetworkInfo, NetworkSpec, NetworkState, bridge_name
+from lamina.commands import run
 from lamina.errors import ConfigError, InvalidRequest, LaminaError, NetworkFailed
-from lamina.volumes.patterns import run
 
 log = logging.getLogger(__name__)
 

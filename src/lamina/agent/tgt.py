@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina.commands import run
 from lamina.errors import CommandFailed, InvalidState
-from lamina.volumes.patterns import Backend, run, run_all
+from lamina.volumes.patterns import Backend, run_all
 
 log = logging.getLogger(__name__)
 

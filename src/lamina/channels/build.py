@@ -29,7 +29,6 @@ from urllib.parse import urljoin
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lamina.agent.disks import run
 from lamina.appliances.definition import Appliance, Blob
 from lamina.appliances.layerfs import check_layer
 from lamina.appliances.parsing import parse_appliance
@@ -38,6 +37,7 @@ from lamina.appliances.versions import Version
 from lamina.appliances.writing import write_appliance
 from lamina.channels.feed import Feed, FileRef, Item, Role, write_feed
 from lamina.channels.signing import public_key_text, sign_digest
+from lamina.commands import run
 from lamina.errors import Conflict, InvalidRequest
 
 log = logging.getLogger(__name__)

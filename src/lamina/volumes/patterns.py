@@ -31,7 +31,6 @@ import logging
 import posixpath
 import re
 import string
-import subprocess
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from lamina.errors import CommandFailed, ConfigError, InvalidRequest, Timeout
+from lamina.commands import run
+from lamina.errors import ConfigError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -281,28 +281,6 @@ def parse_backend(data: Mapping[str, Any]) -> Backend:
 
 
 # -- running -----------------------------------------------------------------------------
-
-
-def run(argv: Sequence[str], timeout: float, input: str | None = None) -> str:  # noqa: A002
-    """Run one command (never through a shell), with ``input`` on its standard input if
-    given; answer its standard output.
-
-    Raises ``CommandFailed`` when it exits non-zero or cannot be started, ``Timeout`` when
-    it runs longer than ``timeout`` seconds (it is killed).
-    """
-    args = list(argv)
-    log.debug("running %s", args)
-    try:
-        result = subprocess.run(
-            args, capture_output=True, text=True, timeout=timeout, check=False, input=input
-        )
-    except subprocess.TimeoutExpired:
-        raise Timeout(f"{args[0]} did not finish within {timeout:g}s", argv=args) from None
-    except OSError as exc:
-        raise CommandFailed(args, 127, f"cannot run {args[0]}: {exc.strerror}") from None
-    if result.returncode != 0:
-        raise CommandFailed(args, result.returncode, result.stderr or result.stdout)
-    return result.stdout
 
 
 def run_all(commands: Sequence[Sequence[str]], timeout: float) -> str:
