@@ -41,7 +41,9 @@ class LaminaError(Exception):
         class's ``__init__`` (whose arguments, such as a guest's name, the envelope does not
         carry one by one): message, code, status and details as the server sent them."""
         exc = cls.__new__(cls)
-        LaminaError.__init__(exc, message, **details)
+        Exception.__init__(exc, message)
+        exc.message = message
+        exc.details = dict(details)  # as sent, whatever its keys (even "message")
         exc.code = code
         exc.status = status
         return exc

@@ -203,5 +203,16 @@ def test_codes_no_class_declares_fall_back_to_the_status(
     assert (caught.value.code, caught.value.status) == (code, status)
 
 
+def test_details_are_kept_whatever_their_keys() -> None:
+    details = {"message": "a detail named like the argument", "guest": "g"}
+    response = httpx.Response(
+        404, json={"code": "guest_not_found", "message": "gone", "details": details}
+    )
+    with pytest.raises(errors.GuestNotFound) as caught:
+        raise_for_error(response)
+    assert (caught.value.message, caught.value.details) == ("gone", details)
+    assert str(caught.value) == "gone"
+
+
 def test_success_raises_nothing() -> None:
     raise_for_error(httpx.Response(204))
