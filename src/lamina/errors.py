@@ -3,11 +3,17 @@
 Domain code raises these; the API maps them to HTTP responses by class (see
 ``lamina.httperrors``), the CLI prints their message. Each kind has a stable ``code``
 that clients may match on and an HTTP ``status``.
+
+Every ``code`` belongs to one class, declared here: ``lamina.remote_errors`` rebuilds the
+class a server raised from the code in its envelope. A subclass elsewhere that declares no
+code of its own (``VolumeNotFound``, ``MirrorsFailed``, ...) shares its parent's and arrives
+across the wire as the parent; one that a caller must catch across the wire gets its own
+code, here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 
 def excerpt(text: str, limit: int = 32) -> str:
@@ -26,6 +32,21 @@ class LaminaError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @classmethod
+    def from_envelope(
+        cls, message: str, code: str, status: int, details: dict[str, Any]
+    ) -> LaminaError:
+        """The error a server answered with, rebuilt in the caller without running the
+        class's ``__init__`` (whose arguments, such as a guest's name, the envelope does not
+        carry one by one): message, code, status and details as the server sent them."""
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        exc.message = message
+        exc.details = dict(details)  # as sent, whatever its keys (even "message")
+        exc.code = code
+        exc.status = status
+        return exc
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -64,6 +85,15 @@ class Unauthorized(LaminaError):
 class Forbidden(LaminaError):
     status = 403
     code = "forbidden"
+
+
+class PathForbidden(Forbidden):
+    """A host path outside the folders Lamina may read for its caller (``lamina.fetchpolicy``)."""
+
+    code = "path_forbidden"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or "that host path is not in a folder Lamina may read from")
 
 
 class NotFound(LaminaError):
@@ -110,9 +140,24 @@ class TooLarge(LaminaError):
     code = "too_large"
 
 
+class RangeNotSatisfiable(LaminaError):
+    """A ``Range`` starting at or past the end of a file; ``details.size`` is its size."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+
 class NotSupported(LaminaError):
     status = 501
     code = "not_supported"
+
+
+class VerificationFailed(LaminaError):
+    """Something fetched from a channel is not what the channel's key vouches for: a wrong
+    signature or a wrong digest. Nothing from it may be used."""
+
+    status = 502
+    code = "verification_failed"
 
 
 class NoCapacity(LaminaError):
@@ -175,6 +220,16 @@ class CommandTimeout(Timeout):
         self.argv = argv
         self.timeout = timeout
         self.stderr = stderr
+
+    @classmethod
+    def from_envelope(
+        cls, message: str, code: str, status: int, details: dict[str, Any]
+    ) -> LaminaError:
+        exc = cast(CommandFailed, super().from_envelope(message, code, status, details))
+        exc.argv = [str(a) for a in details.get("argv") or []]
+        exc.returncode = int(details.get("returncode") or 0)
+        exc.stderr = ""  # the message ends with its tail
+        return exc
 
 
 class AuthenticationFailed(Forbidden):

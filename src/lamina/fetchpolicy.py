@@ -48,7 +48,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from lamina.errors import Forbidden, InvalidRequest, LocationUnavailable
+from lamina.errors import InvalidRequest, LocationUnavailable, PathForbidden
 
 log = logging.getLogger(__name__)
 
@@ -316,12 +316,3 @@ def open_path(path: Path, roots: Sequence[Path]) -> tuple[int, os.stat_result]:
         os.close(fd)
         raise
     return fd, info
-
-
-class PathForbidden(Forbidden):
-    """A host path outside the folders Lamina may read for its caller."""
-
-    code = "path_forbidden"
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or "that host path is not in a folder Lamina may read from")

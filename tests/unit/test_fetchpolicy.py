@@ -11,8 +11,8 @@ import pytest
 
 from lamina import fetchpolicy
 from lamina.config import Settings
-from lamina.errors import InvalidRequest, LocationUnavailable
-from lamina.fetchpolicy import FetchPolicy, PathForbidden, check_path, open_path, refused
+from lamina.errors import InvalidRequest, LocationUnavailable, PathForbidden
+from lamina.fetchpolicy import FetchPolicy, check_path, open_path, refused
 
 PRIVATE = FetchPolicy(allow_private=True)
 

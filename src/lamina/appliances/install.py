@@ -33,11 +33,18 @@ from lamina.appliances.resolve import Planned, Resolver
 from lamina.channels.feed import FileRef
 from lamina.channels.mirrors import MirrorsFailed
 from lamina.channels.service import http_client
-from lamina.channels.signing import VerificationFailed, parse_public_key
+from lamina.channels.signing import parse_public_key
 from lamina.channels.verify import fetch_verified
 from lamina.compute.models import Instance
 from lamina.db.types import new_id, utcnow
-from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
+from lamina.errors import (
+    Conflict,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+    NotFound,
+    VerificationFailed,
+)
 from lamina.identity.principal import Principal
 from lamina.images import limits
 from lamina.images import service as images

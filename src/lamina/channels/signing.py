@@ -20,18 +20,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lamina.errors import Conflict, InvalidRequest, LaminaError
+from lamina.errors import Conflict, InvalidRequest, VerificationFailed
 
 PREFIX = "ed25519:"
 CONTEXT = "lamina-channel-v1"
-
-
-class VerificationFailed(LaminaError):
-    """Something fetched from a channel is not what the channel's key vouches for: a wrong
-    signature or a wrong digest. Nothing from it may be used."""
-
-    status = 502
-    code = "verification_failed"
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:

@@ -20,7 +20,8 @@ from lamina.appliances.definition import Appliance
 from lamina.appliances.parsing import parse_appliance
 from lamina.channels.feed import Feed, FileRef, Item, parse_feed
 from lamina.channels.mirrors import CHUNK, Fetched, Progress, Sink, fetch
-from lamina.channels.signing import VerificationFailed, verify_digest
+from lamina.channels.signing import verify_digest
+from lamina.errors import VerificationFailed
 
 
 def verify_feed(key: Ed25519PublicKey, data: bytes, signature: str, url: str) -> Feed:

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from lamina.errors import InvalidRequest, InvalidState, NotSupported
+from lamina.errors import InvalidRequest, InvalidState, NotSupported, PathForbidden
 from lamina.fetchpolicy import (
     FetchPolicy,
-    PathForbidden,
     check_path,
     check_reachable,
     is_local,

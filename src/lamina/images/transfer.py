@@ -15,15 +15,10 @@ from typing import cast
 
 import anyio.from_thread
 
-from lamina.errors import LaminaError
+from lamina.errors import RangeNotSatisfiable
 from lamina.images.stores.base import CHUNK
 
 HEARTBEAT_SECONDS = 10.0
-
-
-class RangeNotSatisfiable(LaminaError):
-    status = 416
-    code = "range_not_satisfiable"
 
 
 async def _next_block(stream: AsyncIterator[bytes], size: int) -> bytearray:
