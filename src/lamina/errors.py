@@ -205,6 +205,17 @@ class CommandFailed(LaminaError):
         self.stderr = stderr
         self.stdout = stdout
 
+    @classmethod
+    def from_envelope(
+        cls, message: str, code: str, status: int, details: dict[str, Any]
+    ) -> LaminaError:
+        exc = cast(CommandFailed, super().from_envelope(message, code, status, details))
+        exc.argv = [str(a) for a in details.get("argv") or []]
+        exc.returncode = int(details.get("returncode") or 0)
+        exc.stderr = ""  # the message ends with its tail
+        exc.stdout = ""
+        return exc
+
 
 class CommandTimeout(Timeout):
     """An external command ran past its timeout and was killed; the message names it, and
@@ -220,16 +231,6 @@ class CommandTimeout(Timeout):
         self.argv = argv
         self.timeout = timeout
         self.stderr = stderr
-
-    @classmethod
-    def from_envelope(
-        cls, message: str, code: str, status: int, details: dict[str, Any]
-    ) -> LaminaError:
-        exc = cast(CommandFailed, super().from_envelope(message, code, status, details))
-        exc.argv = [str(a) for a in details.get("argv") or []]
-        exc.returncode = int(details.get("returncode") or 0)
-        exc.stderr = ""  # the message ends with its tail
-        return exc
 
 
 class AuthenticationFailed(Forbidden):

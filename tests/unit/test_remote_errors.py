@@ -44,6 +44,7 @@ SAMPLES: dict[type[errors.LaminaError], Callable[[], errors.LaminaError]] = {
     errors.PathForbidden: errors.PathForbidden,
     errors.GuestNotFound: lambda: errors.GuestNotFound("lamina-i-0123"),
     errors.CommandFailed: lambda: errors.CommandFailed(["qemu-img", "info"], 1, "no such file"),
+    errors.CommandTimeout: lambda: errors.CommandTimeout(["qemu-img", "info"], 5.0, "slow"),
     errors.AuthenticationFailed: lambda: errors.AuthenticationFailed(
         "auth_expired", "the request's date is too old"
     ),
