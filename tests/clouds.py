@@ -12,8 +12,11 @@ import pytest
 from harness import Cloud, free_port, wait_until
 from namespaces import Namespaces
 
+from lamina.agent.client import AgentClient
 from lamina.agent.tgt import parse_targets
 from lamina.client import Client
+from lamina.compute.agents import AgentPool
+from lamina.identity.ca import CertificateAuthority
 
 
 def add_host(cloud: Cloud, name: str, uri: str = "test:///default", **env: str) -> int:
@@ -83,3 +86,19 @@ def netns(namespaces: Namespaces) -> str:
     """The agent's network namespace, made by the test (its processes killed and it removed
     at the end, with every other namespace of the test)."""
     return namespaces.make("agent")
+
+
+@pytest.fixture
+def h1_agent(cloud: Cloud) -> Iterator[AgentClient]:
+    """h1's agent, as the manager reaches it; every target it exports is withdrawn at the
+    end whatever happens."""
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+    agent = pool.for_address(cloud.client().host("h1")["address"])
+    try:
+        yield agent
+    finally:
+        try:
+            for exported in agent.export_list():
+                agent.volume_unexport(exported.volume)
+        finally:
+            pool.close()

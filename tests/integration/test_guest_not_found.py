@@ -25,33 +25,15 @@ from lamina.agent.client import AgentClient
 from lamina.agent.wire import DiskAttach, VolumeExport
 from lamina.client import Client
 from lamina.compute import reconcile as compute_reconcile
-from lamina.compute.agents import AgentPool
 from lamina.compute.jobs import destroy_guest
 from lamina.config import ENV_PREFIX, load_settings
 from lamina.errors import GuestNotFound
-from lamina.identity.ca import CertificateAuthority
 from lamina.jobs.kinds import StepContext
 from lamina.services import Services
 from lamina.volumes import reconcile as volumes_reconcile
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def server(cloud: Cloud) -> Iterator[AgentClient]:
-    """h1's agent, as the manager reaches it; every target it exports is withdrawn at the
-    end whatever happens."""
-    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
-    agent = pool.for_address(cloud.client().host("h1")["address"])
-    try:
-        yield agent
-    finally:
-        try:
-            for exported in agent.export_list():
-                agent.volume_unexport(exported.volume)
-        finally:
-            pool.close()
 
 
 @pytest.fixture
@@ -93,24 +75,24 @@ def volume(client: Client) -> str:
     return str(result["volume"]["id"])
 
 
-def vanish(server: AgentClient, guest: str) -> None:
+def vanish(h1_agent: AgentClient, guest: str) -> None:
     """The guest is gone from the hypervisor (what the agent then answers is the first
     test's business)."""
-    server.undefine(guest)
-    assert guest not in {g.name for g in server.guests()}
+    h1_agent.undefine(guest)
+    assert guest not in {g.name for g in h1_agent.guests()}
 
 
 def test_the_agent_answers_a_vanished_guest_with_guest_not_found(
-    client: Client, server: AgentClient, kernel: str
+    client: Client, h1_agent: AgentClient, kernel: str
 ) -> None:
     web = instance(client, "web", kernel)
     guest = f"lamina-{web['id']}"
-    server.undefine(guest)
+    h1_agent.undefine(guest)
     for call in (
-        lambda: server.guest(guest),
-        lambda: server.act(guest, "destroy"),
-        lambda: server.guest_disks(guest),
-        lambda: server.guest_detach_disk(guest, "vdb"),
+        lambda: h1_agent.guest(guest),
+        lambda: h1_agent.act(guest, "destroy"),
+        lambda: h1_agent.guest_disks(guest),
+        lambda: h1_agent.guest_detach_disk(guest, "vdb"),
     ):
         with pytest.raises(GuestNotFound) as caught:
             call()
@@ -119,29 +101,29 @@ def test_the_agent_answers_a_vanished_guest_with_guest_not_found(
 
 
 def test_detaching_a_volume_from_a_vanished_guest_succeeds(
-    client: Client, server: AgentClient, kernel: str
+    client: Client, h1_agent: AgentClient, kernel: str
 ) -> None:
     """volume.detach's ``detach`` step: the guest is gone, so is its disk."""
     web = instance(client, "web", kernel)
     vol = volume(client)
     assert finished(client, client.attach_volume(vol, "web", "vdb"))["status"] == "succeeded"
-    vanish(server, f"lamina-{web['id']}")
+    vanish(h1_agent, f"lamina-{web['id']}")
 
     job = finished(client, client.detach_volume(vol))
     assert job["status"] == "succeeded", job
     assert client.volume(vol)["status"] == "available"
     assert client.volume(vol)["attachment"] is None
-    assert server.export_list() == []
+    assert h1_agent.export_list() == []
 
 
 def test_an_attach_to_a_vanished_guest_is_undone_cleanly(
-    client: Client, server: AgentClient, kernel: str
+    client: Client, h1_agent: AgentClient, kernel: str
 ) -> None:
     """volume.attach fails at ``attach`` (no guest); its undo (detach) finds the guest gone
     and is done, the export is withdrawn: the volume is available, not ``error``."""
     web = instance(client, "web", kernel)
     vol = volume(client)
-    vanish(server, f"lamina-{web['id']}")
+    vanish(h1_agent, f"lamina-{web['id']}")
 
     job = finished(client, client.attach_volume(vol, "web", "vdb"))
     assert job["status"] == "rolled_back", job  # every undo done ("failed" when one was not)
@@ -149,23 +131,23 @@ def test_an_attach_to_a_vanished_guest_is_undone_cleanly(
     assert steps == {"export": "undone", "attach": "undone", "record": "pending"}, job
     assert "does not exist on this host" in str(job["error"])
     assert client.volume(vol)["status"] == "available", client.volume(vol)
-    assert server.export_list() == []
+    assert h1_agent.export_list() == []
 
 
 def test_the_undo_of_start_guest_finds_the_guest_gone(
-    client: Client, server: AgentClient, services: Services, kernel: str
+    client: Client, h1_agent: AgentClient, services: Services, kernel: str
 ) -> None:
     """instance.create's ``start_guest`` undo (destroy) on a guest that vanished: nothing
     left to stop, so the undo is done (and the rollback goes on to undefine and the disk)."""
     web = instance(client, "web", kernel)
-    vanish(server, f"lamina-{web['id']}")
+    vanish(h1_agent, f"lamina-{web['id']}")
     ctx = StepContext("job-test", {"instance_id": web["id"]}, {}, services)
     destroy_guest(ctx)  # raised NotFound when the agent's error was rebuilt from its status
 
 
 def test_volume_reconcile_keeps_a_host_whose_guest_vanishes_while_it_looks(
     client: Client,
-    server: AgentClient,
+    h1_agent: AgentClient,
     services: Services,
     kernel: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -175,7 +157,7 @@ def test_volume_reconcile_keeps_a_host_whose_guest_vanishes_while_it_looks(
     web = instance(client, "web", kernel)
     guest = f"lamina-{web['id']}"
     stray = volume(client)
-    server.volume_export(stray, VolumeExport(initiator_address="127.0.0.1"))
+    h1_agent.volume_export(stray, VolumeExport(initiator_address="127.0.0.1"))
 
     listed = AgentClient.guests
 
@@ -190,15 +172,15 @@ def test_volume_reconcile_keeps_a_host_whose_guest_vanishes_while_it_looks(
 
 
 def test_volume_reconcile_detaches_a_stray_disk_of_a_guest_gone_since(
-    client: Client, server: AgentClient, services: Services, kernel: str
+    client: Client, h1_agent: AgentClient, services: Services, kernel: str
 ) -> None:
     """A stray disk is found; the guest vanishes before the fix is applied: the disk is gone
     with it, and the fix is done rather than failed."""
     web = instance(client, "web", kernel)
     guest = f"lamina-{web['id']}"
     hidden = volume(client)
-    exported = server.volume_export(hidden, VolumeExport(initiator_address="127.0.0.1"))
-    server.guest_attach_disk(
+    exported = h1_agent.volume_export(hidden, VolumeExport(initiator_address="127.0.0.1"))
+    h1_agent.guest_attach_disk(
         guest,
         "vdc",
         DiskAttach(
@@ -212,12 +194,12 @@ def test_volume_reconcile_detaches_a_stray_disk_of_a_guest_gone_since(
     diffs = volumes_reconcile.find_volume_differences(services)
     [stray_disk] = [d for d in diffs if d.kind == "stray_disk"]
     assert stray_disk.apply is not None
-    vanish(server, guest)
+    vanish(h1_agent, guest)
     stray_disk.apply()  # raised NotFound when the agent's error was rebuilt from its status
 
 
 def test_compute_reconcile_fix_of_an_orphan_guest_gone_since(
-    cloud: Cloud, client: Client, server: AgentClient, services: Services, kernel: str
+    cloud: Cloud, client: Client, h1_agent: AgentClient, services: Services, kernel: str
 ) -> None:
     """An orphan guest is found; it is gone before the fix (undefine) is applied: the fix is
     done. The agent's undefine is a no-op for an unknown guest, so this path never reaches
@@ -230,6 +212,6 @@ def test_compute_reconcile_fix_of_an_orphan_guest_gone_since(
     diffs = compute_reconcile.find_differences(services)
     [orphan] = [d for d in diffs if d.kind == "orphan_guest"]
     assert orphan.apply is not None and guest in orphan.resource
-    vanish(server, guest)
+    vanish(h1_agent, guest)
     orphan.apply()
     assert compute_reconcile.find_differences(services) == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,28 +15,10 @@ from harness import Cloud
 from lamina.agent.client import AgentClient
 from lamina.agent.wire import DiskAttach, SnapshotCreate, VolumeCreate, VolumeExport
 from lamina.client import Client
-from lamina.compute.agents import AgentPool
-from lamina.identity.ca import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 TRANSITIONAL = {"creating", "attaching", "detaching", "deleting", "extending"}
-
-
-@pytest.fixture
-def server(cloud: Cloud) -> Iterator[AgentClient]:
-    """h1's agent, as the manager reaches it; every target it exports is withdrawn at the
-    end whatever happens."""
-    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
-    agent = pool.for_address(cloud.client().host("h1")["address"])
-    try:
-        yield agent
-    finally:
-        try:
-            for exported in agent.export_list():
-                agent.volume_unexport(exported.volume)
-        finally:
-            pool.close()
 
 
 def finished(client: Client, result: dict[str, Any]) -> None:
@@ -68,7 +49,7 @@ def found(diffs: list[dict[str, Any]], kind: str, *words: str) -> list[dict[str,
 
 
 def test_reconcile_finds_and_fixes_volume_differences(
-    cloud: Cloud, client: Client, server: AgentClient, tmp_path: Any
+    cloud: Cloud, client: Client, h1_agent: AgentClient, tmp_path: Any
 ) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"not really a kernel" * 1000)
@@ -78,22 +59,22 @@ def test_reconcile_finds_and_fixes_volume_differences(
 
     # A target exported with no attachment (a crash between export and record).
     stray = volume(client)
-    server.volume_export(stray, VolumeExport(initiator_address="127.0.0.1"))
+    h1_agent.volume_export(stray, VolumeExport(initiator_address="127.0.0.1"))
 
     # An attachment whose guest no longer has the disk.
     stale = volume(client)
     finished(client, client.attach_volume(stale, "web", "vdb"))
-    server.guest_detach_disk(f"lamina-{web['id']}", "vdb")
+    h1_agent.guest_detach_disk(f"lamina-{web['id']}", "vdb")
 
     # An attachment whose target is gone: the guest's I/O fails; reported only.
     unexported = volume(client)
     finished(client, client.attach_volume(unexported, "web", "vdc"))
-    server.volume_unexport(unexported)
+    h1_agent.volume_unexport(unexported)
 
     # A guest disk Lamina has no attachment for (exported and attached behind its back).
     hidden = volume(client)
-    exported = server.volume_export(hidden, VolumeExport(initiator_address="127.0.0.1"))
-    server.guest_attach_disk(
+    exported = h1_agent.volume_export(hidden, VolumeExport(initiator_address="127.0.0.1"))
+    h1_agent.guest_attach_disk(
         f"lamina-{db['id']}",
         "vdc",
         DiskAttach(
@@ -107,15 +88,15 @@ def test_reconcile_finds_and_fixes_volume_differences(
 
     # Bytes with no record, and records whose bytes are gone.
     orphan = f"vol-{secrets.token_hex(8)}"
-    server.volume_create(VolumeCreate(volume=orphan, size_bytes=8 * MiB))
+    h1_agent.volume_create(VolumeCreate(volume=orphan, size_bytes=8 * MiB))
     orphan_snap = f"snap-{secrets.token_hex(8)}"
-    server.snapshot_create(orphan, SnapshotCreate(snapshot=orphan_snap))
+    h1_agent.snapshot_create(orphan, SnapshotCreate(snapshot=orphan_snap))
     missing = volume(client)
-    server.volume_delete(missing)
+    h1_agent.volume_delete(missing)
     result = client.create_snapshot(stray, "lost")
     finished(client, result)
     lost_snap = result["snapshot"]["id"]
-    server.snapshot_delete(lost_snap)
+    h1_agent.snapshot_delete(lost_snap)
 
     # Volumes stuck in a transitional state with no job.
     stuck_attaching = volume(client)
@@ -160,9 +141,9 @@ def test_reconcile_finds_and_fixes_volume_differences(
         assert d["outcome"] == ("fixed" if d["fix"] else "no safe fix"), d
 
     # Consistent: nothing exported without an attachment, no stray disk, nothing stuck.
-    assert server.export_list() == []
-    assert "vdc" not in {d.target for d in server.guest_disks(f"lamina-{db['id']}")}
-    assert "vdb" not in {d.target for d in server.guest_disks(f"lamina-{web['id']}")}
+    assert h1_agent.export_list() == []
+    assert "vdc" not in {d.target for d in h1_agent.guest_disks(f"lamina-{db['id']}")}
+    assert "vdb" not in {d.target for d in h1_agent.guest_disks(f"lamina-{web['id']}")}
     states = {v["id"]: v for v in client.volumes()}
     assert not TRANSITIONAL & {v["status"] for v in states.values()}, states
     assert states[stale]["status"] == "available" and states[stale]["attachment"] is None
@@ -182,10 +163,10 @@ def test_reconcile_finds_and_fixes_volume_differences(
 
     # An administrator decides: detach, delete what is unknown, delete the rest.
     finished(client, client.detach_volume(unexported))
-    server.snapshot_delete(orphan_snap)
-    server.volume_delete(orphan)
+    h1_agent.snapshot_delete(orphan_snap)
+    h1_agent.volume_delete(orphan)
     finished(client, client.delete_snapshot(lost_snap))
     for volume_id in states:
         finished(client, client.delete_volume(volume_id))
     assert client.reconcile() == []
-    assert server.export_list() == [] and server.volume_list() == []
+    assert h1_agent.export_list() == [] and h1_agent.volume_list() == []
