@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from lamina.compute.hosts import record_heartbeat, record_silence
 from lamina.compute.jobs import GUEST_STATES
 from lamina.compute.models import Host, Instance
+from lamina.db.types import utcnow
 from lamina.errors import LaminaError
 from lamina.jobs.models import Job
 from lamina.jobs.service import retry_pending_undos
@@ -72,6 +74,9 @@ class HostMonitor:
             if host is None:
                 return
             address, was = host.address, host.status
+        # What the host reports is as of now: a job that ends while the answer is on its way
+        # has changed what it reports (a guest it started is no longer shut off).
+        asked = utcnow()
         try:
             status = svc.agents.for_address(address).heartbeat()
         except LaminaError as exc:
@@ -96,13 +101,22 @@ class HostMonitor:
                 # Undos that failed because a host could not be reached: try them now.
                 if retry_pending_undos(s):
                     log.info("host %s is up: retrying the pending undos", host.name)
-            self._sync_guests(s, host, {g.name: g.state for g in status.guests})
+            self._sync_guests(s, host, {g.name: g.state for g in status.guests}, asked)
         if came_back:
             svc.wake_jobs()
 
     @staticmethod
-    def _sync_guests(s: Session, host: Host, guests: dict[str, str]) -> None:
-        busy = set(s.scalars(select(Job.target_id).where(Job.status.in_(("queued", "running")))))
+    def _sync_guests(s: Session, host: Host, guests: dict[str, str], asked: datetime) -> None:
+        """Take the guests' states the host reported as of ``asked`` for their instances,
+        except those a job is working on or finished with since then (the report may
+        predate what that job did)."""
+        busy = set(
+            s.scalars(
+                select(Job.target_id).where(
+                    or_(Job.status.in_(("queued", "running")), Job.finished_at >= asked)
+                )
+            )
+        )
         instances = s.scalars(
             select(Instance).where(Instance.host_id == host.id, Instance.status.in_(SYNCED))
         )
