@@ -14,6 +14,8 @@ Byte quotas count what the owner holds plus what is on its way:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -100,20 +102,27 @@ def image_bytes_left(session: Session, user_id: str | None) -> int | None:
 def check_image_bytes(session: Session, user_id: str | None, asked: int) -> None:
     """Raise ``QuotaExceeded`` if ``asked`` more image bytes would put the owner past their
     ``image_bytes`` quota."""
-    user = lock_user(session, user_id) if user_id else None
-    if user is None or user.quota_image_bytes is None:
-        return
-    used = image_bytes_used(session, user.id)
-    if used + asked > user.quota_image_bytes:
-        raise _refuse("image_bytes", user.quota_image_bytes, used, asked)
+    _check_bytes(session, user_id, asked, "image_bytes", image_bytes_used)
 
 
 def check_volume_bytes(session: Session, user_id: str | None, asked: int) -> None:
     """Raise ``QuotaExceeded`` if ``asked`` more bytes of volumes or snapshots would put the
     owner past their ``volume_bytes`` quota."""
+    _check_bytes(session, user_id, asked, "volume_bytes", volume_bytes_used)
+
+
+def _check_bytes(
+    session: Session,
+    user_id: str | None,
+    asked: int,
+    name: str,
+    used_by: Callable[[Session, str], int],
+) -> None:
+    """The check of one byte quota (``quota_<name>``), with the owner's row locked."""
     user = lock_user(session, user_id) if user_id else None
-    if user is None or user.quota_volume_bytes is None:
+    limit = getattr(user, f"quota_{name}", None) if user is not None else None
+    if user is None or limit is None:
         return
-    used = volume_bytes_used(session, user.id)
-    if used + asked > user.quota_volume_bytes:
-        raise _refuse("volume_bytes", user.quota_volume_bytes, used, asked)
+    used = used_by(session, user.id)
+    if used + asked > limit:
+        raise _refuse(name, limit, used, asked)
