@@ -53,13 +53,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from boot import QEMU_URI, ConsoleWatch, ratio, remove_guests_under, running_cloud  # noqa: E402
 
 from lamina.agent.disks import DiskStore, mkfs_argv, run, write_tar_disk  # noqa: E402
-from lamina.agent.wire import DiskCreate  # noqa: E402
+from lamina.agent.drivers.base import DiskSpec, GuestSpec  # noqa: E402
+from lamina.agent.drivers.domain_xml import domain_xml  # noqa: E402
+from lamina.agent.drivers.libvirt_driver import default_domain_type  # noqa: E402
 from lamina.channels.build import build_channel  # noqa: E402
 from lamina.channels.signing import generate_key, load_private_key, public_key_text  # noqa: E402
 from lamina.client import Client  # noqa: E402
-from lamina.compute.drivers.base import DiskSpec, GuestSpec  # noqa: E402
-from lamina.compute.drivers.domain_xml import domain_xml  # noqa: E402
-from lamina.compute.drivers.libvirt_driver import default_domain_type  # noqa: E402
+from lamina.wire.protocol import DiskCreate  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

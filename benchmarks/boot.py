@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import Cloud, free_port, wait_until  # noqa: E402
 
+from lamina.agent.drivers.base import GuestSpec  # noqa: E402
+from lamina.agent.drivers.domain_xml import domain_xml  # noqa: E402
+from lamina.agent.drivers.libvirt_driver import default_domain_type  # noqa: E402
 from lamina.client import Client  # noqa: E402
-from lamina.compute.drivers.base import GuestSpec  # noqa: E402
-from lamina.compute.drivers.domain_xml import domain_xml  # noqa: E402
-from lamina.compute.drivers.libvirt_driver import default_domain_type  # noqa: E402
 from lamina.errors import LaminaError  # noqa: E402
 from lamina.identity.signing import sign_headers  # noqa: E402
 

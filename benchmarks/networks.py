@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from lamina.agent.forwards import ForwardTable  # noqa: E402
-from lamina.agent.wire import NetworkSpec, PortForward  # noqa: E402
+from lamina.wire.protocol import NetworkSpec, PortForward  # noqa: E402
 
 NETWORK = "net-0000beeff00d0001"
 CIDR, NS_IP, GUEST_IP = "10.250.0.0/30", "10.250.0.1", "10.250.0.2"

@@ -63,8 +63,8 @@ from boot import QEMU_URI, build_sample_guest, remove_guests_under, running_clou
 
 from lamina.agent.cache import DownloadTracker  # noqa: E402
 from lamina.agent.volumes import VolumeConfig, VolumeServer  # noqa: E402
-from lamina.agent.wire import SnapshotCreate, VolumeCreate  # noqa: E402
 from lamina.client import Client  # noqa: E402
+from lamina.wire.protocol import SnapshotCreate, VolumeCreate  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -15,18 +15,12 @@ import uvicorn
 from harness import free_port, wait_until
 
 from lamina.agent.cache import FetchConfig
+from lamina.agent.drivers import load_hypervisor
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
-from lamina.compute.drivers import load_hypervisor
-from lamina.identity.ca import (
-    CertificateAuthority,
-    TLSFiles,
-    key_pem,
-    make_csr,
-    new_key,
-    write_private,
-)
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.tls import TLSFiles, key_pem, make_csr, new_key, write_private
 
 
 @dataclass

@@ -12,11 +12,11 @@ import pytest
 from harness import Cloud, free_port, wait_until
 from namespaces import Namespaces
 
-from lamina.agent.client import AgentClient
 from lamina.agent.tgt import parse_targets
 from lamina.client import Client
-from lamina.compute.agents import AgentPool
 from lamina.identity.ca import CertificateAuthority
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
 
 
 def add_host(cloud: Cloud, name: str, uri: str = "test:///default", **env: str) -> int:
@@ -92,7 +92,7 @@ def netns(namespaces: Namespaces) -> str:
 def h1_agent(cloud: Cloud) -> Iterator[AgentClient]:
     """h1's agent, as the manager reaches it; every target it exports is withdrawn at the
     end whatever happens."""
-    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca").client_files())
     agent = pool.for_address(cloud.client().host("h1")["address"])
     try:
         yield agent

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from lamina.compute.agents import AgentPool
 from lamina.config import Settings
 from lamina.db import Database
 from lamina.identity.authn import KeyCache
@@ -14,6 +13,7 @@ from lamina.identity.secretbox import SecretBox
 from lamina.images.stores import load_stores
 from lamina.images.stores.base import ImageStore
 from lamina.jobs.kinds import JobRegistry
+from lamina.wire.pool import AgentPool
 
 if TYPE_CHECKING:
     from lamina.jobs.runner import JobRunner
@@ -57,7 +57,7 @@ class Services:
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)
         deployment = deployment_id(db)
-        agents = AgentPool(ca, deployment=deployment)
+        agents = AgentPool(ca.client_files(), deployment=deployment)
         return cls(settings, db, ca, agents, registry, box, keys, stores, deployment=deployment)
 
     def wake_jobs(self) -> None:

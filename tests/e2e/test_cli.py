@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from harness import Cloud, slow_mirror, wait_until
 
-from lamina.agent.wire import GuestDefinition
-from lamina.compute.agents import AgentPool
 from lamina.identity.ca import CertificateAuthority
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import GuestDefinition
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def test_config_show(cloud: Cloud) -> None:
 
 def test_reconcile_finds_and_fixes_an_orphan_guest(cloud: Cloud) -> None:
     assert "no differences" in cloud.cli("reconcile").stdout
-    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca").client_files())
     agent = pool.for_address(
         json.loads(cloud.cli("--json", "host", "show", "h1").stdout)["address"]
     )

@@ -29,11 +29,14 @@ from clouds import add_host
 from harness import ROOT, Cloud, wait_until
 from namespaces import Namespaces, in_ns, sh
 
-from lamina.agent.client import AgentClient
 from lamina.agent.dnsmasq import find_dnsmasqs
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent
-from lamina.agent.wire import (
+from lamina.errors import Conflict, InvalidRequest, LaminaError
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import (
     DhcpHost,
     DnsRecord,
     GuestDefinition,
@@ -45,9 +48,6 @@ from lamina.agent.wire import (
     bridge_name,
     tap_name,
 )
-from lamina.compute.agents import AgentPool
-from lamina.errors import Conflict, InvalidRequest, LaminaError
-from lamina.identity.ca import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def host(open_dir: Path, namespaces: Namespaces) -> Iterator[Host]:
     creates it). At the end its networks are removed: no dnsmasq may outlive the test."""
     namespace = namespaces.name()
     with serve_agent(open_dir, network=NetworkConfig(namespace=namespace)) as served:
-        pool = AgentPool(served.ca)
+        pool = AgentPool(served.ca.client_files())
         client = pool.for_address(served.address)
         try:
             yield Host(served.agent, client, namespace, open_dir / "agent")
@@ -476,7 +476,7 @@ def test_a_restarted_agent_restores_dnsmasq_relay_and_forwards(
     data = open_dir / "agent-h1"
     env = {"LAMINA_AGENT__NETWORK_NAMESPACE": ns, "LAMINA_AGENT__DATA_DIR": str(data)}
     port = add_host(cloud, "h1", **env)
-    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca").client_files())
     client = pool.for_address(f"127.0.0.1:{port}")
     try:
         state = NetworkState(networks=[nat_network(config_service_url=url), isolated_network()])
@@ -577,7 +577,7 @@ def test_a_real_guest_nic_is_plugged_into_the_namespaces_bridge(
     with serve_agent(
         open_dir, uri="qemu:///system", network=NetworkConfig(namespace=namespace)
     ) as served:
-        pool = AgentPool(served.ca)
+        pool = AgentPool(served.ca.client_files())
         client = pool.for_address(served.address)
         try:
             client.network_state(NetworkState(networks=[nat_network()]))

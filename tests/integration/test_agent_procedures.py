@@ -3,7 +3,7 @@
 The agent is ``create_agent_app(Agent(root, hypervisor))`` served by uvicorn exactly as
 ``run_agent`` serves it (its certificate from the manager's CA, ``CERT_REQUIRED``), on a
 free port of 127.0.0.1, driving libvirt's ``test:///default`` and real ``qemu-img``. The
-manager side is ``AgentPool(CertificateAuthority(<manager data dir>/ca))``.
+manager side is ``AgentPool(CertificateAuthority(<manager data dir>/ca).client_files())``.
 """
 
 from __future__ import annotations
@@ -27,21 +27,19 @@ from agent_server import serve_agent
 from harness import slow_mirror, wait_until
 
 from lamina import __version__
-from lamina.agent.client import AgentClient
 from lamina.agent.server import Agent
-from lamina.agent.wire import (
+from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, LaminaError, NotFound
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import (
     PROCEDURES,
     DiskCreate,
     GuestCapture,
     GuestDefinition,
     GuestDisk,
 )
-from lamina.compute.agents import AgentPool
-from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, LaminaError, NotFound
-from lamina.identity.ca import (
-    CertificateAuthority,
-    client_context,
-)
+from lamina.wire.tls import client_context
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +60,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with serve_agent(tmp_path_factory.mktemp("agent")) as served:
-        pool = AgentPool(served.ca)
+        pool = AgentPool(served.ca.client_files())
         raw = httpx.Client(
             base_url=f"https://{served.address}",
             verify=client_context(served.ca.client_files()),
@@ -160,7 +158,7 @@ def test_download_progress_and_speed_of_a_slow_fetch(served: Served) -> None:
     url = mirror.__enter__()  # left in the finally below, with the pool
     results: list[object] = []
     # Another connection, as the manager's job runner and its monitor would use.
-    installer_pool = AgentPool(served.ca)
+    installer_pool = AgentPool(served.ca.client_files())
     installer = installer_pool.for_address(served.address)
     fetch = threading.Thread(target=lambda: results.append(_install(installer, url)))
     try:

@@ -19,12 +19,12 @@ from clouds import add_host
 from harness import Cloud
 
 from lamina.agent.cache import FetchConfig
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskCreate
 from lamina.client import Client
-from lamina.compute.agents import AgentPool
 from lamina.errors import Forbidden, InvalidRequest
 from lamina.identity import signing
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import DiskCreate
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[Path, AgentClient, Path]]:
     os.chmod(old, 0o755)
     fetch = FetchConfig(roots=(images,), allow_private=False)
     with serve_agent(tmp_path / "a", fetch=fetch) as served:
-        pool = AgentPool(served.ca)
+        pool = AgentPool(served.ca.client_files())
         try:
             yield images, pool.for_address(served.address), old
         finally:

@@ -11,7 +11,7 @@ from namespaces import Namespaces
 
 from lamina.agent import bridges
 from lamina.agent.networks import NetworkConfig, NetworkHost
-from lamina.agent.wire import NetworkSpec, NetworkState, bridge_name
+from lamina.wire.protocol import NetworkSpec, NetworkState, bridge_name
 
 pytestmark = pytest.mark.integration
 A, B = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"

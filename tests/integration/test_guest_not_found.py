@@ -21,8 +21,6 @@ from typing import Any
 import pytest
 from harness import Cloud
 
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskAttach, VolumeExport
 from lamina.client import Client
 from lamina.compute import reconcile as compute_reconcile
 from lamina.compute.jobs import destroy_guest
@@ -31,6 +29,8 @@ from lamina.errors import GuestNotFound
 from lamina.jobs.kinds import StepContext
 from lamina.services import Services
 from lamina.volumes import reconcile as volumes_reconcile
+from lamina.wire.client import AgentClient
+from lamina.wire.protocol import DiskAttach, VolumeExport
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024

@@ -22,7 +22,8 @@ from harness import LAMINA, ROOT, Cloud, free_port, wait_until
 
 from lamina.client import Client
 from lamina.errors import BackendUnavailable
-from lamina.identity.ca import CertificateAuthority, key_pem, make_csr, new_key
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.tls import key_pem, make_csr, new_key
 
 pytestmark = pytest.mark.integration
 

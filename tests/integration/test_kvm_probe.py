@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lamina.compute.drivers.kvm import kvm_usable, probe_accel
+from lamina.agent.drivers.kvm import kvm_usable, probe_accel
 
 pytestmark = [
     pytest.mark.integration,

@@ -20,8 +20,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from lamina.compute.drivers.base import GuestSpec
-from lamina.compute.drivers.libvirt_driver import LibvirtHypervisor
+from lamina.agent.drivers.base import GuestSpec
+from lamina.agent.drivers.libvirt_driver import LibvirtHypervisor
 from lamina.errors import BackendUnavailable, GuestNotFound
 
 pytestmark = pytest.mark.integration

@@ -29,20 +29,13 @@ from fastapi import FastAPI
 from harness import Cloud, free_port, wait_until
 
 from lamina.agent.enrol import enrol
-from lamina.compute.agents import AgentPool
 from lamina.compute.models import Host
 from lamina.db import Database
 from lamina.db.types import utcnow
 from lamina.errors import BackendUnavailable, Forbidden
-from lamina.identity.ca import (
-    CertificateAuthority,
-    TLSFiles,
-    client_context,
-    key_pem,
-    make_csr,
-    new_key,
-    write_private,
-)
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.pool import AgentPool
+from lamina.wire.tls import TLSFiles, client_context, key_pem, make_csr, new_key, write_private
 
 pytestmark = pytest.mark.integration
 
@@ -313,7 +306,7 @@ def test_agent_accepts_the_managers_client_certificate(enrolled: Enrolled) -> No
         ctx = with_cert(enrolled.ca, manager, tls12=True)
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.version() == "TLSv1.2"
-    pool = AgentPool(enrolled.ca)
+    pool = AgentPool(enrolled.ca.client_files())
     try:
         info = pool.for_address(f"127.0.0.1:{enrolled.ports['h1']}").info()
         assert info.domain_type == "test" and "server_info" in info.capabilities
@@ -355,7 +348,7 @@ def test_agent_refuses_another_agents_certificate_as_client(enrolled: Enrolled) 
 
 
 def _pool_call(ca: CertificateAuthority, port: int) -> BackendUnavailable:
-    pool = AgentPool(ca)
+    pool = AgentPool(ca.client_files())
     started = time.monotonic()
     try:
         with pytest.raises(BackendUnavailable) as caught:

@@ -20,11 +20,11 @@ import pytest
 from clouds import add_host
 from harness import ROOT, Cloud, wait_until
 
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import GuestDefinition
-from lamina.compute.agents import AgentPool
 from lamina.errors import GuestNotFound
 from lamina.identity.ca import CertificateAuthority
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import GuestDefinition
 
 pytestmark = pytest.mark.integration
 URI = os.environ.get("LAMINA_TEST_LIBVIRT_URI", "qemu:///system")
@@ -51,7 +51,7 @@ def agent_of() -> Iterator[Callable[[Cloud, str], AgentClient]]:
     pools: list[AgentPool] = []
 
     def agent(cloud: Cloud, host: str) -> AgentClient:
-        pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca"))
+        pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca").client_files())
         pools.append(pool)
         return pool.for_address(cloud.client().host(host)["address"])
 

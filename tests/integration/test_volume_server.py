@@ -19,11 +19,13 @@ import pytest
 from agent_server import serve_agent
 from harness import ROOT, wait_until
 
-from lamina.agent.client import AgentClient
 from lamina.agent.server import Agent
 from lamina.agent.tgt import IQN_PREFIX
 from lamina.agent.volumes import VolumeConfig
-from lamina.agent.wire import (
+from lamina.errors import InvalidRequest, InvalidState, NotFound
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
+from lamina.wire.protocol import (
     DiskAttach,
     GuestDefinition,
     SnapshotCreate,
@@ -31,8 +33,6 @@ from lamina.agent.wire import (
     VolumeExport,
     VolumeExtend,
 )
-from lamina.compute.agents import AgentPool
-from lamina.errors import InvalidRequest, InvalidState, NotFound
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ class Served:
 def serve(root: Path, uri: str, backend: str) -> Iterator[Served]:
     """An agent on a free port of 127.0.0.1 (mutual TLS, as ``run_agent`` serves it)."""
     with serve_agent(root, uri, VolumeConfig(backend=backend)) as served:
-        pool = AgentPool(served.ca)
+        pool = AgentPool(served.ca.client_files())
         try:
             yield Served(served.agent, pool.for_address(served.address))
         finally:

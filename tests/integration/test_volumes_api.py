@@ -14,11 +14,11 @@ import pytest
 from clouds import add_host
 from harness import Cloud, Proc, wait_until
 
-from lamina.agent.client import AgentClient
 from lamina.client import Client
-from lamina.compute.agents import AgentPool
 from lamina.errors import Conflict, InvalidRequest, InvalidState
 from lamina.identity.ca import CertificateAuthority
+from lamina.wire.client import AgentClient
+from lamina.wire.pool import AgentPool
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -34,7 +34,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def agents(cloud: Cloud) -> Iterator[Callable[[str], AgentClient]]:
     """The agent of a host, as the manager reaches it (its client certificate)."""
-    pool = AgentPool(cloud_ca(cloud))
+    pool = AgentPool(cloud_ca(cloud).client_files())
     client = cloud.client()
 
     def agent(host: str) -> AgentClient:
@@ -242,7 +242,9 @@ def interrupted(make_cloud: Callable[..., Cloud], kernel: str) -> Iterator[Inter
         wait_until(attaching, 30, "the attach step to start")
     finally:
         manager.kill(signal.SIGKILL)
-    state = Interrupted(cloud, vmm, vm, vol, job_id, AgentPool(cloud_ca(cloud)), addresses)
+    state = Interrupted(
+        cloud, vmm, vm, vol, job_id, AgentPool(cloud_ca(cloud).client_files()), addresses
+    )
     assert [e.volume for e in state.agent("h1").export_list()] == [vol["id"]]
     try:
         yield state

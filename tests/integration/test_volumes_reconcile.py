@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from harness import Cloud
 
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskAttach, SnapshotCreate, VolumeCreate, VolumeExport
 from lamina.client import Client
+from lamina.wire.client import AgentClient
+from lamina.wire.protocol import DiskAttach, SnapshotCreate, VolumeCreate, VolumeExport
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024

@@ -222,7 +222,7 @@ def test_every_rest_route_is_documented(openapi: dict[str, Any]) -> None:
 
 def test_every_agent_route_and_procedure_is_documented(tmp_path: Path) -> None:
     from lamina.agent.server import Agent, create_agent_app
-    from lamina.agent.wire import PROCEDURES
+    from lamina.wire.protocol import PROCEDURES
 
     text = _read("api.md")
     # The routes are all the test needs: no hypervisor is ever called.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina.compute.drivers.base import DiskSpec, GuestSpec, GuestTags, NetworkDisk, NicSpec
-from lamina.compute.drivers.domain_xml import (
+from lamina.agent.drivers.base import DiskSpec, GuestSpec, GuestTags, NetworkDisk, NicSpec
+from lamina.agent.drivers.domain_xml import (
     domain_tags,
     domain_xml,
     guest_disks,

@@ -16,8 +16,8 @@ import pytest
 
 from lamina.agent.forwards import ForwardTable
 from lamina.agent.relay import Relay
-from lamina.agent.wire import NetworkSpec, PortForward
 from lamina.errors import Conflict, InvalidRequest, NotFound
+from lamina.wire.protocol import NetworkSpec, PortForward
 
 NET = "net-0123456789abcdef"
 LOOPBACK = NetworkSpec(

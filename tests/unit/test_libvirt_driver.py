@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from lamina.compute.drivers import HYPERVISORS, load_hypervisor
-from lamina.compute.drivers.base import DiskSpec, GuestDisk, GuestSpec, NetworkDisk, NicSpec
-from lamina.compute.drivers.libvirt_driver import LibvirtHypervisor
+from lamina.agent.drivers import HYPERVISORS, load_hypervisor
+from lamina.agent.drivers.base import DiskSpec, GuestDisk, GuestSpec, NetworkDisk, NicSpec
+from lamina.agent.drivers.libvirt_driver import LibvirtHypervisor
 from lamina.errors import (
     BackendUnavailable,
     ConfigError,

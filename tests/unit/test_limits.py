@@ -20,7 +20,6 @@ from test_volumes import GiB, World, run_jobs
 
 from lamina.agent.cache import DownloadTracker
 from lamina.agent.volumes import VolumeConfig, VolumeServer
-from lamina.agent.wire import VolumeCreate, VolumeExtend
 from lamina.api.app import create_app
 from lamina.compute.models import Host
 from lamina.errors import QuotaExceeded, TooLarge
@@ -31,6 +30,7 @@ from lamina.images.stores.base import StoredObject
 from lamina.jobs.models import Job
 from lamina.services import Services
 from lamina.volumes.models import Snapshot, Volume
+from lamina.wire.protocol import VolumeCreate, VolumeExtend
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,8 +12,8 @@ from lamina.agent import bridges
 from lamina.agent.bridges import Link
 from lamina.agent.netns import exec_argv, ip_argv, netns_add_argv
 from lamina.agent.networks import check_state
-from lamina.agent.wire import NetworkSpec, NetworkState, bridge_name, tap_name
 from lamina.errors import InvalidRequest
+from lamina.wire.protocol import NetworkSpec, NetworkState, bridge_name, tap_name
 
 NS = "lamina"
 BR = "lmb0123456789ab"

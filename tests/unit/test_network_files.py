@@ -24,8 +24,8 @@ from lamina.agent.firewall import (
     render_removal,
     render_ruleset,
 )
-from lamina.agent.wire import DhcpHost, DnsRecord, NetworkSpec
 from lamina.errors import InvalidRequest
+from lamina.wire.protocol import DhcpHost, DnsRecord, NetworkSpec
 
 FOLDER = Path("/var/lib/lamina/agent/networks/net-0123456789abcdef")
 NOBODY = RunAs("nobody", "nogroup")

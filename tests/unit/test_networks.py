@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from harness import bare_services
 
-from lamina.agent.wire import NetworkState
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
@@ -26,6 +25,7 @@ from lamina.network.models import Network, Port
 from lamina.network.service import NicRequest
 from lamina.network.sync import host_state, queue_sync
 from lamina.services import Services
+from lamina.wire.protocol import NetworkState
 
 ALICE = Principal("u-alice", "alice", "member")
 BOB = Principal("u-bob", "bob", "member")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from harness import bare_services
 
-from lamina.agent.wire import GuestStatus
 from lamina.compute.models import Host, Instance
 from lamina.compute.reconcile import apply_fixes, find_differences
 from lamina.services import Services
+from lamina.wire.protocol import GuestStatus
 
 OTHER = "0123456789abcdef"
 

@@ -11,8 +11,9 @@ from cryptography import x509
 
 from lamina.config import load_settings
 from lamina.errors import ConfigError
-from lamina.identity.ca import CertificateAuthority, key_pem, make_csr, new_key
+from lamina.identity.ca import CertificateAuthority
 from lamina.identity.transport import check_key_pair, manager_tls, server_names, verifying_context
+from lamina.wire.tls import key_pem, make_csr, new_key
 
 
 @pytest.fixture(autouse=True)

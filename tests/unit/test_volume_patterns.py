@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from lamina.agent.tgt import parse_targets
-from lamina.errors import ConfigError, InvalidRequest
-from lamina.volumes.patterns import (
+from lamina.agent.patterns import (
     OPERATIONS,
     backend_names,
     load_backend,
     parse_backend,
     parse_info,
 )
+from lamina.agent.tgt import parse_targets
+from lamina.errors import ConfigError, InvalidRequest
 
 VOL = "vol-0123456789abcdef"
 SNAP = "snap-fedcba9876543210"

@@ -17,17 +17,6 @@ import pytest
 from harness import bare_services
 from sqlalchemy.exc import IntegrityError
 
-from lamina.agent.wire import (
-    DiskAttach,
-    DiskUsage,
-    ExportInfo,
-    SnapshotCreate,
-    SnapshotInfo,
-    VolumeCreate,
-    VolumeExport,
-    VolumeExtend,
-    VolumeInfo,
-)
 from lamina.compute.models import Host, Instance
 from lamina.errors import (
     BackendUnavailable,
@@ -44,6 +33,17 @@ from lamina.services import Services
 from lamina.volumes import service
 from lamina.volumes.jobs import initiator_address
 from lamina.volumes.models import Attachment, Snapshot, Volume
+from lamina.wire.protocol import (
+    DiskAttach,
+    DiskUsage,
+    ExportInfo,
+    SnapshotCreate,
+    SnapshotInfo,
+    VolumeCreate,
+    VolumeExport,
+    VolumeExtend,
+    VolumeInfo,
+)
 
 ALICE = Principal("u-alice", "alice", "member")
 BOB = Principal("u-bob", "bob", "member")

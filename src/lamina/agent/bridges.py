@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lamina.agent.netns import COMMAND_TIMEOUT, ip_argv
-from lamina.agent.wire import bridge_name
 from lamina.commands import run
 from lamina.errors import InvalidRequest, LaminaError
+from lamina.wire.protocol import bridge_name
 
 log = logging.getLogger(__name__)
 

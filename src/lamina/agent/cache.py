@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 
-from lamina.agent.wire import CacheEntry, DownloadStatus, Transfer
 from lamina.errors import Conflict, InvalidRequest, NotFound
 from lamina.fetchpolicy import (
     FetchPolicy,
@@ -33,6 +32,7 @@ from lamina.fetchpolicy import (
     open_path,
     unavailable,
 )
+from lamina.wire.protocol import CacheEntry, DownloadStatus, Transfer
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024

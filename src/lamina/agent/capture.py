@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lamina.agent.cache import ImageCache
-from lamina.agent.wire import CacheEntry
 from lamina.commands import run
 from lamina.errors import InvalidRequest, InvalidState
+from lamina.wire.protocol import CacheEntry
 
 #: Seconds ``e2fsck``, ``mount`` or ``umount`` may take (a disk of several GiB to check).
 COMMAND_TIMEOUT = 600.0

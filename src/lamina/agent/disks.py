@@ -11,9 +11,9 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from lamina.agent.wire import DiskCreate, DiskInfo
 from lamina.commands import run
 from lamina.errors import InvalidRequest, NotFound
+from lamina.wire.protocol import DiskCreate, DiskInfo
 
 #: Formats a cached image may have to be a guest disk's base: ones whose every byte is in
 #: the file itself (see ``base_format``).

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.agent.netns import exec_argv
-from lamina.agent.wire import CONFIG_SERVICE_NAME, DNS_NAME, NetworkSpec, bridge_name
 from lamina.commands import run
 from lamina.errors import InvalidRequest
+from lamina.wire.protocol import CONFIG_SERVICE_NAME, DNS_NAME, NetworkSpec, bridge_name
 
 log = logging.getLogger(__name__)
 

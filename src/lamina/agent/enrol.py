@@ -19,10 +19,10 @@ import ssl
 
 import httpx
 
-from lamina.agent.wire import EnrolRequest, EnrolResponse
 from lamina.errors import BackendUnavailable, Forbidden, InvalidRequest
-from lamina.identity.ca import TLSFiles, fingerprint, key_pem, make_csr, new_key, write_private
 from lamina.remote_errors import raise_for_error
+from lamina.wire.protocol import EnrolRequest, EnrolResponse
+from lamina.wire.tls import TLSFiles, fingerprint, key_pem, make_csr, new_key, write_private
 
 log = logging.getLogger(__name__)
 

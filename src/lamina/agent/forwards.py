@@ -24,8 +24,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lamina.agent.netns import socket_in
-from lamina.agent.wire import FORWARD_ID, ForwardInfo, NetworkSpec, PortForward
 from lamina.errors import Conflict, InvalidRequest, NotFound
+from lamina.wire.protocol import FORWARD_ID, ForwardInfo, NetworkSpec, PortForward
 
 log = logging.getLogger(__name__)
 

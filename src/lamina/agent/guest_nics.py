@@ -8,9 +8,9 @@ import json
 from collections.abc import Collection
 from pathlib import Path
 
-from lamina.agent.wire import GuestNic, bridge_name, tap_name
-from lamina.compute.drivers.base import NicSpec
+from lamina.agent.drivers.base import NicSpec
 from lamina.errors import InvalidRequest
+from lamina.wire.protocol import GuestNic, bridge_name, tap_name
 
 NICS = "nics.json"
 

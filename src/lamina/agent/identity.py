@@ -14,8 +14,8 @@ import re
 import threading
 from pathlib import Path
 
-from lamina.agent.wire import DEPLOYMENT_ID
 from lamina.errors import Conflict, InvalidRequest
+from lamina.wire.protocol import DEPLOYMENT_ID
 
 log = logging.getLogger(__name__)
 FILE = "deployment"

@@ -9,14 +9,14 @@ import ssl
 import uvicorn
 
 from lamina.agent.cache import FetchConfig
+from lamina.agent.drivers import load_hypervisor
 from lamina.agent.enrol import enrol
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
-from lamina.compute.drivers import load_hypervisor
 from lamina.config import Settings
 from lamina.errors import ConfigError
-from lamina.identity.ca import TLSFiles
+from lamina.wire.tls import TLSFiles
 
 log = logging.getLogger(__name__)
 

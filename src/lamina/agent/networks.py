@@ -26,9 +26,9 @@ from lamina.agent import bridges, firewall
 from lamina.agent.dnsmasq import Dnsmasq, check_spec, choose_run_as, find_dnsmasqs, render, stop_pid
 from lamina.agent.netns import COMMAND_TIMEOUT, check_namespace_name, ensure_namespace
 from lamina.agent.relay import Relay, close_all, upstream_tls
-from lamina.agent.wire import NETWORK_ID, NetworkInfo, NetworkSpec, NetworkState, bridge_name
 from lamina.commands import run
 from lamina.errors import ConfigError, InvalidRequest, LaminaError, NetworkFailed
+from lamina.wire.protocol import NETWORK_ID, NetworkInfo, NetworkSpec, NetworkState, bridge_name
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,22 @@ from lamina import __version__
 from lamina.agent.cache import DownloadTracker, FetchConfig, ImageCache
 from lamina.agent.capture import capture_layer
 from lamina.agent.disks import DiskStore
+from lamina.agent.drivers.base import (
+    DiskSpec,
+    GuestInfo,
+    GuestSpec,
+    GuestTags,
+    Hypervisor,
+    NetworkDisk,
+)
 from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
 from lamina.agent.identity import DeploymentIdentity
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeConfig, VolumeServer
-from lamina.agent.wire import (
+from lamina.errors import InvalidRequest, InvalidState, LaminaError
+from lamina.httperrors import install_error_handlers
+from lamina.wire.protocol import (
     DEPLOYMENT_HEADER,
     DISK_TARGET,
     PROCEDURES,
@@ -59,16 +69,6 @@ from lamina.agent.wire import (
     VolumeExtend,
     VolumeInfo,
 )
-from lamina.compute.drivers.base import (
-    DiskSpec,
-    GuestInfo,
-    GuestSpec,
-    GuestTags,
-    Hypervisor,
-    NetworkDisk,
-)
-from lamina.errors import InvalidRequest, InvalidState, LaminaError
-from lamina.httperrors import install_error_handlers
 
 log = logging.getLogger(__name__)
 

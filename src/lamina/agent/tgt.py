@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina.agent.patterns import Backend, run_all
 from lamina.commands import run
 from lamina.errors import CommandFailed, InvalidState
-from lamina.volumes.patterns import Backend, run_all
 
 log = logging.getLogger(__name__)
 

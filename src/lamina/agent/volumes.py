@@ -1,6 +1,6 @@
 """The volume server: an agent role owning block volumes of one backend.
 
-Every change runs the backend's command patterns (``lamina.volumes.patterns``); exports are
+Every change runs the backend's command patterns (``lamina.agent.patterns``); exports are
 tgt targets (``lamina.agent.tgt``). What a backend cannot tell (which volume a snapshot was
 taken of, whether a copy was interrupted) is kept in small files under
 ``<agent data_dir>/volume-meta/``.
@@ -22,15 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.agent.cache import DownloadTracker
+from lamina.agent.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
 from lamina.agent.tgt import LUN, Export, Tgt
-from lamina.agent.wire import (
-    ExportInfo,
-    SnapshotCreate,
-    SnapshotInfo,
-    VolumeCreate,
-    VolumeExtend,
-    VolumeInfo,
-)
 from lamina.errors import (
     ConfigError,
     Conflict,
@@ -40,7 +33,14 @@ from lamina.errors import (
     NotSupported,
     TooLarge,
 )
-from lamina.volumes.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
+from lamina.wire.protocol import (
+    ExportInfo,
+    SnapshotCreate,
+    SnapshotInfo,
+    VolumeCreate,
+    VolumeExtend,
+    VolumeInfo,
+)
 
 log = logging.getLogger(__name__)
 

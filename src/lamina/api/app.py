@@ -12,25 +12,25 @@ from lamina.api.auth import AuthenticationMiddleware, admin, principal, route_ru
 from lamina.api.edge import EdgeMiddleware
 from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
-from lamina.api.system import health, system
+from lamina.api.routes.audit import router as audit
+from lamina.api.routes.channels import appliances, channels
+from lamina.api.routes.guest import guest
+from lamina.api.routes.hosts import enrolment, hosts
+from lamina.api.routes.images import images
+from lamina.api.routes.instances import instances
+from lamina.api.routes.jobs import router as jobs
+from lamina.api.routes.networks import instance_forwards, networks
+from lamina.api.routes.system import health, system
+from lamina.api.routes.users import login_router, me_router, users_router
+from lamina.api.routes.volumes import snapshots, volumes
 from lamina.api.zerocopy import ZeroCopy
 from lamina.audit.middleware import AuditMiddleware
-from lamina.audit.routes import router as audit
 from lamina.channels.refresher import ChannelRefresher
-from lamina.channels.routes import appliances, channels
-from lamina.compute.instance_routes import instances
 from lamina.compute.monitor import HostMonitor
-from lamina.compute.routes import enrolment, hosts
-from lamina.guest.routes import guest
 from lamina.httperrors import install_error_handlers
-from lamina.identity.routes import login_router, me_router, users_router
 from lamina.images.janitor import UploadJanitor
-from lamina.images.routes import images
-from lamina.jobs.routes import router as jobs
 from lamina.jobs.runner import JobRunner
-from lamina.network.routes import instance_forwards, networks
 from lamina.services import Services
-from lamina.volumes.routes import snapshots, volumes
 
 
 def app_from_settings() -> ZeroCopy:

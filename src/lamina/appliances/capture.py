@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from lamina.agent.wire import GuestCapture
 from lamina.appliances.definition import Appliance, Blob, Requirement
 from lamina.appliances.install import (
     _available,
@@ -52,6 +51,7 @@ from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.service import submit
 from lamina.jobs.views import describe_job
+from lamina.wire.protocol import GuestCapture
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -12,11 +12,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from lamina.agent.enrol import split_token
-from lamina.agent.wire import EnrolResponse, HostStatus
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
-from lamina.identity.ca import CertificateAuthority, fingerprint
+from lamina.identity.ca import CertificateAuthority
+from lamina.wire.protocol import EnrolResponse, HostStatus
+from lamina.wire.tls import fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=24)
 ACTIVE = ("building", "running", "paused", "stopped", "error", "deleting")

@@ -9,8 +9,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskCreate, GuestDefinition, GuestDisk, GuestNic
 from lamina.appliances.layered import CONFIG, UPPER, current_boot, layer_serial
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
@@ -22,6 +20,8 @@ from lamina.network.models import Port
 from lamina.network.service import release
 from lamina.network.sync import hosts_of, push, queue_sync
 from lamina.volumes.jobs import release_instance_volumes
+from lamina.wire.client import AgentClient
+from lamina.wire.protocol import DiskCreate, GuestDefinition, GuestDisk, GuestNic
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.5

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from lamina.errors import ConfigError
-from lamina.identity.ca import write_private
+from lamina.wire.tls import write_private
 
 
 class SecretBox:

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.agent.wire import CONFIG_SERVICE_NAME, DNS_NAME, DnsRecord
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.parsing import parse_appliance
 from lamina.compute.models import Instance
@@ -21,6 +20,7 @@ from lamina.errors import Conflict, InvalidRequest
 from lamina.identity.principal import Principal
 from lamina.network.models import DnsRecord as StoredRecord
 from lamina.network.models import Network, Port
+from lamina.wire.protocol import CONFIG_SERVICE_NAME, DNS_NAME, DnsRecord
 
 _NAME = re.compile(DNS_NAME)
 _HOSTNAME = re.compile(

@@ -14,13 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lamina.agent.wire import PortForward as ForwardSpec
 from lamina.compute.models import Host, Instance
 from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, InvalidState, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.models import Network, Port, PortForward
+from lamina.wire.protocol import PortForward as ForwardSpec
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.agent.wire import DhcpHost, NetworkSpec, NetworkState
 from lamina.compute.models import Host, Instance
 from lamina.errors import BackendUnavailable
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
@@ -21,6 +20,7 @@ from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.dns import NAMED, zone, zone_records
 from lamina.network.models import Network, Port
+from lamina.wire.protocol import DhcpHost, NetworkSpec, NetworkState
 
 if TYPE_CHECKING:
     from lamina.config import Settings

@@ -2,6 +2,6 @@
 
 The manager keeps the metadata and runs the multi-step operations as jobs; the volume server
 (an agent role, ``lamina.agent.volumes``) runs a backend's *command patterns*
-(``lamina.volumes.patterns``, one TOML file per backend under ``patterns/``) and exports
+(``lamina.agent.patterns``, one TOML file per backend under ``patterns/``) and exports
 volumes with tgt. See docs/volumes.md.
 """

@@ -21,14 +21,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import delete, select
 
-from lamina.agent.client import AgentClient
-from lamina.agent.wire import DiskAttach, SnapshotCreate, VolumeCreate, VolumeExport, VolumeExtend
 from lamina.compute.hosts import parse_address
 from lamina.compute.models import Host, Instance
 from lamina.errors import GuestNotFound, InvalidState, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import JobStep
 from lamina.volumes.models import Attachment, Snapshot, Volume
+from lamina.wire.client import AgentClient
+from lamina.wire.protocol import (
+    DiskAttach,
+    SnapshotCreate,
+    VolumeCreate,
+    VolumeExport,
+    VolumeExtend,
+)
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -9,9 +9,9 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from lamina.agent import wire
 from lamina.errors import BackendUnavailable
 from lamina.remote_errors import raise_for_error
+from lamina.wire import protocol as wire
 
 T = TypeVar("T")
 CONNECT_RETRIES = (0.5, 1.0, 2.0, 2.0, 2.0)

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import ssl
 import threading
+from typing import Protocol
 
-from lamina.agent.client import AgentClient
-from lamina.compute.models import Host
 from lamina.errors import BackendUnavailable
-from lamina.identity.ca import CertificateAuthority, client_context
+from lamina.wire.client import AgentClient
+from lamina.wire.tls import TLSFiles, client_context
+
+
+class Host(Protocol):
+    """What the pool needs of a host: its name, address and the fingerprint of its enrolled
+    agent's certificate."""
+
+    name: str
+    address: str
+    cert_fingerprint: str | None
 
 
 class AgentPool:
-    def __init__(
-        self, ca: CertificateAuthority, timeout: float = 30.0, deployment: str | None = None
-    ) -> None:
-        self._tls: ssl.SSLContext = client_context(ca.client_files())
+    def __init__(self, tls: TLSFiles, timeout: float = 30.0, deployment: str | None = None) -> None:
+        self._tls: ssl.SSLContext = client_context(tls)
         self._timeout = timeout
         #: The deployment id every call names (None: none, e.g. a test's own pool).
         self.deployment = deployment

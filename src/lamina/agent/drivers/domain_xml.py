@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from lamina.compute.drivers.base import GuestDisk, GuestSpec, GuestTags, NetworkDisk
+from lamina.agent.drivers.base import GuestDisk, GuestSpec, GuestTags, NetworkDisk
 
 # Lamina's own element under <metadata>: who made the guest (``GuestTags``: deployment,
 # instance, created) and, live only, when it was started (the libvirt driver adds that).

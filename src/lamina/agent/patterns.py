@@ -214,7 +214,7 @@ def _fill(template: str, values: Mapping[str, str]) -> str:
 
 def backend_names() -> list[str]:
     """The built-in pattern files' names."""
-    folder = resources.files("lamina.volumes") / "patterns"
+    folder = resources.files("lamina.agent") / "patterns"
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -229,7 +229,7 @@ def load_backend(name: str, path: Path | None = None) -> Backend:
                 f"unknown volume backend {name!r}; known: {', '.join(backend_names())}",
                 key="agent.volume_backend",
             )
-        text = (resources.files("lamina.volumes") / "patterns" / f"{name}.toml").read_text()
+        text = (resources.files("lamina.agent") / "patterns" / f"{name}.toml").read_text()
         where = f"patterns/{name}.toml"
     else:
         text, where = path.read_text(), str(path)

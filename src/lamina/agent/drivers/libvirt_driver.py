@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from lamina.compute.drivers.base import (
+from lamina.agent.drivers.base import (
     Capabilities,
     GuestDisk,
     GuestInfo,
@@ -26,7 +26,7 @@ from lamina.compute.drivers.base import (
     Hypervisor,
     NetworkDisk,
 )
-from lamina.compute.drivers.domain_xml import (
+from lamina.agent.drivers.domain_xml import (
     METADATA_NS,
     METADATA_PREFIX,
     METADATA_ROOT,
@@ -38,7 +38,7 @@ from lamina.compute.drivers.domain_xml import (
     network_disk_xml,
     read_tags,
 )
-from lamina.compute.drivers.kvm import kvm_usable
+from lamina.agent.drivers.kvm import kvm_usable
 from lamina.errors import (
     BackendUnavailable,
     Conflict,

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import admin, principal
 from lamina.api.deps import services
+from lamina.api.routes.instances import NicBody, nics_of
 from lamina.appliances import capture as capturer
 from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
-from lamina.compute.instance_routes import NicBody, nics_of
 from lamina.identity.access import shown_owner
 from lamina.identity.principal import Principal
 from lamina.services import Services

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lamina.compute.drivers.base import Hypervisor
+from lamina.agent.drivers.base import Hypervisor
 from lamina.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ __all__ = ["HYPERVISORS", "Hypervisor", "load_hypervisor"]
 
 
 def _builtins() -> dict[str, type[Hypervisor]]:
-    from lamina.compute.drivers.libvirt_driver import LibvirtHypervisor
+    from lamina.agent.drivers.libvirt_driver import LibvirtHypervisor
 
     return {"libvirt": LibvirtHypervisor}
 

@@ -1,6 +1,6 @@
 """The hypervisor interface the agent drives, and the records it returns.
 
-A driver is chosen by name from ``HYPERVISORS`` (see ``lamina.compute.drivers``). The
+A driver is chosen by name from ``HYPERVISORS`` (see ``lamina.agent.drivers``). The
 agent is the only caller; the manager reaches a hypervisor through its host's agent.
 """
 

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from lamina.agent.wire import EnrolRequest, EnrolResponse
 from lamina.api.deps import services
 from lamina.compute import hosts as host_service
 from lamina.compute.models import Host
 from lamina.compute.scheduler import capacity
 from lamina.services import Services
+from lamina.wire.protocol import EnrolRequest, EnrolResponse
 
 hosts = APIRouter(prefix="/hosts", tags=["hosts"])
 enrolment = APIRouter(tags=["hosts"])

@@ -1,0 +1,2 @@
+"""The manager's HTTP routes, one module per resource; each parses, calls the domain's
+service and renders."""
