@@ -10,9 +10,9 @@ from lamina.db import Database
 from lamina.identity.authn import KeyCache
 from lamina.identity.ca import CertificateAuthority
 from lamina.identity.secretbox import SecretBox
-from lamina.images.stores import load_stores
-from lamina.images.stores.base import ImageStore
 from lamina.jobs.kinds import JobRegistry
+from lamina.stores import load_stores
+from lamina.stores.base import ImageStore
 from lamina.wire.pool import AgentPool
 
 if TYPE_CHECKING:

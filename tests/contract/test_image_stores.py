@@ -16,9 +16,9 @@ import pytest
 from swift import Swift
 
 from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, NotFound
-from lamina.images.stores.base import CHUNK, ImageStore
-from lamina.images.stores.file import FileImageStore
-from lamina.images.stores.s3 import PART, S3ImageStore
+from lamina.stores.base import CHUNK, ImageStore
+from lamina.stores.file import FileImageStore
+from lamina.stores.s3 import PART, S3ImageStore
 
 MiB = 1024 * 1024
 

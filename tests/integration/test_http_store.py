@@ -27,8 +27,8 @@ import pytest
 
 from lamina import fetchpolicy
 from lamina.errors import InvalidRequest, LocationUnavailable, NotFound
-from lamina.images.stores.base import CHUNK
-from lamina.images.stores.http import HttpImageStore
+from lamina.stores.base import CHUNK
+from lamina.stores.http import HttpImageStore
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from lamina.errors import QuotaExceeded, TooLarge
 from lamina.identity.signing import LaminaAuth
 from lamina.identity.users import add_user
 from lamina.images.models import Image
-from lamina.images.stores.base import StoredObject
 from lamina.jobs.models import Job
 from lamina.services import Services
+from lamina.stores.base import StoredObject
 from lamina.volumes.models import Snapshot, Volume
 from lamina.wire.protocol import VolumeCreate, VolumeExtend
 

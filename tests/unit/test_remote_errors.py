@@ -18,8 +18,8 @@ from lamina import errors
 from lamina.appliances.xmlsafe import XMLInvalid
 from lamina.channels.mirrors import MirrorsFailed
 from lamina.httperrors import install_error_handlers
-from lamina.images.stores.http import NoImageFile
 from lamina.remote_errors import BY_CODE, build_registry, raise_for_error
+from lamina.stores.http import NoImageFile
 from lamina.volumes.service import SnapshotNotFound, VolumeNotFound
 
 

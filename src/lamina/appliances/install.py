@@ -49,11 +49,11 @@ from lamina.identity.principal import Principal
 from lamina.images import limits
 from lamina.images import service as images
 from lamina.images.models import Image
-from lamina.images.stores import pick
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.runner import machine_boot
 from lamina.jobs.service import submit
 from lamina.jobs.views import describe_job
+from lamina.stores import pick
 
 if TYPE_CHECKING:
     from lamina.services import Services

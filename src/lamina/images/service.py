@@ -40,7 +40,7 @@ from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
 from lamina.images.hashing import StreamDigests
 from lamina.images.models import Image, ImageEvent
-from lamina.images.stores.base import CHUNK, ImageStore, StoredObject
+from lamina.stores.base import CHUNK, ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
 KIND = "image"

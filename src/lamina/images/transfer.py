@@ -16,7 +16,7 @@ from typing import cast
 import anyio.from_thread
 
 from lamina.errors import RangeNotSatisfiable
-from lamina.images.stores.base import CHUNK
+from lamina.stores.base import CHUNK
 
 HEARTBEAT_SECONDS = 10.0
 

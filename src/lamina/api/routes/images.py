@@ -25,11 +25,11 @@ from lamina.errors import InvalidRequest, LaminaError, NotFound
 from lamina.identity.principal import Principal
 from lamina.identity.signing import BODY_HEADER, UNSIGNED
 from lamina.images import limits, meta, resumable, service
-from lamina.images.stores import pick
-from lamina.images.stores.base import ImageStore, StoredObject
 from lamina.images.transfer import body_blocks, parse_range
 from lamina.jobs.runner import machine_boot
 from lamina.services import Services
+from lamina.stores import pick
+from lamina.stores.base import ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
 images = APIRouter(prefix="/images", tags=["images"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lamina.config import Settings
 from lamina.errors import ConfigError, InvalidRequest
-from lamina.images.stores.base import ImageStore
+from lamina.stores.base import ImageStore
 
 KNOWN = ("file", "s3", "http")
 
@@ -15,11 +15,11 @@ def load_stores(settings: Settings) -> dict[str, ImageStore]:
     stores: dict[str, ImageStore] = {}
     for name in cfg.stores:
         if name == "file":
-            from lamina.images.stores.file import FileImageStore
+            from lamina.stores.file import FileImageStore
 
             stores[name] = FileImageStore(settings.image_root)
         elif name == "s3":
-            from lamina.images.stores.s3 import S3ImageStore
+            from lamina.stores.s3 import S3ImageStore
 
             if not (cfg.s3_endpoint and cfg.s3_access_key and cfg.s3_secret_key):
                 raise ConfigError(
@@ -34,7 +34,7 @@ def load_stores(settings: Settings) -> dict[str, ImageStore]:
                 region=cfg.s3_region,
             )
         elif name == "http":
-            from lamina.images.stores.http import HttpImageStore
+            from lamina.stores.http import HttpImageStore
 
             stores[name] = HttpImageStore(
                 max_redirects=cfg.http_max_redirects, allow_private=cfg.http_allow_private

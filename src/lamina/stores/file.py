@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lamina.errors import Conflict, InvalidRequest, NotFound
-from lamina.images.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
-from lamina.images.stores.writeback import start_writeback
+from lamina.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
+from lamina.stores.writeback import start_writeback
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 #: A write starts the disk on what it has written every this many bytes, so the final fsync

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, LaminaError, NotFound
-from lamina.images.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
+from lamina.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from lamina.errors import (
     NotFound,
 )
 from lamina.fetchpolicy import FetchPolicy, check_url, http_client, redact, unavailable
-from lamina.images.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
+from lamina.stores.base import CHUNK, Capabilities, ImageStore, StoredObject
 
 log = logging.getLogger(__name__)
 
