@@ -20,12 +20,12 @@ from agent_server import serve_agent
 from harness import ROOT, wait_until
 
 from lamina.agent.server import Agent
-from lamina.agent.tgt import IQN_PREFIX
 from lamina.agent.volumes import VolumeConfig
 from lamina.errors import InvalidRequest, InvalidState, NotFound
 from lamina.wire.client import AgentClient
 from lamina.wire.pool import AgentPool
 from lamina.wire.protocol import (
+    IQN_PREFIX,
     DiskAttach,
     GuestDefinition,
     SnapshotCreate,

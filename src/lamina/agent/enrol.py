@@ -19,19 +19,12 @@ import ssl
 
 import httpx
 
-from lamina.errors import BackendUnavailable, Forbidden, InvalidRequest
+from lamina.errors import BackendUnavailable, Forbidden
 from lamina.remote_errors import raise_for_error
-from lamina.wire.protocol import EnrolRequest, EnrolResponse
+from lamina.wire.protocol import EnrolRequest, EnrolResponse, split_token
 from lamina.wire.tls import TLSFiles, fingerprint, key_pem, make_csr, new_key, write_private
 
 log = logging.getLogger(__name__)
-
-
-def split_token(token: str) -> tuple[str, str]:
-    secret, _, ca_fp = token.strip().rpartition(".")
-    if not secret or len(ca_fp) != 64:
-        raise InvalidRequest("malformed enrolment token: expected <secret>.<CA fingerprint>")
-    return secret, ca_fp
 
 
 def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResponse:

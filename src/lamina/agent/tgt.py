@@ -21,10 +21,10 @@ from pathlib import Path
 from lamina.agent.patterns import Backend, run_all
 from lamina.commands import run
 from lamina.errors import CommandFailed, InvalidState
+from lamina.wire.protocol import IQN_PREFIX
 
 log = logging.getLogger(__name__)
 
-IQN_PREFIX = "iqn.2026-11.lamina:"
 LUN = 1
 MAX_TID = 65535
 #: Serialises target-id allocation between the agents of one machine (they share tgtd).

@@ -11,12 +11,11 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lamina.agent.enrol import split_token
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.ca import CertificateAuthority
-from lamina.wire.protocol import EnrolResponse, HostStatus
+from lamina.wire.protocol import EnrolResponse, HostStatus, split_token
 from lamina.wire.tls import fingerprint
 
 TOKEN_LIFETIME = timedelta(hours=24)

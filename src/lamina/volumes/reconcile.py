@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
-from lamina.agent.tgt import IQN_PREFIX
 from lamina.compute.models import Host, Instance
 from lamina.compute.reconcile import Difference
 from lamina.errors import GuestNotFound, InvalidState, LaminaError
 from lamina.jobs.models import Job
 from lamina.volumes.jobs import initiator_address
 from lamina.volumes.models import Attachment, Snapshot, Volume
-from lamina.wire.protocol import ExportInfo, SnapshotInfo, VolumeInfo
+from lamina.wire.protocol import IQN_PREFIX, ExportInfo, SnapshotInfo, VolumeInfo
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lamina.errors import InvalidRequest
+
 GUEST_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 DIGEST = r"^[0-9a-f]{64}$"
 PROCEDURES = (
@@ -410,3 +412,15 @@ class ForwardInfo(PortForward):
 
 
 GuestDefinition.model_rebuild()  # its nics refer to GuestNic, defined below it
+
+
+#: Volume servers name their iSCSI targets ``<IQN_PREFIX><volume id>``.
+IQN_PREFIX = "iqn.2026-11.lamina:"
+
+
+def split_token(token: str) -> tuple[str, str]:
+    """An enrolment token: ``<secret>.<SHA-256 fingerprint of the manager's CA>``."""
+    secret, _, ca_fp = token.strip().rpartition(".")
+    if not secret or len(ca_fp) != 64:
+        raise InvalidRequest("malformed enrolment token: expected <secret>.<CA fingerprint>")
+    return secret, ca_fp
