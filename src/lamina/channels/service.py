@@ -17,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 
 from lamina import fetchpolicy
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
 from lamina.channels.feed import MAX_BYTES, Feed, Item, parse_feed
 from lamina.channels.models import Channel
 from lamina.channels.signing import fingerprint, parse_public_key
 from lamina.channels.verify import verify_feed
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.formats.parsing import parse_appliance
 from lamina.identity.principal import Principal
 
 if TYPE_CHECKING:
