@@ -44,7 +44,7 @@ APPLICATION = """<appliance version="1.0" name="{name}" kind="application">
   </layers>
 </appliance>
 """
-#: Layers are squashfs images by their magic number (``lamina.appliances.layerfs``); these
+#: Layers are squashfs images by their magic number (``lamina.formats.layerfs``); these
 #: tests move bytes, so the rest is random. Real layers boot in test_layered_appliances.
 SQUASHFS = b"hsqs"
 SHARED = SQUASHFS + os.urandom(40_000)

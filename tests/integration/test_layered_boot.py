@@ -367,7 +367,7 @@ def test_webserv_boots_twice_on_one_instance_layer(channel: Channel, tmp_path: P
 
 
 def test_values_are_inserted_literally(channel: Channel, tmp_path: Path) -> None:
-    """The guest's renderer matches lamina.appliances.variables.render: & \\ / $ in a value
+    """The guest's renderer matches lamina.formats.variables.render: & \\ / $ in a value
     are plain text, a placeholder inside a value is not rendered again, and the port's
     default still comes from the host (the guest has no defaults of its own)."""
     domain = r"a&b\1/$x{{ port }}"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lamina.appliances.definition import Appliance, Requirement
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.variables import check_value, render, resolve_variables, template_names
-from lamina.appliances.versions import Version, VersionRange, compare_versions
-from lamina.appliances.writing import write_appliance
-from lamina.appliances.xmlsafe import XMLInvalid
 from lamina.errors import InvalidRequest
+from lamina.formats.definition import Appliance, Requirement
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.variables import check_value, render, resolve_variables, template_names
+from lamina.formats.versions import Version, VersionRange, compare_versions
+from lamina.formats.writing import write_appliance
+from lamina.formats.xmlsafe import XMLInvalid
 
 FIGURE_2 = Path(__file__).parent / "fixtures" / "storm-figure2.xml"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "appliances.md"

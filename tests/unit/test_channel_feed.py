@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lamina.appliances.versions import Version
-from lamina.appliances.xmlsafe import XMLInvalid
 from lamina.channels.build import mkfs_erofs_argv, mksquashfs_argv
 from lamina.channels.feed import NS, Feed, FileRef, Item, parse_feed, write_feed
 from lamina.errors import NotFound
+from lamina.formats.versions import Version
+from lamina.formats.xmlsafe import XMLInvalid
 
 FEED_URL = "http://channel.example/sample/channel.rss"
 KEY = "ed25519:" + "A" * 43 + "="

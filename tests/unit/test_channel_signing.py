@@ -15,9 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.versions import Version
-from lamina.appliances.writing import write_appliance
 from lamina.channels.feed import Feed, FileRef, Item, write_feed
 from lamina.channels.signing import (
     VerificationFailed,
@@ -36,6 +33,9 @@ from lamina.channels.verify import (
     verify_file,
 )
 from lamina.errors import Conflict, InvalidRequest
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.versions import Version
+from lamina.formats.writing import write_appliance
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()

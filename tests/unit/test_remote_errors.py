@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 import lamina
 from lamina import errors
-from lamina.appliances.xmlsafe import XMLInvalid
 from lamina.channels.mirrors import MirrorsFailed
+from lamina.formats.xmlsafe import XMLInvalid
 from lamina.httperrors import install_error_handlers
 from lamina.remote_errors import BY_CODE, build_registry, raise_for_error
 from lamina.stores.http import NoImageFile

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from lamina.appliances.definition import Appliance, Blob, Requirement
 from lamina.appliances.install import (
     _available,
     _downloads,
@@ -39,14 +38,15 @@ from lamina.appliances.install import (
     remove_new_images,
 )
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.versions import Version, VersionRange
-from lamina.appliances.writing import write_appliance
 from lamina.channels.feed import FileRef
 from lamina.compute import instances
 from lamina.compute.models import Host, Instance
 from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.formats.definition import Appliance, Blob, Requirement
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.versions import Version, VersionRange
+from lamina.formats.writing import write_appliance
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.service import submit

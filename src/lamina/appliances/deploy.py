@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.appliances.definition import Appliance, Hardware
 from lamina.appliances.layered import file_of, kernel_cmdline, layered_boot
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.variables import resolve_variables
-from lamina.appliances.versions import Version
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.models import Host
 from lamina.errors import InvalidState, NotFound
+from lamina.formats.definition import Appliance, Hardware
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.variables import resolve_variables
+from lamina.formats.versions import Version
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.network.service import NicRequest, instance_nics

@@ -27,7 +27,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lamina.appliances.layerfs import check_layer
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.resolve import Planned, Resolver
 from lamina.channels.feed import FileRef
@@ -45,6 +44,7 @@ from lamina.errors import (
     NotFound,
     VerificationFailed,
 )
+from lamina.formats.layerfs import check_layer
 from lamina.identity.principal import Principal
 from lamina.images import limits
 from lamina.images import service as images

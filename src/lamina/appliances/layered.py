@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.appliances.definition import Appliance, Blob
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.versions import Version
 from lamina.compute.boot import BootSource, image_source
 from lamina.errors import InvalidState
+from lamina.formats.definition import Appliance, Blob
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.versions import Version
 from lamina.identity.principal import Principal
 from lamina.images import service as images
 

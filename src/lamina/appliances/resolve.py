@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 import httpx
 from sqlalchemy import select
 
-from lamina.appliances.definition import Appliance, Requirement
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.versions import Version
 from lamina.channels.feed import Item
 from lamina.channels.service import items
 from lamina.channels.signing import parse_public_key
 from lamina.channels.verify import fetch_verified, verify_definition
 from lamina.errors import Conflict, NotFound
+from lamina.formats.definition import Appliance, Requirement
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.versions import Version
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -29,16 +29,16 @@ from urllib.parse import urljoin
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from lamina.appliances.definition import Appliance, Blob
-from lamina.appliances.layerfs import check_layer
-from lamina.appliances.parsing import parse_appliance
-from lamina.appliances.variables import template_names
-from lamina.appliances.versions import Version
-from lamina.appliances.writing import write_appliance
 from lamina.channels.feed import Feed, FileRef, Item, Role, write_feed
 from lamina.channels.signing import public_key_text, sign_digest
 from lamina.commands import run
 from lamina.errors import Conflict, InvalidRequest
+from lamina.formats.definition import Appliance, Blob
+from lamina.formats.layerfs import check_layer
+from lamina.formats.parsing import parse_appliance
+from lamina.formats.variables import template_names
+from lamina.formats.versions import Version
+from lamina.formats.writing import write_appliance
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urljoin, urlsplit
 
-from lamina.appliances.definition import KINDS, Kind
-from lamina.appliances.versions import Version
-from lamina.appliances.xmlsafe import Document, read_xml
 from lamina.errors import InvalidRequest, NotFound
+from lamina.formats.definition import KINDS, Kind
+from lamina.formats.versions import Version
+from lamina.formats.xmlsafe import Document, read_xml
 
 NS = "urn:lamina:channel:1"
 MAX_BYTES = 16 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Subscribed channels: subscribe, refresh, list, remove, and the catalog of their appliances.
+"""Subscribed channels: subscribe, refresh, list, remove, and the items of their feeds.
 
 A feed is verified against the pinned key before anything of it is stored, and the network
 is used outside any database transaction: a slow channel server never holds the database.
@@ -7,6 +7,7 @@ is used outside any database transaction: a slow channel server never holds the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -16,8 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from lamina import fetchpolicy
-from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
 from lamina.channels.feed import MAX_BYTES, Feed, Item, parse_feed
 from lamina.channels.models import Channel
 from lamina.channels.signing import fingerprint, parse_public_key
@@ -218,19 +217,20 @@ def list_channels(session: Session) -> list[dict[str, Any]]:
     return [describe(c) for c in session.scalars(select(Channel).order_by(Channel.created_at))]
 
 
-def remove(svc: Services, channel_id: str) -> dict[str, Any]:
-    """Unsubscribe; Conflict while appliances installed from the channel remain."""
+def remove(
+    svc: Services, channel_id: str, in_use: Callable[[Session, str], Sequence[str]]
+) -> dict[str, Any]:
+    """Unsubscribe; Conflict while ``in_use`` names something installed from the channel
+    (the appliances domain says what: ``lamina.appliances.catalog.installed_from``)."""
     with svc.db.write() as s:
         channel = get_channel(s, channel_id)
-        installed = s.scalars(
-            select(InstalledAppliance.name).where(InstalledAppliance.channel_id == channel_id)
-        ).all()
+        installed = list(in_use(s, channel_id))
         if installed:
             raise Conflict(
                 f"channel {channel_id} still has installed appliances ({', '.join(installed)}): "
                 "remove them first",
                 channel=channel_id,
-                appliances=list(installed),
+                appliances=installed,
             )
         described = describe(channel)
         s.delete(channel)
@@ -241,63 +241,3 @@ def items(session: Session) -> list[tuple[Channel, Item]]:
     """Every item of every subscribed channel."""
     channels = session.scalars(select(Channel).order_by(Channel.created_at))
     return [(c, item) for c in channels for item in feed_of(c).items]
-
-
-def catalog(session: Session, installed_only: bool = False) -> list[dict[str, Any]]:
-    """The appliances of every channel, and those installed (from a channel that may no
-    longer list them), each once, with whether and how it is installed."""
-    rows = {
-        (a.channel_id, a.name, a.version): a for a in session.scalars(select(InstalledAppliance))
-    }
-    entries = []
-    for channel, item in items(session):
-        row = rows.pop((channel.id, item.name, str(item.version)), None)
-        entries.append(
-            _entry(
-                item.name,
-                str(item.version),
-                item.kind,
-                item.label,
-                item.description,
-                channel.id,
-                row,
-            )
-        )
-    for row in rows.values():
-        appliance = parse_appliance(row.definition)
-        entries.append(
-            _entry(
-                row.name,
-                row.version,
-                row.kind,
-                appliance.label,
-                appliance.description,
-                row.channel_id,
-                row,
-            )
-        )
-    if installed_only:
-        entries = [e for e in entries if e["installed"]]
-    return sorted(entries, key=lambda e: (e["name"], e["version"], e["channel"] or ""))
-
-
-def _entry(
-    name: str,
-    version: str,
-    kind: str,
-    label: str,
-    description: str,
-    channel_id: str | None,
-    row: InstalledAppliance | None,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "version": version,
-        "kind": kind,
-        "label": label,
-        "description": description,
-        "channel": channel_id,
-        "installed": row is not None and row.status == "installed",
-        "id": row.id if row else None,
-        "status": row.status if row else None,
-    }

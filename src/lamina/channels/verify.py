@@ -16,12 +16,12 @@ from typing import IO
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lamina.appliances.definition import Appliance
-from lamina.appliances.parsing import parse_appliance
 from lamina.channels.feed import Feed, FileRef, Item, parse_feed
 from lamina.channels.mirrors import CHUNK, Fetched, Progress, Sink, fetch
 from lamina.channels.signing import verify_digest
 from lamina.errors import VerificationFailed
+from lamina.formats.definition import Appliance
+from lamina.formats.parsing import parse_appliance
 
 
 def verify_feed(key: Ed25519PublicKey, data: bytes, signature: str, url: str) -> Feed:

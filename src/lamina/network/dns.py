@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.appliances.models import InstalledAppliance
-from lamina.appliances.parsing import parse_appliance
 from lamina.compute.models import Instance
 from lamina.errors import Conflict, InvalidRequest
+from lamina.formats.parsing import parse_appliance
 from lamina.identity.principal import Principal
 from lamina.network.models import DnsRecord as StoredRecord
 from lamina.network.models import Network, Port

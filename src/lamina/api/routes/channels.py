@@ -12,6 +12,7 @@ from lamina.api.auth import admin, principal
 from lamina.api.deps import services
 from lamina.api.routes.instances import NicBody, nics_of
 from lamina.appliances import capture as capturer
+from lamina.appliances import catalog as appliance_catalog
 from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
@@ -62,14 +63,14 @@ def refresh_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
 @channels.delete("/{channel_id}", dependencies=[Depends(admin)])
 def remove_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
     """Unsubscribe; 409 while appliances installed from it remain."""
-    return {"channel": service.remove(svc, channel_id)}
+    return {"channel": service.remove(svc, channel_id, appliance_catalog.installed_from)}
 
 
 @appliances.get("")
 def list_appliances(installed: bool = False, svc: Services = Depends(services)) -> Any:
     """The catalog: every channel's appliances and the installed ones."""
     with svc.db.read() as s:
-        return {"appliances": service.catalog(s, installed)}
+        return {"appliances": appliance_catalog.catalog(s, installed)}
 
 
 class Install(Body):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lamina.appliances.versions import Version, VersionRange
 from lamina.errors import InvalidRequest
+from lamina.formats.versions import Version, VersionRange
 
 #: ``substrate``: an OS substrate other appliances build on; ``application``: read-only
 #: layers on a substrate; ``traditional``: one disk image (STORM's appliances).

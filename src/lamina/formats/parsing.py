@@ -10,7 +10,8 @@ from typing import cast
 
 import xmlschema
 
-from lamina.appliances.definition import (
+from lamina.errors import InvalidRequest
+from lamina.formats.definition import (
     Appliance,
     Blob,
     BlobRole,
@@ -22,10 +23,9 @@ from lamina.appliances.definition import (
     Variable,
     VariableType,
 )
-from lamina.appliances.variables import check_value
-from lamina.appliances.versions import Version, VersionRange
-from lamina.appliances.xmlsafe import Document, local_name, read_xml
-from lamina.errors import InvalidRequest
+from lamina.formats.variables import check_value
+from lamina.formats.versions import Version, VersionRange
+from lamina.formats.xmlsafe import Document, local_name, read_xml
 
 SCHEMA_PATH = Path(__file__).with_name("appliance.xsd")
 MAX_BYTES = 1024 * 1024

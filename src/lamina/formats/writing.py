@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from lamina.appliances.definition import Appliance, Blob, Hardware
+from lamina.formats.definition import Appliance, Blob, Hardware
 
 
 def _child(parent: ET.Element, tag: str, text: object | None) -> None:

@@ -7,8 +7,8 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from lamina.appliances.definition import Appliance, VariableType
 from lamina.errors import InvalidRequest
+from lamina.formats.definition import Appliance, VariableType
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
