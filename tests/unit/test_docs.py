@@ -20,7 +20,6 @@ import pytest
 from pydantic import BaseModel
 
 import lamina
-import lamina.cli
 from lamina import errors, httperrors
 from lamina.config import ENV_PREFIX, Settings, load_settings
 
@@ -92,18 +91,11 @@ def test_every_setting_is_documented() -> None:
 
 
 def _cli() -> click.Group:
-    """The ``lamina`` group with every command module registered, as ``main()`` does: each
-    module of ``lamina.cli`` with a ``register`` function (a copy, so the real group is left
-    as it is)."""
-    from lamina.cli.main import cli
+    """The ``lamina`` group as the console command builds it: the client's commands and the
+    launcher's."""
+    from lamina.launcher import build_cli
 
-    group = click.Group(cli.name, params=list(cli.params), commands=dict(cli.commands))
-    for info in pkgutil.iter_modules(lamina.cli.__path__):
-        module = importlib.import_module(f"lamina.cli.{info.name}")
-        register = getattr(module, "register", None)
-        if callable(register):
-            register(group)
-    return group
+    return build_cli()
 
 
 def _commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.network import nic_options, nics, show_nics
 from lamina.cli.output import emit_json, record, table, wait_job
 from lamina.errors import Conflict, InvalidRequest, NotFound

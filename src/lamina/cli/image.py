@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import ByteProgress, emit_json, record, table
 from lamina.client import image_filename
 from lamina.errors import Conflict, InvalidRequest

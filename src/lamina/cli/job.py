@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import ProgressBar, emit_json, show_job, table
 
 

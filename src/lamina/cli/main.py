@@ -1,34 +1,35 @@
-"""``lamina``: the command line. Each command group lives in its own module."""
+"""``lamina``: the command line. Each command group lives in its own module.
+
+Every command here is a client of the manager's REST API. The commands that run the manager
+or the agent, or work on this machine's files (``serve``, ``agent``, ``config``, ``user
+bootstrap``, ``channel keygen``/``build``) are added by ``lamina.launcher``, which builds the
+``lamina`` console command from the group here.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import click
 
 from lamina import __version__
+from lamina.cli import (
+    appliance,
+    audit,
+    channel,
+    host,
+    image,
+    instance,
+    job,
+    network,
+    reconcile,
+    snapshot,
+    user,
+    volume,
+)
+from lamina.cli.context import Context
 from lamina.errors import LaminaError
-
-if TYPE_CHECKING:
-    from lamina.client import Client
-
-
-class Context:
-    """What every command gets: where the manager is, and how to print."""
-
-    def __init__(self, url: str | None, as_json: bool) -> None:
-        self.url = url
-        self.json = as_json
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        from lamina.client import Client
-
-        if self._client is None:
-            self._client = Client(self.url)
-        return self._client
 
 
 class Group(click.Group):
@@ -53,27 +54,18 @@ def cli(ctx: click.Context, url: str | None, as_json: bool) -> None:
     ctx.obj = Context(url, as_json)
 
 
-def main() -> None:
-    from lamina.cli import (
-        appliance,
-        audit,
-        channel,
-        host,
-        image,
-        instance,
-        job,
-        network,
-        snapshot,
-        system,
-        user,
-        volume,
-    )
-
-    groups = (appliance, audit, channel, host, image, instance, job, system, user)
+def client_commands() -> click.Group:
+    """The ``lamina`` group with every client command registered (safe to call twice)."""
+    groups = (appliance, audit, channel, host, image, instance, job, reconcile, user)
     for module in (*groups, volume, snapshot, network):
         module.register(cli)
+    return cli
+
+
+def run(group: click.Group, argv: Sequence[str] | None = None) -> None:
+    """Run ``group`` on the command line (``sys.argv`` by default)."""
     # `--json` is accepted anywhere on the line, not only right after `lamina`.
-    args = sys.argv[1:]
+    args = list(sys.argv[1:] if argv is None else argv)
     if "--json" in args:
         args = ["--json"] + [a for a in args if a != "--json"]
-    cli(args=args)
+    group(args=args)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import emit_json, record, table, wait_job
 
 COLUMNS = ["name", "cidr", "mode", "zone", "instances", "visibility", "vlan", "id"]

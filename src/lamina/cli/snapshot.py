@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import emit_json, human_bytes, record, table, wait_job
 
 COLUMNS = ["id", "volume", "status", "progress", "size", "host", "comment"]

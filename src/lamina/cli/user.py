@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import emit_json, record, table
-from lamina.identity.models import QUOTAS
-
-if TYPE_CHECKING:
-    from lamina.config import Settings
+from lamina.client import QUOTAS
 
 COLUMNS = ["access_key", "email", "role", "created_at", "updated_at"]
 
@@ -155,62 +150,6 @@ def key_revoke(obj: Context, access_key: str, key_id: str) -> None:
     """Revoke one of a user's keys; requests signed with it are refused from now on."""
     data = obj.client.revoke_key(access_key, key_id)
     emit_json(data) if obj.json else click.echo(f"key {data['id']} revoked")
-
-
-@user.command("bootstrap")
-@click.option("--access-key", default="admin", show_default=True)
-@click.option("--email", default="admin@localhost", show_default=True)
-def bootstrap(access_key: str, email: str) -> None:
-    """On the manager's machine: make sure an administrator exists and write its keys to the
-    credentials file (~/.config/lamina/credentials, or $LAMINA_CREDENTIALS)."""
-    from lamina.client.credentials import (
-        Credentials,
-        credentials_path,
-        profile_name,
-        read_profiles,
-        write_credentials,
-    )
-    from lamina.config import load_settings
-    from lamina.db import Database
-    from lamina.identity.bootstrap import bootstrap_admin
-    from lamina.identity.secretbox import SecretBox
-
-    settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path, profile = credentials_path(), profile_name()
-    known = read_profiles(path).get(profile, {})
-    db = Database(settings.database_url)
-    try:
-        new = bootstrap_admin(
-            db,
-            SecretBox(settings.data_dir.resolve()),
-            access_key,
-            email,
-            known.get("secret_key") if known.get("access_key") == access_key else None,
-        )
-    finally:
-        db.dispose()
-    url, ca_file = settings.manager.url, _ca_file(settings)
-    if new is None and (known.get("url"), known.get("ca_file")) == (url, ca_file):
-        click.echo(f"administrator {access_key} already in {path} [{profile}]")
-        return
-    # A known key is kept; the manager's URL and CA are brought up to date (TLS turned on).
-    secret = new.secret if new is not None else known["secret_key"]
-    write_credentials(path, profile, Credentials(access_key, secret, url, ca_file))
-    click.echo(f"administrator {access_key} written to {path} [{profile}]")
-
-
-def _ca_file(settings: Settings) -> str | None:
-    """The CA certificate clients must trust: Lamina's own for ``manager.tls = "ca"``,
-    ``manager.tls_ca_file`` for "files" (unset: the system's trust store decides)."""
-    if settings.manager.tls == "ca":
-        from lamina.identity.ca import CertificateAuthority
-
-        # Made now if `lamina serve` has not run yet, so the file the credentials name exists.
-        return str(CertificateAuthority(settings.data_dir.resolve() / "ca").cert_path)
-    if settings.manager.tls == "files" and settings.manager.tls_ca_file is not None:
-        return str(settings.manager.tls_ca_file.resolve())
-    return None
 
 
 @click.command("whoami")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from lamina.cli.main import Context
+from lamina.cli.context import Context
 from lamina.cli.output import emit_json, human_bytes, record, table, wait_job
 from lamina.errors import InvalidRequest
 

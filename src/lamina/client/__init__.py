@@ -26,6 +26,9 @@ from lamina.identity.signing import LaminaAuth
 from lamina.remote_errors import raise_for_error
 
 FINISHED = ("succeeded", "failed", "rolled_back")
+#: The quotas a user account has, as the API names them (``lamina.identity.models.QUOTAS``,
+#: which a unit test holds this to).
+QUOTAS = ("instances", "vcpus", "memory_mib", "image_bytes", "volume_bytes")
 
 
 def default_url(creds: Credentials | None = None) -> str:

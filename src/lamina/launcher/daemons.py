@@ -1,0 +1,65 @@
+"""``lamina serve`` and ``lamina agent``: the two daemons, each with its settings and logging."""
+
+from __future__ import annotations
+
+import click
+
+from lamina.config import load_settings
+from lamina.logs import setup_logging
+
+
+@click.command("serve")
+@click.option("--host", help="Listen address (default from the settings).")
+@click.option("--port", type=int, help="Listen port (default from the settings).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the manager: REST API, job runner and host monitor."""
+    import uvicorn
+
+    from lamina.api.app import create_app
+    from lamina.api.edge import BoundedHttpTools
+    from lamina.api.zerocopy import ZeroCopy
+    from lamina.identity.transport import manager_tls
+    from lamina.services import Services
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    # Checked before anything starts: a bad certificate or key stops the manager here.
+    tls = manager_tls(settings, host)
+    # httptools keeps any amount of header: this protocol counts it as it arrives.
+    BoundedHttpTools.limit = settings.manager.max_header_bytes
+    processes = settings.manager.processes
+    if processes > 1:
+        # Each worker process builds its own services from the same settings; several
+        # managers on one database are safe (job leases, row locks).
+        Services.build(settings).close()  # migrate once, before the workers race to
+        target: object = "lamina.api.app:app_from_settings"
+    else:
+        target = ZeroCopy(create_app(Services.build(settings)))
+    uvicorn.run(
+        target,  # type: ignore[arg-type]
+        factory=processes > 1,
+        workers=processes if processes > 1 else None,
+        host=host or settings.manager.host,
+        port=port or settings.manager.port,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+        log_level=settings.log_level.lower(),
+        access_log=settings.log_level == "DEBUG",
+        # The client address is the socket's: a forwarded-for header from a local process
+        # must not choose what the audit trail and the login lock-out see.
+        proxy_headers=False,
+        http=BoundedHttpTools,
+        h11_max_incomplete_event_size=settings.manager.max_header_bytes,
+    )
+
+
+@click.command("agent")
+@click.option("--manager", "manager_url", help="Manager URL used to enrol.")
+@click.option("--token", help="One-time enrolment token from `lamina host add`.")
+def agent(manager_url: str | None, token: str | None) -> None:
+    """Run the host agent (enrolling first if it has no certificate)."""
+    from lamina.agent.main import run_agent
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    run_agent(settings, manager_url=manager_url, token=token)
