@@ -77,7 +77,8 @@ def _s3_subject(server: Swift) -> Iterator[Subject]:
     client.close()
 
 
-@pytest.fixture(params=["file", "s3"])
+# The s3 store needs a Swift server: it is ``integration`` (``make check`` runs the file store).
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.integration)])
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
     if request.param == "file":
         yield from _file_subject(tmp_path)
@@ -207,6 +208,7 @@ def test_bad_keys_are_refused(store: ImageStore, key: str) -> None:
 # -- s3 only ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_s3_save_runs_in_constant_memory(s3_server: Swift) -> None:
     """200 MiB generated on the fly: Python's peak stays a few parts, not the image."""
     store = _s3_store(s3_server)
@@ -235,6 +237,7 @@ def test_s3_save_runs_in_constant_memory(s3_server: Swift) -> None:
     store.close()
 
 
+@pytest.mark.integration
 def test_s3_unreachable_endpoint_is_backend_unavailable(s3_server: Swift) -> None:
     from harness import free_port
 
@@ -248,6 +251,7 @@ def test_s3_unreachable_endpoint_is_backend_unavailable(s3_server: Swift) -> Non
         store.exists("s3://lamina-x/images/x")
 
 
+@pytest.mark.integration
 def test_s3_access_denied_names_the_bucket(s3_server: Swift) -> None:
     store = S3ImageStore(
         s3_server.endpoint_url, "lamina-denied", s3_server.access_key, "wrong-secret"

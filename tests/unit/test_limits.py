@@ -40,7 +40,7 @@ TiB = 1024 * GiB
 @pytest.fixture
 def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     services: Services = bare_services(tmp_path, monkeypatch)
-    services.agents = World()  # type: ignore[assignment]
+    services.agents = World(tmp_path / "hosts")  # type: ignore[assignment]
     with services.db.write() as s:
         s.add(
             Host(

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.agents import FakeHost, InProcessAgents
 from harness import bare_services
 
+from lamina.agent.drivers.base import GuestSpec, GuestTags
 from lamina.compute.models import Host, Instance
 from lamina.compute.reconcile import apply_fixes, find_differences
 from lamina.services import Services
@@ -20,57 +22,49 @@ from lamina.wire.protocol import GuestStatus
 OTHER = "0123456789abcdef"
 
 
-class FakeAgent:
-    def __init__(self) -> None:
-        self.guests_: dict[str, GuestStatus] = {}
-        self.undefined: list[str] = []
+class Guests:
+    """The guests of host h1: a real agent over a ``FakeHypervisor`` (``tests/fakes``)."""
+
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
+        self.hv = host.hypervisor
 
     def add(self, name: str, deployment: str | None, age: float, state: str = "paused") -> str:
-        self.guests_[name] = GuestStatus(
-            name=name,
-            state=state,
-            vcpus=1,
-            memory_mib=64,
-            uptime_seconds=None,
-            deployment=deployment,
-            created_at=time.time() - age if deployment else None,
-        )
+        """A guest as an agent defines it (tagged), ``age`` seconds old; one of that name is
+        replaced (undefined and made again by someone else meanwhile)."""
+        self.hv.guests.pop(name, None)
+        tags = GuestTags(deployment, created=time.time() - age) if deployment else None
+        self.hv.define(GuestSpec(name=name, vcpus=1, memory_mib=64, tags=tags))
+        if state != "stopped":
+            self.hv.start(name, paused=state == "paused")
         return name
 
     def guests(self) -> list[GuestStatus]:
-        return list(self.guests_.values())
+        return self.host.client.guests()
 
-    def undefine(self, name: str) -> None:
-        self.undefined.append(name)
-        self.guests_.pop(name, None)
-
-
-class Pool:
-    def __init__(self) -> None:
-        self.agent = FakeAgent()
-
-    def for_host(self, host: Host) -> FakeAgent:
-        return self.agent
-
-    def close(self) -> None:
-        pass
+    @property
+    def undefined(self) -> list[str]:
+        """The guests the manager undefined (through the agent's ``undefine``)."""
+        return [name for method, name in self.hv.calls if method == "undefine" and name]
 
 
 @pytest.fixture
 def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     services: Services = bare_services(tmp_path, monkeypatch)
-    services.agents = Pool()  # type: ignore[assignment]
+    agents = InProcessAgents(tmp_path / "hosts", services.deployment)
+    services.agents = agents  # type: ignore[assignment]
     with services.db.write() as s:
         s.add(Host(id="h1", name="h1", address="127.0.0.1:7000", status="up", cert_fingerprint="x"))
     try:
         yield services
     finally:
         services.close()
+        agents.close()
 
 
-def agent(svc: Services) -> FakeAgent:
-    pool: Any = svc.agents
-    return pool.agent  # type: ignore[no-any-return]
+def agent(svc: Services) -> Guests:
+    agents: Any = svc.agents
+    return Guests(agents.host("h1"))
 
 
 def orphan() -> str:

@@ -1,8 +1,9 @@
-"""The volume service's states and its jobs' rollback, against a fake agent.
+"""The volume service's states and its jobs' rollback, against in-process agents.
 
-The agents are fakes here (unit tests only): they keep volumes, snapshots, exports and guest
-disks in dictionaries and fail the procedure a test names. A failure injected at each step of
-attach and detach must leave every earlier step undone and the volume in the state it had.
+The agents are the real agent over the fake hypervisor and volume backend of ``tests/fakes``
+(unit tests only: no daemon, no socket), behind a layer that fails the procedure a test
+names. A failure injected at each step of attach and detach must leave every earlier step
+undone and the volume in the state it had.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakes.agents import FakeHost, InProcessAgents
 from harness import bare_services
 from sqlalchemy.exc import IntegrityError
 
+from lamina.agent.drivers.base import DiskSpec, GuestSpec
 from lamina.compute.models import Host, Instance
 from lamina.errors import (
     BackendUnavailable,
@@ -35,13 +38,8 @@ from lamina.volumes.jobs import initiator_address
 from lamina.volumes.models import Attachment, Snapshot, Volume
 from lamina.wire.protocol import (
     DiskAttach,
-    DiskUsage,
     ExportInfo,
-    SnapshotCreate,
     SnapshotInfo,
-    VolumeCreate,
-    VolumeExport,
-    VolumeExtend,
     VolumeInfo,
 )
 
@@ -51,21 +49,27 @@ ADMIN = Principal("u-admin", "admin", "admin")
 GiB = 1024**3
 
 
-class FakeAgent:
-    """One host's agent: what the design's AgentClient procedures would leave behind."""
+#: Read-only procedures: never failed by injection (a test names the ones that change).
+READS = frozenset({"downloads", "volume_list", "snapshot_list", "export_list", "guests"})
+#: The guests of the instances below, running on host vmm.
+GUESTS = ("lamina-i-web", "lamina-i-db")
 
-    def __init__(self, name: str, world: World) -> None:
+
+class FakeAgent:
+    """One host's agent as the manager reaches it: the real agent over the fakes of
+    ``tests/fakes`` (called in-process), behind a layer that fails the procedures a test
+    names and records every call."""
+
+    def __init__(self, name: str, world: World, host: FakeHost) -> None:
         self.name = name
         self.world = world
-        self.volumes: dict[str, VolumeInfo] = {}
-        self.snapshots: dict[str, SnapshotInfo] = {}
-        self.exports: dict[str, ExportInfo] = {}
-        self.disks: dict[tuple[str, str], DiskAttach] = {}
-        self.guest_own_disks: dict[str, list[str]] = {}
-        self.guest_names = {"lamina-i-web", "lamina-i-db"}
+        self.host = host
+        self.hv = host.hypervisor
+        self.backend = host.volumes
 
     def _call(self, what: str) -> None:
         self.world.calls.append(f"{self.name}:{what}")
+        self.backend.free = self.world.volume_free
         if self.name in self.world.down:
             raise BackendUnavailable(f"agent {self.name} cannot be reached (injected)")
         if what in self.world.fail:
@@ -77,127 +81,85 @@ class FakeAgent:
             self.world.down.add(self.name)
             raise BackendUnavailable(f"agent {self.name} failed: connection reset (injected)")
 
-    def downloads(self) -> Any:
-        return SimpleNamespace(transfers=[])
+    def __getattr__(self, procedure: str) -> Any:
+        method = getattr(self.host.client, procedure)
+        if procedure in READS:
+            return method
 
-    def disk_usage(self) -> DiskUsage:
-        self._call("disk_usage")
-        free = self.world.volume_free
-        return DiskUsage(used_bytes=0, free_bytes=free or 0, total_bytes=0, volume_free_bytes=free)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._call(procedure)
+            result = method(*args, **kwargs)
+            self._die_after(procedure)
+            return result
 
-    def volume_create(self, req: VolumeCreate) -> VolumeInfo:
-        self._call("volume_create")
-        cloned = req.snapshot if req.snapshot and req.clone else None
-        info = VolumeInfo(
-            volume=req.volume,
-            size_bytes=req.size_bytes,
-            allocated_bytes=0,
-            backend="qcow2",
-            export_format="qcow2",
-            cloned_from=cloned,
-        )
-        self.volumes[req.volume] = info
-        return info
+        return call
 
-    def volume_delete(self, volume: str) -> None:
-        self._call("volume_delete")
-        if volume in self.exports:
-            raise InvalidState(f"volume {volume} is exported")
-        self.volumes.pop(volume, None)
+    # What the tests look at: the fakes' own records.
 
-    def volume_extend(self, volume: str, req: VolumeExtend) -> VolumeInfo:
-        self._call("volume_extend")
-        info = self.volumes[volume].model_copy(update={"size_bytes": req.size_bytes})
-        self.volumes[volume] = info
-        return info
+    @property
+    def volumes(self) -> dict[str, VolumeInfo]:
+        return self.backend.volume_records
 
-    def snapshot_create(self, volume: str, req: SnapshotCreate) -> SnapshotInfo:
-        self._call("snapshot_create")
-        size = self.volumes[volume].size_bytes
-        info = SnapshotInfo(
-            snapshot=req.snapshot, volume=volume, size_bytes=size, allocated_bytes=0
-        )
-        self.snapshots[req.snapshot] = info
-        return info
+    @property
+    def snapshots(self) -> dict[str, SnapshotInfo]:
+        return self.backend.snapshot_records
 
-    def snapshot_delete(self, snapshot: str) -> None:
-        self._call("snapshot_delete")
-        self.snapshots.pop(snapshot, None)
+    @property
+    def exports(self) -> dict[str, ExportInfo]:
+        return self.backend.export_records
 
-    def volume_export(self, volume: str, req: VolumeExport) -> ExportInfo:
-        self._call("volume_export")
-        info = self.exports.get(volume) or ExportInfo(
-            volume=volume,
-            iqn=f"iqn.2026-11.lamina:{volume}",
-            lun=1,
-            tid=len(self.exports) + 1,
-            portal="10.0.0.1:3260",
-            initiator_address=req.initiator_address,
-            export_format=self.volumes[volume].export_format,
-        )
-        self.exports[volume] = info
-        self._die_after("volume_export")
-        return info
+    @property
+    def disks(self) -> dict[tuple[str, str], DiskAttach]:
+        """(guest, target) -> the volume attached there."""
+        return {
+            (name, target): DiskAttach(
+                iqn=d.iqn, lun=d.lun, portal=f"{d.host}:{d.port}", format=d.format, serial=d.serial
+            )
+            for name, guest in self.hv.guests.items()
+            for target, d in guest.attached.items()
+        }
 
-    def volume_unexport(self, volume: str) -> None:
-        self._call("volume_unexport")
-        self.exports.pop(volume, None)
-
-    def export_list(self) -> list[ExportInfo]:
-        return list(self.exports.values())
-
-    def guest_attach_disk(self, name: str, target: str, req: DiskAttach) -> None:
-        self._call("guest_attach_disk")
-        self.disks[(name, target)] = req
-
-    def guest_detach_disk(self, name: str, target: str) -> None:
-        self._call("guest_detach_disk")
-        self.disks.pop((name, target), None)
-
-    def guest_disks(self, name: str) -> list[Any]:
-        self._call("guest_disks")
-        own = self.guest_own_disks.get(name, ["vda"])
-        attached = [
-            SimpleNamespace(target=t, source=f"iscsi://{d.portal}/{d.iqn}/{d.lun}")
-            for (guest, t), d in self.disks.items()
-            if guest == name
-        ]
-        return [SimpleNamespace(target=t, source=None) for t in own] + attached
-
-    def volume_list(self) -> list[VolumeInfo]:
-        return list(self.volumes.values())
-
-    def snapshot_list(self) -> list[SnapshotInfo]:
-        return list(self.snapshots.values())
-
-    def guests(self) -> list[Any]:
-        return [SimpleNamespace(name=n, state="running") for n in sorted(self.guest_names)]
+    def own_disks(self, guest: str, targets: list[str]) -> None:
+        """Give the (running) guest these disks of its own, as if defined with them."""
+        record = self.hv.guests[guest]
+        own = tuple(DiskSpec(f"/var/lib/lamina/{guest}/{t}.qcow2", t) for t in targets)
+        record.spec = dataclasses.replace(record.spec, disks=own)
 
 
 class World:
-    """The fake agents of every host, as an ``AgentPool``."""
+    """The agents of every host, as an ``AgentPool``: real agents over fakes
+    (``tests/fakes``) with failures injected by procedure name."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
         self.calls: list[str] = []
         self.fail: set[str] = set()
         #: Hosts whose agent cannot be reached; procedures after which an agent dies.
         self.down: set[str] = set()
         self.die_after: set[str] = set()
+        self.hosts = InProcessAgents(root)
         self.agents: dict[str, FakeAgent] = {}
         #: What every volume server answers as its volume root's free bytes.
         self.volume_free: int | None = 100 * GiB
 
     def for_host(self, host: Host) -> FakeAgent:
-        return self.agents.setdefault(host.name, FakeAgent(host.name, self))
+        found = self.agents.get(host.name)
+        if found is None:
+            made = self.hosts.host(host.name, host.address)
+            made.volumes.portal = f"{host.address.rsplit(':', 1)[0]}:3260"
+            for guest in GUESTS if host.name == "vmm" else ():
+                made.hypervisor.define(GuestSpec(name=guest, vcpus=1, memory_mib=64))
+                made.hypervisor.start(guest)
+            found = self.agents[host.name] = FakeAgent(host.name, self, made)
+        return found
 
     def close(self) -> None:
-        pass
+        self.hosts.close()
 
 
 @pytest.fixture
 def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     services: Services = bare_services(tmp_path, monkeypatch)
-    services.agents = World()  # type: ignore[assignment]
+    services.agents = World(tmp_path / "hosts")  # type: ignore[assignment]
     with services.db.write() as s:
         for hid, name, address in (("h-store", "store", "10.0.0.1"), ("h-vmm", "vmm", "10.0.0.2")):
             s.add(
@@ -245,11 +207,11 @@ def world(svc: Services) -> World:
 
 
 def store(svc: Services) -> FakeAgent:
-    return world(svc).agents.setdefault("store", FakeAgent("store", world(svc)))
+    return world(svc).for_host(Host(name="store", address="10.0.0.1:7000"))
 
 
 def vmm(svc: Services) -> FakeAgent:
-    return world(svc).agents.setdefault("vmm", FakeAgent("vmm", world(svc)))
+    return world(svc).for_host(Host(name="vmm", address="10.0.0.2:7000"))
 
 
 def run_jobs(svc: Services) -> list[Job]:
@@ -471,13 +433,13 @@ def test_attach_exports_to_the_instance_host_and_passes_the_serial(svc: Services
 
 
 def test_the_default_device_skips_the_guest_own_disks(svc: Services) -> None:
-    vmm(svc).guest_own_disks["lamina-i-web"] = ["vda", "vdb", "vdc"]
+    vmm(svc).own_disks("lamina-i-web", ["vda", "vdb", "vdc"])
     volume_id = new_volume(svc)
     service.attach_volume(svc, ALICE, volume_id, "web", None)
     assert attachment(svc, volume_id).device == "vdd"  # type: ignore[union-attr]
     run_jobs(svc)
     other = new_volume(svc)
-    vmm(svc).guest_own_disks["lamina-i-web"] = []  # a device given is not checked with the host
+    vmm(svc).own_disks("lamina-i-web", [])  # a device given is not checked with the host
     world(svc).fail.add("guest_disks")
     service.attach_volume(svc, ALICE, other, "web", "vdb")
     assert attachment(svc, other).device == "vdb"  # type: ignore[union-attr]
@@ -737,7 +699,7 @@ def test_a_reconcile_fix_refuses_a_volume_that_changed_since(svc: Services) -> N
 
     volume_id = attached_volume(svc)
     assert find_volume_differences(svc) == []
-    vmm(svc).disks.clear()  # the guest lost its disk
+    vmm(svc).hv.guests["lamina-i-web"].attached.clear()  # the guest lost its disk
     [diff] = find_volume_differences(svc)
     assert (diff.kind, diff.resource) == ("stale_attachment", f"volume {volume_id}")
     with svc.db.write() as s:

@@ -35,7 +35,7 @@ from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
 from lamina.agent.identity import DeploymentIdentity
 from lamina.agent.networks import NetworkConfig, NetworkHost
-from lamina.agent.volumes import VolumeConfig, VolumeServer
+from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
 from lamina.errors import InvalidRequest, InvalidState, LaminaError
 from lamina.httperrors import install_error_handlers
 from lamina.wire.protocol import (
@@ -99,7 +99,8 @@ class Agent:
         self.tracker = DownloadTracker()
         self.cache = ImageCache(root / "cache", self.tracker, fetch)
         self.disks = DiskStore(root / "guests")
-        self.volumes = VolumeServer(
+        #: The volume routes' backend (tests put a fake here before building the app).
+        self.volumes: VolumeBackend = VolumeServer(
             volumes or VolumeConfig(), root, self.tracker, lambda: self.identity.id
         )
         self.network = NetworkHost(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from lamina.agent.cache import DownloadTracker
 from lamina.agent.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
@@ -61,7 +62,78 @@ class VolumeConfig:
     pool: str | None = None
 
 
-class VolumeServer:
+class VolumeBackend(Protocol):
+    """What the agent's volume routes drive: the volumes, snapshots and iSCSI exports of one
+    host. ``VolumeServer`` (command patterns and tgt) is the real one; the unit tests' fake
+    (``tests/fakes``) passes the same contract suite (``tests/contract``).
+
+    Volume and snapshot ids are checked (``vol-<hex>``, ``snap-<hex>``): a bad one raises
+    ``InvalidRequest``. An agent that is no volume server raises ``NotSupported``."""
+
+    def free_bytes(self) -> int | None:
+        """Free bytes where volumes are made; None when not known (no volume server, or
+        volumes kept in a VG or pool)."""
+        ...
+
+    def volume_info(self, volume: str) -> VolumeInfo:
+        """One volume; raises ``NotFound`` for an unknown one."""
+        ...
+
+    def volumes(self) -> list[VolumeInfo]:
+        """Every volume of this backend."""
+        ...
+
+    def create(self, req: VolumeCreate) -> VolumeInfo:
+        """An empty volume or one from a snapshot; an existing volume is answered as it is.
+        Raises ``NotFound`` for an unknown snapshot, ``InvalidRequest`` for a size below the
+        snapshot's, ``TooLarge`` when there is no room."""
+        ...
+
+    def delete(self, volume: str) -> None:
+        """Remove the volume (an unknown one is a no-op; its snapshots stay); raises
+        ``InvalidState`` while it is exported."""
+        ...
+
+    def extend(self, volume: str, req: VolumeExtend) -> VolumeInfo:
+        """Grow the volume (the same size is a no-op). Raises ``NotFound``, ``InvalidRequest``
+        for a smaller size, ``InvalidState`` while it is exported, ``TooLarge``."""
+        ...
+
+    def snapshot_info(self, snapshot: str) -> SnapshotInfo:
+        """One snapshot; raises ``NotFound`` for an unknown one."""
+        ...
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every snapshot of this backend."""
+        ...
+
+    def snapshot(self, volume: str, req: SnapshotCreate) -> SnapshotInfo:
+        """An independent snapshot of the volume; the same one again is answered as it is.
+        Raises ``NotFound`` for an unknown volume, ``Conflict`` when the id is another
+        volume's snapshot."""
+        ...
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        """Remove the snapshot (an unknown one is a no-op); raises ``InvalidState`` while a
+        copy-on-write clone depends on it."""
+        ...
+
+    def export(self, volume: str, initiator_address: str) -> ExportInfo:
+        """Export the volume to that one initiator; the same export again is answered as it
+        is. Raises ``NotFound``, ``InvalidRequest`` for a bad address, ``InvalidState`` when
+        it is exported to another address."""
+        ...
+
+    def unexport(self, volume: str) -> None:
+        """Withdraw the volume's export (idempotent)."""
+        ...
+
+    def exports(self) -> list[ExportInfo]:
+        """The exports of this backend's volumes."""
+        ...
+
+
+class VolumeServer(VolumeBackend):
     """Volumes, snapshots and exports of one backend on this host."""
 
     def __init__(

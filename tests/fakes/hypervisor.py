@@ -1,0 +1,222 @@
+"""``FakeHypervisor``: guests as records in a dictionary, with the real driver's rules.
+
+It keeps what ``LibvirtHypervisor`` keeps (definition, state, start time, tags, attached
+network disks) and refuses what it refuses (a running guest redefined, a paused guest
+rebooted, another disk at a taken target). Nothing boots: a started guest is ``running`` at
+once and a shutdown takes effect at once.
+
+A test makes the next call of a method fail with ``fail_next("start", SomeError(...))``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from lamina.agent.drivers.base import (
+    Capabilities,
+    GuestDisk,
+    GuestInfo,
+    GuestSpec,
+    GuestState,
+    GuestTags,
+    HostInfo,
+    Hypervisor,
+    NetworkDisk,
+)
+from lamina.errors import Conflict, GuestNotFound, InvalidState, LaminaError
+
+
+@dataclass
+class FakeGuest:
+    spec: GuestSpec
+    state: GuestState = "stopped"
+    started: float | None = None
+    #: Network disks attached after the definition: target -> disk.
+    attached: dict[str, NetworkDisk] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "paused")
+
+
+class FakeHypervisor(Hypervisor):
+    """An in-memory hypervisor. ``guests`` is its whole state (name -> ``FakeGuest``);
+    ``calls`` records every interface call as ``(method, guest name or None)``."""
+
+    def __init__(self, hostname: str = "fake-host", vcpus: int = 8, memory_mib: int = 16384):
+        self.capabilities = Capabilities(domain_type="test", kvm=False, extra=("reset",))
+        self.host = HostInfo(
+            hostname=hostname, vcpus=vcpus, memory_mib=memory_mib, cpu_model="fake"
+        )
+        self.guests: dict[str, FakeGuest] = {}
+        self.calls: list[tuple[str, str | None]] = []
+        self._failures: dict[str, LaminaError] = {}
+        self._lock = threading.RLock()
+
+    # -- for tests -----------------------------------------------------------------------
+
+    def fail_next(self, method: str, error: LaminaError) -> None:
+        """Make the next call of ``method`` raise ``error`` (and do nothing else)."""
+        self._failures[method] = error
+
+    def _enter(self, method: str, name: str | None = None) -> None:
+        self.calls.append((method, name))
+        error = self._failures.pop(method, None)
+        if error is not None:
+            raise error
+
+    def _guest(self, name: str) -> FakeGuest:
+        try:
+            return self.guests[name]
+        except KeyError:
+            raise GuestNotFound(name) from None
+
+    # -- the Hypervisor interface --------------------------------------------------------
+
+    def host_info(self) -> HostInfo:
+        with self._lock:
+            self._enter("host_info")
+            return self.host
+
+    def define(self, spec: GuestSpec) -> None:
+        with self._lock:
+            self._enter("define", spec.name)
+            existing = self.guests.get(spec.name)
+            attached: dict[str, NetworkDisk] = {}
+            if existing is not None:
+                if existing.active:
+                    raise InvalidState(
+                        f"guest {spec.name!r} is {existing.state}; stop it to redefine",
+                        guest=spec.name,
+                    )
+                if spec.uuid is None:
+                    spec = dataclasses.replace(spec, uuid=existing.spec.uuid)
+                old = existing.spec.tags
+                if spec.tags is not None and old is not None and old.created is not None:
+                    spec = dataclasses.replace(
+                        spec, tags=dataclasses.replace(spec.tags, created=old.created)
+                    )
+                # Redefining keeps attached volumes at targets the new definition leaves free.
+                taken = {d.target for d in spec.disks}
+                attached = {t: d for t, d in existing.attached.items() if t not in taken}
+            if spec.uuid is None:
+                spec = dataclasses.replace(spec, uuid=str(uuid.uuid4()))
+            self.guests[spec.name] = FakeGuest(spec, attached=attached)
+
+    def start(self, name: str, paused: bool = False) -> None:
+        with self._lock:
+            self._enter("start", name)
+            guest = self._guest(name)
+            if guest.active:
+                return
+            guest.state = "paused" if paused else "running"
+            guest.started = time.time()
+
+    def shutdown(self, name: str, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._enter("shutdown", name)
+            self._stop(self._guest(name))
+
+    def destroy(self, name: str) -> None:
+        with self._lock:
+            self._enter("destroy", name)
+            self._stop(self._guest(name))
+
+    @staticmethod
+    def _stop(guest: FakeGuest) -> None:
+        guest.state, guest.started = "stopped", None
+
+    def pause(self, name: str) -> None:
+        with self._lock:
+            self._enter("pause", name)
+            guest = self._guest(name)
+            if guest.state == "paused":
+                return
+            if guest.state != "running":
+                raise InvalidState(f"cannot pause guest {name!r}: it is {guest.state}", guest=name)
+            guest.state = "paused"
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            self._enter("resume", name)
+            guest = self._guest(name)
+            if guest.state == "running":
+                return
+            if guest.state != "paused":
+                raise InvalidState(f"cannot resume guest {name!r}: it is {guest.state}", guest=name)
+            guest.state = "running"
+
+    def reboot(self, name: str) -> None:
+        with self._lock:
+            self._enter("reboot", name)
+            guest = self._guest(name)
+            if guest.state != "running":
+                raise InvalidState(f"cannot reboot guest {name!r}: it is {guest.state}", guest=name)
+
+    def undefine(self, name: str) -> None:
+        with self._lock:
+            self._enter("undefine", name)
+            self.guests.pop(name, None)
+
+    def _info(self, guest: FakeGuest) -> GuestInfo:
+        uptime = None
+        if guest.active and guest.started is not None:
+            uptime = max(time.time() - guest.started, 0.0)
+        return GuestInfo(
+            name=guest.spec.name,
+            state=guest.state,
+            vcpus=guest.spec.vcpus,
+            memory_mib=guest.spec.memory_mib,
+            uptime_seconds=uptime,
+            tags=guest.spec.tags or GuestTags(),
+        )
+
+    def info(self, name: str) -> GuestInfo:
+        with self._lock:
+            self._enter("info", name)
+            return self._info(self._guest(name))
+
+    def list(self) -> builtins.list[GuestInfo]:
+        with self._lock:
+            self._enter("list")
+            return [self._info(self.guests[n]) for n in sorted(self.guests)]
+
+    def _disks(self, guest: FakeGuest) -> dict[str, str | None]:
+        disks: dict[str, str | None] = {d.target: d.path for d in guest.spec.disks}
+        disks.update({t: d.source for t, d in guest.attached.items()})
+        return disks
+
+    def attach_disk(self, name: str, disk: NetworkDisk) -> None:
+        with self._lock:
+            self._enter("attach_disk", name)
+            guest = self._guest(name)
+            existing = self._disks(guest)
+            if disk.target in existing:
+                if existing[disk.target] == disk.source:
+                    return
+                raise Conflict(
+                    f"guest {name!r} already has a disk at {disk.target} ({existing[disk.target]})",
+                    guest=name,
+                    target=disk.target,
+                )
+            guest.attached[disk.target] = disk
+
+    def detach_disk(self, name: str, target: str, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._enter("detach_disk", name)
+            guest = self._guest(name)
+            guest.attached.pop(target, None)
+            guest.spec = dataclasses.replace(
+                guest.spec, disks=tuple(d for d in guest.spec.disks if d.target != target)
+            )
+
+    def disks(self, name: str) -> builtins.list[GuestDisk]:
+        with self._lock:
+            self._enter("disks", name)
+            found = self._disks(self._guest(name))
+            return [GuestDisk(target, found[target]) for target in sorted(found)]
