@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from fakes import FakeHypervisor
 
 from lamina.agent.drivers.base import (
     DiskSpec,
@@ -29,6 +28,7 @@ from lamina.agent.drivers.base import (
     Hypervisor,
     NetworkDisk,
 )
+from lamina.agent.drivers.fake import FakeHypervisor
 from lamina.errors import Conflict, GuestNotFound, InvalidState
 
 QEMU_URI = "qemu:///system"

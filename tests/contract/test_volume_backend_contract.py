@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fakes import FakeVolumeBackend
 
 from lamina.agent.cache import DownloadTracker
+from lamina.agent.fake_volumes import FakeVolumeBackend
 from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
 from lamina.errors import (
     Conflict,

@@ -1,13 +1,5 @@
-"""In-memory stand-ins for the agent's host-side interfaces, for fast unit tests.
-
-``FakeHypervisor`` implements ``lamina.agent.drivers.base.Hypervisor`` and
-``FakeVolumeBackend`` implements ``lamina.agent.volumes.VolumeBackend``. Each passes the same
-contract suite as the real implementation (``tests/contract/test_hypervisor_contract.py``,
-``tests/contract/test_volume_backend_contract.py``), so a behaviour the real code changes
-fails there first instead of drifting silently.
-"""
-
-from fakes.hypervisor import FakeHypervisor
-from fakes.volumes import FakeVolumeBackend
-
-__all__ = ["FakeHypervisor", "FakeVolumeBackend"]
+"""Test helpers over the shipped fakes (``lamina.agent.drivers.fake.FakeHypervisor``,
+``lamina.agent.fake_volumes.FakeVolumeBackend``): ``agents.InProcessAgents`` runs the real
+agent on them in-process. The fakes pass the same contract suites as the real
+implementations (``tests/contract/test_hypervisor_contract.py`` and
+``tests/contract/test_volume_backend_contract.py``)."""

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import httpx
 from starlette.testclient import TestClient
 
-from fakes.hypervisor import FakeHypervisor
-from fakes.volumes import FakeVolumeBackend
+from lamina.agent.drivers.fake import FakeHypervisor
+from lamina.agent.fake_volumes import FakeVolumeBackend
 from lamina.agent.server import Agent, create_agent_app
 from lamina.wire.client import AgentClient
 from lamina.wire.protocol import DEPLOYMENT_HEADER

@@ -211,7 +211,7 @@ def test_export_is_bound_to_one_initiator_address(served: Served) -> None:
 
 
 def test_volume_routes_of_a_server_that_is_not_one(tmp_path: Path) -> None:
-    from fakes import FakeHypervisor
+    from lamina.agent.drivers.fake import FakeHypervisor
 
     agent = Agent(tmp_path, FakeHypervisor(), VolumeConfig(enabled=False))
     from lamina.errors import NotSupported

@@ -213,8 +213,7 @@ def test_every_rest_route_is_documented(openapi: dict[str, Any]) -> None:
 
 
 def test_every_agent_route_and_procedure_is_documented(tmp_path: Path) -> None:
-    from fakes import FakeHypervisor
-
+    from lamina.agent.drivers.fake import FakeHypervisor
     from lamina.agent.server import Agent, create_agent_app
     from lamina.wire.protocol import PROCEDURES
 
