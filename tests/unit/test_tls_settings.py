@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from lamina.client.tls import verifying_context
 from lamina.config import load_settings
 from lamina.errors import ConfigError
 from lamina.identity.ca import CertificateAuthority
-from lamina.identity.transport import check_key_pair, manager_tls, server_names, verifying_context
+from lamina.identity.transport import check_key_pair, manager_tls, server_names
 from lamina.wire.tls import key_pem, make_csr, new_key
 
 

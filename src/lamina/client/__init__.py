@@ -13,6 +13,7 @@ from typing import IO, Any
 import httpx
 
 from lamina.client.credentials import Credentials, load_credentials
+from lamina.client.tls import verifying_context
 from lamina.errors import (
     BackendUnavailable,
     Conflict,
@@ -56,8 +57,6 @@ class Client:
         secret_key: str | None = None,
         ca_file: str | None = None,
     ) -> None:
-        from lamina.identity.transport import verifying_context
-
         creds = (
             Credentials(access_key, secret_key) if access_key and secret_key else load_credentials()
         )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -101,14 +100,3 @@ def check_key_pair(cert_path: Path, key_path: Path) -> None:
         log.warning(
             "the manager's certificate %s expired on %s", cert_path, cert.not_valid_after_utc
         )
-
-
-def verifying_context(ca_file: str | Path | None) -> ssl.SSLContext:
-    """A client context that checks the server's certificate and name against ``ca_file``
-    only, or against the system's trust store when no file is given."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    except OSError as exc:  # ssl.SSLError included: not a PEM certificate
-        raise ConfigError(
-            f"cannot load the CA certificate {ca_file}: {exc.strerror or exc}"
-        ) from None
