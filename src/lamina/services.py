@@ -30,15 +30,15 @@ class Services:
     keys: KeyCache
     stores: dict[str, ImageStore]
     runner: JobRunner | None = field(default=None)
-    #: This deployment's id (``lamina.compute.deployment``), named on every agent call.
+    #: This deployment's id (``lamina.db.deployment``), named on every agent call.
     deployment: str = ""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
-        from lamina.compute.deployment import deployment_id
         from lamina.compute.jobs import register_compute_jobs
+        from lamina.db.deployment import deployment_id
         from lamina.network.forwards import register_forward_jobs
         from lamina.network.sync import register_network_jobs
         from lamina.volumes.jobs import register_volume_jobs
