@@ -38,6 +38,7 @@ class Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
         from lamina.compute.jobs import register_compute_jobs
+        from lamina.compute.visibility import instance_jobs_visible
         from lamina.db.deployment import deployment_id
         from lamina.network.forwards import register_forward_jobs
         from lamina.network.sync import register_network_jobs
@@ -53,6 +54,7 @@ class Services:
         register_volume_jobs(registry)
         register_network_jobs(registry)
         register_forward_jobs(registry)
+        registry.register_visibility("instance", instance_jobs_visible)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)
