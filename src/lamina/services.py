@@ -9,6 +9,7 @@ from lamina.config import Settings
 from lamina.db import Database
 from lamina.identity.authn import KeyCache
 from lamina.identity.ca import CertificateAuthority
+from lamina.identity.quotas import QuotaCounters
 from lamina.identity.secretbox import SecretBox
 from lamina.jobs.kinds import JobRegistry
 from lamina.stores import load_stores
@@ -32,16 +33,21 @@ class Services:
     runner: JobRunner | None = field(default=None)
     #: This deployment's id (``lamina.db.deployment``), named on every agent call.
     deployment: str = ""
+    #: What each quota counts, by quota name (the domains' counters).
+    quotas: QuotaCounters = field(default_factory=QuotaCounters)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         from lamina.appliances.capture import register_capture_jobs
         from lamina.appliances.install import register_appliance_jobs
+        from lamina.compute import quota as compute_quota
         from lamina.compute.jobs import register_compute_jobs
         from lamina.compute.visibility import instance_jobs_visible
         from lamina.db.deployment import deployment_id
+        from lamina.images import quota as image_quota
         from lamina.network.forwards import register_forward_jobs
         from lamina.network.sync import register_network_jobs
+        from lamina.volumes import quota as volume_quota
         from lamina.volumes.jobs import register_volume_jobs
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,11 @@ class Services:
         stores = load_stores(settings)
         deployment = deployment_id(db)
         agents = AgentPool(ca.client_files(), deployment=deployment)
-        return cls(settings, db, ca, agents, registry, box, keys, stores, deployment=deployment)
+        svc = cls(settings, db, ca, agents, registry, box, keys, stores, deployment=deployment)
+        for counters in (compute_quota.COUNTERS, image_quota.COUNTERS, volume_quota.COUNTERS):
+            for name, counter in counters.items():
+                svc.quotas.register(name, counter)
+        return svc
 
     def wake_jobs(self) -> None:
         if self.runner is not None:
