@@ -14,12 +14,12 @@ from lamina.api.auth import principal
 from lamina.config import load_settings
 from lamina.identity.models import User
 from lamina.identity.principal import Principal
-from lamina.services import Services
+from lamina.manager import build_services
 
 
 def main(port: int) -> None:
     settings = load_settings()
-    svc = Services.build(settings)
+    svc = build_services(settings)
     with svc.db.read() as s:
         admin = s.scalars(select(User).where(User.role == "admin")).first()
         assert admin is not None, "bootstrap an administrator first"

@@ -312,11 +312,11 @@ def bare_services(tmp_path: Path, monkeypatch: Any, **settings: Any) -> Any:
     of the machine) and ``settings``, its data under ``tmp_path/var``: for tests that drive
     the domain functions in-process."""
     from lamina.config import ENV_PREFIX, load_settings
-    from lamina.services import Services
+    from lamina.manager import build_services
 
     for key in list(os.environ):
         if key.startswith(ENV_PREFIX):
             monkeypatch.delenv(key)
     empty = tmp_path / "lamina.toml"
     empty.write_text("")
-    return Services.build(load_settings(empty, data_dir=tmp_path / "var", **settings))
+    return build_services(load_settings(empty, data_dir=tmp_path / "var", **settings))

@@ -1,4 +1,8 @@
-"""What one manager process holds: built once from the settings and passed around."""
+"""What one manager process holds: built once from the settings and passed around.
+
+The container knows no domain: ``lamina.manager`` builds it and registers every domain's job
+kinds, visibility checks and quota counters in it (``lamina.manager.build_services``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from typing import TYPE_CHECKING
 
 from lamina.config import Settings
 from lamina.db import Database
+from lamina.db.deployment import deployment_id
 from lamina.identity.authn import KeyCache
 from lamina.identity.ca import CertificateAuthority
+from lamina.identity.quotas import QuotaCounters
 from lamina.identity.secretbox import SecretBox
 from lamina.jobs.kinds import JobRegistry
 from lamina.stores import load_stores
@@ -30,29 +36,19 @@ class Services:
     keys: KeyCache
     stores: dict[str, ImageStore]
     runner: JobRunner | None = field(default=None)
-    #: This deployment's id (``lamina.compute.deployment``), named on every agent call.
+    #: This deployment's id (``lamina.db.deployment``), named on every agent call.
     deployment: str = ""
+    #: What each quota counts, by quota name (the domains' counters).
+    quotas: QuotaCounters = field(default_factory=QuotaCounters)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        from lamina.appliances.capture import register_capture_jobs
-        from lamina.appliances.install import register_appliance_jobs
-        from lamina.compute.deployment import deployment_id
-        from lamina.compute.jobs import register_compute_jobs
-        from lamina.network.forwards import register_forward_jobs
-        from lamina.network.sync import register_network_jobs
-        from lamina.volumes.jobs import register_volume_jobs
-
+        """The container, its registries empty; ``lamina.manager.build_services`` fills
+        them."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url)
         ca = CertificateAuthority(settings.data_dir.resolve() / "ca")
         registry = JobRegistry()
-        register_compute_jobs(registry)
-        register_appliance_jobs(registry)
-        register_capture_jobs(registry)
-        register_volume_jobs(registry)
-        register_network_jobs(registry)
-        register_forward_jobs(registry)
         box = SecretBox(settings.data_dir.resolve())
         keys = KeyCache(db, box, settings.identity.key_cache_seconds)
         stores = load_stores(settings)

@@ -27,6 +27,7 @@ from lamina.compute.jobs import destroy_guest
 from lamina.config import ENV_PREFIX, load_settings
 from lamina.errors import GuestNotFound
 from lamina.jobs.kinds import StepContext
+from lamina.manager import build_services
 from lamina.services import Services
 from lamina.volumes import reconcile as volumes_reconcile
 from lamina.wire.client import AgentClient
@@ -45,7 +46,7 @@ def services(cloud: Cloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
             monkeypatch.delenv(key)
     settings = tmp_path / "lamina.toml"
     settings.write_text("[reconcile]\ngrace_seconds = 0\n")  # as the cloud's manager
-    svc = Services.build(load_settings(settings, data_dir=cloud.root / "manager"))
+    svc = build_services(load_settings(settings, data_dir=cloud.root / "manager"))
     try:
         yield svc
     finally:

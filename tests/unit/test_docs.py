@@ -176,7 +176,7 @@ def test_every_error_code_is_documented_with_its_status() -> None:
 @pytest.fixture(scope="module")
 def openapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from lamina.api.app import create_app
-    from lamina.services import Services
+    from lamina.manager import build_services
 
     tmp = tmp_path_factory.mktemp("docs")
     empty = tmp / "lamina.toml"
@@ -185,7 +185,7 @@ def openapi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         for key in list(os.environ):
             if key.startswith(ENV_PREFIX):
                 mp.delenv(key)
-        svc = Services.build(load_settings(empty, data_dir=tmp / "var"))
+        svc = build_services(load_settings(empty, data_dir=tmp / "var"))
     try:
         yield create_app(svc, background=False).openapi()
     finally:

@@ -72,7 +72,7 @@ def orphan() -> str:
 
 
 def test_the_deployment_id_is_made_once_and_kept(svc: Services) -> None:
-    from lamina.compute.deployment import deployment_id
+    from lamina.db.deployment import deployment_id
 
     assert len(svc.deployment) == 16 and int(svc.deployment, 16) >= 0
     assert deployment_id(svc.db) == svc.deployment

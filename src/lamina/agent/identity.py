@@ -1,4 +1,4 @@
-"""The deployment this agent works for (see ``lamina.compute.deployment``).
+"""The deployment this agent works for (see ``lamina.db.deployment``).
 
 The manager names its deployment on every call (``X-Lamina-Deployment``); the agent keeps the
 first id it is given in ``<agent data dir>/deployment`` and tags everything it makes with it

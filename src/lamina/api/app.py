@@ -39,11 +39,12 @@ def app_from_settings() -> ZeroCopy:
     from lamina.api.edge import BoundedHttpTools
     from lamina.config import load_settings
     from lamina.logs import setup_logging
+    from lamina.manager import build_services
 
     settings = load_settings()
     setup_logging(settings.log_level)
     BoundedHttpTools.limit = settings.manager.max_header_bytes
-    return ZeroCopy(create_app(Services.build(settings)))
+    return ZeroCopy(create_app(build_services(settings)))
 
 
 def create_app(svc: Services, *, background: bool = True) -> FastAPI:

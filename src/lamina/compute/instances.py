@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 
 from lamina.compute.boot import BootSources
 from lamina.compute.models import Host, Instance
+from lamina.compute.quota import check_instance_quota
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
-from lamina.identity.quotas import check_instance_quota
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,11 +66,20 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg = _alembic_config()
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def new_revision(self, message: str, metadata: MetaData) -> None:
+        """Write a migration (a developer's tool) for what ``metadata``'s tables have and
+        this database, migrated to the newest revision, lacks. ``metadata`` must know every
+        table: ``lamina.manager.new_revision`` hands over all the domains'."""
+        cfg = _alembic_config()
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            cfg.attributes["metadata"] = metadata
+            command.revision(cfg, message=message, autogenerate=True)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -95,6 +104,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
 
 
 def _sqlite_path(url: str) -> str | None:

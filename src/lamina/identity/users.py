@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, NotFound
 from lamina.identity.models import QUOTAS, ROLES, User, UserKey
+from lamina.identity.quotas import Counter
 from lamina.identity.secretbox import SecretBox
 
 ACCESS_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -129,17 +131,11 @@ def update_user(
     return user
 
 
-def delete_user(session: Session, access_key: str) -> User:
-    """Remove a user; refused while they own live instances or are the last admin."""
-    from lamina.compute.instances import LIVE
-    from lamina.compute.models import Instance
-
+def delete_user(session: Session, access_key: str, counters: Mapping[str, Counter]) -> User:
+    """Remove a user; refused while they own live instances (as ``counters``' ``instances``
+    counts them) or are the last admin."""
     user = get_user(session, access_key)
-    owned = session.scalar(
-        select(func.count())
-        .select_from(Instance)
-        .where(Instance.owner == user.id, Instance.status.in_(LIVE))
-    )
+    owned = counters["instances"](session, user.id)
     if owned:
         raise InvalidState(f"user {access_key!r} still owns {owned} instance(s)")
     if user.role == "admin":
@@ -148,7 +144,7 @@ def delete_user(session: Session, access_key: str) -> User:
     return user
 
 
-def clean_users(session: Session, keep: str) -> list[str]:
+def clean_users(session: Session, keep: str, counters: Mapping[str, Counter]) -> list[str]:
     """VISOR's ``clean``: delete every user who owns nothing live, except ``keep``."""
     removed = []
     for user in list_users(session):
@@ -156,7 +152,7 @@ def clean_users(session: Session, keep: str) -> list[str]:
             continue
         try:
             with session.begin_nested():
-                delete_user(session, user.access_key)
+                delete_user(session, user.access_key, counters)
             removed.append(user.access_key)
         except InvalidState:
             continue

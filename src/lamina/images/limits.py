@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from lamina.errors import InvalidRequest, LaminaError, QuotaExceeded, TooLarge
-from lamina.identity.quotas import check_image_bytes, image_bytes_left
+from lamina.images.quota import check_image_bytes, image_bytes_left
 from lamina.stores.base import ImageStore
 
 #: A declared size past every limit (and past what a BIGINT column holds).

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lamina.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from lamina.identity.principal import Principal
 
 
 @dataclass
@@ -47,9 +52,18 @@ class JobKind:
     on_failure: Callable[[StepContext, str], None] | None = None
 
 
+#: Whether ``who`` may see the target ``target_id`` of a job (a member sees the jobs on what
+#: they own), for one target type; registered by the domain that holds such targets.
+VisibilityCheck = Callable[["Session", str, "Principal"], bool]
+
+
 class JobRegistry:
+    """The kinds of job this manager runs, and who may see a job by its target's type; the
+    domains fill it (through ``lamina.manager``)."""
+
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
+        self._visibility: dict[str, VisibilityCheck] = {}
 
     def register(self, kind: JobKind) -> JobKind:
         if kind.name in self._kinds:
@@ -65,3 +79,18 @@ class JobRegistry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._kinds
+
+    def register_visibility(self, target_type: str, check: VisibilityCheck) -> None:
+        """Let ``check`` say who, besides the job's owner and administrators, may see the
+        jobs on targets of ``target_type``."""
+        if target_type in self._visibility:
+            raise ConfigError(f"visibility of {target_type!r} jobs registered twice")
+        self._visibility[target_type] = check
+
+    def target_visible(
+        self, session: Session, target_type: str | None, target_id: str | None, who: Principal
+    ) -> bool:
+        """Whether ``who`` may see the target of a job (False for a job without one, or on
+        a type nobody registered)."""
+        check = self._visibility.get(target_type or "")
+        return check is not None and target_id is not None and check(session, target_id, who)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from lamina.db.types import utcnow
 from lamina.errors import NotFound
 from lamina.identity.principal import Principal
-from lamina.jobs.kinds import JobKind
+from lamina.jobs.kinds import JobKind, JobRegistry
 from lamina.jobs.models import FINISHED, Job, JobStep
 
 
@@ -54,24 +54,28 @@ def retry_pending_undos(session: Session) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def get_job(session: Session, job_id: str, who: Principal | None = None) -> Job:
-    """A job; members see those they started and those on resources they own (``who`` None:
-    no check, for internal use)."""
+def get_job(
+    session: Session,
+    job_id: str,
+    who: Principal | None = None,
+    registry: JobRegistry | None = None,
+) -> Job:
+    """A job; members see those they started and those on resources they own, as the
+    ``registry``'s visibility checks say (``who`` None: no check, for internal use)."""
+    if who is not None and registry is None:
+        raise TypeError("get_job needs the job registry to check who may see a job")
     job = session.get(Job, job_id)
-    if job is None or (who is not None and not _may_see(session, job, who)):
+    if job is None or (
+        who is not None and registry is not None and not _may_see(session, job, who, registry)
+    ):
         raise NotFound(f"job {job_id!r} does not exist", job=job_id)
     return job
 
 
-def _may_see(session: Session, job: Job, who: Principal) -> bool:
+def _may_see(session: Session, job: Job, who: Principal, registry: JobRegistry) -> bool:
     if who.is_admin or job.owner == who.user_id:
         return True
-    if job.target_type == "instance" and job.target_id:
-        from lamina.compute.models import Instance
-
-        target = session.get(Instance, job.target_id)
-        return target is not None and target.owner == who.user_id
-    return False
+    return registry.target_visible(session, job.target_type, job.target_id, who)
 
 
 def list_jobs(

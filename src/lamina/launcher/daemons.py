@@ -19,7 +19,7 @@ def serve(host: str | None, port: int | None) -> None:
     from lamina.api.edge import BoundedHttpTools
     from lamina.api.zerocopy import ZeroCopy
     from lamina.identity.transport import manager_tls
-    from lamina.services import Services
+    from lamina.manager import build_services
 
     settings = load_settings()
     setup_logging(settings.log_level)
@@ -31,10 +31,10 @@ def serve(host: str | None, port: int | None) -> None:
     if processes > 1:
         # Each worker process builds its own services from the same settings; several
         # managers on one database are safe (job leases, row locks).
-        Services.build(settings).close()  # migrate once, before the workers race to
+        build_services(settings).close()  # migrate once, before the workers race to
         target: object = "lamina.api.app:app_from_settings"
     else:
-        target = ZeroCopy(create_app(Services.build(settings)))
+        target = ZeroCopy(create_app(build_services(settings)))
     uvicorn.run(
         target,  # type: ignore[arg-type]
         factory=processes > 1,

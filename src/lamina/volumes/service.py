@@ -34,11 +34,11 @@ from lamina.errors import (
 )
 from lamina.identity.access import Need, check
 from lamina.identity.principal import Principal
-from lamina.identity.quotas import check_volume_bytes
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.volumes.models import Attachment, Snapshot, Volume
+from lamina.volumes.quota import check_volume_bytes
 
 if TYPE_CHECKING:
     from lamina.services import Services

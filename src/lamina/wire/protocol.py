@@ -61,7 +61,7 @@ VOLUME_ID = r"^vol-[0-9a-f]{8,32}$"
 SNAPSHOT_ID = r"^snap-[0-9a-f]{8,32}$"
 #: A hot-plugged disk's device name in the guest (vda is the boot disk).
 DISK_TARGET = r"^vd[b-z]$"
-#: A deployment's id (``lamina.compute.deployment``), sent by the manager on every call.
+#: A deployment's id (``lamina.db.deployment``), sent by the manager on every call.
 DEPLOYMENT_ID = r"^[0-9a-f]{16}$"
 DEPLOYMENT_HEADER = "X-Lamina-Deployment"
 

@@ -39,4 +39,4 @@ def job(
     job_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     with svc.db.read() as s:
-        return {"job": describe_job(get_job(s, job_id, who), viewer=who)}
+        return {"job": describe_job(get_job(s, job_id, who, svc.jobs), viewer=who)}

@@ -86,7 +86,7 @@ def add_user(
 def clean_users(svc: Services = Depends(services), who: Principal = Depends(admin)) -> Any:
     """VISOR's ``clean``: delete every user who owns nothing, except the caller."""
     with svc.db.write() as s:
-        removed = users.clean_users(s, keep=who.user_id)
+        removed = users.clean_users(s, keep=who.user_id, counters=svc.quotas)
     _forget(svc)
     return {"deleted": removed}
 
@@ -130,7 +130,7 @@ def delete_user(
 ) -> Any:
     """Remove a user; the answer is the removed account."""
     with svc.db.write() as s:
-        result = {"user": users.describe_user(users.delete_user(s, access_key))}
+        result = {"user": users.describe_user(users.delete_user(s, access_key, svc.quotas))}
     _forget(svc)
     return result
 

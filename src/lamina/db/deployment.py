@@ -7,7 +7,9 @@ reconcile and the agents touch only objects tagged with their own id.
 
 The id is random, made once by the first manager to start on a database and stored there, so
 every manager sharing the database has the same one. Managers send it to their agents on
-every call (``X-Lamina-Deployment``, see ``lamina.agent.identity``).
+every call (``X-Lamina-Deployment``, see ``lamina.agent.identity``). It lives with the
+database it is stored in, not in a domain: the container of a manager process
+(``lamina.services``) reads it, and compute, network and volumes all tag with it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from lamina.db import Database
+from lamina.db.engine import Database
 from lamina.db.types import Base, UTCDateTime, utcnow
 
 
