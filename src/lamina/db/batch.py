@@ -15,13 +15,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
-
-if TYPE_CHECKING:
-    from lamina.db.engine import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,10 +34,16 @@ class _Work:
     outcome: Any = None
 
 
+class Writes(Protocol):
+    """What the batcher needs of ``lamina.db.engine.Database``: a write transaction."""
+
+    def write(self) -> AbstractContextManager[Session]: ...
+
+
 class WriteBatcher:
     """One writer thread per process, started with the first piece of work."""
 
-    def __init__(self, db: Database, *, max_batch: int = 64) -> None:
+    def __init__(self, db: Writes, *, max_batch: int = 64) -> None:
         self._db, self._max_batch = db, max_batch
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
