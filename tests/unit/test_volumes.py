@@ -240,9 +240,8 @@ def attachment(svc: Services, volume_id: str) -> Attachment | None:
 
 
 def new_volume(svc: Services, size: int = GiB, **kwargs: Any) -> str:
-    with svc.db.write() as s:
-        created, _ = service.create_volume(s, svc.jobs, ALICE, size_bytes=size, **kwargs)
-        volume_id = created.id
+    created, _ = service.create_volume(svc, ALICE, size_bytes=size, **kwargs)
+    volume_id = created["id"]
     [job] = run_jobs(svc)
     assert job.status == "succeeded", job.error
     return volume_id
@@ -278,19 +277,17 @@ def test_only_the_documented_transitions_are_allowed(current: str, target: str) 
 def test_ids_have_the_documented_shape(svc: Services) -> None:
     volume_id = new_volume(svc)
     assert volume_id.startswith("vol-") and len(volume_id) == 4 + 16
-    with svc.db.write() as s:
-        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id), "x")
-        assert snap.id.startswith("snap-") and len(snap.id) == 5 + 16
+    snap, _ = service.create_snapshot(svc, ALICE, volume_id, "x")
+    assert snap["id"].startswith("snap-") and len(snap["id"]) == 5 + 16
 
 
 # -- create, extend, delete ---------------------------------------------------------------
 
 
 def test_a_volume_is_created_on_the_first_host_up(svc: Services) -> None:
-    with svc.db.write() as s:
-        created, job = service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB, comment="c")
-        assert created.status == "creating" and job.kind == "volume.create"
-        volume_id = created.id
+    created, job = service.create_volume(svc, ALICE, size_bytes=GiB, comment="c")
+    assert created["status"] == "creating" and job.kind == "volume.create"
+    volume_id = created["id"]
     run_jobs(svc)
     vol = volume(svc, volume_id)
     assert (vol.status, vol.host_id, vol.backend, vol.export_format, vol.comment) == (
@@ -304,18 +301,16 @@ def test_a_volume_is_created_on_the_first_host_up(svc: Services) -> None:
 
 
 def test_only_admins_choose_the_volume_server(svc: Services) -> None:
-    with svc.db.write() as s, pytest.raises(LaminaError, match="administrators"):
-        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB, host="vmm")
-    with svc.db.write() as s:
-        created, _ = service.create_volume(s, svc.jobs, ADMIN, size_bytes=GiB, host="vmm")
-        assert created.host_id == "h-vmm"
+    with pytest.raises(LaminaError, match="administrators"):
+        service.create_volume(svc, ALICE, size_bytes=GiB, host="vmm")
+    created, _ = service.create_volume(svc, ADMIN, size_bytes=GiB, host="vmm")
+    assert created["host_id"] == "h-vmm"
 
 
 def test_a_failed_create_removes_what_it_made_and_marks_the_volume(svc: Services) -> None:
     world(svc).fail.add("volume_create")
-    with svc.db.write() as s:
-        created, _ = service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB)
-        volume_id = created.id
+    created, _ = service.create_volume(svc, ALICE, size_bytes=GiB)
+    volume_id = created["id"]
     [job] = run_jobs(svc)
     assert job.status == "rolled_back"
     vol = volume(svc, volume_id)
@@ -325,11 +320,10 @@ def test_a_failed_create_removes_what_it_made_and_marks_the_volume(svc: Services
 
 def test_extend_only_grows_an_available_volume(svc: Services) -> None:
     volume_id = new_volume(svc)
-    with svc.db.write() as s, pytest.raises(InvalidRequest, match="bigger"):
-        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), GiB // 2)
-    with svc.db.write() as s:
-        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), 2 * GiB)
-        assert s.get(Volume, volume_id).status == "extending"  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequest, match="bigger"):
+        service.extend_volume(svc, ALICE, volume_id, GiB // 2)
+    service.extend_volume(svc, ALICE, volume_id, 2 * GiB)
+    assert volume(svc, volume_id).status == "extending"
     run_jobs(svc)
     assert (volume(svc, volume_id).status, volume(svc, volume_id).size_bytes) == (
         "available",
@@ -337,22 +331,20 @@ def test_extend_only_grows_an_available_volume(svc: Services) -> None:
     )
     service.attach_volume(svc, ALICE, volume_id, "web", None)
     run_jobs(svc)
-    with svc.db.write() as s, pytest.raises(InvalidState, match="it is in-use"):
-        service.extend_volume(s, svc.jobs, s.get(Volume, volume_id), 3 * GiB)
+    with pytest.raises(InvalidState, match="it is in-use"):
+        service.extend_volume(svc, ALICE, volume_id, 3 * GiB)
 
 
 def test_an_in_use_volume_is_not_deleted_and_one_with_snapshots_is(svc: Services) -> None:
     volume_id = attached_volume(svc)
-    with svc.db.write() as s, pytest.raises(InvalidState) as caught:
-        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    with pytest.raises(InvalidState) as caught:
+        service.delete_volume(svc, ALICE, volume_id)
     assert "it is in-use (attached to instance 'web'" in caught.value.message
-    with svc.db.write() as s:
-        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id), "keep")
-        snap_id = snap.id
+    snap, _ = service.create_snapshot(svc, ALICE, volume_id, "keep")
+    snap_id = snap["id"]
     run_jobs(svc)
     service_detach(svc, volume_id)
-    with svc.db.write() as s:
-        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    service.delete_volume(svc, ALICE, volume_id)
     [job] = run_jobs(svc)
     assert job.status == "succeeded"
     with svc.db.read() as s:
@@ -363,8 +355,7 @@ def test_an_in_use_volume_is_not_deleted_and_one_with_snapshots_is(svc: Services
 
 
 def service_detach(svc: Services, volume_id: str) -> Job:
-    with svc.db.write() as s:
-        service.detach_volume(s, svc.jobs, s.get(Volume, volume_id))
+    service.detach_volume(svc, ALICE, volume_id)
     [job] = run_jobs(svc)
     return job
 
@@ -374,34 +365,32 @@ def service_detach(svc: Services, volume_id: str) -> Job:
 
 def test_a_clone_keeps_its_snapshot_and_a_copy_does_not(svc: Services) -> None:
     volume_id = new_volume(svc)
-    with svc.db.write() as s:
-        snap, job = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id))
-        assert snap.status == "pending"
-        snap_id = snap.id
+    snap, job = service.create_snapshot(svc, ALICE, volume_id)
+    assert snap["status"] == "pending"
+    snap_id = snap["id"]
     run_jobs(svc)
-    with svc.db.write() as s, pytest.raises(InvalidRequest, match="smaller"):
-        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB // 2, snapshot=snap_id)
+    with pytest.raises(InvalidRequest, match="smaller"):
+        service.create_volume(svc, ALICE, size_bytes=GiB // 2, snapshot=snap_id)
     clone = new_volume(svc, size=0, snapshot=snap_id)
     copy = new_volume(svc, size=0, snapshot=snap_id, clone=False)
     assert volume(svc, clone).cloned_from == snap_id and volume(svc, clone).size_bytes == GiB
     assert volume(svc, copy).cloned_from is None and volume(svc, copy).snapshot_id == snap_id
-    with svc.db.write() as s, pytest.raises(InvalidState, match=clone):
-        service.delete_snapshot(s, svc.jobs, s.get(Snapshot, snap_id))
+    with pytest.raises(InvalidState, match=clone):
+        service.delete_snapshot(svc, ALICE, snap_id)
 
 
 def test_a_failed_snapshot_is_marked_and_leaves_nothing(svc: Services) -> None:
     volume_id = new_volume(svc)
     world(svc).fail.add("snapshot_create")
-    with svc.db.write() as s:
-        snap, _ = service.create_snapshot(s, svc.jobs, ALICE, s.get(Volume, volume_id))
-        snap_id = snap.id
+    snap, _ = service.create_snapshot(svc, ALICE, volume_id)
+    snap_id = snap["id"]
     [job] = run_jobs(svc)
     assert job.status == "rolled_back"
     with svc.db.read() as s:
         assert s.get(Snapshot, snap_id).status == "error"  # type: ignore[union-attr]
     assert store(svc).snapshots == {}
-    with svc.db.write() as s, pytest.raises(InvalidState, match="it is error"):
-        service.create_volume(s, svc.jobs, ALICE, snapshot=snap_id)
+    with pytest.raises(InvalidState, match="it is error"):
+        service.create_volume(svc, ALICE, snapshot=snap_id)
 
 
 # -- attach and detach --------------------------------------------------------------------
@@ -426,10 +415,9 @@ def test_attach_exports_to_the_instance_host_and_passes_the_serial(svc: Services
         "vdb",
         export.iqn,
     )
-    with svc.db.read() as s:
-        assert [v.id for v in service.list_volumes(s, ALICE, instance="web")] == [volume_id]
-        assert service.list_volumes(s, ALICE, instance="db") == []
-        assert service.list_volumes(s, BOB) == []
+    assert [v["id"] for v in service.list_volumes(svc, ALICE, instance="web")] == [volume_id]
+    assert service.list_volumes(svc, ALICE, instance="db") == []
+    assert service.list_volumes(svc, BOB) == []
 
 
 def test_the_default_device_skips_the_guest_own_disks(svc: Services) -> None:
@@ -660,8 +648,7 @@ def test_an_attach_whose_export_cannot_be_withdrawn_is_an_error(svc: Services) -
     assert vol.status == "error" and "may still be exported" in (vol.error or "")
     # Deleting it withdraws the export first.
     world(svc).fail.clear()
-    with svc.db.write() as s:
-        service.delete_volume(s, svc.jobs, s.get(Volume, volume_id))
+    service.delete_volume(svc, ALICE, volume_id)
     [gone] = run_jobs(svc)
     assert gone.status == "succeeded" and store(svc).exports == {} and store(svc).volumes == {}
 
@@ -688,8 +675,7 @@ def test_reconcile_reads_the_volume_of_a_guest_disk_source() -> None:
 def test_reconcile_skips_a_volume_whose_job_is_in_progress(svc: Services) -> None:
     from lamina.volumes.reconcile import find_volume_differences
 
-    with svc.db.write() as s:
-        service.create_volume(s, svc.jobs, ALICE, size_bytes=GiB)  # queued: no bytes yet
+    service.create_volume(svc, ALICE, size_bytes=GiB)  # queued: no bytes yet
     assert find_volume_differences(svc) == []
 
 

@@ -1,5 +1,9 @@
 """Volumes and snapshots: the use cases, their states, and who may do what.
 
+The use cases (``create_volume(svc, who, ...)`` ...) are what a front end calls: each runs its
+own transactions and returns what the API shows. The functions after them work inside a
+transaction the caller holds.
+
 Every change of state goes through ``move`` (volumes) or ``move_snapshot``, which know the
 legal transitions and refuse the others with a 409 ``invalid_state`` naming the current
 state. Long work (copying, exporting, attaching) is handed to the jobs of
@@ -134,10 +138,221 @@ def attachment_of(session: Session, volume_id: str) -> Attachment | None:
     return session.scalar(select(Attachment).where(Attachment.volume_id == volume_id))
 
 
+# -- use cases ----------------------------------------------------------------------------
+# What the API (and any other front end) calls: each takes the container and the caller, runs
+# its own transactions, checks who may do it, wakes the job runner for the work it queued and
+# returns the volume or snapshot as the API shows it (with the job, for long work).
+
+
+def create_volume(
+    svc: Services,
+    who: Principal,
+    *,
+    size_bytes: int | None = None,
+    snapshot: str | None = None,
+    comment: str = "",
+    host: str | None = None,
+    clone: bool = True,
+) -> tuple[dict[str, Any], Job]:
+    """Record a ``creating`` volume of ``size_bytes`` (empty) or made from a completed
+    ``snapshot`` (at least the snapshot's size; copy-on-write if ``clone`` and the backend can,
+    else a copy) on the volume server (``host``: administrators only) and queue the
+    ``volume.create`` job. ``TooLarge`` for a size past what the server takes (its agent is
+    asked: ``BackendUnavailable`` if it cannot be reached), ``QuotaExceeded`` past the
+    caller's ``volume_bytes``: nothing recorded."""
+    with svc.db.read() as s:
+        server = _server_for(s, who, host, snapshot)
+    room = _room_on(svc, server)
+    with svc.db.write() as s:
+        volume, job = _create_volume(
+            s,
+            svc.jobs,
+            who,
+            size_bytes=size_bytes,
+            snapshot=snapshot,
+            comment=comment,
+            host=host,
+            clone=clone,
+            room=room,
+        )
+        result = _describe_volume(s, volume), job
+    svc.wake_jobs()
+    return result
+
+
+def list_volumes(
+    svc: Services,
+    who: Principal,
+    *,
+    ids: list[str] | None = None,
+    status: str | None = None,
+    instance: str | None = None,
+) -> list[dict[str, Any]]:
+    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ids, status and
+    the instance (id or name) they are attached to."""
+    with svc.db.read() as s:
+        found = _list_volumes(s, who, ids=ids, status=status, instance=instance)
+        return [_describe_volume(s, v) for v in found]
+
+
+def show_volume(svc: Services, who: Principal, volume_id: str) -> dict[str, Any]:
+    """One volume ``who`` may see (``VolumeNotFound`` otherwise)."""
+    with svc.db.read() as s:
+        return _describe_volume(s, _get_volume(s, volume_id, who))
+
+
+def delete_volume(svc: Services, who: Principal, volume_id: str) -> tuple[dict[str, Any], Job]:
+    """Queue the deletion of an ``available`` (or failed) volume of ``who``'s. Its snapshots
+    stay."""
+    with svc.db.write() as s:
+        volume = _get_volume(s, volume_id, who, "own", lock=True)
+        job = _delete_volume(s, svc.jobs, volume)
+        result = _describe_volume(s, volume), job
+    svc.wake_jobs()
+    return result
+
+
+def extend_volume(
+    svc: Services, who: Principal, volume_id: str, size_bytes: int
+) -> tuple[dict[str, Any], Job]:
+    """Queue growing an ``available`` volume to ``size_bytes`` (never shrinking). The growth
+    counts against the owner's ``volume_bytes`` and must fit the volume server."""
+    room = _room_of(svc, who, volume_id)
+    with svc.db.write() as s:
+        volume = _get_volume(s, volume_id, who, "operate", lock=True)
+        job = _extend_volume(s, svc.jobs, volume, size_bytes, room)
+        result = _describe_volume(s, volume), job
+    svc.wake_jobs()
+    return result
+
+
+def attach_volume(
+    svc: Services, who: Principal, volume_id: str, instance_ref: str, device: str | None
+) -> tuple[dict[str, Any], Job]:
+    """Queue attaching an ``available`` volume to an instance of the caller's as ``device``
+    (default: the instance's first free ``vd[b-z]``, asked of its host, which must then be
+    reachable). A volume attached
+    (or attaching) anywhere is refused naming that instance, also when two requests race:
+    the attachments table's unique constraints decide."""
+    if device is not None and not DEVICE.match(device):
+        raise InvalidRequest(f"device {device!r} must be vdb ... vdz")
+    with svc.db.read() as s:
+        instance = get_instance(s, instance_ref, who, "operate")
+        refuse(s, _get_volume(s, volume_id, who, "operate"), "attaching")
+        host = s.get(Host, instance.host_id) if instance.host_id else None
+        if host is None:
+            raise InvalidState(f"instance {instance.name!r} has no host")
+    # The default device skips the guest's own disks (a layered instance has several), which
+    # only its host knows. A device given is taken at its word: if the guest has it, the
+    # job's attach step fails and everything is undone.
+    used: set[str] = set()
+    if device is None:
+        used = {d.target for d in svc.agents.for_host(host).guest_disks(instance.domain_name)}
+    with svc.db.write() as s:
+        volume = _get_volume(s, volume_id, who, "operate", lock=True)
+        instance = get_instance(s, instance.id, who, "operate")
+        if instance.status not in ATTACHABLE:
+            raise InvalidState(
+                f"cannot attach a volume to instance {instance.name!r}: it is {instance.status}",
+                instance=instance.id,
+                status=instance.status,
+            )
+        if volume.host_id is None:
+            raise InvalidState(f"volume {volume.id} has no volume server")
+        taken = set(
+            s.scalars(select(Attachment.device).where(Attachment.instance_id == instance.id))
+        )
+        if device is None:
+            free = [d for d in DEVICES if d not in used and d not in taken]
+            if not free:
+                raise Conflict(f"instance {instance.name!r} has no free device left")
+            device = free[0]
+        move(s, volume, "attaching")
+        # Plain values: a failed flush expires the session's objects.
+        names = (volume.id, instance.id, instance.name, device)
+        s.add(Attachment(volume_id=volume.id, instance_id=instance.id, device=device))
+        try:
+            s.flush()
+        except IntegrityError:
+            raise _attach_conflict(svc, *names) from None
+        job = _submit(s, svc.jobs, "volume.attach", volume, instance_id=instance.id, device=device)
+        result = _describe_volume(s, volume), job
+    svc.wake_jobs()
+    return result
+
+
+def detach_volume(svc: Services, who: Principal, volume_id: str) -> tuple[dict[str, Any], Job]:
+    """Queue detaching an ``in-use`` volume from its instance."""
+    with svc.db.write() as s:
+        volume = _get_volume(s, volume_id, who, "operate", lock=True)
+        job = _detach_volume(s, svc.jobs, volume)
+        result = _describe_volume(s, volume), job
+    svc.wake_jobs()
+    return result
+
+
+def create_snapshot(
+    svc: Services, who: Principal, volume_id: str, comment: str = ""
+) -> tuple[dict[str, Any], Job]:
+    """Record a ``pending`` snapshot of an ``available`` or ``in-use`` volume and queue the
+    ``snapshot.create`` job (see ``_create_snapshot``)."""
+    room = _room_of(svc, who, volume_id)
+    with svc.db.write() as s:
+        volume = _get_volume(s, volume_id, who, "operate", lock=True)
+        snapshot, job = _create_snapshot(s, svc.jobs, who, volume, comment, room)
+        result = _describe_snapshot(s, snapshot), job
+    svc.wake_jobs()
+    return result
+
+
+def list_snapshots(
+    svc: Services,
+    who: Principal,
+    *,
+    ids: list[str] | None = None,
+    status: str | None = None,
+    volume: str | None = None,
+) -> list[dict[str, Any]]:
+    """The snapshots ``who`` owns (all, for admins), oldest first, filtered by ids, status
+    and volume."""
+    with svc.db.read() as s:
+        found = _list_snapshots(s, who, ids=ids, status=status, volume=volume)
+        return [_describe_snapshot(s, x) for x in found]
+
+
+def show_snapshot(svc: Services, who: Principal, snapshot_id: str) -> dict[str, Any]:
+    """One snapshot ``who`` may see (``SnapshotNotFound`` otherwise)."""
+    with svc.db.read() as s:
+        return _describe_snapshot(s, _get_snapshot(s, snapshot_id, who))
+
+
+def delete_snapshot(svc: Services, who: Principal, snapshot_id: str) -> tuple[dict[str, Any], Job]:
+    """Queue deleting a snapshot of ``who``'s, refused while a volume is a copy-on-write
+    clone of it."""
+    with svc.db.write() as s:
+        snapshot = _get_snapshot(s, snapshot_id, who, "own", lock=True)
+        job = _delete_snapshot(s, svc.jobs, snapshot)
+        result = _describe_snapshot(s, snapshot), job
+    svc.wake_jobs()
+    return result
+
+
+def _room_of(svc: Services, who: Principal, volume_id: str) -> Room | None:
+    """The room on a volume's server (None when it has none: the state check refuses)."""
+    with svc.db.read() as s:
+        volume = _get_volume(s, volume_id, who, "operate")
+        host = s.get(Host, volume.host_id) if volume.host_id else None
+    return _room_on(svc, host) if host is not None else None
+
+
+# -- inside a transaction ------------------------------------------------------------------
+# The steps of the use cases above, each on an open session; not for front ends.
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
-def get_volume(
+def _get_volume(
     session: Session, volume_id: str, who: Principal, need: Need = "read", lock: bool = False
 ) -> Volume:
     """A volume ``who`` may see (else VolumeNotFound) and do ``need`` on (else Forbidden).
@@ -153,7 +368,7 @@ def get_volume(
     return volume
 
 
-def get_snapshot(
+def _get_snapshot(
     session: Session, snapshot_id: str, who: Principal, need: Need = "read", lock: bool = False
 ) -> Snapshot:
     query = select(Snapshot).where(Snapshot.id == snapshot_id)
@@ -167,7 +382,7 @@ def get_snapshot(
     return snapshot
 
 
-def list_volumes(
+def _list_volumes(
     session: Session,
     who: Principal,
     *,
@@ -193,7 +408,7 @@ def list_volumes(
     return list(session.scalars(query))
 
 
-def list_snapshots(
+def _list_snapshots(
     session: Session,
     who: Principal,
     *,
@@ -213,7 +428,7 @@ def list_snapshots(
     return list(session.scalars(query))
 
 
-def describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
+def _describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
     """The volume as the API shows it, with its attachment if it has one."""
     host = session.get(Host, volume.host_id) if volume.host_id else None
     attachment = attachment_of(session, volume.id)
@@ -250,7 +465,7 @@ def describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
     }
 
 
-def describe_snapshot(session: Session, snapshot: Snapshot) -> dict[str, Any]:
+def _describe_snapshot(session: Session, snapshot: Snapshot) -> dict[str, Any]:
     host = session.get(Host, snapshot.host_id) if snapshot.host_id else None
     return {
         "id": snapshot.id,
@@ -281,7 +496,7 @@ class Room:
     free: int | None
 
 
-def room_on(svc: Services, host: Host) -> Room:
+def _room_on(svc: Services, host: Host) -> Room:
     """Ask ``host``'s agent how much room its volume root has (``BackendUnavailable`` if it
     cannot be reached: the job could not run either)."""
     usage = svc.agents.for_host(host).disk_usage()
@@ -308,21 +523,21 @@ def _fits(room: Room | None, what: str, size: int | None, grows: int) -> None:
         )
 
 
-def server_for(session: Session, who: Principal, host: str | None, snapshot: str | None) -> Host:
-    """The host a new volume would live on (see ``create_volume``), to ask for its room."""
+def _server_for(session: Session, who: Principal, host: str | None, snapshot: str | None) -> Host:
+    """The host a new volume would live on (see ``_create_volume``), to ask for its room."""
     if snapshot:
-        source = get_snapshot(session, snapshot, who)
+        source = _get_snapshot(session, snapshot, who)
         server = session.get(Host, source.host_id) if source.host_id else None
         if server is None:
             raise NotFound(f"the host of snapshot {source.id} no longer exists")
         return server
-    return volume_server(session, host, who)
+    return _volume_server(session, host, who)
 
 
 # -- volumes ------------------------------------------------------------------------------
 
 
-def volume_server(session: Session, host: str | None, who: Principal) -> Host:
+def _volume_server(session: Session, host: str | None, who: Principal) -> Host:
     """The host that will keep a new volume: the named one (administrators only), else the
     oldest registered host that is up."""
     if host:
@@ -352,7 +567,7 @@ def _submit(session: Session, registry: JobRegistry, kind: str, target: Any, **p
     )
 
 
-def create_volume(
+def _create_volume(
     session: Session,
     registry: JobRegistry,
     who: Principal,
@@ -370,7 +585,7 @@ def create_volume(
     (the server's), ``QuotaExceeded`` past the caller's ``volume_bytes``: nothing recorded."""
     source = None
     if snapshot:
-        source = get_snapshot(session, snapshot, who)
+        source = _get_snapshot(session, snapshot, who)
         if source.status != "completed":
             raise InvalidState(
                 f"cannot create a volume from snapshot {source.id}: it is {source.status}",
@@ -390,7 +605,7 @@ def create_volume(
     else:
         if not size_bytes or size_bytes <= 0:
             raise InvalidRequest("give the volume's size, or a snapshot to make it from")
-        server = volume_server(session, host, who)
+        server = _volume_server(session, host, who)
     _fits(room, "volume", size_bytes, size_bytes)
     check_volume_bytes(session, who.user_id, size_bytes)
     volume = Volume(
@@ -427,14 +642,14 @@ def _no_pending_snapshot(session: Session, volume: Volume, verb: str) -> None:
         )
 
 
-def delete_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
+def _delete_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
     """Queue the deletion of an ``available`` (or failed) volume. Its snapshots stay."""
     _no_pending_snapshot(session, volume, "delete")
     move(session, volume, "deleting")
     return _submit(session, registry, "volume.delete", volume)
 
 
-def extend_volume(
+def _extend_volume(
     session: Session,
     registry: JobRegistry,
     volume: Volume,
@@ -454,59 +669,6 @@ def extend_volume(
     check_volume_bytes(session, volume.owner, size_bytes - volume.size_bytes)
     move(session, volume, "extending")
     return _submit(session, registry, "volume.extend", volume, size_bytes=size_bytes)
-
-
-def attach_volume(
-    svc: Services, who: Principal, volume_id: str, instance_ref: str, device: str | None
-) -> tuple[dict[str, Any], Job]:
-    """Queue attaching an ``available`` volume to an instance of the caller's as ``device``
-    (default: the instance's first free ``vd[b-z]``, asked of its host, which must then be
-    reachable). A volume attached
-    (or attaching) anywhere is refused naming that instance, also when two requests race:
-    the attachments table's unique constraints decide."""
-    if device is not None and not DEVICE.match(device):
-        raise InvalidRequest(f"device {device!r} must be vdb ... vdz")
-    with svc.db.read() as s:
-        instance = get_instance(s, instance_ref, who, "operate")
-        refuse(s, get_volume(s, volume_id, who, "operate"), "attaching")
-        host = s.get(Host, instance.host_id) if instance.host_id else None
-        if host is None:
-            raise InvalidState(f"instance {instance.name!r} has no host")
-    # The default device skips the guest's own disks (a layered instance has several), which
-    # only its host knows. A device given is taken at its word: if the guest has it, the
-    # job's attach step fails and everything is undone.
-    used: set[str] = set()
-    if device is None:
-        used = {d.target for d in svc.agents.for_host(host).guest_disks(instance.domain_name)}
-    with svc.db.write() as s:
-        volume = get_volume(s, volume_id, who, "operate", lock=True)
-        instance = get_instance(s, instance.id, who, "operate")
-        if instance.status not in ATTACHABLE:
-            raise InvalidState(
-                f"cannot attach a volume to instance {instance.name!r}: it is {instance.status}",
-                instance=instance.id,
-                status=instance.status,
-            )
-        if volume.host_id is None:
-            raise InvalidState(f"volume {volume.id} has no volume server")
-        taken = set(
-            s.scalars(select(Attachment.device).where(Attachment.instance_id == instance.id))
-        )
-        if device is None:
-            free = [d for d in DEVICES if d not in used and d not in taken]
-            if not free:
-                raise Conflict(f"instance {instance.name!r} has no free device left")
-            device = free[0]
-        move(s, volume, "attaching")
-        # Plain values: a failed flush expires the session's objects.
-        names = (volume.id, instance.id, instance.name, device)
-        s.add(Attachment(volume_id=volume.id, instance_id=instance.id, device=device))
-        try:
-            s.flush()
-        except IntegrityError:
-            raise _attach_conflict(svc, *names) from None
-        job = _submit(s, svc.jobs, "volume.attach", volume, instance_id=instance.id, device=device)
-        return describe_volume(s, volume), job
 
 
 def _attach_conflict(
@@ -531,7 +693,7 @@ def _attach_conflict(
     )
 
 
-def detach_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
+def _detach_volume(session: Session, registry: JobRegistry, volume: Volume) -> Job:
     """Queue detaching an ``in-use`` volume from its instance."""
     move(session, volume, "detaching")
     attachment = attachment_of(session, volume.id)
@@ -551,7 +713,7 @@ def detach_volume(session: Session, registry: JobRegistry, volume: Volume) -> Jo
 # -- snapshots ----------------------------------------------------------------------------
 
 
-def create_snapshot(
+def _create_snapshot(
     session: Session,
     registry: JobRegistry,
     who: Principal,
@@ -585,7 +747,7 @@ def create_snapshot(
     return snapshot, _submit(session, registry, "snapshot.create", snapshot)
 
 
-def delete_snapshot(session: Session, registry: JobRegistry, snapshot: Snapshot) -> Job:
+def _delete_snapshot(session: Session, registry: JobRegistry, snapshot: Snapshot) -> Job:
     """Queue deleting a snapshot, refused while a volume is a copy-on-write clone of it."""
     clones = list(
         session.scalars(select(Volume.id).where(Volume.cloned_from == snapshot.id).limit(5))

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute.models import Host
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.services import Services
@@ -53,36 +52,20 @@ def _status_filter(statuses: tuple[str, ...]) -> Any:
     return Query(None, pattern="^(" + "|".join(statuses) + ")$")
 
 
-def _room_of(svc: Services, who: Principal, volume_id: str) -> service.Room | None:
-    """The room on a volume's server (None when it has none: the state check refuses)."""
-    with svc.db.read() as s:
-        volume = service.get_volume(s, volume_id, who, "operate")
-        host = s.get(Host, volume.host_id) if volume.host_id else None
-    return service.room_on(svc, host) if host is not None else None
-
-
 @volumes.post("", status_code=202)
 def create_volume(
     body: VolumeCreateBody, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        server = service.server_for(s, who, body.host, body.snapshot)
-    room = service.room_on(svc, server)
-    with svc.db.write() as s:
-        volume, job = service.create_volume(
-            s,
-            svc.jobs,
-            who,
-            size_bytes=body.size_bytes,
-            snapshot=body.snapshot,
-            comment=body.comment,
-            host=body.host,
-            clone=body.clone,
-            room=room,
-        )
-        result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    volume, job = service.create_volume(
+        svc,
+        who,
+        size_bytes=body.size_bytes,
+        snapshot=body.snapshot,
+        comment=body.comment,
+        host=body.host,
+        clone=body.clone,
+    )
+    return {"volume": volume, "job": describe_job(job)}
 
 
 @volumes.get("")
@@ -94,29 +77,23 @@ def describe_volumes(
     who: Principal = Depends(principal),
 ) -> Any:
     """The caller's volumes (every volume, for admins), oldest first; ``id`` may repeat."""
-    with svc.db.read() as s:
-        found = service.list_volumes(s, who, ids=volume_id, status=status, instance=instance)
-        return {"volumes": [service.describe_volume(s, v) for v in found]}
+    found = service.list_volumes(svc, who, ids=volume_id, status=status, instance=instance)
+    return {"volumes": found}
 
 
 @volumes.get("/{volume_id}")
 def show_volume(
     volume_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        return {"volume": service.describe_volume(s, service.get_volume(s, volume_id, who))}
+    return {"volume": service.show_volume(svc, who, volume_id)}
 
 
 @volumes.delete("/{volume_id}", status_code=202)
 def delete_volume(
     volume_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        volume = service.get_volume(s, volume_id, who, "own", lock=True)
-        job = service.delete_volume(s, svc.jobs, volume)
-        result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    volume, job = service.delete_volume(svc, who, volume_id)
+    return {"volume": volume, "job": describe_job(job)}
 
 
 @volumes.post("/{volume_id}/extend", status_code=202)
@@ -126,13 +103,8 @@ def extend_volume(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    room = _room_of(svc, who, volume_id)
-    with svc.db.write() as s:
-        volume = service.get_volume(s, volume_id, who, "operate", lock=True)
-        job = service.extend_volume(s, svc.jobs, volume, body.size_bytes, room)
-        result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    volume, job = service.extend_volume(svc, who, volume_id, body.size_bytes)
+    return {"volume": volume, "job": describe_job(job)}
 
 
 @volumes.put("/{volume_id}/attachment", status_code=202)
@@ -143,7 +115,6 @@ def attach_volume(
     who: Principal = Depends(principal),
 ) -> Any:
     volume, job = service.attach_volume(svc, who, volume_id, body.instance, body.device)
-    svc.wake_jobs()
     return {"volume": volume, "job": describe_job(job)}
 
 
@@ -151,12 +122,8 @@ def attach_volume(
 def detach_volume(
     volume_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        volume = service.get_volume(s, volume_id, who, "operate", lock=True)
-        job = service.detach_volume(s, svc.jobs, volume)
-        result = {"volume": service.describe_volume(s, volume), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    volume, job = service.detach_volume(svc, who, volume_id)
+    return {"volume": volume, "job": describe_job(job)}
 
 
 @snapshots.post("", status_code=202)
@@ -165,13 +132,8 @@ def create_snapshot(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    room = _room_of(svc, who, body.volume)
-    with svc.db.write() as s:
-        volume = service.get_volume(s, body.volume, who, "operate", lock=True)
-        snapshot, job = service.create_snapshot(s, svc.jobs, who, volume, body.comment, room)
-        result = {"snapshot": service.describe_snapshot(s, snapshot), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    snapshot, job = service.create_snapshot(svc, who, body.volume, body.comment)
+    return {"snapshot": snapshot, "job": describe_job(job)}
 
 
 @snapshots.get("")
@@ -182,27 +144,20 @@ def describe_snapshots(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    with svc.db.read() as s:
-        found = service.list_snapshots(s, who, ids=snapshot_id, status=status, volume=volume)
-        return {"snapshots": [service.describe_snapshot(s, x) for x in found]}
+    found = service.list_snapshots(svc, who, ids=snapshot_id, status=status, volume=volume)
+    return {"snapshots": found}
 
 
 @snapshots.get("/{snapshot_id}")
 def show_snapshot(
     snapshot_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        snapshot = service.get_snapshot(s, snapshot_id, who)
-        return {"snapshot": service.describe_snapshot(s, snapshot)}
+    return {"snapshot": service.show_snapshot(svc, who, snapshot_id)}
 
 
 @snapshots.delete("/{snapshot_id}", status_code=202)
 def delete_snapshot(
     snapshot_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        snapshot = service.get_snapshot(s, snapshot_id, who, "own", lock=True)
-        job = service.delete_snapshot(s, svc.jobs, snapshot)
-        result = {"snapshot": service.describe_snapshot(s, snapshot), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    snapshot, job = service.delete_snapshot(svc, who, snapshot_id)
+    return {"snapshot": snapshot, "job": describe_job(job)}
