@@ -34,8 +34,7 @@ def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str) -> Iterato
         for hid, name in (("h-1", "one"), ("h-2", "two")):
             s.add(Host(id=hid, name=name, address=f"127.0.0.1:{7000 + len(name)}",
                        status="up", cert_fingerprint=name, vcpus=64, memory_mib=65536))  # fmt: skip
-    with services.db.write() as s:
-        service.create_network(s, ADMIN, name="lan", cidr="10.30.0.0/24", visibility="public")
+    service.create_network(services, ADMIN, name="lan", cidr="10.30.0.0/24", visibility="public")
     yield services
     services.close()
 

@@ -27,8 +27,8 @@ from lamina.services import Services
 
 
 def refusal(services: Services, who: Any, **fields: Any) -> Conflict:
-    with pytest.raises(Conflict) as caught, services.db.write() as s:
-        create_network(s, who, **fields)
+    with pytest.raises(Conflict) as caught:
+        create_network(services, who, **fields)
     return caught.value
 
 

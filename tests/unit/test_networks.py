@@ -76,8 +76,10 @@ def svc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
 
 def make_network(svc: Services, who: Principal = ALICE, **fields: Any) -> Network:
     values = {"name": "lan", "cidr": "10.20.0.0/24", **fields}
-    with svc.db.write() as s:
-        network = service.create_network(s, who, **values)
+    shown = service.create_network(svc, who, **values)
+    with svc.db.read() as s:
+        network = s.get(Network, shown["id"])
+        assert network is not None
         s.expunge(network)
     return network
 
@@ -156,25 +158,24 @@ def test_allocation_takes_the_lowest_free_address_and_says_when_full() -> None:
 
 def test_network_names_ranges_and_vlans_are_unique(svc: Services) -> None:
     make_network(svc)
-    with svc.db.write() as s:
-        # alice's network is private: bob learns only that the name or range is not free.
-        with pytest.raises(Conflict, match="name 'lan' is not available"):
-            service.create_network(s, BOB, name="lan", cidr="10.30.0.0/24")
-        with pytest.raises(Conflict, match="not available"):
-            service.create_network(s, BOB, name="other", cidr="10.20.0.128/25")
-        with pytest.raises(Conflict, match="already exists"):
-            service.create_network(s, ALICE, name="lan", cidr="10.30.0.0/24")
-        with pytest.raises(Conflict, match="overlaps 10.20.0.0/24"):
-            service.create_network(s, ALICE, name="other", cidr="10.20.0.128/25")
-        with pytest.raises(Conflict, match="overlaps"):
-            service.create_network(s, ADMIN, name="other", cidr="10.0.0.0/8")
-        with pytest.raises(InvalidRequest, match="DNS label"):
-            service.create_network(s, BOB, name="Bad_Name", cidr="10.40.0.0/24")
-        with pytest.raises(Forbidden, match="VLAN"):
-            service.create_network(s, BOB, name="tagged", cidr="10.40.0.0/24", vlan=10)
-        service.create_network(s, ADMIN, name="tagged", cidr="10.40.0.0/24", vlan=10)
-        with pytest.raises(Conflict, match="VLAN 10"):
-            service.create_network(s, ADMIN, name="tagged2", cidr="10.50.0.0/24", vlan=10)
+    # alice's network is private: bob learns only that the name or range is not free.
+    with pytest.raises(Conflict, match="name 'lan' is not available"):
+        service.create_network(svc, BOB, name="lan", cidr="10.30.0.0/24")
+    with pytest.raises(Conflict, match="not available"):
+        service.create_network(svc, BOB, name="other", cidr="10.20.0.128/25")
+    with pytest.raises(Conflict, match="already exists"):
+        service.create_network(svc, ALICE, name="lan", cidr="10.30.0.0/24")
+    with pytest.raises(Conflict, match="overlaps 10.20.0.0/24"):
+        service.create_network(svc, ALICE, name="other", cidr="10.20.0.128/25")
+    with pytest.raises(Conflict, match="overlaps"):
+        service.create_network(svc, ADMIN, name="other", cidr="10.0.0.0/8")
+    with pytest.raises(InvalidRequest, match="DNS label"):
+        service.create_network(svc, BOB, name="Bad_Name", cidr="10.40.0.0/24")
+    with pytest.raises(Forbidden, match="VLAN"):
+        service.create_network(svc, BOB, name="tagged", cidr="10.40.0.0/24", vlan=10)
+    service.create_network(svc, ADMIN, name="tagged", cidr="10.40.0.0/24", vlan=10)
+    with pytest.raises(Conflict, match="VLAN 10"):
+        service.create_network(svc, ADMIN, name="tagged2", cidr="10.50.0.0/24", vlan=10)
 
 
 def test_private_networks_are_invisible_to_others_and_public_ones_attachable(
@@ -186,10 +187,11 @@ def test_private_networks_are_invisible_to_others_and_public_ones_attachable(
     with svc.db.write() as s:
         s.get(Network, net.id).visibility = "public"  # type: ignore[union-attr]
     make_instance(svc, "guest", [NicRequest("lan")], who=BOB)
-    with svc.db.read() as s:
-        assert [n.name for n in service.list_networks(s, BOB)] == ["lan"]
-        with pytest.raises(Forbidden):
-            service.get_network(s, "lan", BOB, "own")
+    assert [n["name"] for n in service.list_networks(svc, BOB)] == ["lan"]
+    with svc.db.read() as s, pytest.raises(Forbidden):
+        service.get_network(s, "lan", BOB, "own")
+    with pytest.raises(Forbidden):
+        service.update_network(svc, BOB, "lan", description="mine now")
 
 
 def test_instances_get_addresses_a_host_gets_the_gateway(svc: Services) -> None:
@@ -277,8 +279,8 @@ def test_release_frees_addresses_and_the_last_one_frees_the_hosts(svc: Services)
 def test_a_network_in_use_cannot_be_deleted(svc: Services) -> None:
     net = make_network(svc)
     make_instance(svc, "web", [NicRequest("lan")])
-    with svc.db.write() as s, pytest.raises(InvalidState, match="in use by instance.*web"):
-        service.delete_network(s, svc.jobs, s.get(Network, net.id), ALICE)  # type: ignore[arg-type]
+    with pytest.raises(InvalidState, match="in use by instance.*web"):
+        service.delete_network(svc, ALICE, net.id)
 
 
 # -- DNS ---------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Networks: create, find, describe, delete; instances' NICs on them (addresses allocated by
-Lamina, a service address per host) and their release."""
+Lamina, a service address per host) and their release.
+
+The use cases (``create_network(svc, who, ...)`` ...) are what a front end calls; the
+functions after them work inside a transaction the caller holds."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +23,7 @@ from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
+from lamina.network import dns
 from lamina.network.addresses import (
     check_requested,
     first_free,
@@ -30,6 +34,10 @@ from lamina.network.addresses import (
 )
 from lamina.network.dns import zone
 from lamina.network.models import NETWORK_MODES, DnsRecord, Network, Port, PortForward
+from lamina.network.sync import hosts_of, queue_sync
+
+if TYPE_CHECKING:
+    from lamina.services import Services
 
 KIND = "network"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -46,7 +54,124 @@ class NicRequest:
     ip: str | None = None
 
 
+# -- use cases ----------------------------------------------------------------------------
+# What the API (and any other front end) calls: each takes the container and the caller, runs
+# its own transaction, checks who may do it and returns the network as the API shows it.
+
+
 def create_network(
+    svc: Services,
+    who: Principal,
+    *,
+    name: str,
+    cidr: str,
+    mode: str = "nat",
+    visibility: str = "private",
+    vlan: int | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """A network owned by ``who`` (see ``_create_network`` for what is refused)."""
+    with svc.db.write() as s:
+        network = _create_network(
+            s, who, name=name, cidr=cidr, mode=mode, visibility=visibility, vlan=vlan,
+            description=description,
+        )  # fmt: skip
+        return describe_network(s, network, svc.settings.network.domain)
+
+
+def list_networks(svc: Services, who: Principal) -> list[dict[str, Any]]:
+    """The networks ``who`` may see (their own and public ones; all, for admins), by name."""
+    domain = svc.settings.network.domain
+    with svc.db.read() as s:
+        return [describe_network(s, n, domain, who) for n in _list_networks(s, who)]
+
+
+def show_network(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
+    """One network by id or name, with the addresses in use on it."""
+    with svc.db.read() as s:
+        network = get_network(s, ref, who)
+        shown = describe_network(s, network, svc.settings.network.domain, who)
+        shown["addresses"] = _addresses(s, network, who)
+        return shown
+
+
+def update_network(
+    svc: Services,
+    who: Principal,
+    ref: str,
+    *,
+    visibility: str | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """Make a network public (every user may attach instances) or private, or describe it
+    anew; owners only."""
+    if visibility is not None and visibility not in VISIBILITIES:
+        raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
+    with svc.db.write() as s:
+        network = get_network(s, ref, who, "own")
+        if visibility is not None:
+            network.visibility = visibility
+        if description is not None:
+            network.description = description
+        return describe_network(s, network, svc.settings.network.domain)
+
+
+def delete_network(svc: Services, who: Principal, ref: str) -> Job:
+    """Queue the deletion of a network of ``who``'s that no instance uses."""
+    with svc.db.write() as s:
+        network = get_network(s, ref, who, "own")
+        job = _delete_network(s, svc.jobs, network, who)
+    svc.wake_jobs()
+    return job
+
+
+def list_records(svc: Services, who: Principal, ref: str) -> tuple[str, list[dict[str, Any]]]:
+    """The network's zone and every record of it: those Lamina keeps for its instances
+    (``source`` instance, group or mail) and those added by hand (``source`` manual, with an
+    id)."""
+    domain = svc.settings.network.domain
+    with svc.db.read() as s:
+        network = get_network(s, ref, who)
+        return zone(network, domain), dns.listing(s, network, domain)
+
+
+def add_record(
+    svc: Services, who: Principal, ref: str, name: str, type_: str, value: str
+) -> tuple[dict[str, Any], list[Job]]:
+    """Add a record to the zone of a network of ``who``'s; its hosts' dnsmasq serve it once
+    the jobs (one per host) are done."""
+    with svc.db.write() as s:
+        network = get_network(s, ref, who, "own")
+        record = dns.add_record(s, network, svc.settings.network.domain, name, type_, value, who)
+        jobs = queue_sync(s, svc.jobs, hosts_of(s, [network.id]))
+        result = dns.describe_record(record), jobs
+    svc.wake_jobs()
+    return result
+
+
+def delete_record(
+    svc: Services, who: Principal, ref: str, record_id: str
+) -> tuple[dict[str, Any], list[Job]]:
+    """Remove a hand-made record from the zone of a network of ``who``'s."""
+    with svc.db.write() as s:
+        network = get_network(s, ref, who, "own")
+        record = s.scalar(
+            select(DnsRecord).where(DnsRecord.id == record_id, DnsRecord.network_id == network.id)
+        )
+        if record is None:
+            raise NotFound(f"network {ref!r} has no record {record_id!r}", record=record_id)
+        shown = dns.describe_record(record)
+        s.delete(record)
+        jobs = queue_sync(s, svc.jobs, hosts_of(s, [network.id]))
+    svc.wake_jobs()
+    return shown, jobs
+
+
+# -- inside a transaction ------------------------------------------------------------------
+# The steps of the use cases, and what other domains call on a session they hold.
+
+
+def _create_network(
     session: Session,
     who: Principal,
     *,
@@ -138,7 +263,7 @@ def may_attach(session: Session, who: Principal, network: Network) -> None:
     check(session, who, KIND, network, "read", network.name)
 
 
-def list_networks(session: Session, who: Principal) -> list[Network]:
+def _list_networks(session: Session, who: Principal) -> list[Network]:
     query = select(Network).order_by(Network.name)
     query = query.where(visible_to(who, KIND, Network.id, Network.owner, Network.visibility))
     return list(session.scalars(query))
@@ -184,7 +309,7 @@ def describe_network(
     }
 
 
-def delete_network(
+def _delete_network(
     session: Session, registry: JobRegistry, network: Network, who: Principal
 ) -> Job:
     """Queue the deletion of a network no instance uses; ``InvalidState`` naming them
@@ -413,7 +538,7 @@ def default_nics(session: Session, who: Principal, name: str) -> list[NicRequest
     return [NicRequest(network.id)]
 
 
-def addresses(session: Session, network: Network, who: Principal) -> list[dict[str, Any]]:
+def _addresses(session: Session, network: Network, who: Principal) -> list[dict[str, Any]]:
     """The network's addresses in use: hosts' service addresses and instances' NICs (an
     instance ``who`` may not see shows as ``(another user's)``)."""
     shown = []

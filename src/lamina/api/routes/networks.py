@@ -1,5 +1,6 @@
 """``/networks`` (networks and their DNS records) and ``/instances/{ref}/forwards`` (port
-forwards): a thin layer over ``lamina.network``; who may do what is decided there."""
+forwards): a thin layer over ``lamina.network.service`` and ``lamina.network.forwarding``;
+who may do what is decided there."""
 
 from __future__ import annotations
 
@@ -7,17 +8,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute import instances as instance_service
-from lamina.errors import NotFound
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
-from lamina.network import dns, forwards, service
-from lamina.network.models import DnsRecord
-from lamina.network.sync import hosts_of, queue_sync
+from lamina.network import forwarding, service
 from lamina.services import Services
 
 networks = APIRouter(prefix="/networks", tags=["networks"])
@@ -55,39 +51,23 @@ class ForwardCreate(Body):
     network: str | None = Field(None, max_length=63)
 
 
-def _domain(svc: Services) -> str:
-    return svc.settings.network.domain
-
-
 @networks.post("", status_code=201)
 def create_network(
     body: NetworkCreate, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        network = service.create_network(s, who, **body.model_dump())
-        return {"network": service.describe_network(s, network, _domain(svc))}
+    return {"network": service.create_network(svc, who, **body.model_dump())}
 
 
 @networks.get("")
 def list_networks(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    with svc.db.read() as s:
-        return {
-            "networks": [
-                service.describe_network(s, n, _domain(svc), who)
-                for n in service.list_networks(s, who)
-            ]
-        }
+    return {"networks": service.list_networks(svc, who)}
 
 
 @networks.get("/{ref}")
 def show_network(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        network = service.get_network(s, ref, who)
-        shown = service.describe_network(s, network, _domain(svc), who)
-        shown["addresses"] = service.addresses(s, network, who)
-        return {"network": shown}
+    return {"network": service.show_network(svc, who, ref)}
 
 
 @networks.patch("/{ref}")
@@ -96,25 +76,17 @@ def update_network(
     who: Principal = Depends(principal),
 ) -> Any:  # fmt: skip
     """Make a network public (every user may attach instances) or private; owners only."""
-    with svc.db.write() as s:
-        network = service.get_network(s, ref, who, "own")
-        if body.visibility is not None:
-            network.visibility = body.visibility
-        if body.description is not None:
-            network.description = body.description
-        return {"network": service.describe_network(s, network, _domain(svc))}
+    shown = service.update_network(
+        svc, who, ref, visibility=body.visibility, description=body.description
+    )
+    return {"network": shown}
 
 
 @networks.delete("/{ref}", status_code=202)
 def delete_network(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        network = service.get_network(s, ref, who, "own")
-        job = service.delete_network(s, svc.jobs, network, who)
-        result = {"job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    return {"job": describe_job(service.delete_network(svc, who, ref))}
 
 
 @networks.get("/{ref}/records")
@@ -123,12 +95,8 @@ def list_records(
 ) -> Any:
     """Every record of the network's zone: those Lamina keeps for its instances (``source``
     instance, group or mail) and those added by hand (``source`` manual, with an id)."""
-    with svc.db.read() as s:
-        network = service.get_network(s, ref, who)
-        return {
-            "zone": dns.zone(network, _domain(svc)),
-            "records": dns.listing(s, network, _domain(svc)),
-        }
+    zone, records = service.list_records(svc, who, ref)
+    return {"zone": zone, "records": records}
 
 
 @networks.post("/{ref}/records", status_code=201)
@@ -137,13 +105,8 @@ def add_record(
     who: Principal = Depends(principal),
 ) -> Any:  # fmt: skip
     """Add a record to the network's zone; its hosts' dnsmasq serve it once the job is done."""
-    with svc.db.write() as s:
-        network = service.get_network(s, ref, who, "own")
-        record = dns.add_record(s, network, _domain(svc), body.name, body.type, body.value, who)
-        jobs = queue_sync(s, svc.jobs, hosts_of(s, [network.id]))
-        result = {"record": dns.describe_record(record), "jobs": [describe_job(j) for j in jobs]}
-    svc.wake_jobs()
-    return result
+    record, jobs = service.add_record(svc, who, ref, body.name, body.type, body.value)
+    return {"record": record, "jobs": [describe_job(j) for j in jobs]}
 
 
 @networks.delete("/{ref}/records/{record_id}")
@@ -151,19 +114,8 @@ def delete_record(
     ref: str, record_id: str, svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:  # fmt: skip
-    with svc.db.write() as s:
-        network = service.get_network(s, ref, who, "own")
-        record = s.scalar(
-            select(DnsRecord).where(DnsRecord.id == record_id, DnsRecord.network_id == network.id)
-        )
-        if record is None:
-            raise NotFound(f"network {ref!r} has no record {record_id!r}", record=record_id)
-        shown = dns.describe_record(record)
-        s.delete(record)
-        jobs = queue_sync(s, svc.jobs, hosts_of(s, [network.id]))
-        result = {"record": shown, "jobs": [describe_job(j) for j in jobs]}
-    svc.wake_jobs()
-    return result
+    record, jobs = service.delete_record(svc, who, ref, record_id)
+    return {"record": record, "jobs": [describe_job(j) for j in jobs]}
 
 
 # -- port forwards --------------------------------------------------------------------------
@@ -173,13 +125,7 @@ def delete_record(
 def list_forwards(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        instance = instance_service.get_instance(s, ref, who)
-        return {
-            "forwards": [
-                forwards.describe_forward(f) for f in forwards.list_forwards(s, instance.id)
-            ]
-        }
+    return {"forwards": forwarding.list_forwards(svc, who, ref)}
 
 
 @instance_forwards.post("/{ref}/forwards", status_code=202)
@@ -189,15 +135,11 @@ def expose(
 ) -> Any:  # fmt: skip
     """Publish a port of the instance on its host (bound to 127.0.0.1 unless ``bind``
     says otherwise); the job answers which host port when none was asked for."""
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "operate")
-        forward, job = forwards.expose(
-            s, svc.jobs, instance, guest_port=body.guest_port, host_port=body.host_port,
-            bind=body.bind, network=body.network, requester=who.user_id,
-        )  # fmt: skip
-        result = {"forward": forwards.describe_forward(forward), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    forward, job = forwarding.expose(
+        svc, who, ref, guest_port=body.guest_port, host_port=body.host_port, bind=body.bind,
+        network=body.network,
+    )  # fmt: skip
+    return {"forward": forward, "job": describe_job(job)}
 
 
 @instance_forwards.delete("/{ref}/forwards/{forward}", status_code=202)
@@ -206,10 +148,5 @@ def unexpose(
     who: Principal = Depends(principal),
 ) -> Any:  # fmt: skip
     """Stop publishing a port (``forward``: its id or the guest port)."""
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "operate")
-        row = forwards.find_forward(s, instance, forward)
-        job = forwards.unexpose(s, svc.jobs, row, who.user_id)
-        result = {"forward": forwards.describe_forward(row), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    shown, job = forwarding.unexpose(svc, who, ref, forward)
+    return {"forward": shown, "job": describe_job(job)}
