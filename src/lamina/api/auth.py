@@ -30,7 +30,8 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.api.edge import OCTET_STREAM, body_guard, media_type
-from lamina.errors import AuthenticationFailed, Forbidden, LaminaError, PayloadTooLarge
+from lamina.errors import AuthenticationFailed, LaminaError, PayloadTooLarge
+from lamina.identity.accounts import require_admin
 from lamina.identity.authn import parse_authorization, verify_signature
 from lamina.identity.models import WebSession
 from lamina.identity.principal import Principal
@@ -63,11 +64,6 @@ async def principal(request: Request) -> Principal:
         # A route that depends on this but is public to the middleware: fail closed.
         raise RuntimeError(f"{request.url.path} was not authenticated before its route")
     return who
-
-
-def require_admin(who: Principal) -> None:
-    if not who.is_admin:
-        raise Forbidden("only administrators may do this")
 
 
 async def admin(who: Principal = Depends(principal)) -> Principal:

@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
 from lamina import __version__
-from lamina.api.auth import principal, require_admin
+from lamina.api.auth import principal
 from lamina.api.deps import services
 from lamina.compute.reconcile import Difference, apply_fixes, find_differences
 from lamina.config import public_view
+from lamina.identity.accounts import require_admin
 from lamina.identity.principal import Principal
 from lamina.services import Services
 from lamina.volumes.reconcile import find_volume_differences
