@@ -1,4 +1,5 @@
-"""``/jobs``: read persisted jobs and their step logs."""
+"""``/jobs``: read persisted jobs and their step logs, a thin layer over
+``lamina.jobs.queries``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from fastapi import APIRouter, Depends, Query
 from lamina.api.auth import principal
 from lamina.api.deps import services
 from lamina.identity.principal import Principal
+from lamina.jobs import queries
 from lamina.jobs.models import JOB_STATUSES
-from lamina.jobs.service import get_job, list_jobs, stuck_jobs
-from lamina.jobs.views import describe_job
 from lamina.services import Services
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -26,17 +26,12 @@ def jobs(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    with svc.db.read() as s:
-        if stuck:
-            found = stuck_jobs(s, svc.settings.jobs.stuck_fraction, who)
-            return {"jobs": [describe_job(j, viewer=who) for j in found]}
-        found = list_jobs(s, status=status, target_id=target, limit=limit, who=who)
-        return {"jobs": [describe_job(j, steps=False, viewer=who) for j in found]}
+    found = queries.find_jobs(svc, who, status=status, target=target, stuck=stuck, limit=limit)
+    return {"jobs": found}
 
 
 @router.get("/{job_id}")
 def job(
     job_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
-    with svc.db.read() as s:
-        return {"job": describe_job(get_job(s, job_id, who, svc.jobs), viewer=who)}
+    return {"job": queries.show_job(svc, who, job_id)}
