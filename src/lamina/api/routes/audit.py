@@ -1,5 +1,6 @@
 """``/audit``: the recorded state-changing requests (administrators only; ``create_app``
-includes this router behind the ``admin`` dependency)."""
+includes this router behind the ``admin`` dependency), a thin layer over
+``lamina.audit.queries``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.audit.service import describe_event, list_events, parse_time
+from lamina.audit.queries import find_events
+from lamina.identity.principal import Principal
 from lamina.services import Services
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -22,10 +25,8 @@ def audit_events(
     method: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
     svc: Services = Depends(services),
+    who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     """Recorded requests, newest first."""
-    start = parse_time(since, name="since") if since else None
-    end = parse_time(until, name="until") if until else None
-    with svc.db.read() as s:
-        found = list_events(s, access_key=user, since=start, until=end, method=method, limit=limit)
-        return {"events": [describe_event(e) for e in found]}
+    found = find_events(svc, who, user=user, since=since, until=until, method=method, limit=limit)
+    return {"events": found}
