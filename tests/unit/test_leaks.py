@@ -168,7 +168,7 @@ def test_a_channel_listing_does_not_show_its_subscriber_to_members(
     from lamina.channels import service as channels
 
     row = {"id": "c-1", "url": "https://example.org/feed", "owner": cloud.ids["admin"]}
-    monkeypatch.setattr(channels, "list_channels", lambda session: [dict(row)])
+    monkeypatch.setattr(channels, "all_channels", lambda session: [dict(row)])
     http: TestClient = cloud.http
     assert http.get("/channels", auth=cloud.auth["alice"]).json()["channels"][0]["owner"] is None
     shown = http.get("/channels", auth=cloud.auth["admin"]).json()["channels"][0]["owner"]

@@ -1,17 +1,35 @@
 """The catalog: the appliances of every subscribed channel and the installed ones, each once,
 with whether and how it is installed; and which installed appliances came from a channel
-(what keeps the channel from being removed)."""
+(what keeps the channel from being removed). ``list_appliances`` and ``remove_channel`` are
+the use cases a front end calls."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.appliances.models import InstalledAppliance
-from lamina.channels.service import items
+from lamina.channels.service import items, remove
 from lamina.formats.parsing import parse_appliance
+from lamina.identity.principal import Principal
+
+if TYPE_CHECKING:
+    from lamina.services import Services
+
+
+def list_appliances(svc: Services, who: Principal, installed: bool = False) -> list[dict[str, Any]]:
+    """The catalog (anyone may read it; ``installed``: only what is installed): see
+    ``catalog``."""
+    with svc.db.read() as s:
+        return catalog(s, installed)
+
+
+def remove_channel(svc: Services, who: Principal, channel_id: str) -> dict[str, Any]:
+    """Unsubscribe from a channel (administrators only); ``Conflict`` while appliances
+    installed from it remain. The channel as it was."""
+    return remove(svc, who, channel_id, installed_from)
 
 
 def catalog(session: Session, installed_only: bool = False) -> list[dict[str, Any]]:

@@ -23,6 +23,8 @@ from lamina.channels.signing import fingerprint, parse_public_key
 from lamina.channels.verify import verify_feed
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
+from lamina.identity.access import shown_owner
+from lamina.identity.accounts import require_admin
 from lamina.identity.principal import Principal
 
 if TYPE_CHECKING:
@@ -139,7 +141,9 @@ def get_channel(session: Session, channel_id: str) -> Channel:
 def subscribe(svc: Services, who: Principal, url: str, public_key: str) -> dict[str, Any]:
     """Fetch the feed at ``url`` and ``<url>.sig``, verify them with the pinned key and only
     then store the channel. Raises InvalidRequest (bad URL or key), Conflict (already
-    subscribed), VerificationFailed (502), LocationUnavailable (not fetched, for any reason)."""
+    subscribed), VerificationFailed (502), LocationUnavailable (not fetched, for any reason).
+    Administrators only."""
+    require_admin(who)
     key = parse_public_key(public_key)
     _check_url(url)
     with svc.db.read() as s:
@@ -213,15 +217,41 @@ def refresh(svc: Services, channel_id: str) -> list[Change]:
     return found
 
 
-def list_channels(session: Session) -> list[dict[str, Any]]:
+def refresh_channel(
+    svc: Services, who: Principal, channel_id: str
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """``refresh`` on demand (administrators only): the channel as it now is, and what is new
+    or updated (``name``, ``version``, ``change``)."""
+    require_admin(who)
+    found = refresh(svc, channel_id)
+    with svc.db.read() as s:
+        described = describe(get_channel(s, channel_id))
+    return described, [{"name": n, "version": v, "change": c} for n, v, c in found]
+
+
+def list_channels(svc: Services, who: Principal) -> list[dict[str, Any]]:
+    """Every subscribed channel, oldest first; a member is not told who subscribed."""
+    with svc.db.read() as s:
+        found = all_channels(s)
+    for channel in found:
+        channel["owner"] = shown_owner(who, channel["owner"])
+    return found
+
+
+def all_channels(session: Session) -> list[dict[str, Any]]:
     return [describe(c) for c in session.scalars(select(Channel).order_by(Channel.created_at))]
 
 
 def remove(
-    svc: Services, channel_id: str, in_use: Callable[[Session, str], Sequence[str]]
+    svc: Services,
+    who: Principal,
+    channel_id: str,
+    in_use: Callable[[Session, str], Sequence[str]],
 ) -> dict[str, Any]:
-    """Unsubscribe; Conflict while ``in_use`` names something installed from the channel
-    (the appliances domain says what: ``lamina.appliances.catalog.installed_from``)."""
+    """Unsubscribe (administrators only); Conflict while ``in_use`` names something installed
+    from the channel (the appliances domain says what, and calls this:
+    ``lamina.appliances.catalog.remove_channel``)."""
+    require_admin(who)
     with svc.db.write() as s:
         channel = get_channel(s, channel_id)
         installed = list(in_use(s, channel_id))

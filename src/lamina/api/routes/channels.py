@@ -16,7 +16,6 @@ from lamina.appliances import catalog as appliance_catalog
 from lamina.appliances import deploy as deployer
 from lamina.appliances import install as installer
 from lamina.channels import service
-from lamina.identity.access import shown_owner
 from lamina.identity.principal import Principal
 from lamina.services import Services
 
@@ -43,34 +42,32 @@ def add_channel(
 
 @channels.get("")
 def list_channels(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    with svc.db.read() as s:
-        found = service.list_channels(s)
-    for channel in found:
-        channel["owner"] = shown_owner(who, channel["owner"])
-    return {"channels": found}
+    return {"channels": service.list_channels(svc, who)}
 
 
-@channels.post("/{channel_id}/refresh", dependencies=[Depends(admin)])
-def refresh_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
+@channels.post("/{channel_id}/refresh")
+def refresh_channel(
+    channel_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
     """Fetch the feed again (conditionally); answers the channel and what is new."""
-    found = service.refresh(svc, channel_id)
-    with svc.db.read() as s:
-        described = service.describe(service.get_channel(s, channel_id))
-    changes = [{"name": n, "version": v, "change": c} for n, v, c in found]
+    described, changes = service.refresh_channel(svc, who, channel_id)
     return {"channel": described, "changes": changes}
 
 
-@channels.delete("/{channel_id}", dependencies=[Depends(admin)])
-def remove_channel(channel_id: str, svc: Services = Depends(services)) -> Any:
+@channels.delete("/{channel_id}")
+def remove_channel(
+    channel_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+) -> Any:
     """Unsubscribe; 409 while appliances installed from it remain."""
-    return {"channel": service.remove(svc, channel_id, appliance_catalog.installed_from)}
+    return {"channel": appliance_catalog.remove_channel(svc, who, channel_id)}
 
 
 @appliances.get("")
-def list_appliances(installed: bool = False, svc: Services = Depends(services)) -> Any:
+def list_appliances(
+    installed: bool = False, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
     """The catalog: every channel's appliances and the installed ones."""
-    with svc.db.read() as s:
-        return {"appliances": appliance_catalog.catalog(s, installed)}
+    return {"appliances": appliance_catalog.list_appliances(svc, who, installed)}
 
 
 class Install(Body):
