@@ -5,6 +5,7 @@ token, and the token must be that instance's."""
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -27,6 +28,47 @@ if TYPE_CHECKING:
 SELF = "self"
 ACTIONS = ("reboot", "stop", "scale-out", "scale-in")
 MAX_STATUS = 1024
+
+
+# -- use cases -----------------------------------------------------------------------------
+# What the configuration service's front ends call (the JSON routes, the XML-RPC methods):
+# each proves the caller by its instance token (``who``), runs its own transaction and
+# returns what the guest is shown.
+
+
+@dataclass(frozen=True)
+class Guest:
+    """Who calls: an instance token, and the guest's address when the request came
+    through a host's relay."""
+
+    token: str | None
+    address: str | None = None
+
+
+def show_instance(svc: Services, who: Guest, ref: str) -> dict[str, Any]:
+    """The instance's own record: names, addresses, variables, configuration items."""
+    with svc.db.read() as s:
+        me = caller(svc, s, who.token, who.address)
+        return view(s, target(me, ref), svc.settings.network.domain)
+
+
+def update_status(svc: Services, who: Guest, ref: str, status: str) -> dict[str, Any]:
+    """Record the instance's own status (``guest_status`` in ``instance show``)."""
+    with svc.db.write() as s:
+        me = caller(svc, s, who.token, who.address)
+        return report_status(target(me, ref), status)
+
+
+def ask(svc: Services, who: Guest, ref: str, action: str) -> dict[str, Any]:
+    """An action the instance asks for itself (``reboot``, ``stop``): its job."""
+    with svc.db.write() as s:
+        me = caller(svc, s, who.token, who.address)
+        answer = request_action(svc, s, target(me, ref), action)
+    svc.wake_jobs()
+    return answer
+
+
+# -- inside a transaction ------------------------------------------------------------------
 
 
 def caller(

@@ -1,5 +1,6 @@
 """``/guest``: the configuration service's routes, authenticated by instance tokens (not
-users' signatures): JSON under ``/guest/v1`` and XML-RPC at ``/guest/RPC2``."""
+users' signatures): JSON under ``/guest/v1`` and XML-RPC at ``/guest/RPC2``; a thin layer over
+``lamina.guest.service`` and ``lamina.guest.xmlrpc``."""
 
 from __future__ import annotations
 
@@ -36,12 +37,14 @@ def _token(request: Request) -> str | None:
     return request.headers.get("x-lamina-instance-token")
 
 
+def _guest(request: Request) -> service.Guest:
+    return service.Guest(_token(request), request.headers.get(GUEST_ADDRESS))
+
+
 @guest.get("/v1/instances/{ref}")
 def get_instance(ref: str, request: Request, svc: Services = Depends(services)) -> Any:
     """The instance's own record: names, addresses, variables, configuration items."""
-    with svc.db.read() as s:
-        me = service.caller(svc, s, _token(request), request.headers.get(GUEST_ADDRESS))
-        return {"instance": service.view(s, service.target(me, ref), svc.settings.network.domain)}
+    return {"instance": service.show_instance(svc, _guest(request), ref)}
 
 
 @guest.put("/v1/instances/{ref}/status")
@@ -49,9 +52,7 @@ def put_status(
     ref: str, body: StatusBody, request: Request, svc: Services = Depends(services)
 ) -> Any:
     """Report the instance's own status (shown as ``guest_status`` in ``instance show``)."""
-    with svc.db.write() as s:
-        me = service.caller(svc, s, _token(request), request.headers.get(GUEST_ADDRESS))
-        return service.report_status(service.target(me, ref), body.status)
+    return service.update_status(svc, _guest(request), ref, body.status)
 
 
 @guest.post("/v1/instances/{ref}/actions", status_code=202)
@@ -59,11 +60,7 @@ def post_action(
     ref: str, body: ActionBody, request: Request, svc: Services = Depends(services)
 ) -> Any:
     """Ask for an action on the instance itself (``reboot``, ``stop``)."""
-    with svc.db.write() as s:
-        me = service.caller(svc, s, _token(request), request.headers.get(GUEST_ADDRESS))
-        answer = service.request_action(svc, s, service.target(me, ref), body.action)
-    svc.wake_jobs()
-    return answer
+    return service.ask(svc, _guest(request), ref, body.action)
 
 
 @guest.post(
