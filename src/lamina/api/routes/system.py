@@ -1,4 +1,4 @@
-"""``/health``, ``/config`` and ``/reconcile``."""
+"""``/health``, ``/config`` and ``/reconcile``: a thin layer over ``lamina.system``."""
 
 from __future__ import annotations
 
@@ -6,17 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
 
-from lamina import __version__
+from lamina import system as use_cases
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute.reconcile import Difference, apply_fixes, find_differences
-from lamina.config import public_view
-from lamina.identity.accounts import require_admin
 from lamina.identity.principal import Principal
 from lamina.services import Services
-from lamina.volumes.reconcile import find_volume_differences
 
 health = APIRouter(tags=["system"])
 system = APIRouter(tags=["system"])
@@ -25,9 +20,7 @@ system = APIRouter(tags=["system"])
 @health.get("/health")
 async def health_check(svc: Services = Depends(services)) -> dict[str, Any]:
     """Unauthenticated liveness: the manager answers and its database does."""
-    with svc.db.read() as s:
-        s.execute(text("SELECT 1"))
-    return {"status": "ok", "version": __version__}
+    return use_cases.health(svc)
 
 
 @system.get("/openapi.json", include_in_schema=False)
@@ -38,14 +31,12 @@ def openapi(request: Request) -> Any:
 
 @system.get("/config")
 def config(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    require_admin(who)
-    return {"config": public_view(svc.settings)}
+    return {"config": use_cases.configuration(svc, who)}
 
 
 @system.get("/reconcile")
 def reconcile(svc: Services = Depends(services), who: Principal = Depends(principal)) -> Any:
-    require_admin(who)
-    return {"differences": [d.to_dict() for d in _differences(svc)]}
+    return {"differences": use_cases.differences(svc, who)}
 
 
 class ReconcileFix(BaseModel):
@@ -60,11 +51,4 @@ def reconcile_fix(
     body: ReconcileFix, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
     """Find the differences again and fix those named that are still there, unchanged."""
-    require_admin(who)
-    return {"differences": apply_fixes(_differences(svc), body.ids)}
-
-
-def _differences(svc: Services) -> list[Difference]:
-    """Instances against their guests, then volumes, snapshots, targets and attachments
-    (after the guests' fixes: an orphan guest undefined takes its stray disks with it)."""
-    return find_differences(svc) + find_volume_differences(svc)
+    return {"differences": use_cases.fix_differences(svc, who, body.ids)}
