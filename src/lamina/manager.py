@@ -14,26 +14,30 @@ from sqlalchemy import MetaData
 from lamina.appliances import models as appliance_models
 from lamina.appliances.capture import register_capture_jobs
 from lamina.appliances.install import register_appliance_jobs
+from lamina.appliances.layered import register_appliance_lifecycle
 from lamina.audit import models as audit_models
 from lamina.channels import models as channel_models
 from lamina.compute import models as compute_models
 from lamina.compute import quota as compute_quota
 from lamina.compute.jobs import register_compute_jobs
+from lamina.compute.lifecycle import InstanceLifecycle
 from lamina.compute.visibility import instance_jobs_visible
 from lamina.config import Settings
 from lamina.db import Base, Database
 from lamina.db import deployment as deployment_models
+from lamina.guest.token import register_guest_lifecycle
 from lamina.identity import models as identity_models
 from lamina.images import models as image_models
 from lamina.images import quota as image_quota
 from lamina.jobs import models as job_models
 from lamina.network import models as network_models
 from lamina.network.forwards import register_forward_jobs
+from lamina.network.lifecycle import register_network_lifecycle
 from lamina.network.sync import register_network_jobs
 from lamina.services import Services
 from lamina.volumes import models as volume_models
 from lamina.volumes import quota as volume_quota
-from lamina.volumes.jobs import register_volume_jobs
+from lamina.volumes.jobs import register_volume_jobs, register_volume_lifecycle
 
 #: Every domain's models: imported, their tables are in ``Base.metadata``.
 MODELS = (
@@ -61,8 +65,15 @@ def build_services(settings: Settings) -> Services:
 def register(svc: Services) -> None:
     """Hand every domain's contributions to the container's registries."""
     registry = svc.jobs
+    # What the domains add to an instance's life: its jobs' steps (in the places that
+    # ``lamina.compute.lifecycle.ORDER`` gives them) and hooks; before its jobs are registered.
+    svc.lifecycle = lifecycle = InstanceLifecycle()
+    register_network_lifecycle(lifecycle)
+    register_volume_lifecycle(lifecycle)
+    register_appliance_lifecycle(lifecycle)
+    register_guest_lifecycle(lifecycle)
     # Job kinds.
-    register_compute_jobs(registry)
+    register_compute_jobs(registry, lifecycle)
     register_appliance_jobs(registry)
     register_capture_jobs(registry)
     register_volume_jobs(registry)

@@ -7,7 +7,7 @@ kinds, visibility checks and quota counters in it (``lamina.manager.build_servic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lamina.config import Settings
 from lamina.db import Database
@@ -40,6 +40,8 @@ class Services:
     deployment: str = ""
     #: What each quota counts, by quota name (the domains' counters).
     quotas: QuotaCounters = field(default_factory=QuotaCounters)
+    #: What the domains registered for an instance's life (``lamina.compute.lifecycle``).
+    lifecycle: Any = field(default=None)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

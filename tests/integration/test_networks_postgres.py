@@ -20,6 +20,7 @@ from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.models import Host, Instance
 from lamina.identity.principal import Principal
 from lamina.network import addresses, service
+from lamina.network.lifecycle import attach_nics
 from lamina.network.models import Network, Port
 from lamina.network.service import NicRequest
 
@@ -45,7 +46,8 @@ def test_concurrent_instances_get_distinct_addresses(svc: Any) -> None:
         with svc.db.write() as s:
             instance, _ = instances.create_instance(
                 s, svc.jobs, svc.settings.compute, name=f"vm{i}", vcpus=1, memory_mib=64,
-                boot=BootSources(BootSource("/boot/k")), networks=[NicRequest("lan")], who=who,
+                boot=BootSources(BootSource("/boot/k")), who=who,
+                attach=attach_nics(who, [NicRequest("lan")], ""),
             )  # fmt: skip
             return instance.id
 
@@ -66,7 +68,8 @@ def test_two_transactions_choosing_one_address(svc: Any, monkeypatch: pytest.Mon
         with svc.db.write() as s:
             instance, _ = instances.create_instance(
                 s, svc.jobs, svc.settings.compute, name=f"race{i}", vcpus=1, memory_mib=64,
-                boot=BootSources(BootSource("/boot/k")), networks=[], host="one", who=ADMIN,
+                boot=BootSources(BootSource("/boot/k")), host="one", who=ADMIN,
+                attach=attach_nics(ADMIN, [], ""),
             )  # fmt: skip
             made.append(instance.id)
     with svc.db.write() as s:  # the host's service address first: only guests race below

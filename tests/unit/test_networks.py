@@ -16,11 +16,13 @@ from harness import bare_services
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
+from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
 from lamina.network import addresses, dns, service
+from lamina.network.lifecycle import attach_nics
 from lamina.network.models import Network, Port
 from lamina.network.service import NicRequest
 from lamina.network.sync import host_state, queue_sync
@@ -91,9 +93,8 @@ def make_instance(
     with svc.db.write() as s:
         instance, _ = instances.create_instance(
             s, svc.jobs, svc.settings.compute, name=name, vcpus=1, memory_mib=128,
-            boot=BootSources(BootSource("/boot/k")), networks=nics, host=host,
-            who=ADMIN if host else who,
-            default_network=svc.settings.network.default_network, **fields,
+            boot=BootSources(BootSource("/boot/k")), host=host, who=ADMIN if host else who,
+            attach=attach_nics(who, nics, svc.settings.network.default_network), **fields,
         )  # fmt: skip
         if host:
             instance.owner = who.user_id
@@ -348,15 +349,21 @@ def test_the_zone_has_instances_groups_mail_and_manual_records(svc: Services) ->
         row.appliance_id, row.variables = "app-mail", {"domain": "Example.org"}
         network = s.get(Network, net.id)
         assert network is not None
-        dns.add_record(s, network, "lamina.internal", "www", "CNAME", "web", ALICE)
+        provides = lifecycle_of(svc).provides
+
+        def add(name: str, type_: str, value: str) -> None:
+            dns.add_record(s, network, "lamina.internal", name, type_, value, ALICE,
+                           provides=provides)  # fmt: skip
+
+        add("www", "CNAME", "web")
         with pytest.raises(Conflict, match="CNAME"):
-            dns.add_record(s, network, "lamina.internal", "www", "A", "10.20.0.9", ALICE)
+            add("www", "A", "10.20.0.9")
         with pytest.raises(Conflict, match="instance's own name"):
-            dns.add_record(s, network, "lamina.internal", "web1", "A", "10.20.0.9", ALICE)
+            add("web1", "A", "10.20.0.9")
         with pytest.raises(Conflict, match="already exists"):
-            dns.add_record(s, network, "lamina.internal", "www", "CNAME", "web", ALICE)
-        records = {(r["name"], r["type"], r["value"], r["source"])
-                   for r in dns.listing(s, network, "lamina.internal")}  # fmt: skip
+            add("www", "CNAME", "web")
+        shown = dns.listing(s, network, "lamina.internal", provides=provides)
+        records = {(r["name"], r["type"], r["value"], r["source"]) for r in shown}
     zone = "lan.lamina.internal"
     assert records == {
         (f"web1.{zone}", "A", "10.20.0.2", "instance"),
@@ -374,7 +381,7 @@ def test_each_host_is_told_its_own_guests_and_the_whole_zone(svc: Services) -> N
     a = make_instance(svc, "a", [NicRequest("lan")], host="one")
     make_instance(svc, "b", [NicRequest("lan")], host="two")
     with svc.db.read() as s:
-        state = host_state(s, "h-1", svc.settings)
+        state = host_state(s, "h-1", svc.settings, provides=None)
         mac = s.query(Port).filter(Port.instance_id == a.id).one().mac
     (spec,) = state.networks
     assert (spec.network, spec.address, spec.mode, spec.domain) == (

@@ -35,6 +35,7 @@ from lamina.formats.variables import resolve_variables
 from lamina.formats.versions import Version
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
+from lamina.network.lifecycle import attach_nics
 from lamina.network.service import NicRequest, instance_nics
 
 if TYPE_CHECKING:
@@ -116,9 +117,8 @@ def deploy(
             name=name,
             vcpus=vcpus or hardware.cpus or DEFAULT_VCPUS,
             memory_mib=memory_mib or hardware.memory_mib or DEFAULT_MEMORY_MIB,
-            networks=networks,
+            attach=attach_nics(who, networks, svc.settings.network.default_network),
             group=group,
-            default_network=svc.settings.network.default_network,
             who=who,
             **boot,
         )

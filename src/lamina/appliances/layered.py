@@ -6,9 +6,13 @@ substrate that meets the application's ``<substrate>`` requirement. So installin
 substrate reaches every instance built on it the next time it boots, while its application,
 deployment and instance layers stay as they are.
 
-How the guest finds its disks is fixed here too: by virtio serial number, named on the
-kernel command line (``lamina.layers=l0,l1,... lamina.upper=upper lamina.config=config``),
-so it never guesses from device order.
+How the guest finds its disks is fixed by compute (``lamina.compute.boot``): by virtio
+serial number, named on the kernel command line here
+(``lamina.layers=l0,l1,... lamina.upper=upper lamina.config=config``), so it never guesses
+from device order.
+
+Compute boots what this module hands it: the files at deployment (``lamina.appliances.deploy``)
+and, before each start, the boot as of now (``register_appliance_lifecycle``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.appliances.models import InstalledAppliance
-from lamina.compute.boot import BootSource, image_source
+from lamina.compute.boot import CONFIG, UPPER, BootSource, image_source, layer_serial
+from lamina.compute.lifecycle import InstanceLifecycle, LayeredFiles
 from lamina.errors import InvalidState
 from lamina.formats.definition import Appliance, Blob
 from lamina.formats.parsing import parse_appliance
@@ -30,10 +35,6 @@ from lamina.images import service as images
 
 if TYPE_CHECKING:
     from lamina.compute.models import Instance
-
-#: Serial numbers of the instance layer and the config disk.
-UPPER = "upper"
-CONFIG = "config"
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,6 @@ class LayeredBoot:
     #: The substrate's own kernel arguments.
     cmdline: str
     layers: tuple[BootFile, ...]
-
-
-def layer_serial(index: int) -> str:
-    return f"l{index}"
 
 
 def kernel_cmdline(substrate_args: str, layer_count: int) -> str:
@@ -98,9 +95,7 @@ def layered_boot(
     )
 
 
-def current_boot(
-    session: Session, instance: Instance
-) -> tuple[str, str | None, str, list[dict[str, str]]]:
+def current_boot(session: Session, instance: Instance) -> LayeredFiles:
     """The kernel, initrd, command line and layers a layered instance boots with now."""
     row = session.get(InstalledAppliance, instance.appliance_id)
     if row is None:
@@ -108,12 +103,23 @@ def current_boot(
     # The system boots the instance: the files of installed appliances are its to read.
     system = Principal(instance.owner or "", "system", "admin", via="system")
     boot = layered_boot(session, system, row, parse_appliance(row.definition))
-    return (
-        boot.kernel.source,
-        boot.initrd.source if boot.initrd else None,
-        kernel_cmdline(boot.cmdline, len(boot.layers)),
-        [f.as_dict() for f in boot.layers],
+    return LayeredFiles(
+        kernel=boot.kernel.source,
+        initrd=boot.initrd.source if boot.initrd else None,
+        cmdline=kernel_cmdline(boot.cmdline, len(boot.layers)),
+        layers=[f.as_dict() for f in boot.layers],
     )
+
+
+def provides(session: Session, appliance_id: str) -> tuple[str, ...]:
+    """What an installed appliance provides (``mail``, ...); nothing once it is gone."""
+    row = session.get(InstalledAppliance, appliance_id)
+    return parse_appliance(row.definition).provides if row else ()
+
+
+def register_appliance_lifecycle(lifecycle: InstanceLifecycle) -> None:
+    lifecycle.layered_boot = current_boot
+    lifecycle.provides = provides
 
 
 def newest_substrate(

@@ -41,6 +41,17 @@ if TYPE_CHECKING:
     from lamina.config import Settings
     from lamina.images.models import Image
 
+#: How a layered guest finds its disks: by virtio serial number, named on its kernel command
+#: line (``lamina.appliances.layered.kernel_cmdline``): its read-only layers ``l0``, ``l1``, ...
+#: lowest first, then its instance layer and its config disk.
+UPPER = "upper"
+CONFIG = "config"
+
+
+def layer_serial(index: int) -> str:
+    return f"l{index}"
+
+
 #: Image locations a host's cache can fetch itself (``lamina.agent.cache.ImageCache``).
 FETCHABLE = ("file", "http", "https")
 LABELS = ("kernel", "initrd", "disk_image")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, tuple_
@@ -20,7 +20,6 @@ from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
-from lamina.network.service import NicRequest, connect, default_nics
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: action -> statuses it may start from
@@ -58,15 +57,15 @@ def create_instance(
     disk_size_bytes: int | None = None,
     host: str | None = None,
     visibility: str = "private",
-    networks: Sequence[NicRequest] | None = None,
+    attach: Callable[[Session, Instance], None] | None = None,
     group: str | None = None,
-    default_network: str = "",
     who: Principal,
 ) -> tuple[Instance, Job]:
-    """Record an instance owned by ``who``, placed and within their quotas, with an address
-    on each of ``networks`` (None: the ``default_network`` if there is one the caller may
-    use; empty: none), and queue the job that builds it. ``boot``: its boot files, already
-    checked for ``who`` (``lamina.compute.boot.resolve_boot``, or an appliance's files)."""
+    """Record an instance owned by ``who``, placed and within their quotas, and queue the
+    job that builds it. ``boot``: its boot files, already checked for ``who``
+    (``lamina.compute.boot.resolve_boot``, or an appliance's files). ``attach`` is called
+    once the instance has its id, before its job is queued: what the caller gives it (its
+    addresses, ``lamina.network.lifecycle.attach_nics``)."""
     check_name(name)
     if boot.kernel is None and boot.disk_image is None:
         raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
@@ -105,9 +104,8 @@ def create_instance(
     )
     session.add(instance)
     session.flush()
-    if networks is None:
-        networks = default_nics(session, who, default_network)
-    connect(session, instance, who, networks)
+    if attach is not None:
+        attach(session, instance)
     job = submit(
         session,
         registry.get("instance.create"),

@@ -1,4 +1,7 @@
-"""The jobs that change instances, step by step, each step with its undo."""
+"""The jobs that change instances, step by step, each step with its undo.
+
+Compute's own steps are here; the other domains contribute theirs (connect networks, remove
+forwards, release volumes, ...) and their hooks through ``lamina.compute.lifecycle``."""
 
 from __future__ import annotations
 
@@ -7,21 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
-from sqlalchemy import select
-
-from lamina.appliances.layered import CONFIG, UPPER, current_boot, layer_serial
+from lamina.compute.boot import CONFIG, UPPER, layer_serial
+from lamina.compute.lifecycle import InstanceLifecycle, lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
-from lamina.guest.token import instance_token
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
-from lamina.network.forwards import remove_from_host
-from lamina.network.models import Port
-from lamina.network.service import release
-from lamina.network.sync import hosts_of, push, queue_sync
-from lamina.volumes.jobs import release_instance_volumes
 from lamina.wire.client import AgentClient
-from lamina.wire.protocol import DiskCreate, GuestDefinition, GuestDisk, GuestNic
+from lamina.wire.protocol import DiskCreate, GuestDefinition, GuestDisk
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 0.5
@@ -97,17 +93,20 @@ def _layers(instance: Instance) -> list[dict[str, str]]:
     return list(instance.layers or [])
 
 
-def config_files(instance: Instance, token: str) -> dict[str, str]:
+def config_files(services: Any, instance: Instance) -> dict[str, str]:
     """The config disk of a layered instance: what its initramfs reads (docs/appliances.md),
-    and the instance's id and configuration-service token (docs/networks.md)."""
+    the instance's id, and what the other domains add (the guest services: its
+    configuration-service token, docs/networks.md)."""
     variables = instance.variables or {}
-    return {
+    files = {
         "variables": "".join(f"{k}\t{v}\n" for k, v in sorted(variables.items())),
         "templates": "".join(f"{path}\n" for path in instance.templates or []),
         "hostname": f"{instance.name}\n",
         "instance": f"{instance.id}\n",
-        "token": f"{token}\n",
     }
+    for more in lifecycle_of(services).config_files:
+        files.update(more(services, instance))
+    return files
 
 
 def create_disk(ctx: StepContext) -> None:
@@ -118,7 +117,7 @@ def create_disk(ctx: StepContext) -> None:
         agent.disk_create(
             DiskCreate(guest=guest, name=UPPER, size_bytes=size, format="raw", filesystem="ext4")
         )
-        files = config_files(instance, instance_token(ctx.services.box, instance.id))
+        files = config_files(ctx.services, instance)
         agent.disk_create(DiskCreate(guest=guest, name=CONFIG, format="raw", files=files))
         ctx.state["disks"] = [UPPER, CONFIG]
         return
@@ -160,9 +159,9 @@ def _definition(ctx: StepContext, instance: Instance) -> GuestDefinition:
         ]
         disks.append(GuestDisk(name=UPPER, format="raw", serial=UPPER))
         disks.append(GuestDisk(name=CONFIG, format="raw", readonly=True, serial=CONFIG))
+    nics_of = lifecycle_of(ctx.services).nics
     with ctx.services.db.read() as s:
-        ports = s.scalars(select(Port).where(Port.instance_id == instance.id).order_by(Port.nic))
-        nics = [GuestNic(network=p.network_id, mac=p.mac or "") for p in ports]
+        nics = nics_of(s, instance) if nics_of else []
     return GuestDefinition(
         vcpus=instance.vcpus,
         memory_mib=instance.memory_mib,
@@ -172,20 +171,6 @@ def _definition(ctx: StepContext, instance: Instance) -> GuestDefinition:
         disks=disks,
         nics=nics,
     )
-
-
-def connect_networks(ctx: StepContext) -> None:
-    """Before the guest is defined its host must have its networks (bridge, DHCP entry);
-    the other hosts on those networks learn its name."""
-    instance, host, _ = _load(ctx)
-    with ctx.services.db.write() as s:
-        networks = set(s.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
-        if not networks:
-            return
-        others = hosts_of(s, networks) - {host.id}
-        queue_sync(s, ctx.services.jobs, others)
-    push(ctx.services, host.id)
-    ctx.services.wake_jobs()
 
 
 def undefine_guest(ctx: StepContext) -> None:
@@ -219,16 +204,17 @@ def refresh_layers(ctx: StepContext) -> None:
     booted, fetch it into the host's cache and redefine the guest on it. The application,
     deployment and instance layers stay as they are."""
     instance, _, agent = _load(ctx)
-    if instance.layers is None or not instance.appliance_id:
+    layered_boot = lifecycle_of(ctx.services).layered_boot
+    if instance.layers is None or not instance.appliance_id or layered_boot is None:
         return
     with ctx.services.db.read() as s:
-        boot = current_boot(s, instance)
-    if boot == (instance.kernel, instance.initrd, instance.cmdline, instance.layers):
+        boot = layered_boot(s, instance)
+    now = (boot.kernel, boot.initrd, boot.cmdline, boot.layers)
+    if now == (instance.kernel, instance.initrd, instance.cmdline, instance.layers):
         return
     if agent.guest(instance.domain_name).state != "stopped":
         return  # a running guest keeps its layers until it is stopped and started again
-    kernel, initrd, cmdline, layers = boot
-    _set(ctx, kernel=kernel, initrd=initrd, cmdline=cmdline, layers=layers)
+    _set(ctx, kernel=boot.kernel, initrd=boot.initrd, cmdline=boot.cmdline, layers=boot.layers)
     instance, _, agent = _load(ctx)
     _fetch(ctx, agent, instance)
     agent.define(instance.domain_name, _definition(ctx, instance))
@@ -273,51 +259,34 @@ def remove_guest(ctx: StepContext) -> None:
         log.warning("instance %s deleted while host %s is unreachable", instance.name, host.name)
 
 
-def remove_forwards(ctx: StepContext) -> None:
-    """Its host stops publishing the instance's ports."""
-    remove_from_host(ctx.services, ctx.params["instance_id"], bool(ctx.params.get("force")))
-
-
-def release_volumes(ctx: StepContext) -> None:
-    """The guest is gone, and with it its volumes' disks: withdraw their exports and make
-    them available again."""
-    release_instance_volumes(ctx.services, ctx.params["instance_id"])
-
-
 def mark_deleted(ctx: StepContext) -> None:
-    """The record is deleted and its addresses and forwards freed; the hosts on its
-    networks are to be told (``disconnect_networks``)."""
+    """The record is deleted, and in the same transaction the other domains free what it
+    held (its addresses and forwards: the hosts on its networks are then told, in
+    ``disconnect_networks``)."""
+    release = lifecycle_of(ctx.services).release
     with ctx.services.db.write() as s:
         instance = s.get(Instance, ctx.params["instance_id"])
         if instance is None:
             return
-        networks = set(s.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
-        hosts = hosts_of(s, networks) | release(s, instance.id)
+        for hook in release:
+            hook(s, instance, ctx.state)
         instance.status = "deleted"
-        ctx.state["sync_hosts"] = sorted(hosts)
 
 
-def disconnect_networks(ctx: StepContext) -> None:
-    """The instance's host drops its DHCP entry (and a network left without guests); every
-    host on its networks drops its name. Queued, so an unreachable host is retried rather
-    than holding up the deletion."""
-    hosts = ctx.state.get("sync_hosts") or []
-    if hosts:
-        with ctx.services.db.write() as s:
-            queue_sync(s, ctx.services.jobs, hosts)
-        ctx.services.wake_jobs()
-
-
-def register_compute_jobs(registry: JobRegistry) -> None:
+def register_compute_jobs(registry: JobRegistry, lifecycle: InstanceLifecycle) -> None:
+    """Register the instance jobs: compute's steps and those ``lifecycle`` collected from the
+    other domains, which must have contributed theirs already."""
     registry.register(
         JobKind(
             "instance.create",
-            (
-                Step("fetch_boot_files", fetch_boot_files, timeout=1800),
-                Step("create_disk", create_disk, remove_disk, timeout=600),
-                Step("connect_networks", connect_networks, timeout=120),
-                Step("define_guest", define_guest, undefine_guest),
-                Step("start_guest", start_guest, destroy_guest),
+            lifecycle.kind_steps(
+                "instance.create",
+                (
+                    Step("fetch_boot_files", fetch_boot_files, timeout=1800),
+                    Step("create_disk", create_disk, remove_disk, timeout=600),
+                    Step("define_guest", define_guest, undefine_guest),
+                    Step("start_guest", start_guest, destroy_guest),
+                ),
             ),
             deadline=3600,
             on_failure=mark_error,
@@ -326,7 +295,9 @@ def register_compute_jobs(registry: JobRegistry) -> None:
     for action in ("start", "stop", "pause", "resume", "reboot"):
         steps: tuple[Step, ...] = (_action_step(action),)
         if action == "start":
-            steps = (Step("refresh_layers", refresh_layers, timeout=1800), *steps)
+            steps = lifecycle.kind_steps(
+                "instance.start", (Step("refresh_layers", refresh_layers, timeout=1800), *steps)
+            )
         registry.register(
             JobKind(
                 f"instance.{action}",
@@ -338,12 +309,9 @@ def register_compute_jobs(registry: JobRegistry) -> None:
     registry.register(
         JobKind(
             "instance.delete",
-            (
-                Step("remove_guest", remove_guest, timeout=120),
-                Step("remove_forwards", remove_forwards, timeout=120),
-                Step("release_volumes", release_volumes, timeout=300),
-                Step("release", mark_deleted),
-                Step("disconnect_networks", disconnect_networks),
+            lifecycle.kind_steps(
+                "instance.delete",
+                (Step("remove_guest", remove_guest, timeout=120), Step("release", mark_deleted)),
             ),
             deadline=300,
             on_failure=mark_error,

@@ -14,13 +14,12 @@ from sqlalchemy.orm import Session
 
 from lamina.compute.hosts import record_heartbeat, record_silence
 from lamina.compute.jobs import GUEST_STATES
+from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
 from lamina.errors import LaminaError
 from lamina.jobs.models import Job
 from lamina.jobs.service import retry_pending_undos
-from lamina.network.models import Port
-from lamina.network.sync import queue_sync
 
 if TYPE_CHECKING:
     from lamina.services import Services
@@ -94,10 +93,10 @@ class HostMonitor:
             came_back = was != "up"
             if came_back:
                 log.info("host %s is up", host.name)
-                # An agent back from a restart or an outage gets its networks again (it
-                # missed any change made meanwhile).
-                if s.scalar(select(Port.id).where(Port.host_id == host.id).limit(1)):
-                    queue_sync(s, svc.jobs, [host.id])
+                # What the other domains do for a host that is back (the networks: push
+                # it its networks again, it missed any change made meanwhile).
+                for hook in lifecycle_of(svc).host_up:
+                    hook(s, svc.jobs, host.id)
                 # Undos that failed because a host could not be reached: try them now.
                 if retry_pending_undos(s):
                     log.info("host %s is up: retrying the pending undos", host.name)

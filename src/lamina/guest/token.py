@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
+from lamina.compute.lifecycle import InstanceLifecycle
+from lamina.compute.models import Instance
 from lamina.errors import AuthenticationFailed
 from lamina.identity.secretbox import SecretBox
 
@@ -27,3 +30,13 @@ def token_instance(box: SecretBox, token: str) -> str:
     if not hmac.compare_digest(instance_token(box, instance_id), f"{instance_id}.{mac}"):
         raise AuthenticationFailed("auth_bad_token", "the instance token is not valid")
     return instance_id
+
+
+def token_file(services: Any, instance: Instance) -> dict[str, str]:
+    """The config disk of a layered instance carries its token (``token``): what its guest
+    shows the configuration service."""
+    return {"token": f"{instance_token(services.box, instance.id)}\n"}
+
+
+def register_guest_lifecycle(lifecycle: InstanceLifecycle) -> None:
+    lifecycle.config_files.append(token_file)

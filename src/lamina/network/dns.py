@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.appliances.models import InstalledAppliance
+from lamina.compute.lifecycle import Provides
 from lamina.compute.models import Instance
 from lamina.errors import Conflict, InvalidRequest
-from lamina.formats.parsing import parse_appliance
 from lamina.identity.principal import Principal
 from lamina.network.models import DnsRecord as StoredRecord
 from lamina.network.models import Network, Port
@@ -149,13 +148,19 @@ def check_coexistence(records: Iterable[DnsRecord], new: Checked) -> None:
             )
 
 
-def zone_records(session: Session, network: Network, domain: str) -> list[DnsRecord]:
+def zone_records(
+    session: Session, network: Network, domain: str, *, provides: Provides | None
+) -> list[DnsRecord]:
     """Every record of the network's zone: each instance's name, each group's round-robin A
-    record, an MX for each mail appliance, then the records added by hand."""
-    return [record for record, _ in _zone(session, network, domain)]
+    record, an MX for each instance of a mail appliance (what an appliance provides:
+    ``provides``, registered by the appliances in ``lamina.compute.lifecycle``), then the
+    records added by hand."""
+    return [record for record, _ in _zone(session, network, domain, provides)]
 
 
-def _zone(session: Session, network: Network, domain: str) -> list[tuple[DnsRecord, str]]:
+def _zone(
+    session: Session, network: Network, domain: str, provides: Provides | None
+) -> list[tuple[DnsRecord, str]]:
     """The zone's records, each with its source: instance, group, mail or manual."""
     zone_name = zone(network, domain)
     rows = session.execute(
@@ -165,14 +170,14 @@ def _zone(session: Session, network: Network, domain: str) -> list[tuple[DnsReco
         .order_by(Port.ip)
     ).all()
     found: list[tuple[DnsRecord, str]] = []
-    provides: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, tuple[str, ...]] = {}
     for port, instance in rows:
         fqdn = f"{port.hostname}.{zone_name}"
         found.append((DnsRecord(name=fqdn, type="A", value=port.ip), "instance"))
         if instance.group_name:
             group = f"{instance.group_name}.{zone_name}"
             found.append((DnsRecord(name=group, type="A", value=port.ip), "group"))
-        if instance.appliance_id and _provides(session, instance.appliance_id, provides):
+        if instance.appliance_id and _mail(session, instance.appliance_id, provides, seen):
             maildomain = ((instance.variables or {}).get("domain") or zone_name).lower()
             mx = DnsRecord(name=maildomain, type="MX", value=f"{MX_PREFERENCE} {fqdn}")
             found.append((mx, "mail"))
@@ -191,23 +196,27 @@ def _zone(session: Session, network: Network, domain: str) -> list[tuple[DnsReco
     return unique
 
 
-def _provides(session: Session, appliance_id: str, seen: dict[str, tuple[str, ...]]) -> bool:
+def _mail(
+    session: Session,
+    appliance_id: str,
+    provides: Provides | None,
+    seen: dict[str, tuple[str, ...]],
+) -> bool:
     if appliance_id not in seen:
-        row = session.get(InstalledAppliance, appliance_id)
-        seen[appliance_id] = parse_appliance(row.definition).provides if row else ()
+        seen[appliance_id] = provides(session, appliance_id) if provides else ()
     return any(p in MAIL for p in seen[appliance_id])
 
 
 def add_record(
     session: Session, network: Network, domain: str, name: str, type_: str, value: str,
-    who: Principal,
+    who: Principal, *, provides: Provides | None,
 ) -> StoredRecord:  # fmt: skip
     """Check and store a hand-made record of the network's zone. ``Conflict`` for a record
     already there, one that breaks the CNAME rule, or one that would shadow an instance's
     own name."""
     zone_name = zone(network, domain)
     checked = check_record(name, type_, value, zone_name, domain)
-    current = zone_records(session, network, domain)
+    current = zone_records(session, network, domain, provides=provides)
     instance_names = {
         f"{hostname}.{zone_name}"
         for hostname in session.scalars(
@@ -240,14 +249,17 @@ def describe_record(record: StoredRecord) -> dict[str, Any]:
     }
 
 
-def listing(session: Session, network: Network, domain: str) -> list[dict[str, Any]]:
-    """The zone as ``dns record list`` shows it: every record with where it comes from."""
+def listing(
+    session: Session, network: Network, domain: str, *, provides: Provides | None
+) -> list[dict[str, Any]]:
+    """The zone as ``dns record list`` shows it: every record with where it comes from
+    (``provides``: as for ``zone_records``)."""
     manual = {
         (r.name, r.type, r.value): r
         for r in session.scalars(select(StoredRecord).where(StoredRecord.network_id == network.id))
     }
     shown = []
-    for record, source in _zone(session, network, domain):
+    for record, source in _zone(session, network, domain, provides):
         stored = manual.get((record.name, record.type, record.value))
         if source == "manual" and stored is not None:
             shown.append(describe_record(stored))

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
@@ -132,7 +133,8 @@ def list_records(svc: Services, who: Principal, ref: str) -> tuple[str, list[dic
     domain = svc.settings.network.domain
     with svc.db.read() as s:
         network = get_network(s, ref, who)
-        return zone(network, domain), dns.listing(s, network, domain)
+        provides = lifecycle_of(svc).provides
+        return zone(network, domain), dns.listing(s, network, domain, provides=provides)
 
 
 def add_record(
@@ -142,7 +144,10 @@ def add_record(
     the jobs (one per host) are done."""
     with svc.db.write() as s:
         network = get_network(s, ref, who, "own")
-        record = dns.add_record(s, network, svc.settings.network.domain, name, type_, value, who)
+        record = dns.add_record(
+            s, network, svc.settings.network.domain, name, type_, value, who,
+            provides=lifecycle_of(svc).provides,
+        )  # fmt: skip
         jobs = queue_sync(s, svc.jobs, hosts_of(s, [network.id]))
         result = dns.describe_record(record), jobs
     svc.wake_jobs()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lamina.compute.lifecycle import Provides, lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.errors import BackendUnavailable
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
@@ -30,8 +31,11 @@ log = logging.getLogger(__name__)
 SYNC = "network.sync"
 
 
-def host_state(session: Session, host_id: str, settings: Settings) -> NetworkState:
-    """What the host should have: every active network it holds a service address on."""
+def host_state(
+    session: Session, host_id: str, settings: Settings, *, provides: Provides | None
+) -> NetworkState:
+    """What the host should have: every active network it holds a service address on
+    (``provides``: as for ``lamina.network.dns.zone_records``)."""
     domain = settings.network.domain
     rows = session.execute(
         select(Network, Port)
@@ -69,7 +73,7 @@ def host_state(session: Session, host_id: str, settings: Settings) -> NetworkSta
                     )  # fmt: skip
                     for port, instance in guests
                 ],
-                records=zone_records(session, network, domain),
+                records=zone_records(session, network, domain, provides=provides),
                 upstream_dns=list(settings.network.upstream_dns),
                 config_service_url=settings.manager.url,
             )
@@ -83,7 +87,7 @@ def push(svc: Services, host_id: str) -> None:
         host = s.get(Host, host_id)
         if host is None:
             return
-        state = host_state(s, host_id, svc.settings)
+        state = host_state(s, host_id, svc.settings, provides=lifecycle_of(svc).provides)
     svc.agents.for_host(host).network_state(state)
 
 

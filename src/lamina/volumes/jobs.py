@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import delete, select
 
 from lamina.compute.hosts import parse_address
+from lamina.compute.lifecycle import InstanceLifecycle
 from lamina.compute.models import Host, Instance
 from lamina.errors import GuestNotFound, InvalidState, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
@@ -453,6 +454,16 @@ def release_instance_volumes(svc: Services, instance_id: str) -> list[str]:
         released.append(volume_id)
         log.info("volume %s released: its instance %s was deleted", volume_id, instance_id)
     return released
+
+
+def release_volumes(ctx: StepContext) -> None:
+    """The guest is gone, and with it its volumes' disks: withdraw their exports and make
+    them available again (a step of ``instance.delete``)."""
+    release_instance_volumes(ctx.services, ctx.params["instance_id"])
+
+
+def register_volume_lifecycle(lifecycle: InstanceLifecycle) -> None:
+    lifecycle.contribute("instance.delete", Step("release_volumes", release_volumes, timeout=300))
 
 
 def detach_failed(ctx: StepContext, error: str) -> None:

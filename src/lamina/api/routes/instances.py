@@ -19,6 +19,7 @@ from lamina.compute.models import Host
 from lamina.identity import access
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
+from lamina.network.lifecycle import attach_nics
 from lamina.network.service import NicRequest, instance_nics, nics_by_instance
 from lamina.services import Services
 
@@ -102,9 +103,8 @@ def create_instance(
             disk_size_bytes=body.disk_size_mib * 1024 * 1024 if body.disk_size_mib else None,
             host=body.host,
             visibility=body.visibility,
-            networks=nics_of(body.networks),
+            attach=attach_nics(who, nics_of(body.networks), svc.settings.network.default_network),
             group=body.group,
-            default_network=svc.settings.network.default_network,
             who=who,
         )
         result = {"instance": _describe(s, svc, instance, who), "job": describe_job(job)}

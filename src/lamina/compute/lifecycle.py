@@ -1,0 +1,120 @@
+"""The instance lifecycle by registration: what the other domains add to an instance's jobs
+and to what compute does, without compute importing them.
+
+Networks, volumes, appliances and the guest services build on compute, so compute cannot
+call them; they register here instead, once, where the manager is wired
+(``lamina.services.Services.build``):
+
+* **steps** of ``instance.create``, ``instance.start`` and ``instance.delete``
+  (``contribute``). Where each step runs is fixed by ``ORDER`` below, not by the order of
+  registration: a job's steps are stored by name, and a job interrupted by a restart resumes
+  (or is undone) by those names, so a name once used is never renamed or moved;
+* **hooks** compute calls at fixed points: the files of a layered instance's config disk, the
+  NICs of its guest, what is released with it when it is deleted, what follows when a host
+  comes back up; and the data compute needs from the appliances: a layered instance's boot
+  files as of now, and what the appliance an instance was deployed from provides.
+
+Each hook is optional: a manager that wires no network simply gives its guests no NICs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from lamina.errors import ConfigError
+from lamina.jobs.kinds import JobRegistry, Step
+
+if TYPE_CHECKING:
+    from lamina.compute.models import Instance
+    from lamina.wire.protocol import GuestNic
+
+#: Each instance job's steps in the order they run: compute's own (``lamina.compute.jobs``)
+#: and those other domains contribute. The names are stored with every job: never rename or
+#: reorder one (a job resumes by them after a restart); add new ones.
+ORDER: dict[str, tuple[str, ...]] = {
+    "instance.create": (
+        "fetch_boot_files",
+        "create_disk",
+        "connect_networks",  # lamina.network
+        "define_guest",
+        "start_guest",
+    ),
+    "instance.start": ("refresh_layers", "start"),
+    "instance.delete": (
+        "remove_guest",
+        "remove_forwards",  # lamina.network
+        "release_volumes",  # lamina.volumes
+        "release",
+        "disconnect_networks",  # lamina.network
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LayeredFiles:
+    """What a layered instance boots now: its substrate's kernel and initrd (where its host
+    fetches them), its command line, and its read-only layers lowest first
+    (``[{"image": id, "source": location, "sha256": digest}]``)."""
+
+    kernel: str
+    initrd: str | None
+    cmdline: str
+    layers: list[dict[str, str]]
+
+
+#: (services, instance) -> more files of a layered instance's config disk.
+ConfigFiles = Callable[[Any, "Instance"], dict[str, str]]
+#: (session, instance) -> its guest's NICs, primary first.
+Nics = Callable[[Session, "Instance"], "list[GuestNic]"]
+#: (session, instance, the job's state) -> None: in the transaction that marks an instance
+#: deleted (the ``release`` step), free what it held; what later steps need goes in the state.
+Release = Callable[[Session, "Instance", dict[str, Any]], None]
+#: (session, job registry, host id) -> None: a host answers again after being down.
+HostUp = Callable[[Session, JobRegistry, str], None]
+#: (session, instance) -> the boot of a layered instance as of now.
+LayeredBoot = Callable[[Session, "Instance"], LayeredFiles]
+#: (session, appliance id) -> what that appliance provides (``mail``, ``smtp``, ...).
+Provides = Callable[[Session, str], tuple[str, ...]]
+
+
+@dataclass
+class InstanceLifecycle:
+    """The steps and hooks the other domains registered (see the module's doc)."""
+
+    steps: dict[str, dict[str, Step]] = field(default_factory=dict)
+    config_files: list[ConfigFiles] = field(default_factory=list)
+    nics: Nics | None = None
+    release: list[Release] = field(default_factory=list)
+    host_up: list[HostUp] = field(default_factory=list)
+    layered_boot: LayeredBoot | None = None
+    provides: Provides | None = None
+
+    def contribute(self, kind: str, step: Step) -> None:
+        """Add ``step`` to the job ``kind`` at the place ``ORDER`` gives its name.
+        ConfigError for a name ``ORDER`` does not list, or one already contributed."""
+        if step.name not in ORDER.get(kind, ()):
+            raise ConfigError(f"{kind} has no place for a step named {step.name!r}")
+        if step.name in self.steps.get(kind, {}):
+            raise ConfigError(f"step {step.name!r} of {kind} contributed twice")
+        self.steps.setdefault(kind, {})[step.name] = step
+
+    def kind_steps(self, kind: str, own: tuple[Step, ...]) -> tuple[Step, ...]:
+        """The steps of ``kind``: compute's ``own`` and the contributed ones, in ``ORDER``
+        (a place nobody filled is left out)."""
+        by_name = {s.name: s for s in own} | self.steps.get(kind, {})
+        return tuple(by_name[name] for name in ORDER[kind] if name in by_name)
+
+    def appliance_provides(self, session: Session, appliance_id: str) -> tuple[str, ...]:
+        return self.provides(session, appliance_id) if self.provides else ()
+
+
+def lifecycle_of(services: Any) -> InstanceLifecycle:
+    """The lifecycle wired into this manager's services; ConfigError if none was."""
+    found = getattr(services, "lifecycle", None)
+    if not isinstance(found, InstanceLifecycle):
+        raise ConfigError("the manager's services have no instance lifecycle wired in")
+    return found

@@ -1,0 +1,102 @@
+"""What networks add to an instance's life (``lamina.compute.lifecycle``): its NICs when it
+is recorded and when its guest is defined, its host's networks before the guest exists, its
+forwards and addresses when it is deleted, and a host's networks when it comes back up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lamina.compute.lifecycle import InstanceLifecycle
+from lamina.compute.models import Host, Instance
+from lamina.errors import NotFound
+from lamina.identity.principal import Principal
+from lamina.jobs.kinds import JobRegistry, Step, StepContext
+from lamina.network.forwards import remove_from_host
+from lamina.network.models import Port
+from lamina.network.service import NicRequest, connect, default_nics, release
+from lamina.network.sync import hosts_of, push, queue_sync
+from lamina.wire.protocol import GuestNic
+
+
+def attach_nics(
+    who: Principal, networks: Sequence[NicRequest] | None, default_network: str
+) -> Callable[[Session, Instance], None]:
+    """What ``lamina.compute.instances.create_instance`` calls to give a new instance its
+    addresses: one on each of ``networks`` (None: on the ``default_network`` if there is one
+    ``who`` may use; empty: none)."""
+
+    def attach(session: Session, instance: Instance) -> None:
+        nics = networks if networks is not None else default_nics(session, who, default_network)
+        connect(session, instance, who, nics)
+
+    return attach
+
+
+def guest_nics(session: Session, instance: Instance) -> list[GuestNic]:
+    ports = session.scalars(select(Port).where(Port.instance_id == instance.id).order_by(Port.nic))
+    return [GuestNic(network=p.network_id, mac=p.mac or "") for p in ports]
+
+
+def connect_networks(ctx: StepContext) -> None:
+    """Before the guest is defined its host must have its networks (bridge, DHCP entry);
+    the other hosts on those networks learn its name."""
+    instance_id = ctx.params["instance_id"]
+    with ctx.services.db.write() as s:
+        instance = s.get(Instance, instance_id)
+        if instance is None:
+            raise NotFound(f"instance {instance_id} vanished")
+        host = s.get(Host, instance.host_id)
+        if host is None:
+            raise NotFound(f"host of instance {instance.name} vanished")
+        host_id = host.id
+        networks = set(s.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
+        if not networks:
+            return
+        others = hosts_of(s, networks) - {host_id}
+        queue_sync(s, ctx.services.jobs, others)
+    push(ctx.services, host_id)
+    ctx.services.wake_jobs()
+
+
+def remove_forwards(ctx: StepContext) -> None:
+    """Its host stops publishing the instance's ports."""
+    remove_from_host(ctx.services, ctx.params["instance_id"], bool(ctx.params.get("force")))
+
+
+def release_addresses(session: Session, instance: Instance, state: dict[str, Any]) -> None:
+    """As the instance is marked deleted: its addresses and forwards are freed; the hosts
+    on its networks are to be told (``disconnect_networks``)."""
+    networks = set(session.scalars(select(Port.network_id).where(Port.instance_id == instance.id)))
+    hosts = hosts_of(session, networks) | release(session, instance.id)
+    state["sync_hosts"] = sorted(hosts)
+
+
+def disconnect_networks(ctx: StepContext) -> None:
+    """The instance's host drops its DHCP entry (and a network left without guests); every
+    host on its networks drops its name. Queued, so an unreachable host is retried rather
+    than holding up the deletion."""
+    hosts = ctx.state.get("sync_hosts") or []
+    if hosts:
+        with ctx.services.db.write() as s:
+            queue_sync(s, ctx.services.jobs, hosts)
+        ctx.services.wake_jobs()
+
+
+def resync_host(session: Session, registry: JobRegistry, host_id: str) -> None:
+    """An agent back from a restart or an outage gets its networks again (it missed any
+    change made meanwhile)."""
+    if session.scalar(select(Port.id).where(Port.host_id == host_id).limit(1)):
+        queue_sync(session, registry, [host_id])
+
+
+def register_network_lifecycle(lifecycle: InstanceLifecycle) -> None:
+    lifecycle.contribute("instance.create", Step("connect_networks", connect_networks, timeout=120))
+    lifecycle.contribute("instance.delete", Step("remove_forwards", remove_forwards, timeout=120))
+    lifecycle.contribute("instance.delete", Step("disconnect_networks", disconnect_networks))
+    lifecycle.nics = guest_nics
+    lifecycle.release.append(release_addresses)
+    lifecycle.host_up.append(resync_host)
