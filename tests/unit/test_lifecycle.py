@@ -71,3 +71,10 @@ def test_a_step_goes_only_where_the_order_has_a_place_for_it() -> None:
     lifecycle.contribute("instance.create", step)
     with pytest.raises(ConfigError, match="twice"):
         lifecycle.contribute("instance.create", step)
+
+
+def test_compute_keeps_its_own_steps() -> None:
+    lifecycle = InstanceLifecycle()
+    lifecycle.contribute("instance.delete", Step("release", lambda ctx: None))
+    with pytest.raises(ConfigError, match="compute's own"):
+        lifecycle.kind_steps("instance.delete", (Step("release", lambda ctx: None),))

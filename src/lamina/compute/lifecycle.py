@@ -104,8 +104,12 @@ class InstanceLifecycle:
 
     def kind_steps(self, kind: str, own: tuple[Step, ...]) -> tuple[Step, ...]:
         """The steps of ``kind``: compute's ``own`` and the contributed ones, in ``ORDER``
-        (a place nobody filled is left out)."""
-        by_name = {s.name: s for s in own} | self.steps.get(kind, {})
+        (a place nobody filled is left out). ConfigError if a domain took one of compute's."""
+        contributed = self.steps.get(kind, {})
+        taken = sorted(s.name for s in own if s.name in contributed)
+        if taken:
+            raise ConfigError(f"steps {', '.join(taken)} of {kind} are compute's own")
+        by_name = {s.name: s for s in own} | contributed
         return tuple(by_name[name] for name in ORDER[kind] if name in by_name)
 
     def appliance_provides(self, session: Session, appliance_id: str) -> tuple[str, ...]:
