@@ -3,7 +3,7 @@ and to what compute does, without compute importing them.
 
 Networks, volumes, appliances and the guest services build on compute, so compute cannot
 call them; they register here instead, once, where the manager is wired
-(``lamina.services.Services.build``):
+(``lamina.manager.register``):
 
 * **steps** of ``instance.create``, ``instance.start`` and ``instance.delete``
   (``contribute``). Where each step runs is fixed by ``ORDER`` below, not by the order of
