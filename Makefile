@@ -28,12 +28,14 @@ down:
 lint: venv
 	@$(VENV)/bin/ruff check src tests benchmarks
 
-# The fast loop: ruff (lint and format), mypy, the unit tests and the contract suites' halves
-# that need no daemon (the fakes, the file store, libvirt's test driver), without starting one.
+# The fast loop: ruff (lint and format), mypy, the import contracts, the unit tests and the
+# contract suites' halves that need no daemon (the fakes, the file store, libvirt's test
+# driver), without starting one.
 check: venv
 	@$(VENV)/bin/ruff check src tests benchmarks
 	@$(VENV)/bin/ruff format --check src tests benchmarks
 	@$(VENV)/bin/mypy src
+	@$(VENV)/bin/lint-imports --no-cache
 	@$(VENV)/bin/python -m pytest -q -m 'not integration' tests/unit tests/contract
 
 test: venv

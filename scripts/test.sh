@@ -8,4 +8,5 @@ bash scripts/start-libvirtd.sh
 bash scripts/start-tgtd.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy src
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest tests "$@"

@@ -5,7 +5,6 @@ names, their order and their undos must not change when a domain moves its steps
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,32 +15,6 @@ from lamina.compute.lifecycle import InstanceLifecycle, lifecycle_of
 from lamina.errors import ConfigError
 from lamina.jobs.kinds import Step
 from lamina.services import Services
-
-SRC = Path(__file__).parents[2] / "src" / "lamina"
-#: What a domain must not import: the domains above it (they register with it instead).
-ABOVE = {
-    "compute": {"appliances", "channels", "guest", "network", "volumes"},
-    "network": {"appliances", "channels", "guest", "volumes"},
-    "volumes": {"appliances", "channels", "guest", "network"},
-}
-
-
-@pytest.mark.parametrize("domain", sorted(ABOVE))
-def test_a_domain_imports_none_above_it(domain: str) -> None:
-    wrong = set()
-    for path in sorted((SRC / domain).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module]
-            wrong |= {
-                f"{path.relative_to(SRC)} imports {n}"
-                for n in names
-                if n.startswith("lamina.") and n.split(".")[1] in ABOVE[domain]
-            }
-    assert not wrong
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from lamina.compute.boot import BootSources
-from lamina.compute.models import Host, Instance
+from lamina.compute.models import LIVE, Host, Instance
 from lamina.compute.quota import check_instance_quota
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
@@ -32,7 +32,6 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 KIND = "instance"
 VISIBILITIES = ("private", "public")
-LIVE = ("building", "running", "paused", "stopped", "error", "deleting")
 
 
 def check_name(name: str) -> None:

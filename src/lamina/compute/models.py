@@ -12,6 +12,8 @@ from lamina.db.types import Base, UTCDateTime, new_id, utcnow
 
 HOST_STATUSES = ("pending", "up", "down", "disabled")
 INSTANCE_STATUSES = ("building", "running", "paused", "stopped", "error", "deleting", "deleted")
+#: The statuses of an instance that still exists (holds its name, counts against quotas).
+LIVE = INSTANCE_STATUSES[:-1]
 
 
 class Host(Base):

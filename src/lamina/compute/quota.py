@@ -10,12 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from lamina.compute.models import Instance
+from lamina.compute.models import LIVE, Instance
 from lamina.identity.quotas import Counter, check_quotas
 
 
 def _live_sum(session: Session, user_id: str, column: ColumnElement[int]) -> int:
-    from lamina.compute.instances import LIVE  # instances checks quotas with this module
 
     used = session.scalar(
         select(func.coalesce(column, 0)).where(Instance.owner == user_id, Instance.status.in_(LIVE))

@@ -348,17 +348,6 @@ def _delete_network(
     )
 
 
-def forget_network(session: Session, network_id: str) -> None:
-    """Remove a network's rows (its hosts have withdrawn it)."""
-    for model in (DnsRecord, Port):
-        for row in session.scalars(select(model).where(model.network_id == network_id)):
-            session.delete(row)
-    network = session.get(Network, network_id)
-    if network is not None:
-        session.flush()
-        session.delete(network)
-
-
 def connect(
     session: Session, instance: Instance, who: Principal, nics: Sequence[NicRequest]
 ) -> list[Port]:

@@ -20,7 +20,7 @@ from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.dns import NAMED, zone, zone_records
-from lamina.network.models import Network, Port
+from lamina.network.models import DnsRecord, Network, Port
 from lamina.wire.protocol import DhcpHost, NetworkSpec, NetworkState
 
 if TYPE_CHECKING:
@@ -138,9 +138,18 @@ def _withdraw(ctx: StepContext) -> None:
                         network_id, host_id, exc.message)  # fmt: skip
 
 
-def _forget(ctx: StepContext) -> None:
-    from lamina.network.service import forget_network
+def forget_network(session: Session, network_id: str) -> None:
+    """Remove a network's rows (its hosts have withdrawn it)."""
+    for model in (DnsRecord, Port):
+        for row in session.scalars(select(model).where(model.network_id == network_id)):
+            session.delete(row)
+    network = session.get(Network, network_id)
+    if network is not None:
+        session.flush()
+        session.delete(network)
 
+
+def _forget(ctx: StepContext) -> None:
     with ctx.services.db.write() as s:
         forget_network(s, ctx.params["network_id"])
 
