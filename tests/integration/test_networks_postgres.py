@@ -17,12 +17,12 @@ from harness import bare_services
 
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
+from lamina.compute.lifecycle import NicRequest
 from lamina.compute.models import Host, Instance
 from lamina.identity.principal import Principal
 from lamina.network import addresses, service
 from lamina.network.lifecycle import attach_nics
 from lamina.network.models import Network, Port
-from lamina.network.service import NicRequest
 
 pytestmark = pytest.mark.integration
 ADMIN = Principal("u-admin", "admin", "admin")

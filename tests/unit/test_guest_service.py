@@ -12,12 +12,12 @@ from fastapi.testclient import TestClient
 from test_networks import ALICE, make_instance, make_network, svc  # noqa: F401 - fixture
 
 from lamina.api.app import create_app
+from lamina.compute.lifecycle import NicRequest
 from lamina.compute.models import Instance
 from lamina.errors import AuthenticationFailed, InvalidRequest
 from lamina.guest.token import instance_token, token_instance
 from lamina.guest.xmlrpc import handle_call, parse_call
 from lamina.network.models import Port
-from lamina.network.service import NicRequest
 from lamina.services import Services
 
 

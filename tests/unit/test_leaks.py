@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from test_limits import Cloud
 from test_networks import ADMIN, ALICE, BOB, make_instance, make_network, svc  # noqa: F401
 
+from lamina.compute.lifecycle import NicRequest
 from lamina.compute.models import Instance
 from lamina.db.types import utcnow
 from lamina.errors import Conflict
@@ -22,7 +23,7 @@ from lamina.identity.principal import Principal
 from lamina.jobs.models import Job
 from lamina.jobs.views import describe_job
 from lamina.network import forwards
-from lamina.network.service import NicRequest, create_network
+from lamina.network.service import create_network
 from lamina.services import Services
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from harness import bare_services
 
-from lamina.compute.lifecycle import InstanceLifecycle, lifecycle_of
+from lamina.compute.lifecycle import InstanceLifecycle, NicRequest, lifecycle_of
 from lamina.errors import ConfigError
 from lamina.jobs.kinds import Step
 from lamina.services import Services
@@ -60,6 +60,7 @@ def test_instance_actions_steps(svc: Services) -> None:
 def test_every_hook_is_wired(svc: Services) -> None:
     lifecycle = lifecycle_of(svc)
     assert lifecycle.nics and lifecycle.layered_boot and lifecycle.provides
+    assert lifecycle.attach_nics and lifecycle.nic_views
     assert len(lifecycle.config_files) == len(lifecycle.release) == len(lifecycle.host_up) == 1
 
 
@@ -78,3 +79,9 @@ def test_compute_keeps_its_own_steps() -> None:
     lifecycle.contribute("instance.delete", Step("release", lambda ctx: None))
     with pytest.raises(ConfigError, match="compute's own"):
         lifecycle.kind_steps("instance.delete", (Step("release", lambda ctx: None),))
+
+
+def test_without_a_network_instances_get_no_nics() -> None:
+    lifecycle = InstanceLifecycle()
+    assert lifecycle.attach(None, [NicRequest("lan")], "default") is None  # type: ignore[arg-type]
+    assert lifecycle.nics_by_instance(None, ["i-1"], "lamina.internal") == {}  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from harness import bare_services
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
-from lamina.compute.lifecycle import lifecycle_of
+from lamina.compute.lifecycle import NicRequest, lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.principal import Principal
@@ -24,7 +24,6 @@ from lamina.jobs.models import Job
 from lamina.network import addresses, dns, service
 from lamina.network.lifecycle import attach_nics
 from lamina.network.models import Network, Port
-from lamina.network.service import NicRequest
 from lamina.network.sync import host_state, queue_sync
 from lamina.services import Services
 from lamina.wire.protocol import NetworkState

@@ -27,6 +27,7 @@ from lamina.appliances.layered import file_of, kernel_cmdline, layered_boot
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
+from lamina.compute.lifecycle import NicRequest
 from lamina.compute.models import Host
 from lamina.errors import InvalidState, NotFound
 from lamina.formats.definition import Appliance, Hardware
@@ -36,7 +37,7 @@ from lamina.formats.versions import Version
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.network.lifecycle import attach_nics
-from lamina.network.service import NicRequest, instance_nics
+from lamina.network.service import instance_nics
 
 if TYPE_CHECKING:
     from lamina.services import Services

@@ -64,7 +64,7 @@ def create_instance(
     job that builds it. ``boot``: its boot files, already checked for ``who``
     (``lamina.compute.boot.resolve_boot``, or an appliance's files). ``attach`` is called
     once the instance has its id, before its job is queued: what the caller gives it (its
-    addresses, ``lamina.network.lifecycle.attach_nics``)."""
+    addresses: the lifecycle's ``attach_nics`` hook)."""
     check_name(name)
     if boot.kernel is None and boot.disk_image is None:
         raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")

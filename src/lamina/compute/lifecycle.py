@@ -9,17 +9,19 @@ call them; they register here instead, once, where the manager is wired
   (``contribute``). Where each step runs is fixed by ``ORDER`` below, not by the order of
   registration: a job's steps are stored by name, and a job interrupted by a restart resumes
   (or is undone) by those names, so a name once used is never renamed or moved;
-* **hooks** compute calls at fixed points: the files of a layered instance's config disk, the
-  NICs of its guest, what is released with it when it is deleted, what follows when a host
-  comes back up; and the data compute needs from the appliances: a layered instance's boot
-  files as of now, and what the appliance an instance was deployed from provides.
+* **hooks** compute calls at fixed points: the addresses a new instance is given (from the
+  NICs its creator asks for), the NICs an instance's description shows, the files of a
+  layered instance's config disk, the NICs of its guest, what is released with it when it
+  is deleted, what follows when a host comes back up; and the data compute needs from the
+  appliances: a layered instance's boot files as of now, and what the appliance an instance
+  was deployed from provides.
 
-Each hook is optional: a manager that wires no network simply gives its guests no NICs.
+Each hook is optional: a manager that wires no network simply gives its instances no NICs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from lamina.jobs.kinds import JobRegistry, Step
 
 if TYPE_CHECKING:
     from lamina.compute.models import Instance
+    from lamina.identity.principal import Principal
     from lamina.wire.protocol import GuestNic
 
 #: Each instance job's steps in the order they run: compute's own (``lamina.compute.jobs``)
@@ -66,6 +69,23 @@ class LayeredFiles:
     layers: list[dict[str, str]]
 
 
+@dataclass(frozen=True)
+class NicRequest:
+    """One NIC asked for: a network (id or name) and optionally its address."""
+
+    network: str
+    ip: str | None = None
+
+
+#: (who, the NICs asked for (None: on the default network, if any), the default network's
+#: name) -> what ``lamina.compute.instances.create_instance`` calls, in the transaction that
+#: records a new instance, to give it its addresses.
+AttachNics = Callable[
+    ["Principal", "Sequence[NicRequest] | None", str], Callable[[Session, "Instance"], None]
+]
+#: (session, instance ids, DNS domain) -> instance id -> its NICs as the API shows them,
+#: primary first.
+NicViews = Callable[[Session, Sequence[str], str], dict[str, list[dict[str, Any]]]]
 #: (services, instance) -> more files of a layered instance's config disk.
 ConfigFiles = Callable[[Any, "Instance"], dict[str, str]]
 #: (session, instance) -> its guest's NICs, primary first.
@@ -86,6 +106,8 @@ class InstanceLifecycle:
     """The steps and hooks the other domains registered (see the module's doc)."""
 
     steps: dict[str, dict[str, Step]] = field(default_factory=dict)
+    attach_nics: AttachNics | None = None
+    nic_views: NicViews | None = None
     config_files: list[ConfigFiles] = field(default_factory=list)
     nics: Nics | None = None
     release: list[Release] = field(default_factory=list)
@@ -111,6 +133,22 @@ class InstanceLifecycle:
             raise ConfigError(f"steps {', '.join(taken)} of {kind} are compute's own")
         by_name = {s.name: s for s in own} | contributed
         return tuple(by_name[name] for name in ORDER[kind] if name in by_name)
+
+    def attach(
+        self, who: Principal, networks: Sequence[NicRequest] | None, default_network: str
+    ) -> Callable[[Session, Instance], None] | None:
+        """What gives a new instance its addresses (None: no network is wired)."""
+        if self.attach_nics is None:
+            return None
+        return self.attach_nics(who, networks, default_network)
+
+    def nics_by_instance(
+        self, session: Session, instance_ids: Sequence[str], domain: str
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The NICs of instances as the API shows them (none if no network is wired)."""
+        if self.nic_views is None:
+            return {}
+        return self.nic_views(session, instance_ids, domain)
 
     def appliance_provides(self, session: Session, appliance_id: str) -> tuple[str, ...]:
         return self.provides(session, appliance_id) if self.provides else ()

@@ -1,6 +1,7 @@
 """What networks add to an instance's life (``lamina.compute.lifecycle``): its NICs when it
-is recorded and when its guest is defined, its host's networks before the guest exists, its
-forwards and addresses when it is deleted, and a host's networks when it comes back up."""
+is recorded, when it is described and when its guest is defined, its host's networks before
+the guest exists, its forwards and addresses when it is deleted, and a host's networks when
+it comes back up."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lamina.compute.lifecycle import InstanceLifecycle
+from lamina.compute.lifecycle import InstanceLifecycle, NicRequest
 from lamina.compute.models import Host, Instance
 from lamina.errors import NotFound
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry, Step, StepContext
 from lamina.network.forwards import remove_from_host
 from lamina.network.models import Port
-from lamina.network.service import NicRequest, connect, default_nics, release
+from lamina.network.service import connect, default_nics, nics_by_instance, release
 from lamina.network.sync import hosts_of, push, queue_sync
 from lamina.wire.protocol import GuestNic
 
@@ -97,6 +98,8 @@ def register_network_lifecycle(lifecycle: InstanceLifecycle) -> None:
     lifecycle.contribute("instance.create", Step("connect_networks", connect_networks, timeout=120))
     lifecycle.contribute("instance.delete", Step("remove_forwards", remove_forwards, timeout=120))
     lifecycle.contribute("instance.delete", Step("disconnect_networks", disconnect_networks))
+    lifecycle.attach_nics = attach_nics
+    lifecycle.nic_views = nics_by_instance
     lifecycle.nics = guest_nics
     lifecycle.release.append(release_addresses)
     lifecycle.host_up.append(resync_host)

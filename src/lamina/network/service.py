@@ -9,14 +9,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lamina.compute.lifecycle import lifecycle_of
+from lamina.compute.lifecycle import NicRequest, lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
@@ -45,14 +44,6 @@ NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 VISIBILITIES = ("private", "public")
 #: Tries to allocate an address when another request took the one chosen meanwhile.
 ALLOCATION_TRIES = 8
-
-
-@dataclass(frozen=True)
-class NicRequest:
-    """One NIC asked for: a network (id or name) and optionally its address."""
-
-    network: str
-    ip: str | None = None
 
 
 # -- use cases ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``/instances``: a thin layer over the compute domain; who may do what is decided there."""
+"""``/instances``: a thin layer over the compute domain's use cases
+(``lamina.compute.usecases``), where who may do what is decided."""
 
 from __future__ import annotations
 
@@ -6,21 +7,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute import instances as instance_service
-from lamina.compute.boot import resolve_boot
-from lamina.compute.instances import KIND
-from lamina.compute.listing import brief_listing
-from lamina.compute.models import Host
-from lamina.identity import access
+from lamina.compute import usecases
+from lamina.compute.lifecycle import NicRequest
 from lamina.identity.principal import Principal
-from lamina.jobs.views import describe_job
-from lamina.network.lifecycle import attach_nics
-from lamina.network.service import NicRequest, instance_nics, nics_by_instance
 from lamina.services import Services
 
 instances = APIRouter(prefix="/instances", tags=["instances"])
@@ -72,44 +64,26 @@ class GrantCreate(Body):
     access: Literal["read", "operate"] = "read"
 
 
-def _describe(s: Session, svc: Services, instance: Any, who: Principal) -> dict[str, Any]:
-    nics = instance_nics(s, instance.id, svc.settings.network.domain)
-    return instance_service.describe(instance, s.get(Host, instance.host_id), nics, who)
-
-
 @instances.post("", status_code=202)
 def create_instance(
     body: InstanceCreate, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    instance_service.check_name(body.name)  # before the boot files are looked up
-    with svc.db.write() as s:
-        boot = resolve_boot(
-            s,
-            who,
-            svc.settings,
-            kernel=body.kernel,
-            initrd=body.initrd,
-            disk_image=body.disk_image,
-        )
-        instance, job = instance_service.create_instance(
-            s,
-            svc.jobs,
-            svc.settings.compute,
-            name=body.name,
-            vcpus=body.vcpus,
-            memory_mib=body.memory_mib,
-            boot=boot,
-            cmdline=body.cmdline,
-            disk_size_bytes=body.disk_size_mib * 1024 * 1024 if body.disk_size_mib else None,
-            host=body.host,
-            visibility=body.visibility,
-            attach=attach_nics(who, nics_of(body.networks), svc.settings.network.default_network),
-            group=body.group,
-            who=who,
-        )
-        result = {"instance": _describe(s, svc, instance, who), "job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    return usecases.create_instance(
+        svc,
+        who,
+        name=body.name,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        kernel=body.kernel,
+        initrd=body.initrd,
+        cmdline=body.cmdline,
+        disk_image=body.disk_image,
+        disk_size_mib=body.disk_size_mib,
+        host=body.host,
+        visibility=body.visibility,
+        networks=nics_of(body.networks),
+        group=body.group,
+    )
 
 
 @instances.get("")
@@ -122,8 +96,7 @@ def list_instances(
     who: Principal = Depends(principal),
 ) -> Any:
     """Brief listing: id, name, status, host, vcpus, memory_mib; oldest first."""
-    with svc.db.read() as s:
-        body = brief_listing(s, who, status=status, host=host, limit=limit, marker=marker)
+    body = usecases.list_brief(svc, who, status=status, host=host, limit=limit, marker=marker)
     return Response(body, media_type="application/json")
 
 
@@ -137,26 +110,14 @@ def list_instances_detail(
     who: Principal = Depends(principal),
 ) -> Any:
     """Full listing; oldest first."""
-    with svc.db.read() as s:
-        by_id = {h.id: h for h in s.scalars(select(Host))}
-        found = instance_service.list_instances(
-            s, status=status, host=host, limit=limit, marker=marker, who=who
-        )
-        nics = nics_by_instance(s, [i.id for i in found], svc.settings.network.domain)
-        return {
-            "instances": [
-                instance_service.describe(i, by_id.get(i.host_id or ""), nics.get(i.id, []), who)
-                for i in found
-            ]
-        }
+    return usecases.list_detail(svc, who, status=status, host=host, limit=limit, marker=marker)
 
 
 @instances.get("/{ref}")
 def show_instance(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        return {"instance": _describe(s, svc, instance_service.get_instance(s, ref, who), who)}
+    return usecases.show_instance(svc, who, ref)
 
 
 @instances.patch("/{ref}")
@@ -167,10 +128,7 @@ def update_instance(
     who: Principal = Depends(principal),
 ) -> Any:
     """Make an instance public (read-only to every user) or private again; owners only."""
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "own")
-        instance.visibility = body.visibility
-        return {"instance": _describe(s, svc, instance, who)}
+    return usecases.set_visibility(svc, who, ref, body.visibility)
 
 
 @instances.patch("/{ref}/config")
@@ -182,10 +140,7 @@ def update_config(
 ) -> Any:
     """Set (or, with null, remove) the instance's configuration items, which it reads from
     the configuration service."""
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "operate")
-        instance_service.update_config(instance, body.items)
-        return {"config": instance.config or {}}
+    return usecases.update_config(svc, who, ref, body.items)
 
 
 @instances.delete("/{ref}", status_code=202)
@@ -195,12 +150,7 @@ def delete_instance(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "own")
-        job = instance_service.delete_instance(s, svc.jobs, instance, force)
-        result = {"job": describe_job(job)}
-    svc.wake_jobs()
-    return result
+    return usecases.delete_instance(svc, who, ref, force)
 
 
 @instances.get("/{ref}/console")
@@ -211,24 +161,14 @@ def console(
     who: Principal = Depends(principal),
 ) -> Any:
     """The console can hold secrets a guest prints: it needs ``operate`` access."""
-    with svc.db.read() as s:
-        instance = instance_service.get_instance(s, ref, who, "operate")
-        host = s.get(Host, instance.host_id)
-        name = instance.domain_name
-    if host is None:
-        return {"console": {"data": "", "offset": offset}}
-    chunk = svc.agents.for_host(host).console(name, offset)
-    return {"console": chunk.model_dump()}
+    return usecases.console(svc, who, ref, offset)
 
 
 @instances.get("/{ref}/grants")
 def list_grants(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.read() as s:
-        instance = instance_service.get_instance(s, ref, who)
-        found = access.grants(s, who, KIND, instance, ref)
-        return {"grants": [_grant(g, user) for g, user in found]}
+    return usecases.list_grants(svc, who, ref)
 
 
 @instances.post("/{ref}/grants", status_code=201)
@@ -239,20 +179,14 @@ def share(
     who: Principal = Depends(principal),
 ) -> Any:
     """Share a private instance with another user (Glance's image members)."""
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who)
-        grant = access.share(s, who, KIND, instance, ref, body.user, body.access)
-        return {"grant": _grant(grant, body.user)}
+    return usecases.share(svc, who, ref, body.user, body.access)
 
 
 @instances.delete("/{ref}/grants/{user}")
 def unshare(
     ref: str, user: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who)
-        access.unshare(s, who, KIND, instance, ref, user)
-        return {"revoked": {"user": user, "instance": instance.id}}
+    return usecases.unshare(svc, who, ref, user)
 
 
 # Last: its path would otherwise swallow /{ref}/grants.
@@ -264,16 +198,7 @@ def act(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    with svc.db.write() as s:
-        instance = instance_service.get_instance(s, ref, who, "operate")
-        job = instance_service.act(s, svc.jobs, instance, action, force, who.user_id)
-        result = {"job": describe_job(job)}
-    svc.wake_jobs()
-    return result
-
-
-def _grant(grant: Any, user: str) -> dict[str, Any]:
-    return {"user": user, "access": grant.access, "created_at": grant.created_at}
+    return usecases.act(svc, who, ref, action, force)
 
 
 def nics_of(bodies: list[NicBody] | None) -> list[NicRequest] | None:
