@@ -47,6 +47,7 @@ from lamina.formats.definition import Appliance, Blob, Requirement
 from lamina.formats.parsing import parse_appliance
 from lamina.formats.versions import Version, VersionRange
 from lamina.formats.writing import write_appliance
+from lamina.identity.accounts import require_admin
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.service import submit
@@ -82,7 +83,8 @@ def start_capture(
 ) -> dict[str, Any]:
     """Record the new appliance ``installing`` and submit the job. InvalidRequest for a bad
     name or version; Conflict for a traditional instance or a name and version installed
-    already; InvalidState unless the instance is stopped."""
+    already; InvalidState unless the instance is stopped. Administrators only."""
+    require_admin(who)
     if not NAME.match(name):
         raise InvalidRequest(
             f"appliance name {name!r} must be 1-64 lower-case letters, digits, '.', '_' or '-'"

@@ -45,6 +45,7 @@ from lamina.errors import (
     VerificationFailed,
 )
 from lamina.formats.layerfs import check_layer
+from lamina.identity.accounts import require_admin
 from lamina.identity.principal import Principal
 from lamina.images import limits
 from lamina.images import service as images
@@ -86,7 +87,8 @@ def start_install(
     """Resolve ``name`` (and its requirements), record them ``installing`` and submit the
     job. NotFound if no channel has it; Conflict for a missing requirement, a cycle, or an
     appliance already installed; VerificationFailed for a definition its key does not vouch
-    for."""
+    for. Administrators only."""
+    require_admin(who)
     with http_client(svc) as client:
         plan = Resolver(svc, client).plan(name, version)
     entries = [_entry(p) for p in plan]
@@ -346,7 +348,9 @@ def register_appliance_jobs(registry: JobRegistry) -> None:
 
 def remove_appliance(svc: Services, who: Principal, appliance_id: str) -> dict[str, Any]:
     """Remove an installed appliance and the images no other appliance uses. InvalidState
-    while it is installing; Conflict while an instance uses one of its images."""
+    while it is installing; Conflict while an instance uses one of its images.
+    Administrators only."""
+    require_admin(who)
     with svc.db.write() as s:
         row = s.get(InstalledAppliance, appliance_id)
         if row is None:
