@@ -203,9 +203,8 @@ def test_compute_reconcile_fix_of_an_orphan_guest_gone_since(
     cloud: Cloud, client: Client, h1_agent: AgentClient, services: Services, kernel: str
 ) -> None:
     """An orphan guest is found; it is gone before the fix (undefine) is applied: the fix is
-    done. The agent's undefine is a no-op for an unknown guest, so this path never reaches
-    ``_undefine``'s ``except GuestNotFound`` (it passed before the fix too): kept to show the
-    race is harmless with the real agent."""
+    done, because the agent's undefine is a no-op for an unknown guest (the hypervisor
+    contract holds every driver to it), so reconcile needs no ``except GuestNotFound``."""
     web = instance(client, "web", kernel)
     guest = f"lamina-{web['id']}"
     with sqlite3.connect(cloud.root / "manager" / "lamina.db") as db:

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from lamina.compute.jobs import GUEST_STATES
 from lamina.compute.models import Host, Instance
-from lamina.errors import GuestNotFound, LaminaError
+from lamina.errors import LaminaError
 from lamina.jobs.models import Job
 
 if TYPE_CHECKING:
@@ -161,10 +161,8 @@ def _set_status(
 
 def _undefine(svc: Services, host: Host, name: str) -> Callable[[], None]:
     def apply() -> None:
-        try:
-            svc.agents.for_host(host).undefine(name)
-        except GuestNotFound:
-            pass
+        # Idempotent on the agent (the hypervisor contract): a guest gone since is no error.
+        svc.agents.for_host(host).undefine(name)
 
     return apply
 
