@@ -1,6 +1,7 @@
 """The mutual-TLS pieces both sides of the wire use: an agent makes its key and signing
-request with them, and the manager's client and the agent's listener build their contexts
-with them. The certificate authority that signs is the manager's (``lamina.identity.ca``)."""
+request with them, and the manager's client builds its context with them (the agent's
+listener is uvicorn's, given the same files). The certificate authority that signs is the
+manager's (``lamina.identity.ca``)."""
 
 from __future__ import annotations
 
@@ -63,15 +64,6 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-
-
-def server_context(files: TLSFiles) -> ssl.SSLContext:
-    """TLS for a listener that accepts only clients with a certificate from our CA."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(files.ca))
-    ctx.load_cert_chain(str(files.cert), str(files.key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 def client_context(files: TLSFiles) -> ssl.SSLContext:
