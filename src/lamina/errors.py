@@ -71,6 +71,13 @@ class LocationUnavailable(InvalidRequest):
         super().__init__(message)
 
 
+class Ambiguous(InvalidRequest):
+    """A name that several things the caller may see carry: the details list them
+    (``candidates``: id and owner of each), so the caller can give the id."""
+
+    code = "ambiguous_name"
+
+
 class ConfigError(LaminaError):
     """A bad setting; the message names the key."""
 

@@ -29,11 +29,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
+        problems, fields = [], []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path"))
             problems.append(f"{where or 'request'}: {err['msg']}")
-        return error_response(400, "invalid_request", "; ".join(problems))
+            fields.append({"field": where or "request", "message": str(err["msg"])})
+        # `fields` lets a front end name its own flag or form field rather than the API's.
+        return error_response(400, "invalid_request", "; ".join(problems), fields=fields)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

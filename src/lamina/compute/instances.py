@@ -14,6 +14,7 @@ from lamina.compute.models import LIVE, Host, Instance
 from lamina.compute.quota import check_instance_quota
 from lamina.compute.scheduler import place
 from lamina.config import ComputeSettings
+from lamina.db.refs import pick_named
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
 from lamina.identity.principal import Principal
@@ -130,13 +131,7 @@ def get_instance(session: Session, ref: str, who: Principal, need: Need = "read"
                 )
             )
         )
-        own = [i for i in named if i.owner == who.user_id]
-        if len(own) == 1 or len(named) == 1:
-            instance = (own or named)[0]
-        elif named:
-            raise InvalidRequest(f"several instances are named {ref!r}: use the id")
-        else:
-            instance = None
+        instance = pick_named("instance", ref, named, who.user_id)
     if instance is None or instance.status == "deleted":
         raise NotFound(f"instance {ref!r} does not exist", instance=ref)
     check(session, who, KIND, instance, need, ref)

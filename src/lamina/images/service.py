@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from lamina.db import Database
+from lamina.db.refs import pick_named
 from lamina.db.types import new_id, utcnow
 from lamina.errors import Conflict, InvalidRequest, InvalidState, LaminaError, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
@@ -132,12 +133,10 @@ def find_image(session: Session, ref: str, who: Principal) -> Image:
             .limit(100)
         )
     )
-    own = [i for i in named if i.owner == who.user_id]
-    if len(own) == 1 or len(named) == 1:
-        return (own or named)[0]
-    if named:
-        raise InvalidRequest(f"several images are named {ref!r}: use the id", image=ref)
-    raise NotFound(f"image {ref!r} does not exist", image=ref)
+    found = pick_named("image", ref, named, who.user_id)
+    if found is None:
+        raise NotFound(f"image {ref!r} does not exist", image=ref)
+    return found
 
 
 def _check_links(session: Session, who: Principal, fields: dict[str, Any]) -> None:
