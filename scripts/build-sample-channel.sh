@@ -8,14 +8,17 @@
 #                        every NIC by DHCP (udhcpc; /etc/resolv.conf links to /run), the
 #                        configuration service's client /usr/bin/lamina-config,
 #                        acpid (power button -> poweroff) and a shutdown rc (rcK) that leaves
-#                        the instance layer's ext4 clean
+#                        the instance layer's ext4 clean; nf_tables and what it needs under
+#                        /lib/modules/<version>/ with their modules.dep, not loaded at boot:
+#                        for applications that filter (modprobe nf_tables)
 #       boot/vmlinux     the newest /boot/vmlinuz-* decompressed (QEMU boots the ELF by its
 #                        PVH entry ~2x faster under TCG); boot/vmlinuz when it cannot be
 #       boot/initrd.img  gzip'd cpio (newc): samples/channel/initramfs/init, busybox and the
 #                        kernel's modules for virtio disks and NICs, squashfs, erofs, overlay
 #                        and ext4, and for the ACPI power button (button, evdev)
 #   OUTDIR/sources/webserv/      kind="application": busybox httpd serving a templated page
-#   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and the libraries it needs
+#   OUTDIR/sources/dnsserv/      kind="application": Debian's dnsmasq and nft, and the libraries
+#                                they need
 #   OUTDIR/sources/diskprobe/    kind="application": marks hot-plugged block volumes (vol-*)
 #   OUTDIR/sources/netprobe/     kind="application": reports names, addresses and the
 #                                configuration service it reaches
@@ -50,6 +53,7 @@ script="$(readlink -f "${BASH_SOURCE[0]}")"
 samples="$(dirname "$(dirname "$script")")/samples/channel"
 busybox=/bin/busybox
 dnsmasq=/usr/sbin/dnsmasq
+nft=/usr/sbin/nft
 # Kernel command line the substrate adds (its <cmdline>): kernel messages on the
 # serial console cost about a second under TCG; lamina-init's lines still show.
 substrate_cmdline="quiet"
@@ -59,6 +63,9 @@ substrate_cmdline="quiet"
 # acpid turns into a clean poweroff (libvirt's graceful shutdown presses that button).
 # virtio_net (after failover and net_failover): Lamina's NICs.
 modules=(crc32c_generic virtio_pci virtio_blk virtio_net squashfs erofs overlay ext4 button evdev)
+# Modules the substrate's root carries for its applications, loaded only by those that ask
+# (modprobe): nf_tables, with which dnsserv keeps clients outside allow_from away.
+root_modules=(nf_tables)
 
 [[ -d "$samples" ]] || die "$samples not found"
 kernel="$(find /boot -maxdepth 1 -name 'vmlinuz-*' -type f -printf '%f\n' | sort -V | tail -n 1)"
@@ -73,11 +80,14 @@ if ldd "$busybox" >/dev/null 2>&1; then
     die "$busybox is dynamically linked; install busybox-static"
 fi
 [[ -x "$dnsmasq" ]] || die "$dnsmasq not found; install dnsmasq-base"
+[[ -x "$nft" ]] || die "$nft not found; install nftables"
 command -v cpio >/dev/null || die "cpio not found; install cpio"
 
-# The libraries dnsmasq needs, as ldd resolves them on this machine, and the loader.
-mapfile -t libs < <(ldd "$dnsmasq" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
-((${#libs[@]} > 0)) || die "ldd found no libraries for $dnsmasq"
+# The libraries dnsmasq and nft need, as ldd resolves them on this machine, and the loader.
+mapfile -t libs < <(ldd "$dnsmasq" "$nft" \
+    | awk '/:$/ { next } $2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' \
+    | LC_ALL=C sort -u)
+((${#libs[@]} > 0)) || die "ldd found no libraries for $dnsmasq and $nft"
 
 mkdir -p "$outdir"
 stamp="${outdir}/.sample-channel.stamp"
@@ -85,7 +95,7 @@ stamp="${outdir}/.sample-channel.stamp"
 # Identity of every input, compared as a whole (see build-sample-guest.sh).
 inputs="$(
     echo "version ${version}"
-    stat -L -c '%n %s %Y' "$kernel" "$busybox" "${moddir}/modules.dep" "$dnsmasq" "${libs[@]}"
+    stat -L -c '%n %s %Y' "$kernel" "$busybox" "${moddir}/modules.dep" "$dnsmasq" "$nft" "${libs[@]}"
     sha256sum <"$script"
     (cd "$samples" && find . -type f | LC_ALL=C sort | while read -r f; do
         printf '%s %s %s\n' "$f" "$(stat -c %a "$f")" "$(sha256sum <"$f")"
@@ -140,8 +150,8 @@ mkdir -p "$initramfs"/{proc,sys,dev,newroot,lamina,tmp}
 cp "${samples}/initramfs/init" "${initramfs}/init"
 chmod 0755 "${initramfs}/init"
 
-# Each wanted module after what it depends on, as modprobe would load them:
-# modules.dep lists a module's dependencies with the ones loaded first last.
+# Each wanted module after what it depends on, as modprobe would load them, in $order:
+# modules.dep lists a module's dependencies (all of them) with the ones loaded first last.
 declare -A loaded=()
 order=()
 add_module() {
@@ -156,32 +166,62 @@ add_module() {
     loaded[$path]=1
     order+=("$path")
 }
-for name in "${modules[@]}"; do
-    path="$(grep -oE "^[^:]*/${name}\.ko(\.xz|\.zst|\.gz)?:" "${moddir}/modules.dep" | head -n 1 | tr -d :)"
-    if [[ -z "$path" ]]; then
-        # Built into the kernel, not a module: nothing to load.
-        grep -qE "/${name}\.ko\$" "${moddir}/modules.builtin" 2>/dev/null \
-            || log "WARNING: module ${name} is neither a module nor built into ${kver}"
-        continue
-    fi
-    add_module "$path"
-done
-imods="${initramfs}/lib/modules/${kver}"
-mkdir -p "$imods"
-: >"${imods}/load.order"
-for path in "${order[@]}"; do
-    dest="${imods}/${path%.ko*}.ko"
+resolve_modules() {
+    local name path
+    loaded=()
+    order=()
+    for name in "$@"; do
+        path="$(grep -oE "^[^:]*/${name}\.ko(\.xz|\.zst|\.gz)?:" "${moddir}/modules.dep" | head -n 1 | tr -d :)"
+        if [[ -z "$path" ]]; then
+            # Built into the kernel, not a module: nothing to load.
+            grep -qE "/${name}\.ko\$" "${moddir}/modules.builtin" 2>/dev/null \
+                || log "WARNING: module ${name} is neither a module nor built into ${kver}"
+            continue
+        fi
+        add_module "$path"
+    done
+}
+# copy_module PATH DIR: the module at PATH (relative to $moddir) uncompressed into DIR at the
+# same relative path, ending in .ko: busybox insmod and modprobe load uncompressed ones only.
+copy_module() {
+    local path=$1 dest="${2}/${1%.ko*}.ko"
     mkdir -p "$(dirname "$dest")"
-    # busybox insmod loads uncompressed modules only.
     case "$path" in
         *.ko) cp "${moddir}/${path}" "$dest" ;;
         *.ko.xz) xz -dc "${moddir}/${path}" >"$dest" ;;
         *.ko.gz) gzip -dc "${moddir}/${path}" >"$dest" ;;
         *.ko.zst) zstd -qdc "${moddir}/${path}" >"$dest" ;;
     esac
+}
+resolve_modules "${modules[@]}"
+imods="${initramfs}/lib/modules/${kver}"
+mkdir -p "$imods"
+: >"${imods}/load.order"
+for path in "${order[@]}"; do
+    copy_module "$path" "$imods"
     echo "${path%.ko*}.ko" >>"${imods}/load.order"
 done
 log "initramfs modules: $(tr '\n' ' ' <"${imods}/load.order" | sed 's|kernel/[^ ]*/||g')"
+
+# The root's modules, with a modules.dep of their own (paths ending in .ko, as copied) for
+# busybox modprobe.
+rmods="${rootfs}/lib/modules/${kver}"
+mkdir -p "$rmods"
+: >"${rmods}/modules.dep"
+resolve_modules "${root_modules[@]}"
+for path in "${order[@]}"; do
+    copy_module "$path" "$rmods"
+    awk -F': ?' -v m="$path" '$1 == m {
+        line = $1 ":"
+        n = split($2, deps, " ")
+        for (i = 1; i <= n; i++) line = line " " deps[i]
+        gsub(/\.ko\.(xz|gz|zst)/, ".ko", line)
+        print line
+        exit
+    }' "${moddir}/modules.dep" >>"${rmods}/modules.dep"
+done
+normalize_modes "${rootfs}/lib"
+log "root modules (not loaded at boot): $(sed 's|:.*||; s|kernel/[^ ]*/||' "${rmods}/modules.dep" | tr '\n' ' ')"
 
 mkdir -p "${base}/boot"
 # newc is the only cpio format the kernel unpacks; files owned by root in the guest;
@@ -219,10 +259,11 @@ for app in diskprobe netprobe mailserv; do
     normalize_modes "${src}/${app}/layer"
 done
 
-# --- dnsserv: dnsmasq and exactly the libraries ldd lists, at the same paths ---
+# --- dnsserv: dnsmasq, nft and exactly the libraries ldd lists, at the same paths ---
 cp -R "${samples}/dnsserv" "${src}/dnsserv"
 layer="${src}/dnsserv/layer"
 install -D -m 0755 "$dnsmasq" "${layer}${dnsmasq}"
+install -D -m 0755 "$nft" "${layer}${nft}"
 for lib in "${libs[@]}"; do
     mkdir -p "${layer}$(dirname "$lib")"
     cp -L "$lib" "${layer}${lib}"

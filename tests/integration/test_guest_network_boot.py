@@ -663,3 +663,98 @@ def test_a_guest_without_a_nic_boots_as_before(
         ) in probe, probe
     finally:
         stop(qemu)
+
+
+def dig(ns: Namespace, server: str, name: str, source: str, *options: str) -> tuple[str, list[str]]:
+    """What ``server`` answers ``source`` for ``name``'s A records, asked with dig (one try,
+    2 s): its status (NOERROR, NXDOMAIN, REFUSED, ...) and the addresses, or ``("no answer",
+    [])`` when nothing came back."""
+    done = subprocess.run(
+        [*ns.prefix, "dig", "+time=2", "+tries=1", "-b", source, f"@{server}", name, "A",
+         *options],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if done.returncode == 9:  # no reply from the server
+        return "no answer", []
+    assert done.returncode == 0, done
+    status = re.search(r"status: (\w+)", done.stdout)
+    assert status, done.stdout
+    answers = [
+        fields[4]
+        for fields in (line.split() for line in done.stdout.splitlines())
+        if len(fields) == 5 and fields[0] == f"{name}." and fields[3] == "A"
+    ]
+    return status[1], answers
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig (bind9-dnsutils)")
+def test_dnsserv_answers_on_its_network_address(
+    channel: Channel, net: Namespace, tmp_path: Path
+) -> None:
+    """dnsserv asked with dig on its network address, from the host's address on the network
+    (10.77.0.1) and from one beyond it (10.88.0.1, whose answers go back through the guests'
+    default route): "mine" (allow_from empty) answers its own network only, "theirs"
+    (allow_from 10.88.0.0/24 192.0.2.0/24) the networks named only, over UDP and TCP; the
+    zone's own name, its records, no such name for others in the zone."""
+    inside, beyond = SERVICE_ADDRESS, "10.88.0.1"
+    net.bridge("br0", f"{inside}/24", f"{beyond}/32")
+    guests = {
+        "mine": ("52:54:00:4c:02:01", "10.77.0.5", ""),
+        "theirs": ("52:54:00:4c:02:02", "10.77.0.6", "10.88.0.0/24 192.0.2.0/24"),
+    }
+    start_dnsmasq(
+        net,
+        [Subnet("br0", "10.77.0.0", ZONE, tuple((m, ip, n) for n, (m, ip, _) in guests.items()))],
+        {"lamina.local": SERVICE_ADDRESS},
+    )
+    qemus, consoles = {}, {}
+    for n, (name, (mac, _, allow_from)) in enumerate(guests.items()):
+        net.tap(f"lmt{n}", "br0")
+        variables = {
+            "domain": "example.org",
+            "address": "192.0.2.53",
+            "records": "www=192.0.2.54 a.b=192.0.2.55",
+            "allow_from": allow_from,
+        }
+        disks = [
+            Disk("l0", channel.layers["lamina-base"]),
+            Disk("l1", channel.layers["dnsserv"]),
+            Disk("upper", make_upper(tmp_path / f"{name}-upper.img"), False),
+            Disk("config", make_config(tmp_path / f"{name}.tar", variables, [], name)),
+        ]
+        consoles[name] = tmp_path / f"{name}.log"
+        qemus[name] = start(channel, ["l0", "l1"], disks, consoles[name],
+                            *nic_options([(f"lmt{n}", mac)]), prefix=net.prefix)  # fmt: skip
+        net.processes.append(qemus[name])
+    try:
+        booted = {name: wait_ready(qemus[name], consoles[name]) for name in guests}
+        for name, (_, ip, allow_from) in guests.items():
+            assert_ready(booted[name])
+            got = guest_lines(booted[name])
+            assert "dnsserv: example.org -> 192.0.2.53" in got, booted[name]
+            assert f"dnsserv: answering on {ip} (eth0)" in got, booted[name]
+            clients = allow_from or "on its own networks"
+            assert f"dnsserv: clients {clients}" in got, booted[name]
+            print(f"{name}: boot to ready {uptime(booted[name])} s")
+
+        mine, theirs = guests["mine"][1], guests["theirs"][1]
+        for server, source in ((mine, inside), (theirs, beyond)):
+            for options in ((), ("+tcp",)):
+                ask = (server, source, *options)
+                assert dig(net, server, "example.org", source, *options) == (
+                    "NOERROR",
+                    ["192.0.2.53"],
+                ), ask
+            assert dig(net, server, "www.example.org", source) == ("NOERROR", ["192.0.2.54"])
+            assert dig(net, server, "a.b.example.org", source) == ("NOERROR", ["192.0.2.55"])
+            assert dig(net, server, "nope.example.org", source) == ("NXDOMAIN", [])
+            assert dig(net, server, "example.net", source)[0] == "REFUSED"
+        # Outside allow_from: no answer at all, over UDP or TCP.
+        for server, source in ((mine, beyond), (theirs, inside)):
+            for options in ((), ("+tcp",)):
+                assert dig(net, server, "example.org", source, *options) == ("no answer", []), (
+                    server, source, options,
+                )  # fmt: skip
+    finally:
+        for qemu in qemus.values():
+            stop(qemu)

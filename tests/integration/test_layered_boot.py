@@ -443,7 +443,8 @@ def test_a_missing_disk_is_reported(channel: Channel, tmp_path: Path) -> None:
 
 
 def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> None:
-    """Also on an erofs layer: the initramfs takes either format."""
+    """Also on an erofs layer: the initramfs takes either format. Without a NIC it still
+    answers on 127.0.0.1 (its check), for the clients on its (no) networks."""
     erofs = tmp_path / "dnsserv.erofs"
     subprocess.run(
         mkfs_erofs_argv(channel.sources / "dnsserv" / "layer", erofs),
@@ -453,8 +454,8 @@ def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> Non
     upper = make_upper(tmp_path / "upper.img")
     config = make_config(
         tmp_path / "config.tar",
-        {"domain": "dns.example.net", "address": "192.0.2.77"},
-        ["/etc/dnsmasq.d/lamina.conf"],
+        {"domain": "dns.example.net", "address": "192.0.2.77", "records": "", "allow_from": ""},
+        [],
         "dns1",
     )
     text = boot(
@@ -471,9 +472,11 @@ def test_dnsserv_answers_for_its_domain(channel: Channel, tmp_path: Path) -> Non
     assert_ready(text)
     got = lines(text)
     assert "lamina-init: layer l1 is /dev/vdb (erofs)" in got
-    assert "lamina-init: rendered 1 templates" in got
+    assert "lamina-init: rendered 0 templates" in got
     assert "lamina-base: boot 1" in got
     assert "dnsserv: dns.example.net -> 192.0.2.77" in got
+    assert "dnsserv: clients on its own networks" in got
+    assert not [line for line in got if line.startswith("dnsserv: answering on")], text
     print(line_starting(text, "lamina-base: uptime "))
 
 
