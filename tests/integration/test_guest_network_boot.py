@@ -695,12 +695,14 @@ def test_dnsserv_answers_on_its_network_address(
     (10.77.0.1) and from one beyond it (10.88.0.1, whose answers go back through the guests'
     default route): "mine" (allow_from empty) answers its own network only, "theirs"
     (allow_from 10.88.0.0/24 192.0.2.0/24) the networks named only, over UDP and TCP; the
-    zone's own name, its records, no such name for others in the zone."""
+    zone's own name, its records, no such name for others in the zone. "bad" (a CIDR without
+    its length) answers no one."""
     inside, beyond = SERVICE_ADDRESS, "10.88.0.1"
     net.bridge("br0", f"{inside}/24", f"{beyond}/32")
     guests = {
         "mine": ("52:54:00:4c:02:01", "10.77.0.5", ""),
         "theirs": ("52:54:00:4c:02:02", "10.77.0.6", "10.88.0.0/24 192.0.2.0/24"),
+        "bad": ("52:54:00:4c:02:03", "10.77.0.7", "10.88.0.0/24 10.1.2.3"),
     }
     start_dnsmasq(
         net,
@@ -728,7 +730,12 @@ def test_dnsserv_answers_on_its_network_address(
         net.processes.append(qemus[name])
     try:
         booted = {name: wait_ready(qemus[name], consoles[name]) for name in guests}
-        for name, (_, ip, allow_from) in guests.items():
+        # A bad allow_from: nothing answers rather than everyone.
+        bad = guest_lines(booted.pop("bad"))
+        assert "dnsserv: bad allow_from 10.1.2.3: an IPv4 network (a.b.c.d/n) expected" in bad, bad
+        assert "lamina-base: /etc/lamina/start.d/50-dnsserv failed (1)" in bad, bad
+        assert dig(net, guests["bad"][1], "example.org", inside) == ("no answer", [])
+        for name, (_, ip, allow_from) in list(guests.items())[:2]:
             assert_ready(booted[name])
             got = guest_lines(booted[name])
             assert "dnsserv: example.org -> 192.0.2.53" in got, booted[name]
