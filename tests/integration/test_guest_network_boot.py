@@ -5,7 +5,8 @@ DHCP for the guest's MAC only and DNS for the zone and ``lamina.local``, a stand
 configuration service on the bridge's port 80, and the guest's tap in the bridge. Checked from
 the console: the DHCP line, netprobe's names, addresses and configuration-service answers,
 mailserv taking a message from Python's smtplib, a page fetched from the guest; a guest
-without a NIC still boots fast; a secondary NIC gets an address only.
+without a NIC still boots fast; a secondary NIC gets an address only; dnsserv answers dig on
+its network address, to the clients allowed only.
 
 No traffic leaves the namespace: it has no uplink and no route out; the addresses the guests
 ping are the bridge's own."""
