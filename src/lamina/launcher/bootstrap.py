@@ -12,11 +12,22 @@ if TYPE_CHECKING:
 
 
 @click.command("bootstrap")
-@click.option("--access-key", default="admin", show_default=True)
-@click.option("--email", default="admin@localhost", show_default=True)
+@click.option(
+    "--access-key", default="admin", show_default=True, help="The administrator's access key."
+)
+@click.option(
+    "--email", default="admin@localhost", show_default=True, help="The administrator's email."
+)
 def bootstrap(access_key: str, email: str) -> None:
     """On the manager's machine: make sure an administrator exists and write its keys to the
-    credentials file (~/.config/lamina/credentials, or $LAMINA_CREDENTIALS)."""
+    credentials file (~/.config/lamina/credentials, or $LAMINA_CREDENTIALS), in the profile
+    $LAMINA_PROFILE (default "default"). Needs no running manager; `make up` runs it.
+
+    \b
+    Examples:
+      lamina user bootstrap
+      LAMINA_PROFILE=root lamina user bootstrap --access-key root
+    """
     from lamina.client.credentials import (
         Credentials,
         credentials_path,
