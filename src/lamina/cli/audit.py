@@ -13,7 +13,9 @@ TIME_HELP = "ISO 8601 (2026-01-02T03:04:05Z) or a span back from now: 30m, 1h, 2
 
 @click.group("audit")
 def audit() -> None:
-    """Who changed what, when, from where, with what result (administrators only).
+    """Who changed what, when, from where, with what result.
+
+    Administrators only.
 
     \b
     Examples:
@@ -70,8 +72,10 @@ def list_(
 @click.argument("event_id", type=click.IntRange(min=1), metavar="ID")
 @click.pass_obj
 def show(obj: Context, event_id: int) -> None:
-    """Show one recorded request (ID from `lamina audit list`), with its request id and
-    duration. --json prints it for scripts.
+    """Show one recorded request.
+
+    ID is from `lamina audit list`; shows also its request id and duration. --json prints
+    it for scripts.
 
     \b
     Examples:

@@ -45,8 +45,9 @@ def host() -> None:
 @api_fields(reserved_memory_mib="--reserved-memory")
 @click.pass_obj
 def add(obj: Context, name: str, address: str, reserved_memory: int | None) -> None:
-    """Register a host and print the one-time token its agent enrols with (and the
-    `lamina agent` command line to start it with).
+    """Register a host and print its agent's one-time enrolment token.
+
+    Also prints the `lamina agent` command line to start the agent with.
 
     \b
     Examples:
@@ -96,7 +97,9 @@ def show(obj: Context, ref: str) -> None:
 @click.argument("ref")
 @click.pass_obj
 def token(obj: Context, ref: str) -> None:
-    """Issue a new enrolment token for a host (to re-enrol a rebuilt one).
+    """Issue a new enrolment token for a host.
+
+    For re-enrolling a rebuilt host.
 
     \b
     Examples:

@@ -60,8 +60,10 @@ def add(
     url: str | None,
     ca_file: str | None,
 ) -> None:
-    """Write the profile NAME into the credentials file (mode 0600; other profiles are
-    kept, a profile of that name is replaced).
+    """Write the profile NAME into the credentials file.
+
+    The file is written with mode 0600; other profiles are kept, one of that name is
+    replaced. The secret key is asked for (without echo) unless --secret-key gives it.
 
     \b
     Examples:
@@ -96,8 +98,10 @@ def add(
 @profile.command("list")
 @click.pass_obj
 def list_(obj: Context) -> None:
-    """List the profiles of the credentials file: name, access key, URL (never secrets);
-    CURRENT marks the one $LAMINA_PROFILE picks. --json prints them for scripts.
+    """List the profiles of the credentials file (never their secrets).
+
+    Name, access key, URL and CA file of each; CURRENT marks the one $LAMINA_PROFILE picks.
+    --json prints them for scripts.
 
     \b
     Examples:
@@ -117,8 +121,10 @@ def list_(obj: Context) -> None:
 @click.argument("name", required=False)
 @click.pass_obj
 def show(obj: Context, name: str | None) -> None:
-    """Show one profile (default: the current one, $LAMINA_PROFILE or "default") without
-    its secret. --json prints it for scripts.
+    """Show one profile, without its secret.
+
+    NAME defaults to the current profile ($LAMINA_PROFILE, else "default"). --json prints it
+    for scripts.
 
     \b
     Examples:

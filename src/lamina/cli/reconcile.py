@@ -48,8 +48,9 @@ def _differences(obj: Context) -> list[dict[str, Any]]:
 @reconcile.command("list")
 @click.pass_obj
 def list_(obj: Context) -> None:
-    """List the differences between the database and the hosts (a dry run: nothing is
-    changed). --json prints them for scripts.
+    """List the differences between the database and the hosts.
+
+    A dry run: nothing is changed. --json prints them for scripts.
 
     \b
     Examples:
@@ -69,8 +70,9 @@ def list_(obj: Context) -> None:
 @click.argument("diff_id", metavar="ID")
 @click.pass_obj
 def show(obj: Context, diff_id: str) -> None:
-    """Show one difference (ID from `lamina reconcile list`) and the fix it would get.
-    --json prints it for scripts.
+    """Show one difference and the fix it would get.
+
+    ID is from `lamina reconcile list`. --json prints it for scripts.
 
     \b
     Examples:
@@ -88,8 +90,10 @@ def show(obj: Context, diff_id: str) -> None:
 @click.argument("ids", nargs=-1, metavar="ID...")
 @click.pass_obj
 def fix(obj: Context, ids: tuple[str, ...]) -> None:
-    """Fix the differences named by ID (from a dry run), each only if it is still there
-    unchanged; prints each one's outcome. --json prints them for scripts.
+    """Fix the differences named by ID, from a dry run.
+
+    Each is fixed only if it is still there unchanged; prints each one's outcome. --json
+    prints them for scripts.
 
     \b
     Examples:

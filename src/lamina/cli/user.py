@@ -60,8 +60,10 @@ def list_(obj: Context, query: str | None) -> None:
 @click.argument("access_key")
 @click.pass_obj
 def show(obj: Context, access_key: str) -> None:
-    """Show one user account (by access key), its quotas and its keys (never their
-    secrets). --json prints it for scripts.
+    """Show one user account, its quotas and its keys.
+
+    ACCESS_KEY names the user; the keys' secrets are never shown. --json prints it for
+    scripts.
 
     \b
     Examples:
@@ -92,8 +94,10 @@ def show(obj: Context, access_key: str) -> None:
 )
 @click.pass_obj
 def add(obj: Context, /, access_key: str, email: str, role: str, **quotas: int | None) -> None:
-    """Register a user; prints their secret key, this once, as a profile ready to paste
-    into their credentials file (and the `lamina profile add` line that writes it).
+    """Register a user; prints their secret key, this once.
+
+    The keys are printed as a profile ready to paste into the user's credentials file, and
+    as the `lamina profile add` line that writes it.
 
     \b
     Examples:
@@ -199,7 +203,9 @@ def clean(obj: Context) -> None:
 
 @user.group("key")
 def key() -> None:
-    """A user's secret keys: several may be active, so keys rotate without downtime.
+    """A user's secret keys, rotated without downtime.
+
+    Several keys may be active at once: add one, move the clients to it, revoke the old.
 
     \b
     Examples:
@@ -212,8 +218,10 @@ def key() -> None:
 @click.argument("access_key")
 @click.pass_obj
 def key_list(obj: Context, access_key: str) -> None:
-    """List a user's keys: id, active, when made and revoked (never the secrets). --json
-    prints them for scripts.
+    """List a user's keys (never their secrets).
+
+    Each key's id, whether it is active, when it was made and revoked. --json prints them
+    for scripts.
 
     \b
     Examples:
@@ -266,7 +274,9 @@ def key_create(obj: Context, access_key: str) -> None:
 @click.argument("key_id")
 @click.pass_obj
 def key_revoke(obj: Context, access_key: str, key_id: str) -> None:
-    """Revoke one of a user's keys; requests signed with it are refused from now on.
+    """Revoke one of a user's keys.
+
+    Requests signed with it are refused from now on.
 
     \b
     Examples:
@@ -279,8 +289,10 @@ def key_revoke(obj: Context, access_key: str, key_id: str) -> None:
 @click.command("whoami")
 @click.pass_obj
 def whoami(obj: Context) -> None:
-    """Who the manager thinks you are, and where your keys came from (a profile of the
-    credentials file, or the environment). --json prints it for scripts.
+    """Who the manager thinks you are, and whose keys you use.
+
+    Also where the keys came from (a profile of the credentials file, or the environment)
+    and the manager's URL. --json prints it for scripts.
 
     \b
     Examples:

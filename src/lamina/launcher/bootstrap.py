@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     "--email", default="admin@localhost", show_default=True, help="The administrator's email."
 )
 def bootstrap(access_key: str, email: str) -> None:
-    """On the manager's machine: make sure an administrator exists and write its keys to the
-    credentials file (~/.config/lamina/credentials, or $LAMINA_CREDENTIALS), in the profile
-    $LAMINA_PROFILE (default "default"). Needs no running manager; `make up` runs it.
+    """On the manager's machine: make the first administrator.
+
+    Makes sure an administrator exists, straight in the database (no manager need run), and
+    writes its keys to the credentials file (~/.config/lamina/credentials, or
+    $LAMINA_CREDENTIALS), in the profile $LAMINA_PROFILE (default "default"). `make up`
+    runs it.
 
     \b
     Examples:

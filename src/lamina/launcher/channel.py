@@ -16,8 +16,10 @@ from lamina.cli.output import emit_json, table
 @click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def keygen(obj: Context, keyfile: Path) -> None:
-    """Make a channel's Ed25519 key pair: KEYFILE (private, 0600) and KEYFILE.pub. Local:
-    needs no manager. --json prints the key's files and fingerprint for scripts.
+    """Make a channel's Ed25519 key pair.
+
+    KEYFILE (private, 0600) and KEYFILE.pub. Local: needs no manager. --json prints the
+    key's files and fingerprint for scripts.
 
     \b
     Examples:
@@ -70,8 +72,10 @@ def build(
     base_urls: tuple[str, ...],
     title: str | None,
 ) -> None:
-    """Build a signed channel from a folder of appliance sources (one folder per appliance
-    version). Local: needs no manager. --json prints the feed's items for scripts.
+    """Build a signed channel from a folder of appliance sources.
+
+    One folder per appliance version. Local: needs no manager. --json prints the feed's
+    items for scripts.
 
     \b
     Examples:

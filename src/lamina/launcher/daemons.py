@@ -11,8 +11,9 @@ import click
     "--port", type=click.IntRange(1, 65535), help="Listen port (default from the settings)."
 )
 def serve(host: str | None, port: int | None) -> None:
-    """Run the manager: REST API, job runner and host monitor, in the foreground (logs on
-    stderr). `make up` runs it for you.
+    """Run the manager: REST API, job runner and host monitor.
+
+    It runs in the foreground, logs on stderr; `make up` runs it for you.
 
     \b
     Examples:
@@ -65,7 +66,9 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--manager", "manager_url", help="Manager URL used to enrol.")
 @click.option("--token", help="One-time enrolment token from `lamina host add`.")
 def agent(manager_url: str | None, token: str | None) -> None:
-    """Run the host agent (enrolling first if it has no certificate), in the foreground.
+    """Run the host agent (enrolling first if it has no certificate).
+
+    It runs in the foreground, logs on stderr.
 
     \b
     Examples:
