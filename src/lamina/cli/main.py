@@ -80,11 +80,6 @@ class Group(click.Group):
             self._load(self.lazy[cmd_name], cmd_name)
         return self.commands.get(cmd_name)
 
-    def load_all(self) -> None:
-        """Import every lazy command (for whoever walks the whole tree: tests, docs)."""
-        for name in self.list_commands(click.Context(self)):
-            self.get_command(click.Context(self), name)
-
     def _load(self, module_name: str, name: str) -> None:
         if module_name not in self._loaded:
             self._loaded.add(module_name)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,17 +27,20 @@ def profile() -> None:
     """
 
 
-def _rows() -> tuple[Any, list[dict[str, Any]]]:
+def _rows() -> tuple[Path, list[dict[str, Any]]]:
     from lamina.client.credentials import credentials_path, profile_name, read_profiles
 
     path, current = credentials_path(), profile_name()
+    current_name: str | None = current
+    if os.environ.get("LAMINA_ACCESS_KEY") and os.environ.get("LAMINA_SECRET_KEY"):
+        current_name = None  # the environment's keys win over every profile
     rows = [
         {
             "name": name,
             "access_key": values.get("access_key"),
             "url": values.get("url"),
             "ca_file": values.get("ca_file"),
-            "current": name == current,
+            "current": name == current_name,
         }
         for name, values in read_profiles(path).items()
     ]
@@ -100,8 +105,9 @@ def add(
 def list_(obj: Context) -> None:
     """List the profiles of the credentials file (never their secrets).
 
-    Name, access key, URL and CA file of each; CURRENT marks the one $LAMINA_PROFILE picks.
-    --json prints them for scripts.
+    Name, access key, URL and CA file of each; CURRENT marks the one $LAMINA_PROFILE picks
+    (none when LAMINA_ACCESS_KEY and LAMINA_SECRET_KEY are set). --json prints them for
+    scripts.
 
     \b
     Examples:
