@@ -17,12 +17,13 @@ pytestmark = pytest.mark.e2e
 
 
 def run(
-    cloud: Cloud, *args: str, drop: tuple[str, ...] = (), **env: str
+    cloud: Cloud, *args: str, drop: tuple[str, ...] = (), stdin: str = "", **env: str
 ) -> subprocess.CompletedProcess[str]:
     """``lamina ARGS`` with the cloud's environment, less ``drop``, plus ``env``."""
     base = {k: v for k, v in cloud.base_env.items() if k not in drop}
     return subprocess.run(
         LAMINA + list(args),
+        input=stdin,
         env={**base, **env},
         capture_output=True,
         text=True,
@@ -127,8 +128,10 @@ def test_a_new_user_pastes_their_profile_and_is_themselves(cloud: Cloud) -> None
     assert me["access_key"] == "alice" and me["credentials"] == f"profile 'alice' of {theirs}"
     # The command line it prints writes the same profile into another file.
     line = next(x for x in out.splitlines() if x.strip().startswith("lamina profile add"))
+    assert "secret" not in line  # no secret in a command line (shell history): it is asked
+    secret = block.split('secret_key = "', 1)[1].split('"', 1)[0]
     other = cloud.root / "other-credentials"
-    added = run(cloud, *shlex.split(line)[1:], LAMINA_CREDENTIALS=str(other))
+    added = run(cloud, *shlex.split(line)[1:], LAMINA_CREDENTIALS=str(other), stdin=secret)
     assert added.returncode == 0, added.stderr
     assert other.read_text().strip() == block.strip()
     assert oct(other.stat().st_mode & 0o777) == "0o600"

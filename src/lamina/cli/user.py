@@ -127,9 +127,10 @@ def _print_profile(obj: Context, access_key: str, secret: str) -> None:
     click.echo("their profile, for ~/.config/lamina/credentials:")
     click.echo("")
     click.echo(profile_block(access_key, creds))
-    words = ["lamina", "profile", "add", access_key, "--access-key", access_key]
-    words += ["--secret-key", secret, "--url", url] + (["--ca-file", ca_file] if ca_file else [])
-    click.echo("or, on their machine:")
+    # Without the secret: a command line lands in shell history; `profile add` asks for it.
+    words = ["lamina", "profile", "add", access_key, "--access-key", access_key, "--url", url]
+    words += ["--ca-file", ca_file] if ca_file else []
+    click.echo("or, on their machine (it asks for the secret key):")
     click.echo("  " + shlex.join(words))
 
 
