@@ -101,7 +101,10 @@ def _cli() -> click.Group:
 def _commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in sorted(command.commands.items()):
+        ctx = click.Context(command)  # commands load on first use: ask for each one
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, f"{path} {name} is listed but cannot be loaded"
             yield from _commands(sub, f"{path} {name}")
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from lamina.audit.models import AuditEvent
 from lamina.audit.service import describe_event, list_events, parse_time
 from lamina.db import Database
-from lamina.errors import Forbidden
+from lamina.errors import Forbidden, NotFound
 
 
 class Container(Protocol):
@@ -49,3 +50,15 @@ def find_events(
     with svc.db.read() as s:
         found = list_events(s, access_key=user, since=start, until=end, method=method, limit=limit)
         return [describe_event(e) for e in found]
+
+
+def find_event(svc: Container, who: Caller, event_id: int) -> dict[str, Any]:
+    """One recorded request by its id. Administrators only (``Forbidden``); ``NotFound``
+    for an id never recorded."""
+    if not who.is_admin:
+        raise Forbidden("only administrators may do this")
+    with svc.db.read() as s:
+        event = s.get(AuditEvent, event_id)
+        if event is None:
+            raise NotFound(f"audit event {event_id} does not exist")
+        return describe_event(event)

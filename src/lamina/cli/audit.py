@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from lamina.cli.context import Context
-from lamina.cli.output import emit_json, table
+from lamina.cli.output import emit_json, record, table
 
 COLUMNS = ["at", "access_key", "method", "path", "status", "outcome", "remote_addr"]
 TIME_HELP = "ISO 8601 (2026-01-02T03:04:05Z) or a span back from now: 30m, 1h, 2d."
@@ -13,7 +13,15 @@ TIME_HELP = "ISO 8601 (2026-01-02T03:04:05Z) or a span back from now: 30m, 1h, 2
 
 @click.group("audit")
 def audit() -> None:
-    """Who changed what, when, from where, with what result."""
+    """Who changed what, when, from where, with what result.
+
+    Administrators only.
+
+    \b
+    Examples:
+      lamina audit list --since 1h
+      lamina audit show 42
+    """
 
 
 @audit.command("list")
@@ -43,7 +51,13 @@ def list_(
     method: str | None,
     limit: int,
 ) -> None:
-    """Show recorded requests, newest first."""
+    """List recorded requests, newest first. --json prints them for scripts.
+
+    \b
+    Examples:
+      lamina audit list --since 1h
+      lamina audit list --user alice --method DELETE
+    """
     events = obj.client.audit(
         user=user,
         since=since,
@@ -52,6 +66,23 @@ def list_(
         limit=limit,
     )
     emit_json(events) if obj.json else table(events, COLUMNS)
+
+
+@audit.command("show")
+@click.argument("event_id", type=click.IntRange(min=1), metavar="ID")
+@click.pass_obj
+def show(obj: Context, event_id: int) -> None:
+    """Show one recorded request.
+
+    ID is from `lamina audit list`; shows also its request id and duration. --json prints
+    it for scripts.
+
+    \b
+    Examples:
+      lamina audit show 42
+    """
+    data = obj.client.audit_event(event_id)
+    emit_json(data) if obj.json else record(data)
 
 
 def register(cli: click.Group) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from lamina.cli.context import Context
+from lamina.cli.flags import api_fields
 from lamina.cli.output import emit_json, record, table
+from lamina.cli.verbs import alias
 
 COLUMNS = [
     "name",
@@ -23,16 +25,35 @@ COLUMNS = [
 
 @click.group("host")
 def host() -> None:
-    """Hypervisor hosts and their agents."""
+    """Hypervisor hosts and their agents (administrators only).
+
+    \b
+    Examples:
+      lamina host list
+      lamina host add h2 --address 192.0.2.12:8776
+    """
 
 
 @host.command("add")
 @click.argument("name")
 @click.option("--address", required=True, help="HOST:PORT where the host's agent will listen.")
-@click.option("--reserved-memory", type=int, help="MiB kept for the host itself.")
+@click.option(
+    "--reserved-memory",
+    type=click.IntRange(min=0),
+    help="MiB kept for the host itself (default from the settings).",
+)
+@api_fields(reserved_memory_mib="--reserved-memory")
 @click.pass_obj
 def add(obj: Context, name: str, address: str, reserved_memory: int | None) -> None:
-    """Register a host and print the one-time token its agent enrols with."""
+    """Register a host and print its agent's one-time enrolment token.
+
+    Also prints the `lamina agent` command line to start the agent with.
+
+    \b
+    Examples:
+      lamina host add h2 --address 192.0.2.12:8776
+      lamina --json host add h2 --address 192.0.2.12:8776 --reserved-memory 2048
+    """
     result = obj.client.add_host(name, address, reserved_memory)
     if obj.json:
         emit_json(result)
@@ -46,7 +67,14 @@ def add(obj: Context, name: str, address: str, reserved_memory: int | None) -> N
 @host.command("list")
 @click.pass_obj
 def list_(obj: Context) -> None:
-    """List hosts."""
+    """List hosts: status, capacity and use, last heartbeat. --json prints them for
+    scripts.
+
+    \b
+    Examples:
+      lamina host list
+      lamina --json host list
+    """
     hosts = obj.client.hosts()
     emit_json(hosts) if obj.json else table(hosts, COLUMNS)
 
@@ -55,7 +83,12 @@ def list_(obj: Context) -> None:
 @click.argument("ref")
 @click.pass_obj
 def show(obj: Context, ref: str) -> None:
-    """Show one host."""
+    """Show one host (by name or id). --json prints it for scripts.
+
+    \b
+    Examples:
+      lamina host show h1
+    """
     data = obj.client.host(ref)
     emit_json(data) if obj.json else record(data)
 
@@ -64,7 +97,14 @@ def show(obj: Context, ref: str) -> None:
 @click.argument("ref")
 @click.pass_obj
 def token(obj: Context, ref: str) -> None:
-    """Issue a new enrolment token for a host."""
+    """Issue a new enrolment token for a host.
+
+    For re-enrolling a rebuilt host.
+
+    \b
+    Examples:
+      lamina host token h2
+    """
     value = obj.client.host_token(ref)
     emit_json({"token": value}) if obj.json else click.echo(value)
 
@@ -73,9 +113,17 @@ def token(obj: Context, ref: str) -> None:
 @click.argument("ref")
 @click.pass_obj
 def remove(obj: Context, ref: str) -> None:
-    """Forget a host that runs no instance."""
+    """Forget a host that runs no instance.
+
+    \b
+    Examples:
+      lamina host remove h2
+    """
     data = obj.client.remove_host(ref)
     emit_json(data) if obj.json else click.echo(f"host {data['name']} removed")
+
+
+alias(host, "delete", of="remove", why="as in the other groups")
 
 
 def register(cli: click.Group) -> None:

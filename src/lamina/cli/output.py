@@ -40,6 +40,8 @@ def record(data: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, str) and len(value) > 19 and value[4:5] == "-" and "T" in value:

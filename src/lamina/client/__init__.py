@@ -1,21 +1,25 @@
-"""The Python client of Lamina's REST API. The CLI is built on it."""
+"""The Python client of Lamina's REST API. The CLI is built on it.
+
+httpx (and the signing and error modules that need it) is imported when the first client is
+made, not with this module: the CLI imports this module to list its commands, and must start
+quickly (``benchmarks/cli.py``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
-
-from lamina.client.credentials import Credentials, load_credentials
-from lamina.client.tls import verifying_context
+from lamina.client.credentials import Credentials, check_url, load_credentials
 from lamina.errors import (
     BackendUnavailable,
+    ConfigError,
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -23,8 +27,27 @@ from lamina.errors import (
     NotFound,
     Timeout,
 )
-from lamina.identity.signing import LaminaAuth
-from lamina.remote_errors import raise_for_error
+
+if TYPE_CHECKING:
+    import httpx
+
+    from lamina.remote_errors import raise_for_error
+else:
+
+    class _Deferred:
+        """A module imported on its first attribute's use."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(importlib.import_module(self._name), attr)
+
+    httpx = _Deferred("httpx")
+
+    def raise_for_error(response: Any) -> None:
+        importlib.import_module("lamina.remote_errors").raise_for_error(response)
+
 
 FINISHED = ("succeeded", "failed", "rolled_back")
 #: The quotas a user account has, as the API names them (``lamina.identity.models.QUOTAS``,
@@ -33,12 +56,22 @@ QUOTAS = ("instances", "vcpus", "memory_mib", "image_bytes", "volume_bytes")
 
 
 def default_url(creds: Credentials | None = None) -> str:
-    url = os.environ.get("LAMINA_URL") or (creds.url if creds else None)
+    """The manager's URL: ``$LAMINA_URL``, else the credentials' ``url``, else the settings'
+    (``manager.public_url`` or host and port). Raises ``InvalidRequest`` for a URL without
+    ``http://`` or ``https://``, naming where it came from."""
+    return _manager_url(None, creds)
+
+
+def _manager_url(url: str | None, creds: Credentials | None) -> str:
     if url:
-        return url
+        return check_url(url, "the manager URL")
+    if os.environ.get("LAMINA_URL"):
+        return check_url(os.environ["LAMINA_URL"], "LAMINA_URL")
+    if creds is not None and creds.url:
+        return check_url(creds.url, f"the url of {creds.source or 'the credentials'}")
     from lamina.config import load_settings
 
-    return load_settings().manager.url
+    return check_url(load_settings().manager.url, "the settings' manager URL")
 
 
 class Client:
@@ -57,15 +90,25 @@ class Client:
         secret_key: str | None = None,
         ca_file: str | None = None,
     ) -> None:
+        if bool(access_key) != bool(secret_key):
+            missing = "secret_key" if access_key else "access_key"
+            raise ConfigError(f"the client was given keys without {missing}: give both, or none")
         creds = (
-            Credentials(access_key, secret_key) if access_key and secret_key else load_credentials()
+            Credentials(access_key, secret_key, source="given to the client")
+            if access_key and secret_key
+            else load_credentials()
         )
-        self.url = (url or default_url(creds)).rstrip("/")
+        self.url = _manager_url(url, creds).rstrip("/")
         self._creds = creds
         self._timeout = timeout
         self.access_key = creds.access_key if creds else None
+        #: Where the keys came from (``profile 'default' of <file>``, the environment, ...).
+        self.credentials_source = creds.source if creds else None
         from_creds = creds.ca_file if creds else None
         self.ca_file = ca_file or os.environ.get("LAMINA_CA_FILE") or from_creds
+        from lamina.client.tls import verifying_context
+        from lamina.identity.signing import LaminaAuth
+
         auth = LaminaAuth(creds.access_key, creds.secret_key) if creds else None
         verify = verifying_context(self.ca_file) if self.url.startswith("https:") else True
         self._http = httpx.Client(base_url=self.url, timeout=timeout, auth=auth, verify=verify)
@@ -433,6 +476,10 @@ class Client:
         ``since``/``until`` (ISO 8601 or a span back such as ``1h``), ``method``, ``limit``."""
         params = {k: v for k, v in filters.items() if v is not None}
         return self._take("events", "GET", "/audit", params=params)
+
+    def audit_event(self, event_id: int) -> dict[str, Any]:
+        """One recorded request, by its id."""
+        return self._take("event", "GET", f"/audit/{event_id}")
 
     # -- images (VISOR's programming API, table 4.9, as streaming calls)
     def head_image(self, image_id: str) -> dict[str, Any]:

@@ -6,32 +6,51 @@ here, above every other package: ``serve`` (the API, the database, the job runne
 (the host side), ``user bootstrap`` (the database directly), ``config show`` (the local settings
 file) and the channel publisher's ``channel keygen`` and ``channel build``. Users see one
 command; which package a subcommand lives in is no business of theirs.
+
+Like the client's commands, each is imported only when it is used (``lamina.cli.main.Group``).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import click
 
-from lamina.cli.main import client_commands, run
-from lamina.launcher import bootstrap, channel, config, daemons
+from lamina.cli.main import Group, client_commands, run
+
+#: The local commands: name -> module (the module's attribute of that name is the command).
+LOCAL = {
+    "serve": "lamina.launcher.daemons",
+    "agent": "lamina.launcher.daemons",
+    "config": "lamina.launcher.config",
+}
+#: Local subcommands of client groups: group -> (module, attribute) of each.
+SUBCOMMANDS = {
+    "user": [("lamina.launcher.bootstrap", "bootstrap")],
+    "channel": [("lamina.launcher.channel", "keygen"), ("lamina.launcher.channel", "build")],
+}
 
 
-def build_cli() -> click.Group:
+def build_cli() -> Group:
     """The whole ``lamina`` group: every client command, and the local ones added to the
     groups they belong in (safe to call twice)."""
     group = client_commands()
-    for command in (daemons.serve, daemons.agent, config.config):
-        group.add_command(command)
-    _subgroup(group, "user").add_command(bootstrap.bootstrap)
-    for command in (channel.keygen, channel.build):
-        _subgroup(group, "channel").add_command(command)
+    for name, module in LOCAL.items():
+        group.lazy_command(name, module)
+    for name, commands in SUBCOMMANDS.items():
+        if name not in group.extensions:
+            group.extend(name, _adder(commands))
     return group
 
 
-def _subgroup(group: click.Group, name: str) -> click.Group:
-    sub = group.commands[name]
-    assert isinstance(sub, click.Group), f"lamina {name} is no command group"
-    return sub
+def _adder(commands: list[tuple[str, str]]) -> Callable[[click.Command], None]:
+    def add(sub: click.Command) -> None:
+        assert isinstance(sub, click.Group), f"lamina {sub.name} is no command group"
+        for module, attr in commands:
+            sub.add_command(getattr(importlib.import_module(module), attr))
+
+    return add
 
 
 def main() -> None:

@@ -12,11 +12,25 @@ if TYPE_CHECKING:
 
 
 @click.command("bootstrap")
-@click.option("--access-key", default="admin", show_default=True)
-@click.option("--email", default="admin@localhost", show_default=True)
+@click.option(
+    "--access-key", default="admin", show_default=True, help="The administrator's access key."
+)
+@click.option(
+    "--email", default="admin@localhost", show_default=True, help="The administrator's email."
+)
 def bootstrap(access_key: str, email: str) -> None:
-    """On the manager's machine: make sure an administrator exists and write its keys to the
-    credentials file (~/.config/lamina/credentials, or $LAMINA_CREDENTIALS)."""
+    """On the manager's machine: make the first administrator.
+
+    Makes sure an administrator exists, straight in the database (no manager need run), and
+    writes its keys to the credentials file (~/.config/lamina/credentials, or
+    $LAMINA_CREDENTIALS), in the profile $LAMINA_PROFILE (default "default"). `make up`
+    runs it.
+
+    \b
+    Examples:
+      lamina user bootstrap
+      LAMINA_PROFILE=root lamina user bootstrap --access-key root
+    """
     from lamina.client.credentials import (
         Credentials,
         credentials_path,

@@ -16,7 +16,15 @@ from lamina.cli.output import emit_json, table
 @click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
 @click.pass_obj
 def keygen(obj: Context, keyfile: Path) -> None:
-    """Make a channel's Ed25519 key pair: KEYFILE (private, 0600) and KEYFILE.pub."""
+    """Make a channel's Ed25519 key pair.
+
+    KEYFILE (private, 0600) and KEYFILE.pub. Local: needs no manager. --json prints the
+    key's files and fingerprint for scripts.
+
+    \b
+    Examples:
+      lamina channel keygen ~/channel.key
+    """
     from lamina.channels.signing import fingerprint, generate_key, public_key_text
 
     key = generate_key(keyfile)
@@ -64,7 +72,16 @@ def build(
     base_urls: tuple[str, ...],
     title: str | None,
 ) -> None:
-    """Build a signed channel from a folder of appliance sources."""
+    """Build a signed channel from a folder of appliance sources.
+
+    One folder per appliance version. Local: needs no manager. --json prints the feed's
+    items for scripts.
+
+    \b
+    Examples:
+      lamina channel build samples/channel --out /srv/channel --key ~/channel.key
+      lamina channel build src --out out --key k --base-url https://mirror.example.org/c
+    """
     from lamina.channels.build import FEED, build_channel
     from lamina.channels.signing import load_private_key
 

@@ -9,20 +9,46 @@ import click
 
 from lamina.cli.context import Context
 from lamina.cli.output import emit_json
-from lamina.config import load_settings, public_view
-from lamina.errors import LaminaError
 
 
 @click.group("config")
 def config() -> None:
-    """Settings."""
+    """Settings: this machine's and the manager's.
+
+    \b
+    Examples:
+      lamina config show
+    """
+
+
+def _why(exc: Exception) -> tuple[str, str]:
+    """How the manager's settings could not be read: ``refused``, ``unreachable`` or
+    ``error``, and the message to print."""
+    from lamina.errors import BackendUnavailable, Forbidden, Unauthorized
+
+    if isinstance(exc, Forbidden):
+        return "refused", "only administrators may read the server's settings"
+    if isinstance(exc, Unauthorized):
+        return "refused", getattr(exc, "message", str(exc))
+    if isinstance(exc, BackendUnavailable):
+        return "unreachable", getattr(exc, "message", str(exc))
+    return "error", getattr(exc, "message", str(exc))
 
 
 @config.command("show")
 @click.pass_obj
 def config_show(obj: Context) -> None:
-    """Print the effective client and server settings (never secrets)."""
-    from lamina.config import config_path
+    """Print the effective client and server settings (never secrets). The server's come
+    from the manager (administrators only); when the manager refuses or cannot be reached,
+    this machine's settings file is shown instead, and why. --json prints them for scripts.
+
+    \b
+    Examples:
+      lamina config show
+      lamina --json config show
+    """
+    from lamina.config import config_path, load_settings, public_view
+    from lamina.errors import LaminaError
 
     local = load_settings()
     path = config_path()
@@ -32,7 +58,8 @@ def config_show(obj: Context) -> None:
     try:
         data["server"] = obj.client.server_config()
     except LaminaError as exc:
-        data["server"] = {"error": exc.message, "local_view": public_view(local)}
+        state, why = _why(exc)
+        data["server"] = {"error": why, "state": state, "local_view": public_view(local)}
     if obj.json:
         emit_json(data)
         return
@@ -41,7 +68,7 @@ def config_show(obj: Context) -> None:
     server = data["server"]
     assert isinstance(server, dict)
     if "error" in server:
-        click.echo(f"server         unreachable ({server['error']}); local settings:")
+        click.echo(f"server         {server['state']} ({server['error']}); local settings:")
         server = server["local_view"]
     click.echo(f"data dir       {server['data_dir']}")
     click.echo(f"database       {server['database']['url']}")

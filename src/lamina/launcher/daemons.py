@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import click
 
-from lamina.config import load_settings
-from lamina.logs import setup_logging
-
 
 @click.command("serve")
 @click.option("--host", help="Listen address (default from the settings).")
-@click.option("--port", type=int, help="Listen port (default from the settings).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Listen port (default from the settings)."
+)
 def serve(host: str | None, port: int | None) -> None:
-    """Run the manager: REST API, job runner and host monitor."""
+    """Run the manager: REST API, job runner and host monitor.
+
+    It runs in the foreground, logs on stderr; `make up` runs it for you.
+
+    \b
+    Examples:
+      lamina serve
+      LAMINA_DATABASE__URL=postgresql+psycopg://lamina@db/lamina lamina serve --host 0.0.0.0
+    """
     import uvicorn
 
     from lamina.api.app import create_app
     from lamina.api.edge import BoundedHttpTools
     from lamina.api.zerocopy import ZeroCopy
+    from lamina.config import load_settings
     from lamina.identity.transport import manager_tls
+    from lamina.logs import setup_logging
     from lamina.manager import build_services
 
     settings = load_settings()
@@ -57,8 +66,18 @@ def serve(host: str | None, port: int | None) -> None:
 @click.option("--manager", "manager_url", help="Manager URL used to enrol.")
 @click.option("--token", help="One-time enrolment token from `lamina host add`.")
 def agent(manager_url: str | None, token: str | None) -> None:
-    """Run the host agent (enrolling first if it has no certificate)."""
+    """Run the host agent (enrolling first if it has no certificate).
+
+    It runs in the foreground, logs on stderr.
+
+    \b
+    Examples:
+      lamina agent --manager http://192.0.2.10:8775 --token TOKEN
+      lamina agent
+    """
     from lamina.agent.main import run_agent
+    from lamina.config import load_settings
+    from lamina.logs import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_level)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.audit.queries import find_events
+from lamina.audit.queries import find_event, find_events
 from lamina.identity.principal import Principal
 from lamina.services import Services
 
@@ -30,3 +30,13 @@ def audit_events(
     """Recorded requests, newest first."""
     found = find_events(svc, who, user=user, since=since, until=until, method=method, limit=limit)
     return {"events": found}
+
+
+@router.get("/{event_id}")
+def audit_event(
+    event_id: int,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> dict[str, Any]:
+    """One recorded request."""
+    return {"event": find_event(svc, who, event_id)}
