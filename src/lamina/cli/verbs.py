@@ -5,6 +5,7 @@ groups keep beside them as aliases (VISOR's ``brief``/``detail``/``head``, VBS's
 from __future__ import annotations
 
 import copy
+import inspect
 
 import click
 
@@ -18,6 +19,7 @@ def alias(group: click.Group, name: str, of: str, why: str = "") -> click.Comman
     twin.name = name
     note = f"Alias of `lamina {group.name} {of}`" + (f" ({why})" if why else "") + "."
     twin.short_help = note
-    twin.help = f"{note}\n\n{target.help or ''}".rstrip()
+    # The command's help is its docstring as written: dedent it before putting a line above.
+    twin.help = f"{note}\n\n{inspect.cleandoc(target.help or '')}".rstrip()
     group.add_command(twin, name)
     return twin
