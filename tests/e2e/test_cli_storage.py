@@ -63,6 +63,15 @@ def test_images_by_name(cloud: Cloud, tmp_path: Path) -> None:
     history = cloud.cli("image", "history", "nx-eval").stdout
     assert "register" in history and "update" in history
 
+    # An image's kernel may be named too; it is kept as the id.
+    kernel_id = as_json(cloud, "image", "add", "name=vmlinuz-6", "type=kernel")["id"]
+    booted = as_json(cloud, "image", "add", "name=box", "kernel=vmlinuz-6")
+    assert booted["kernel"] == kernel_id
+    unknown = cloud.cli("image", "add", "name=box2", "kernel=vmlinuz-7", check=False)
+    assert (
+        unknown.returncode == 2 and "kernel 'vmlinuz-7' is not a registered image" in unknown.stderr
+    )
+
     # A name with a space travels as one path segment.
     cloud.cli("image", "add", "name=Debian 12", "format=iso", "access=public")
     assert as_json(cloud, "image", "show", "Debian 12")["access"] == "public"

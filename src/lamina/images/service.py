@@ -146,13 +146,17 @@ def _named(session: Session, ref: str, who: Principal) -> Image:
 
 
 def _check_links(session: Session, who: Principal, fields: dict[str, Any]) -> None:
+    """The ``kernel`` and ``ramdisk`` an image names (an id or a name, stored as the id) are
+    images ``who`` may see, of that type or none."""
     for key, kind in (("kernel", "kernel"), ("ramdisk", "ramdisk")):
         ref = fields.get(key)
         if not ref:
             continue
-        target = session.get(Image, ref)
-        if target is None or not may_see(session, who, target, KIND):
-            raise InvalidRequest(f"{key} {ref!r} is not a registered image")
+        try:
+            target = get_image(session, ref, who)
+        except NotFound:
+            raise InvalidRequest(f"{key} {ref!r} is not a registered image") from None
+        fields[key] = target.id
         if target.type not in (kind, None):
             raise InvalidRequest(f"{key} {ref!r} is an image of type {target.type!r}")
 
