@@ -808,3 +808,13 @@ def test_only_this_deployments_old_enough_exports_of_unknown_volumes_are_withdra
         "vol-00000000000000a3",
         "vol-00000000000000a4",
     ]
+
+
+def test_the_cli_choices_are_the_api_values() -> None:
+    from lamina.cli import snapshot as cli_snapshot
+    from lamina.cli import volume as cli_volume
+    from lamina.volumes.models import SNAPSHOT_STATUSES, VOLUME_STATUSES
+
+    assert cli_volume.STATUSES == VOLUME_STATUSES
+    assert cli_snapshot.STATUSES == SNAPSHOT_STATUSES
+    assert list(cli_volume.DEVICES) == service.DEVICES
