@@ -818,3 +818,15 @@ def test_the_cli_choices_are_the_api_values() -> None:
     assert cli_volume.STATUSES == VOLUME_STATUSES
     assert cli_snapshot.STATUSES == SNAPSHOT_STATUSES
     assert list(cli_volume.DEVICES) == service.DEVICES
+
+
+def test_the_cli_names_its_own_flags_for_the_api_fields() -> None:
+    from lamina.cli import snapshot as cli_snapshot
+    from lamina.cli import volume as cli_volume
+    from lamina.cli.flags import flag_names
+
+    create = flag_names(cli_volume.volume.commands["create"])
+    assert (create["size_bytes"], create["clone"], create["name"]) == ("--size", "--copy", "--name")
+    assert flag_names(cli_volume.volume.commands["extend"])["size_bytes"] == "--size"
+    assert flag_names(cli_volume.volume.commands["attach"])["instance"] == "INSTANCE"
+    assert flag_names(cli_snapshot.snapshot.commands["create"])["volume"] == "VOLUME"

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from lamina.cli.context import Context
+from lamina.cli.flags import api_fields
 from lamina.cli.output import emit_json, human_bytes, record, table, wait_job
 from lamina.cli.verbs import alias
 
@@ -45,6 +46,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("create")
+@api_fields(volume="VOLUME")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.option("--name", help="A name for the snapshot (a DNS label; optional, need not be unique).")
 @click.option("--comment", default="", help="Free text kept with the snapshot.")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from lamina.cli.context import Context
+from lamina.cli.flags import api_fields
 from lamina.cli.output import emit_json, human_bytes, record, table, wait_job
 from lamina.cli.verbs import alias
 
@@ -78,6 +79,7 @@ def volume() -> None:
 
 
 @volume.command("create")
+@api_fields(size_bytes="--size", clone="--copy")
 @click.option("--name", help="A name for the volume (a DNS label; optional, need not be unique).")
 @click.option("--size", type=Size(), help="Size with a unit: 1G, 512M (default: the snapshot's).")
 @click.option("--snapshot", help="Make it from this snapshot (id or name).")
@@ -116,6 +118,7 @@ def create(
 
 
 @volume.command("delete")
+@api_fields(volume_id="VOLUME")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
 @click.pass_obj
@@ -161,6 +164,7 @@ def list_(
 
 
 @volume.command("show")
+@api_fields(volume_id="VOLUME")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.pass_obj
 def show(obj: Context, volume_ref: str) -> None:
@@ -181,6 +185,7 @@ def show(obj: Context, volume_ref: str) -> None:
 
 
 @volume.command("attach")
+@api_fields(instance="INSTANCE", volume_id="VOLUME")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.argument("instance_ref", metavar="INSTANCE", required=False)
 @click.option(
@@ -224,6 +229,7 @@ def attach(
 
 
 @volume.command("detach")
+@api_fields(volume_id="VOLUME")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
 @click.pass_obj
@@ -242,6 +248,7 @@ def detach(obj: Context, volume_ref: str, wait: bool) -> None:
 
 
 @volume.command("extend")
+@api_fields(size_bytes="--size")
 @click.argument("volume_ref", metavar="VOLUME")
 @click.option("--size", type=Size(), required=True, help="The new, bigger size: 2G.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
