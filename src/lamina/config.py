@@ -154,8 +154,9 @@ class ImageSettings(Section):
     stores: tuple[Literal["file", "s3", "http"], ...] = ("file", "http")
     #: The store of an upload that names none.
     default_store: Literal["file", "s3"] = "file"
-    #: Access of an image registered without one (VISOR: public).
-    default_access: Literal["public", "private"] = "public"
+    #: Access of an image registered without one: private, like instances and networks
+    #: (VISOR made it public; a cloud shared by several users should not publish by default).
+    default_access: Literal["public", "private"] = "private"
     #: Root of the file store; default ``<data_dir>/images``.
     file_root: Path | None = None
     #: An S3-compatible service (any, through boto3).

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from harness import Cloud, slow_mirror
 
+from lamina.errors import Ambiguous
 from lamina.identity.signing import LaminaAuth
 
 pytestmark = pytest.mark.integration
@@ -164,3 +165,79 @@ def test_a_member_cannot_make_the_manager_fetch_private_addresses(
         answers.add(response.text)
     assert len(answers) == 1
     assert bob.get("/images").status_code == 404  # nothing was registered (VISOR: 404)
+
+
+def test_an_image_is_private_unless_its_owner_says_otherwise(cloud: Cloud) -> None:
+    alice, bob = member(cloud, "alice"), member(cloud, "bob")
+    made = alice.post("/images", headers=meta(name="nx-eval")).json()["image"]
+    assert made["access"] == "private"
+    assert bob.get("/images").status_code == 404  # none he may see
+    assert code(bob.get(f"/images/{made['id']}")) == (404, "not_found")
+    assert code(bob.get("/images/nx-eval/history")) == (404, "not_found")
+    shared = alice.post("/images", headers=meta(name="ours", access="public")).json()["image"]
+    assert shared["access"] == "public"
+    assert [i["name"] for i in bob.get("/images").json()["images"]] == ["ours"]
+
+
+def test_every_image_route_takes_a_name(cloud: Cloud) -> None:
+    alice, bob = member(cloud, "alice"), member(cloud, "bob")
+    data = os.urandom(4096)
+    digest = hashlib.sha256(data).hexdigest()
+    made = alice.post("/images", headers=meta(name="nx-eval", format="raw")).json()["image"]
+    # The resumable upload, by name: start, state, a part, cancel; then again to the end.
+    started = alice.post("/images/nx-eval/upload", json={"size": len(data), "sha256": digest})
+    assert started.status_code == 201, started.text
+    assert alice.get("/images/nx-eval/upload").json()["upload"]["offset"] == 0
+    octet = {"Content-Type": "application/octet-stream"}
+    part = alice.patch(
+        "/images/nx-eval/upload", headers={**octet, "Upload-Offset": "0"}, content=data[:100]
+    )
+    assert part.json()["upload"]["offset"] == 100
+    assert alice.delete("/images/nx-eval/upload").json() == {"upload": None}
+    assert (
+        alice.post("/images/nx-eval/upload", json={"size": len(data), "sha256": digest}).status_code
+        == 201
+    )
+    done = alice.patch(
+        "/images/nx-eval/upload", headers={**octet, "Upload-Offset": "0"}, content=data
+    )
+    assert done.json()["image"]["status"] == "available", done.text
+    # HEAD, GET (the file), PUT, history, DELETE.
+    head = alice.head("/images/nx-eval")
+    assert head.status_code == 200 and head.headers["x-image-meta-id"] == made["id"]
+    assert alice.get("/images/nx-eval").content == data
+    changed = alice.put("/images/nx-eval", headers=meta(os="linux")).json()["image"]
+    assert changed["id"] == made["id"] and changed["os"] == "linux"
+    actions = [e["action"] for e in alice.get("/images/nx-eval/history").json()["history"]]
+    assert actions[0] == "register" and actions[-1] == "update"
+    # Another user does not see a private image by its name either.
+    assert bob.head("/images/nx-eval").status_code == 404
+    assert code(bob.delete("/images/nx-eval")) == (404, "not_found")
+    assert alice.delete("/images/nx-eval").json()["image"]["id"] == made["id"]
+    assert code(alice.get("/images/nx-eval/history")) == (404, "not_found")
+
+
+def test_a_name_several_images_carry(cloud: Cloud) -> None:
+    alice = member(cloud, "alice")
+    secret = cloud.client().add_user("bob", "bob@example.com")["key"]["secret"]
+    bob = httpx.Client(base_url=cloud.url, auth=LaminaAuth("bob", secret), timeout=60)
+    theirs = alice.post("/images", headers=meta(name="base", access="public")).json()["image"]
+    admins = cloud.http.post("/images", headers=meta(name="base", access="public")).json()["image"]
+    # Each owner's own comes first.
+    assert alice.get("/images/base/history").status_code == 200
+    assert alice.head("/images/base").headers["x-image-meta-id"] == theirs["id"]
+    assert cloud.http.head("/images/base").headers["x-image-meta-id"] == admins["id"]
+    # Bob owns neither: ambiguous, listing both; HEAD has only its status to say so.
+    ambiguous = bob.get("/images/base/history")
+    assert code(ambiguous) == (400, "ambiguous_name")
+    candidates = {c["id"] for c in ambiguous.json()["details"]["candidates"]}
+    assert candidates == {theirs["id"], admins["id"]}
+    assert bob.head("/images/base").status_code == 400
+    # Ids keep VISOR's answers: readable by him, not his to change.
+    assert code(bob.delete(f"/images/{theirs['id']}")) == (403, "forbidden")
+    assert code(bob.delete("/images/base")) == (400, "ambiguous_name")
+    # The client names the candidates of a HEAD too.
+    with cloud.client("bob", secret) as client:
+        with pytest.raises(Ambiguous) as caught:
+            client.head_image("base")
+        assert {c["id"] for c in caught.value.details["candidates"]} == candidates

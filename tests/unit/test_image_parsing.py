@@ -213,6 +213,8 @@ def test_byte_progress_line() -> None:
 def test_the_image_commands() -> None:
     runner = CliRunner()
     assert set(image.commands) == {
+        "list",
+        "show",
         "brief",
         "detail",
         "head",
@@ -222,7 +224,25 @@ def test_the_image_commands() -> None:
         "delete",
         "history",
     }
+    # VISOR's verbs are aliases that say so.
+    for old, new in (("brief", "list"), ("detail", "list"), ("head", "show")):
+        assert image.commands[old].callback is image.commands[new].callback
+        assert f"Alias of `lamina image {new}` (VISOR's name" in (image.commands[old].help or "")
     bad = runner.invoke(image, ["add", "name"])
     assert bad.exit_code == 2 and "is not key=value" in bad.output
     nothing = runner.invoke(image, ["delete"])
-    assert nothing.exit_code == 2 and "give image ids or --query" in nothing.output
+    assert nothing.exit_code == 2 and "give image ids or names, or --query" in nothing.output
+    colour = runner.invoke(image, ["list", "--format", "qcow3"])
+    assert colour.exit_code == 2 and "'qcow3' is not one of 'iso', 'raw', 'qcow2'" in colour.output
+
+
+def test_the_cli_choices_are_the_api_values() -> None:
+    from lamina.cli import image as cli_image
+    from lamina.images import models, service
+
+    assert cli_image.STATUSES == models.STATUSES
+    assert cli_image.TYPES == models.TYPES
+    assert cli_image.FORMATS == models.FORMATS
+    assert cli_image.ARCHITECTURES == models.ARCHITECTURES
+    assert cli_image.ACCESS == models.ACCESS
+    assert cli_image.SORTABLE == service.SORTABLE

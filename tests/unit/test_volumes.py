@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from lamina.agent.drivers.base import DiskSpec, GuestSpec
 from lamina.compute.models import Host, Instance
 from lamina.errors import (
+    Ambiguous,
     BackendUnavailable,
     CommandFailed,
     Conflict,
@@ -393,6 +394,73 @@ def test_a_failed_snapshot_is_marked_and_leaves_nothing(svc: Services) -> None:
         service.create_volume(svc, ALICE, snapshot=snap_id)
 
 
+# -- names --------------------------------------------------------------------------------
+
+
+def test_volumes_and_snapshots_are_found_by_name(svc: Services) -> None:
+    created, _ = service.create_volume(svc, ALICE, size_bytes=GiB, name="data")
+    assert created["name"] == "data"
+    run_jobs(svc)
+    assert service.show_volume(svc, ALICE, "data")["id"] == created["id"]
+    snap, _ = service.create_snapshot(svc, ALICE, "data", "c", name="nightly")
+    assert (snap["name"], snap["volume"], snap["volume_name"]) == ("nightly", created["id"], "data")
+    run_jobs(svc)
+    assert service.show_snapshot(svc, ALICE, "nightly")["id"] == snap["id"]
+    assert [x["id"] for x in service.list_snapshots(svc, ALICE, volume="data")] == [snap["id"]]
+    restored, _ = service.create_volume(svc, ALICE, snapshot="nightly", name="restored")
+    assert restored["snapshot"] == snap["id"]
+    run_jobs(svc)
+    assert [v["name"] for v in service.list_volumes(svc, ALICE, name="restored")] == ["restored"]
+    assert [v["id"] for v in service.list_volumes(svc, ALICE, ids=["data", restored["id"]])] == [
+        created["id"],
+        restored["id"],
+    ]
+    service.attach_volume(svc, ALICE, "data", "web", None)
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    [attached] = service.list_volumes(svc, ALICE, instance="web")
+    assert attached["name"] == "data" and attached["attachment"]["instance_name"] == "web"
+    service.detach_volume(svc, ALICE, "data")
+    run_jobs(svc)
+    service.extend_volume(svc, ALICE, "data", 2 * GiB)
+    run_jobs(svc)
+    assert volume(svc, created["id"]).size_bytes == 2 * GiB
+    # The other user's names are not theirs to use.
+    with pytest.raises(LaminaError, match="volume 'data' does not exist"):
+        service.show_volume(svc, BOB, "data")
+
+
+def test_a_name_is_optional_and_a_dns_label(svc: Services) -> None:
+    unnamed, _ = service.create_volume(svc, ALICE, size_bytes=GiB)
+    assert unnamed["name"] is None
+    for bad in ("Data", "-x", "a_b", "x" * 64, "vol-0123456789abcdef"):
+        with pytest.raises(InvalidRequest, match="volume name") as caught:
+            service.create_volume(svc, ALICE, size_bytes=GiB, name=bad)
+        assert caught.value.details["fields"][0]["field"] == "name"
+    run_jobs(svc)
+    with pytest.raises(InvalidRequest, match="snapshot name"):
+        service.create_snapshot(svc, ALICE, unnamed["id"], name="snap-0123456789abcdef")
+
+
+def test_a_name_several_volumes_carry_is_ambiguous_unless_one_is_the_callers(
+    svc: Services,
+) -> None:
+    mine, _ = service.create_volume(svc, ALICE, size_bytes=GiB, name="shared")
+    admins, _ = service.create_volume(svc, ADMIN, size_bytes=GiB, name="shared")
+    run_jobs(svc)
+    # Each owner's own volume of that name comes first.
+    assert service.show_volume(svc, ALICE, "shared")["id"] == mine["id"]
+    assert service.show_volume(svc, ADMIN, "shared")["id"] == admins["id"]
+    # Two of a member's own: ambiguous, listing both; the ids still work.
+    second, _ = service.create_volume(svc, ALICE, size_bytes=GiB, name="shared")
+    run_jobs(svc)
+    with pytest.raises(Ambiguous) as caught:
+        service.delete_volume(svc, ALICE, "shared")
+    assert caught.value.code == "ambiguous_name" and caught.value.status == 400
+    assert {c["id"] for c in caught.value.details["candidates"]} == {mine["id"], second["id"]}
+    assert service.show_volume(svc, ALICE, second["id"])["name"] == "shared"
+
+
 # -- attach and detach --------------------------------------------------------------------
 
 
@@ -740,3 +808,25 @@ def test_only_this_deployments_old_enough_exports_of_unknown_volumes_are_withdra
         "vol-00000000000000a3",
         "vol-00000000000000a4",
     ]
+
+
+def test_the_cli_choices_are_the_api_values() -> None:
+    from lamina.cli import snapshot as cli_snapshot
+    from lamina.cli import volume as cli_volume
+    from lamina.volumes.models import SNAPSHOT_STATUSES, VOLUME_STATUSES
+
+    assert cli_volume.STATUSES == VOLUME_STATUSES
+    assert cli_snapshot.STATUSES == SNAPSHOT_STATUSES
+    assert list(cli_volume.DEVICES) == service.DEVICES
+
+
+def test_the_cli_names_its_own_flags_for_the_api_fields() -> None:
+    from lamina.cli import snapshot as cli_snapshot
+    from lamina.cli import volume as cli_volume
+    from lamina.cli.flags import flag_names
+
+    create = flag_names(cli_volume.volume.commands["create"])
+    assert (create["size_bytes"], create["clone"], create["name"]) == ("--size", "--copy", "--name")
+    assert flag_names(cli_volume.volume.commands["extend"])["size_bytes"] == "--size"
+    assert flag_names(cli_volume.volume.commands["attach"])["instance"] == "INSTANCE"
+    assert flag_names(cli_snapshot.snapshot.commands["create"])["volume"] == "VOLUME"

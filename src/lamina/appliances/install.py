@@ -260,7 +260,9 @@ def _store(ctx: StepContext, ref: FileRef, part: Path) -> str:
                 "store": store_name,
             }
             others = {"install_job": ctx.job_id, "sha256": ref.sha256}
-            row = images.register(s, who, fields, others, svc.settings.images.default_access)
+            # Public: an installed appliance is there for every member to deploy, and a
+            # deploy reads its layers as the member (images.default_access is for uploads).
+            row = images.register(s, who, fields, others, "public")
             image_id = row.id
         images.begin_upload(s, who, images.get_image(s, image_id, who), WRITER)
     store = pick(svc.stores, store_name)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from lamina.client.credentials import Credentials, check_url, load_credentials
 from lamina.errors import (
@@ -351,7 +352,7 @@ class Client:
     def remove_appliance(self, appliance_id: str) -> dict[str, Any]:
         return self._take("appliance", "DELETE", f"/appliances/{appliance_id}")
 
-    # -- volumes and snapshots
+    # -- volumes and snapshots (each taken by its id or its name)
     def create_volume(
         self,
         size_bytes: int | None = None,
@@ -359,33 +360,41 @@ class Client:
         comment: str = "",
         host: str | None = None,
         clone: bool = True,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """Answer ``{"volume", "job"}``: the volume comes back ``creating``."""
+        """Answer ``{"volume", "job"}``: the volume comes back ``creating``. ``snapshot``:
+        a snapshot's id or name."""
         body: dict[str, Any] = {"comment": comment, "clone": clone}
-        for key, value in (("size_bytes", size_bytes), ("snapshot", snapshot), ("host", host)):
+        optional = (("size_bytes", size_bytes), ("snapshot", snapshot), ("host", host))
+        for key, value in (*optional, ("name", name)):
             if value is not None:
                 body[key] = value
         return self.request("POST", "/volumes", json=body)
 
     def volumes(
-        self, ids: list[str] | None = None, status: str | None = None, instance: str | None = None
+        self,
+        ids: list[str] | None = None,
+        status: str | None = None,
+        instance: str | None = None,
+        name: str | None = None,
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {
-            k: v for k, v in (("status", status), ("instance", instance)) if v
-        }
+        """Volumes, oldest first: ``ids`` (ids or names) only, those of ``status``, of
+        ``name``, the one attached to ``instance`` (id or name)."""
+        chosen = (("status", status), ("instance", instance), ("name", name))
+        params: dict[str, Any] = {k: v for k, v in chosen if v}
         if ids:
             params["id"] = list(ids)
         return self._take("volumes", "GET", "/volumes", params=params)
 
     def volume(self, volume_id: str) -> dict[str, Any]:
-        return self._take("volume", "GET", f"/volumes/{volume_id}")
+        return self._take("volume", "GET", f"/volumes/{_segment(volume_id)}")
 
     def delete_volume(self, volume_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/volumes/{volume_id}")
+        return self.request("DELETE", f"/volumes/{_segment(volume_id)}")
 
     def extend_volume(self, volume_id: str, size_bytes: int) -> dict[str, Any]:
         body = {"size_bytes": size_bytes}
-        return self.request("POST", f"/volumes/{volume_id}/extend", json=body)
+        return self.request("POST", f"/volumes/{_segment(volume_id)}/extend", json=body)
 
     def attach_volume(
         self, volume_id: str, instance: str, device: str | None = None
@@ -393,29 +402,40 @@ class Client:
         body: dict[str, Any] = {"instance": instance}
         if device:
             body["device"] = device
-        return self.request("PUT", f"/volumes/{volume_id}/attachment", json=body)
+        return self.request("PUT", f"/volumes/{_segment(volume_id)}/attachment", json=body)
 
     def detach_volume(self, volume_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/volumes/{volume_id}/attachment")
+        return self.request("DELETE", f"/volumes/{_segment(volume_id)}/attachment")
 
-    def create_snapshot(self, volume_id: str, comment: str = "") -> dict[str, Any]:
+    def create_snapshot(
+        self, volume_id: str, comment: str = "", name: str | None = None
+    ) -> dict[str, Any]:
         """Answer ``{"snapshot", "job"}``: the snapshot comes back ``pending``."""
-        body = {"volume": volume_id, "comment": comment}
+        body: dict[str, Any] = {"volume": volume_id, "comment": comment}
+        if name is not None:
+            body["name"] = name
         return self.request("POST", "/snapshots", json=body)
 
     def snapshots(
-        self, ids: list[str] | None = None, status: str | None = None, volume: str | None = None
+        self,
+        ids: list[str] | None = None,
+        status: str | None = None,
+        volume: str | None = None,
+        name: str | None = None,
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {k: v for k, v in (("status", status), ("volume", volume)) if v}
+        """Snapshots, oldest first: ``ids`` (ids or names) only, those of ``status``, of
+        ``name``, of ``volume`` (id or name)."""
+        chosen = (("status", status), ("volume", volume), ("name", name))
+        params: dict[str, Any] = {k: v for k, v in chosen if v}
         if ids:
             params["id"] = list(ids)
         return self._take("snapshots", "GET", "/snapshots", params=params)
 
     def snapshot(self, snapshot_id: str) -> dict[str, Any]:
-        return self._take("snapshot", "GET", f"/snapshots/{snapshot_id}")
+        return self._take("snapshot", "GET", f"/snapshots/{_segment(snapshot_id)}")
 
     def delete_snapshot(self, snapshot_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/snapshots/{snapshot_id}")
+        return self.request("DELETE", f"/snapshots/{_segment(snapshot_id)}")
 
     # -- sharing
     def set_visibility(self, ref: str, visibility: str) -> dict[str, Any]:
@@ -482,11 +502,15 @@ class Client:
         return self._take("event", "GET", f"/audit/{event_id}")
 
     # -- images (VISOR's programming API, table 4.9, as streaming calls)
+    # Every call that takes an image takes its id or its name (the caller's own image of
+    # that name first; ``Ambiguous`` listing the candidates when several may be meant).
     def head_image(self, image_id: str) -> dict[str, Any]:
-        """An image's detailed metadata, read from the ``X-Image-Meta-*`` headers of
-        ``HEAD /images/{id}``. Raises ``NotFound`` for an unknown or invisible image."""
+        """An image's detailed metadata (by id or name), read from the ``X-Image-Meta-*``
+        headers of ``HEAD /images/{ref}``. Raises ``NotFound`` for an unknown or invisible
+        image, ``Ambiguous`` for a name several images carry."""
+        path = f"/images/{_segment(image_id)}"
         try:
-            response = self._http.request("HEAD", f"/images/{image_id}")
+            response = self._http.request("HEAD", path)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.status_code == 404:
@@ -494,6 +518,10 @@ class Client:
         if response.status_code == 403:
             # A HEAD answer has no body to carry the reason.
             raise Forbidden(f"HEAD /images/{image_id} was refused (403): check your keys")
+        if response.status_code == 400:
+            # Nor the candidates of an ambiguous name: a GET of the same image's history
+            # (a read with no side effect) answers the same error with its body.
+            self._take("history", "GET", f"{path}/history")
         raise_for_error(response)
         return meta_from_headers(response.headers)
 
@@ -569,7 +597,7 @@ class Client:
         (``PUT /images/{id}``), streamed as ``add_image`` does. Only a ``locked`` or
         ``error`` image takes a file: ``InvalidState`` (409) otherwise."""
         kwargs = _upload(meta or {}, file, location, progress)
-        return self._take("image", "PUT", f"/images/{image_id}", **kwargs)
+        return self._take("image", "PUT", f"/images/{_segment(image_id)}", **kwargs)
 
     def get_image(
         self,
@@ -634,7 +662,8 @@ class Client:
         done = offset
         total: int | None = None
         try:
-            with self._http.stream("GET", f"/images/{image_id}", headers=headers) as response:
+            path = f"/images/{_segment(image_id)}"
+            with self._http.stream("GET", path, headers=headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_error(response)
@@ -669,14 +698,20 @@ class Client:
     def delete_image(self, image_id: str) -> dict[str, Any]:
         """Remove an image's metadata and file; returns the metadata it had (VISOR: so it
         can be registered again)."""
-        return self._take("image", "DELETE", f"/images/{image_id}")
+        return self._take("image", "DELETE", f"/images/{_segment(image_id)}")
 
     def image_history(self, image_id: str) -> list[dict[str, Any]]:
         """Who did what to an image, and when, oldest first."""
-        return self._take("history", "GET", f"/images/{image_id}/history")
+        return self._take("history", "GET", f"/images/{_segment(image_id)}/history")
 
 
 # -- images: the pure parts ------------------------------------------------------------------
+
+
+def _segment(ref: str) -> str:
+    """An id or a name as one path segment (a name may hold spaces, ``?`` or ``#``)."""
+    return quote(ref, safe="")
+
 
 #: ``progress(bytes_done, total_bytes_or_None)``, called as an image file moves.
 Progress = Callable[[int, int | None], None]

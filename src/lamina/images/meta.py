@@ -90,8 +90,8 @@ def _check(key: str, value: Any) -> Any:
         return text
     if key in CHOICES and text not in CHOICES[key]:
         raise InvalidRequest(f"{key} {excerpt(text)!r} is not one of {', '.join(CHOICES[key])}")
-    if key in ("kernel", "ramdisk") and not re.match(r"^[0-9a-f-]{36}$", text):
-        raise InvalidRequest(f"{key} must be the id of a registered image")
+    if key in ("kernel", "ramdisk") and not 1 <= len(text) <= 255:
+        raise InvalidRequest(f"{key} must be the id or name of a registered image")
     return text
 
 

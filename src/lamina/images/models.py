@@ -39,7 +39,7 @@ class Image(Base):
     name: Mapped[str] = mapped_column(String(255), index=True)
     architecture: Mapped[str | None] = mapped_column(String(16))
     #: public or private (VISOR's name for what instances call visibility).
-    access: Mapped[str] = mapped_column(String(16), default="public", index=True)
+    access: Mapped[str] = mapped_column(String(16), default="private", index=True)
     status: Mapped[str] = mapped_column(String(16), default="locked", index=True)
     size: Mapped[int | None] = mapped_column(BigInteger)
     type: Mapped[str | None] = mapped_column(String(16))

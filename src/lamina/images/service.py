@@ -101,35 +101,41 @@ _UPDATE = (
 )
 
 
-def image_row(session: Session, image_id: str, who: Principal, need: Need = "read") -> ImageRow:
-    """``get_image`` as a read-only row."""
-    row = session.connection().execute(_ROW, {"image_id": image_id}).first()
+def image_row(session: Session, ref: str, who: Principal, need: Need = "read") -> ImageRow:
+    """``get_image`` as a read-only row (by id, else by name)."""
+    row = session.connection().execute(_ROW, {"image_id": ref}).first()
     if row is None:
-        raise NotFound(f"image {image_id!r} does not exist", image=image_id)
-    check(session, who, KIND, row, need, image_id)
+        image_id = _named(session, ref, who).id
+        row = session.connection().execute(_ROW, {"image_id": image_id}).one()
+    check(session, who, KIND, row, need, ref)
     return row
 
 
-def get_image(session: Session, image_id: str, who: Principal, need: Need = "read") -> Image:
-    image = session.get(Image, image_id)
+def get_image(session: Session, ref: str, who: Principal, need: Need = "read") -> Image:
+    """The image ``ref`` means (its id, else its name: see ``find_image``), if ``who`` may
+    see it (else NotFound) and do what ``need`` says (else Forbidden)."""
+    image = session.get(Image, ref)
     if image is None:
-        raise NotFound(f"image {image_id!r} does not exist", image=image_id)
-    check(session, who, KIND, image, need, image_id)
+        image = _named(session, ref, who)
+    check(session, who, KIND, image, need, ref)
     return image
 
 
-def find_image(session: Session, ref: str, who: Principal) -> Image:
-    """An image ``who`` may read, by id, else by name (the caller's own image of that name
-    first). NotFound when there is none they may see; InvalidRequest when several are
-    named so."""
-    image = session.get(Image, ref)
-    if image is not None:
-        check(session, who, KIND, image, "read", ref)
-        return image
+def find_image(session: Session, ref: str, who: Principal, need: Need = "read") -> Image:
+    """An image ``who`` may see, by id, else by name (``lamina.db.refs.pick_named``: the
+    caller's own image of that name first, else the only one they may see). An id keeps
+    VISOR's answers: NotFound for an image the caller may not see, Forbidden for one they
+    may see but not do ``need`` on. NotFound when no image they may see has the name;
+    ``Ambiguous`` (400, listing the candidates) when several have it."""
+    return get_image(session, ref, who, need)
+
+
+def _named(session: Session, ref: str, who: Principal) -> Image:
     named = list(
         session.scalars(
             select(Image)
             .where(Image.name == ref, visible_to(who, KIND, Image.id, Image.owner, Image.access))
+            .order_by(Image.created_at, Image.id)
             .limit(100)
         )
     )
@@ -140,13 +146,17 @@ def find_image(session: Session, ref: str, who: Principal) -> Image:
 
 
 def _check_links(session: Session, who: Principal, fields: dict[str, Any]) -> None:
+    """The ``kernel`` and ``ramdisk`` an image names (an id or a name, stored as the id) are
+    images ``who`` may see, of that type or none."""
     for key, kind in (("kernel", "kernel"), ("ramdisk", "ramdisk")):
         ref = fields.get(key)
         if not ref:
             continue
-        target = session.get(Image, ref)
-        if target is None or not may_see(session, who, target, KIND):
-            raise InvalidRequest(f"{key} {ref!r} is not a registered image")
+        try:
+            target = get_image(session, ref, who)
+        except NotFound:
+            raise InvalidRequest(f"{key} {ref!r} is not a registered image") from None
+        fields[key] = target.id
         if target.type not in (kind, None):
             raise InvalidRequest(f"{key} {ref!r} is an image of type {target.type!r}")
 
@@ -189,10 +199,11 @@ def register(
 
 
 def update(
-    session: Session, who: Principal, image_id: str, fields: dict[str, Any], others: dict[str, str]
+    session: Session, who: Principal, ref: str, fields: dict[str, Any], others: dict[str, str]
 ) -> ImageRow:
-    """Change user-managed attributes (owners and admins)."""
-    image = image_row(session, image_id, who, "own")
+    """Change user-managed attributes of the image ``ref`` (id or name; owners and admins)."""
+    image = image_row(session, ref, who, "own")
+    image_id = image.id
     _check_links(session, who, fields)
     if "store" in fields and fields["store"] != image.store and image.status == "available":
         raise Conflict("the store of an available image cannot change")

@@ -137,7 +137,7 @@ async def add_image(
 async def update_image(
     svc: Services,
     who: Principal,
-    image_id: str,
+    ref: str,
     fields: dict[str, Any],
     others: dict[str, Any],
     declared: dict[str, str],
@@ -145,8 +145,8 @@ async def update_image(
     upload: Upload | None = None,
     base: str = "",
 ) -> dict[str, Any]:
-    """Change metadata and/or give a ``locked`` or ``error`` image its file (``upload``) or
-    its ``location`` (in ``fields``; read-only stores)."""
+    """Change metadata and/or give a ``locked`` or ``error`` image (``ref``: its id or name)
+    its file (``upload``) or its ``location`` (in ``fields``; read-only stores)."""
     location = fields.get("location")
     if upload is not None and location:
         raise InvalidRequest("give the image's file or its location, not both")
@@ -161,9 +161,10 @@ async def update_image(
 
     def change(s: Session) -> tuple[str, dict[str, Any]]:
         if fields.keys() - {"location"} or others:
-            row = service.update(s, who, image_id, fields, others)
+            row = service.update(s, who, ref, fields, others)
         else:
-            row = service.image_row(s, image_id, who)
+            row = service.image_row(s, ref, who)
+        image_id = row.id
         if not (upload is not None or location):
             return row.store, service.describe(row, base)
         store = pick(svc.stores, row.store)
@@ -182,6 +183,7 @@ async def update_image(
         return image.store, service.describe(image, base)
 
     store_name, described = await svc.db.batched(change)
+    image_id = str(described["id"])
     store = svc.stores[store_name]
     if upload is not None:
         described = await _receive(svc, who, image_id, store, upload, declared, allowance[-1], base)
@@ -206,10 +208,12 @@ async def update_image(
     return described
 
 
-def delete_image(svc: Services, who: Principal, image_id: str, base: str = "") -> dict[str, Any]:
-    """Remove the metadata and the file; the removed metadata (to register it again)."""
+def delete_image(svc: Services, who: Principal, ref: str, base: str = "") -> dict[str, Any]:
+    """Remove the image ``ref`` (id or name): metadata and file; the removed metadata (to
+    register it again)."""
     with svc.db.write() as s:
-        image = service.get_image(s, image_id, who)
+        image = service.get_image(s, ref, who)
+        image_id = image.id
         described = service.describe(image, base)
         where = service.delete(s, who, image)
     store = svc.stores.get(where["store"])
@@ -275,29 +279,31 @@ def statistics(svc: Services, who: Principal) -> dict[str, Any]:
         return service.statistics(s, who)
 
 
-def show_image(svc: Services, who: Principal, image_id: str, base: str = "") -> dict[str, Any]:
-    """One image's metadata (a read of one row: cheap enough for the event loop)."""
+def show_image(svc: Services, who: Principal, ref: str, base: str = "") -> dict[str, Any]:
+    """One image's metadata, by id or name (a read of one row: cheap enough for the event
+    loop)."""
     with svc.db.read() as s:
-        row = service.image_row(s, image_id, who)
+        row = service.image_row(s, ref, who)
         return service.describe(row, base, viewer=who)
 
 
-def image_history(svc: Services, who: Principal, image_id: str) -> list[dict[str, Any]]:
-    """What was done to an image, oldest first."""
+def image_history(svc: Services, who: Principal, ref: str) -> list[dict[str, Any]]:
+    """What was done to an image (id or name), oldest first."""
     with svc.db.read() as s:
-        image = service.get_image(s, image_id, who)
+        image = service.get_image(s, ref, who)
         return service.history(s, who, image)
 
 
 def download(
-    svc: Services, who: Principal, image_id: str, range_: str | None = None, base: str = ""
+    svc: Services, who: Principal, ref: str, range_: str | None = None, base: str = ""
 ) -> Download:
-    """An available image's file, whole or the single byte range ``range_`` (a ``Range``
-    header's value; outside the file: 416), counted as one more download."""
+    """An available image's file (``ref``: id or name), whole or the single byte range
+    ``range_`` (a ``Range`` header's value; outside the file: 416), counted as one more
+    download."""
     with svc.db.write() as s:
-        image = service.get_image(s, image_id, who)
+        image = service.get_image(s, ref, who)
         if image.status != "available" or not image.location or image.size is None:
-            raise NotFound(f"image {image_id} has no file (it is {image.status})")
+            raise NotFound(f"image {image.id} has no file (it is {image.status})")
         span = parse_range(range_, image.size)
         service.touch(s, image)
         described = service.describe(image, base, viewer=who)
@@ -310,48 +316,50 @@ def download(
 
 
 def start_resumable(
-    svc: Services, who: Principal, image_id: str, size: int, sha256: str
+    svc: Services, who: Principal, ref: str, size: int, sha256: str
 ) -> dict[str, Any]:
-    """Begin a resumable upload of a ``locked`` or ``error`` image of ``size`` bytes and
-    this SHA-256; parts follow with ``upload_part``. The upload's state."""
+    """Begin a resumable upload of a ``locked`` or ``error`` image (id or name) of ``size``
+    bytes and this SHA-256; parts follow with ``upload_part``. The upload's state."""
     with svc.db.write() as s:
-        image = service.get_image(s, image_id, who)
+        image = service.get_image(s, ref, who)
         store = pick(svc.stores, image.store)
         if not store.capabilities.writable:
             raise InvalidRequest(f"the {image.store} store is read-only: upload to another store")
         limits.allow(s, image.owner, store, svc.settings.images.max_size_bytes, size, _staging(svc))
         service.begin_upload(s, who, image, resumable.RESUMABLE)
         image.upload_size, image.upload_sha256 = size, sha256
-        resumable.discard(_staging(svc), image_id)
+        resumable.discard(_staging(svc), image.id)
         return _upload_state(svc, image)
 
 
-def resumable_state(svc: Services, who: Principal, image_id: str) -> dict[str, Any]:
-    """How much of a resumable upload the server has: continue from ``offset``."""
+def resumable_state(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
+    """How much of a resumable upload of image ``ref`` (id or name) the server has:
+    continue from ``offset``."""
     with svc.db.read() as s:
-        return _upload_state(svc, service.get_image(s, image_id, who, "own"))
+        return _upload_state(svc, service.get_image(s, ref, who, "own"))
 
 
 async def upload_part(
     svc: Services,
     who: Principal,
-    image_id: str,
+    ref: str,
     offset: int,
     blocks: AsyncIterator[bytes],
     base: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Append ``blocks`` at ``offset`` (the bytes already sent); the upload's state and,
-    after the last part, the image: available, or error if the whole does not match the
-    declared size and SHA-256."""
+    """Append ``blocks`` at ``offset`` (the bytes already sent) to the upload of image
+    ``ref`` (id or name); the upload's state and, after the last part, the image:
+    available, or error if the whole does not match the declared size and SHA-256."""
 
-    def load() -> tuple[int, str, str]:
+    def load() -> tuple[str, int, str, str]:
         with svc.db.write() as s:
-            image = service.get_image(s, image_id, who, "own")
+            image = service.get_image(s, ref, who, "own")
             size, sha256 = resumable.check_open(image)
             image.upload_seen = utcnow()
-            return size, sha256, image.store
+            return image.id, size, sha256, image.store
 
-    size, sha256, store_name = await anyio.to_thread.run_sync(load)
+    # The staging file is named by the id, never by what the caller wrote.
+    image_id, size, sha256, store_name = await anyio.to_thread.run_sync(load)
     root = _staging(svc)
     done = await anyio.to_thread.run_sync(
         resumable.append, root, image_id, offset, size, body_blocks(blocks)
@@ -375,10 +383,12 @@ async def upload_part(
     return state, await anyio.to_thread.run_sync(finish)
 
 
-def cancel_resumable(svc: Services, who: Principal, image_id: str) -> None:
-    """Give up a resumable upload: the staged bytes go, the image turns to ``error``."""
+def cancel_resumable(svc: Services, who: Principal, ref: str) -> None:
+    """Give up a resumable upload of image ``ref`` (id or name): the staged bytes go, the
+    image turns to ``error``."""
     with svc.db.write() as s:
-        image = service.get_image(s, image_id, who, "own")
+        image = service.get_image(s, ref, who, "own")
+        image_id = image.id
         resumable.check_open(image)
         service.fail_upload(s, image_id, "upload cancelled")
     resumable.discard(_staging(svc), image_id)

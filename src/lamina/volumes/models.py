@@ -42,6 +42,8 @@ class Volume(Base):
     __tablename__ = "volumes"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=volume_id)
+    #: Optional, as Cinder's; not unique (``lamina.db.refs.pick_named`` resolves a name).
+    name: Mapped[str | None] = mapped_column(String(63), index=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="creating", index=True)
@@ -68,6 +70,7 @@ class Snapshot(Base):
     __tablename__ = "snapshots"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=snapshot_id)
+    name: Mapped[str | None] = mapped_column(String(63), index=True)
     #: A plain id, no foreign key: a snapshot outlives its volume.
     volume_id: Mapped[str] = mapped_column(String(40), index=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -20,13 +20,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lamina.compute.hosts import get_host
-from lamina.compute.instances import get_instance
+from lamina.compute.instances import NAME, get_instance
 from lamina.compute.models import Host, Instance
+from lamina.db.refs import pick_named
 from lamina.errors import (
     Conflict,
     Forbidden,
@@ -37,6 +38,7 @@ from lamina.errors import (
     TooLarge,
 )
 from lamina.identity.access import Need, check
+from lamina.identity.models import Grant
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 VOLUME = "volume"
 SNAPSHOT = "snapshot"
 DEVICE = re.compile(r"^vd[b-z]$")
+#: What ids look like (``volumes.models``): a name may not, or it would hide behind an id.
+LOOKS_LIKE_ID = re.compile(r"^(vol|snap)-[0-9a-f]{16}$")
 DEVICES = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"]
 #: volume status -> the statuses it may move to (docs/volumes.md, "States").
 TRANSITIONS: dict[str, tuple[str, ...]] = {
@@ -90,6 +94,22 @@ class VolumeNotFound(NotFound):
 class SnapshotNotFound(NotFound):
     def __init__(self, snapshot_id: str) -> None:
         super().__init__(f"snapshot {snapshot_id!r} does not exist", snapshot=snapshot_id)
+
+
+def check_name(kind: str, name: str | None) -> None:
+    """InvalidRequest unless ``name`` (optional: None is no name) is a DNS label, as
+    instance and network names are, and does not look like a volume or snapshot id."""
+    if name is None:
+        return
+    problem = None
+    if not NAME.match(name):
+        problem = "must be 1-63 lower-case letters, digits or '-', not starting or ending with '-'"
+    elif LOOKS_LIKE_ID.match(name):
+        problem = "looks like an id: choose another"
+    if problem:
+        raise InvalidRequest(
+            f"{kind} name {name!r} {problem}", fields=[{"field": "name", "message": problem}]
+        )
 
 
 # -- states -------------------------------------------------------------------------------
@@ -153,13 +173,15 @@ def create_volume(
     comment: str = "",
     host: str | None = None,
     clone: bool = True,
+    name: str | None = None,
 ) -> tuple[dict[str, Any], Job]:
-    """Record a ``creating`` volume of ``size_bytes`` (empty) or made from a completed
-    ``snapshot`` (at least the snapshot's size; copy-on-write if ``clone`` and the backend can,
-    else a copy) on the volume server (``host``: administrators only) and queue the
-    ``volume.create`` job. ``TooLarge`` for a size past what the server takes (its agent is
-    asked: ``BackendUnavailable`` if it cannot be reached), ``QuotaExceeded`` past the
-    caller's ``volume_bytes``: nothing recorded."""
+    """Record a ``creating`` volume (``name``: optional, not unique) of ``size_bytes``
+    (empty) or made from a completed ``snapshot`` (id or name; at least the snapshot's size;
+    copy-on-write if ``clone`` and the backend can, else a copy) on the volume server
+    (``host``: administrators only) and queue the ``volume.create`` job. ``TooLarge`` for a
+    size past what the server takes (its agent is asked: ``BackendUnavailable`` if it cannot
+    be reached), ``QuotaExceeded`` past the caller's ``volume_bytes``: nothing recorded."""
+    check_name(VOLUME, name)
     with svc.db.read() as s:
         server = _server_for(s, who, host, snapshot)
     room = _room_on(svc, server)
@@ -174,6 +196,7 @@ def create_volume(
             host=host,
             clone=clone,
             room=room,
+            name=name,
         )
         result = _describe_volume(s, volume), job
     svc.wake_jobs()
@@ -187,16 +210,17 @@ def list_volumes(
     ids: list[str] | None = None,
     status: str | None = None,
     instance: str | None = None,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ids, status and
-    the instance (id or name) they are attached to."""
+    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ``ids`` (ids or
+    names), status, name and the instance (id or name) they are attached to."""
     with svc.db.read() as s:
-        found = _list_volumes(s, who, ids=ids, status=status, instance=instance)
+        found = _list_volumes(s, who, ids=ids, status=status, instance=instance, name=name)
         return [_describe_volume(s, v) for v in found]
 
 
 def show_volume(svc: Services, who: Principal, volume_id: str) -> dict[str, Any]:
-    """One volume ``who`` may see (``VolumeNotFound`` otherwise)."""
+    """One volume ``who`` may see, by id or name (``VolumeNotFound`` otherwise)."""
     with svc.db.read() as s:
         return _describe_volume(s, _get_volume(s, volume_id, who))
 
@@ -292,14 +316,16 @@ def detach_volume(svc: Services, who: Principal, volume_id: str) -> tuple[dict[s
 
 
 def create_snapshot(
-    svc: Services, who: Principal, volume_id: str, comment: str = ""
+    svc: Services, who: Principal, volume_id: str, comment: str = "", name: str | None = None
 ) -> tuple[dict[str, Any], Job]:
-    """Record a ``pending`` snapshot of an ``available`` or ``in-use`` volume and queue the
-    ``snapshot.create`` job (see ``_create_snapshot``)."""
+    """Record a ``pending`` snapshot (``name``: optional, not unique) of an ``available`` or
+    ``in-use`` volume (id or name) and queue the ``snapshot.create`` job (see
+    ``_create_snapshot``)."""
+    check_name(SNAPSHOT, name)
     room = _room_of(svc, who, volume_id)
     with svc.db.write() as s:
         volume = _get_volume(s, volume_id, who, "operate", lock=True)
-        snapshot, job = _create_snapshot(s, svc.jobs, who, volume, comment, room)
+        snapshot, job = _create_snapshot(s, svc.jobs, who, volume, comment, room, name)
         result = _describe_snapshot(s, snapshot), job
     svc.wake_jobs()
     return result
@@ -312,16 +338,22 @@ def list_snapshots(
     ids: list[str] | None = None,
     status: str | None = None,
     volume: str | None = None,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The snapshots ``who`` owns (all, for admins), oldest first, filtered by ids, status
-    and volume."""
+    """The snapshots ``who`` owns (all, for admins), oldest first, filtered by ``ids`` (ids
+    or names), status, name and volume (id, or the name of a volume that still exists)."""
     with svc.db.read() as s:
-        found = _list_snapshots(s, who, ids=ids, status=status, volume=volume)
+        if volume:
+            try:
+                volume = _get_volume(s, volume, who).id
+            except NotFound:
+                pass  # a snapshot outlives its volume: the id of one deleted still filters
+        found = _list_snapshots(s, who, ids=ids, status=status, volume=volume, name=name)
         return [_describe_snapshot(s, x) for x in found]
 
 
 def show_snapshot(svc: Services, who: Principal, snapshot_id: str) -> dict[str, Any]:
-    """One snapshot ``who`` may see (``SnapshotNotFound`` otherwise)."""
+    """One snapshot ``who`` may see, by id or name (``SnapshotNotFound`` otherwise)."""
     with svc.db.read() as s:
         return _describe_snapshot(s, _get_snapshot(s, snapshot_id, who))
 
@@ -352,13 +384,46 @@ def _room_of(svc: Services, who: Principal, volume_id: str) -> Room | None:
 # -- reading ------------------------------------------------------------------------------
 
 
+def _visible(
+    who: Principal, kind: str, model: type[Volume] | type[Snapshot]
+) -> ColumnElement[bool]:
+    """Volumes and snapshots are never public: their owner's, an administrator's, or
+    granted."""
+    if who.is_admin:
+        return true()
+    granted = exists().where(
+        Grant.resource_type == kind, Grant.resource_id == model.id, Grant.user_id == who.user_id
+    )
+    return or_(model.owner == who.user_id, granted)
+
+
+def _ref_id(session: Session, who: Principal, kind: str, ref: str) -> str | None:
+    """The id ``ref`` means: itself if a volume or snapshot (``kind``) has that id, else the
+    one of that name ``who`` may see (``pick_named``: their own first; ``Ambiguous`` if
+    several); None if none."""
+    model: type[Volume] | type[Snapshot] = Volume if kind == VOLUME else Snapshot
+    if session.scalar(select(model.id).where(model.id == ref)) is not None:
+        return ref
+    named: list[Volume | Snapshot] = list(
+        session.scalars(
+            select(model)
+            .where(model.name == ref, _visible(who, kind, model))
+            .order_by(model.created_at, model.id)
+            .limit(100)
+        )
+    )
+    found = pick_named(kind, ref, named, who.user_id)
+    return found.id if found is not None else None
+
+
 def _get_volume(
     session: Session, volume_id: str, who: Principal, need: Need = "read", lock: bool = False
 ) -> Volume:
-    """A volume ``who`` may see (else VolumeNotFound) and do ``need`` on (else Forbidden).
-    ``lock`` takes its row lock (PostgreSQL) for a change of state."""
-    query = select(Volume).where(Volume.id == volume_id)
-    volume = session.scalar(query.with_for_update() if lock else query)
+    """A volume ``who`` may see, by id or name (else VolumeNotFound), and do ``need`` on
+    (else Forbidden). ``lock`` takes its row lock (PostgreSQL) for a change of state."""
+    ident = _ref_id(session, who, VOLUME, volume_id)
+    query = select(Volume).where(Volume.id == ident)
+    volume = session.scalar(query.with_for_update() if lock else query) if ident else None
     if volume is None:
         raise VolumeNotFound(volume_id)
     try:
@@ -371,8 +436,11 @@ def _get_volume(
 def _get_snapshot(
     session: Session, snapshot_id: str, who: Principal, need: Need = "read", lock: bool = False
 ) -> Snapshot:
-    query = select(Snapshot).where(Snapshot.id == snapshot_id)
-    snapshot = session.scalar(query.with_for_update() if lock else query)
+    """A snapshot ``who`` may see, by id or name (else SnapshotNotFound), and do ``need`` on
+    (else Forbidden)."""
+    ident = _ref_id(session, who, SNAPSHOT, snapshot_id)
+    query = select(Snapshot).where(Snapshot.id == ident)
+    snapshot = session.scalar(query.with_for_update() if lock else query) if ident else None
     if snapshot is None:
         raise SnapshotNotFound(snapshot_id)
     try:
@@ -389,14 +457,17 @@ def _list_volumes(
     ids: list[str] | None = None,
     status: str | None = None,
     instance: str | None = None,
+    name: str | None = None,
 ) -> list[Volume]:
-    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ids, status and
-    the instance (id or name) they are attached to."""
+    """The volumes ``who`` owns (all, for admins), oldest first, filtered by ``ids`` (ids or
+    names), status, name and the instance (id or name) they are attached to."""
     query = select(Volume).order_by(Volume.created_at, Volume.id)
     if not who.is_admin:
         query = query.where(Volume.owner == who.user_id)
     if ids:
-        query = query.where(Volume.id.in_(ids))
+        query = query.where(Volume.id.in_(ids) | Volume.name.in_(ids))
+    if name:
+        query = query.where(Volume.name == name)
     if status:
         query = query.where(Volume.status == status)
     if instance:
@@ -415,12 +486,15 @@ def _list_snapshots(
     ids: list[str] | None = None,
     status: str | None = None,
     volume: str | None = None,
+    name: str | None = None,
 ) -> list[Snapshot]:
     query = select(Snapshot).order_by(Snapshot.created_at, Snapshot.id)
     if not who.is_admin:
         query = query.where(Snapshot.owner == who.user_id)
     if ids:
-        query = query.where(Snapshot.id.in_(ids))
+        query = query.where(Snapshot.id.in_(ids) | Snapshot.name.in_(ids))
+    if name:
+        query = query.where(Snapshot.name == name)
     if status:
         query = query.where(Snapshot.status == status)
     if volume:
@@ -447,6 +521,7 @@ def _describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
         }
     return {
         "id": volume.id,
+        "name": volume.name,
         "owner": volume.owner,
         "size_bytes": volume.size_bytes,
         "status": volume.status,
@@ -467,9 +542,12 @@ def _describe_volume(session: Session, volume: Volume) -> dict[str, Any]:
 
 def _describe_snapshot(session: Session, snapshot: Snapshot) -> dict[str, Any]:
     host = session.get(Host, snapshot.host_id) if snapshot.host_id else None
+    volume = session.get(Volume, snapshot.volume_id)
     return {
         "id": snapshot.id,
+        "name": snapshot.name,
         "volume": snapshot.volume_id,
+        "volume_name": volume.name if volume is not None else None,
         "owner": snapshot.owner,
         "size_bytes": snapshot.size_bytes,
         "status": snapshot.status,
@@ -578,6 +656,7 @@ def _create_volume(
     host: str | None = None,
     clone: bool = True,
     room: Room | None = None,
+    name: str | None = None,
 ) -> tuple[Volume, Job]:
     """Record a ``creating`` volume of ``size_bytes`` (empty) or made from a completed
     ``snapshot`` (at least the snapshot's size; copy-on-write if ``clone`` and the backend can,
@@ -609,6 +688,7 @@ def _create_volume(
     _fits(room, "volume", size_bytes, size_bytes)
     check_volume_bytes(session, who.user_id, size_bytes)
     volume = Volume(
+        name=name,
         owner=who.user_id,
         size_bytes=size_bytes,
         status="creating",
@@ -720,6 +800,7 @@ def _create_snapshot(
     volume: Volume,
     comment: str = "",
     room: Room | None = None,
+    name: str | None = None,
 ) -> tuple[Snapshot, Job]:
     """Record a ``pending`` snapshot of an ``available`` or ``in-use`` volume (crash-consistent
     while attached, as EBS's) and queue the ``snapshot.create`` job. The snapshot counts its
@@ -734,6 +815,7 @@ def _create_snapshot(
     _fits(room, f"a snapshot of volume {volume.id}", None, volume.size_bytes)
     check_volume_bytes(session, volume.owner, volume.size_bytes)
     snapshot = Snapshot(
+        name=name,
         volume_id=volume.id,
         owner=volume.owner,
         size_bytes=volume.size_bytes,

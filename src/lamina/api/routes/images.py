@@ -1,6 +1,10 @@
 """``/images``: VISOR's image API (table 4.2), a thin layer over ``lamina.images.usecases``:
 headers in, headers and streams out. The handlers that stream a body or only read a row stay
-``async`` (docs/architecture.md, "What runs where")."""
+``async`` (docs/architecture.md, "What runs where").
+
+Every ``{image_id}`` is the image's id or its name (``lamina.images.service.find_image``: an
+id as VISOR answers it; a name means the caller's own image of that name, else the only one
+they may see, else ``400 ambiguous_name`` listing the candidates)."""
 
 from __future__ import annotations
 
@@ -134,6 +138,7 @@ async def head_image(image_id: str, request: Request) -> Response:
 def image_history(
     image_id: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
+    """Who did what to the image, oldest first."""
     return {"history": usecases.image_history(svc, who, image_id)}
 
 

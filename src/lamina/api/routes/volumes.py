@@ -1,5 +1,8 @@
 """``/volumes`` and ``/snapshots``: a thin layer over ``lamina.volumes.service``; who may do
-what and which state allows it is decided there. Long work answers 202 with its job."""
+what and which state allows it is decided there. Long work answers 202 with its job.
+
+Every volume or snapshot in a path or body is its id or its name (``lamina.db.refs.pick_named``:
+the caller's own of that name first; several: ``400 ambiguous_name``)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ volumes = APIRouter(prefix="/volumes", tags=["volumes"])
 snapshots = APIRouter(prefix="/snapshots", tags=["volumes"])
 #: What the database holds; the real limit is ``volumes.max_size_bytes`` (413 past it).
 MAX_SIZE = 2**63 - 1
+#: An id (``vol-…``, ``snap-…``) or a name (a DNS label, ``volumes.service.check_name``).
+REF = 63
 
 
 class Body(BaseModel):
@@ -27,8 +32,9 @@ class Body(BaseModel):
 
 
 class VolumeCreateBody(Body):
+    name: str | None = Field(None, min_length=1, max_length=REF)
     size_bytes: int | None = Field(None, gt=0, le=MAX_SIZE)
-    snapshot: str | None = Field(None, max_length=40)
+    snapshot: str | None = Field(None, min_length=1, max_length=REF)
     comment: str = Field("", max_length=1024)
     host: str | None = None
     clone: bool = True
@@ -44,7 +50,8 @@ class AttachBody(Body):
 
 
 class SnapshotCreateBody(Body):
-    volume: str = Field(min_length=1, max_length=40)
+    volume: str = Field(min_length=1, max_length=REF)
+    name: str | None = Field(None, min_length=1, max_length=REF)
     comment: str = Field("", max_length=1024)
 
 
@@ -64,6 +71,7 @@ def create_volume(
         comment=body.comment,
         host=body.host,
         clone=body.clone,
+        name=body.name,
     )
     return {"volume": volume, "job": describe_job(job)}
 
@@ -73,11 +81,15 @@ def describe_volumes(
     volume_id: list[str] | None = Query(None, alias="id"),
     status: str | None = _status_filter(VOLUME_STATUSES),
     instance: str | None = None,
+    name: str | None = None,
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    """The caller's volumes (every volume, for admins), oldest first; ``id`` may repeat."""
-    found = service.list_volumes(svc, who, ids=volume_id, status=status, instance=instance)
+    """The caller's volumes (every volume, for admins), oldest first; ``id`` (an id or a
+    name) may repeat."""
+    found = service.list_volumes(
+        svc, who, ids=volume_id, status=status, instance=instance, name=name
+    )
     return {"volumes": found}
 
 
@@ -132,7 +144,7 @@ def create_snapshot(
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    snapshot, job = service.create_snapshot(svc, who, body.volume, body.comment)
+    snapshot, job = service.create_snapshot(svc, who, body.volume, body.comment, body.name)
     return {"snapshot": snapshot, "job": describe_job(job)}
 
 
@@ -141,10 +153,15 @@ def describe_snapshots(
     snapshot_id: list[str] | None = Query(None, alias="id"),
     status: str | None = _status_filter(SNAPSHOT_STATUSES),
     volume: str | None = None,
+    name: str | None = None,
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> Any:
-    found = service.list_snapshots(svc, who, ids=snapshot_id, status=status, volume=volume)
+    """The caller's snapshots (every snapshot, for admins), oldest first; ``id`` (an id or a
+    name) may repeat; ``volume``: a volume's id or name."""
+    found = service.list_snapshots(
+        svc, who, ids=snapshot_id, status=status, volume=volume, name=name
+    )
     return {"snapshots": found}
 
 
