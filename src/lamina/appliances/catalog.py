@@ -44,7 +44,7 @@ def catalog(session: Session, installed_only: bool = False) -> list[dict[str, An
     rows = {
         (a.channel_id, a.name, a.version): a for a in session.scalars(select(InstalledAppliance))
     }
-    titles = dict(session.execute(select(Channel.id, Channel.title)).tuples())
+    titles = {ident: title for ident, title in session.execute(select(Channel.id, Channel.title))}
     entries = []
     for channel, item in items(session):
         row = rows.pop((channel.id, item.name, str(item.version)), None)
