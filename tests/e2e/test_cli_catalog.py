@@ -140,6 +140,9 @@ def test_deploy_installs_first_and_remove_takes_names(
     typo = cloud.cli(*deploy, "legacy-wki", check=False)
     assert typo.returncode == 1, typo.stderr
     assert "no such appliance 'legacy-wki' (did you mean legacy-wiki?)" in typo.stderr
+    mistyped = cloud.cli("appliance", "install", "legacy-wki", check=False)
+    assert mistyped.returncode == 1
+    assert "no such appliance 'legacy-wki' (did you mean legacy-wiki?)" in mistyped.stderr
     refused = cloud.cli(*deploy, "legacy-wiki", "--no-install", check=False)
     assert refused.returncode == 1
     assert "legacy-wiki is not installed" in refused.stderr
@@ -185,6 +188,7 @@ def test_deploy_installs_first_and_remove_takes_names(
     assert _json(cloud, "job", "list", "--target", mine[0]["target_id"]) == mine
     shown = cloud.cli("job", "show", mine[0]["id"]).stdout
     assert re.search(r"^target_name\s+w1$", shown, re.MULTILINE), shown
+    assert re.search(r"^owner_key\s+admin$", shown, re.MULTILINE), shown
     bad = cloud.cli("job", "list", "--status", "faild", check=False)
     assert (
         bad.returncode == 2

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lamina.appliances.catalog import find_installed
+from lamina.appliances.catalog import find_installed, unknown
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.resolve import Planned, Resolver
 from lamina.channels.feed import FileRef
@@ -91,7 +91,13 @@ def start_install(
     for. Administrators only."""
     require_admin(who)
     with http_client(svc) as client:
-        plan = Resolver(svc, client).plan(name, version)
+        resolver = Resolver(svc, client)
+        try:
+            resolver.find(name, version)
+        except NotFound:
+            with svc.db.read() as s:
+                raise unknown(s, name, version) from None
+        plan = resolver.plan(name, version)
     entries = [_entry(p) for p in plan]
     params = {"owner": who.user_id, "access_key": who.access_key, "appliances": entries}
     with svc.db.write() as s:

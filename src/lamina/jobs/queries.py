@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.config import Settings
 from lamina.db import Database
 from lamina.db.refs import pick_named
 from lamina.errors import InvalidRequest, NotFound
+from lamina.identity.models import User
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -64,10 +66,11 @@ def find_jobs(
                 s, status=status, kind=kind, target_id=target_id, limit=limit, who=who
             )
         names = svc.jobs.target_names(s, [(j.target_type, j.target_id) for j in found])
-        return [
+        shown = [
             describe_job(j, steps=stuck, viewer=who, target_name=names.get(j.target_id or ""))
             for j in found
         ]
+        return _with_owner_keys(s, shown)
 
 
 @dataclass(frozen=True)
@@ -115,4 +118,18 @@ def show_job(svc: Container, who: Principal, job_id: str) -> dict[str, Any]:
     with svc.db.read() as s:
         job = get_job(s, job_id, who, svc.jobs)
         names = svc.jobs.target_names(s, [(job.target_type, job.target_id)])
-        return describe_job(job, viewer=who, target_name=names.get(job.target_id or ""))
+        shown = describe_job(job, viewer=who, target_name=names.get(job.target_id or ""))
+        return _with_owner_keys(s, [shown])[0]
+
+
+def _with_owner_keys(session: Session, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job with its owner's access key (``owner_key``) beside the owner's id, where the
+    viewer is shown the owner at all."""
+    owners = {j["owner"] for j in jobs if j["owner"]}
+    keys: dict[str, str] = {}
+    if owners:
+        rows = session.execute(select(User.id, User.access_key).where(User.id.in_(owners)))
+        keys = {user_id: key for user_id, key in rows}
+    for job in jobs:
+        job["owner_key"] = keys.get(job["owner"] or "")
+    return jobs
