@@ -5,13 +5,20 @@ target is still named), and ``--target`` takes that name."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from harness import bare_services
+from sqlalchemy import insert, select
 
 from lamina.cli.job import KINDS, STATUSES
 from lamina.compute.models import Host, Instance
+from lamina.db import Database
+from lamina.db.engine import MIGRATIONS
+from lamina.db.types import utcnow
 from lamina.errors import Ambiguous, ConfigError, InvalidRequest, NotFound
 from lamina.identity.models import User
 from lamina.identity.principal import Principal
@@ -129,3 +136,31 @@ def test_a_target_type_has_its_names_registered_once() -> None:
     registry.register_names("instance", lambda _s, ids: dict.fromkeys(ids, "x"))
     with pytest.raises(ConfigError):
         registry.register_names("instance", lambda _s, ids: {})
+
+
+def test_the_migration_names_the_jobs_of_targets_that_exist(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}", migrate=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0010")
+    now = utcnow()
+    with db.engine.begin() as conn:
+        conn.execute(insert(Host.__table__).values(id="h1", name="h1", address="a:1"))
+        for ident, target in (("j1", "h1"), ("j2", "gone")):
+            conn.execute(
+                insert(Job.__table__).values(
+                    id=ident,
+                    kind="network.sync",
+                    target_type="host",
+                    target_id=target,
+                    created_at=now,
+                    deadline=now + timedelta(minutes=5),
+                )
+            )
+    db.migrate()
+    with db.read() as s:
+        named = {ident: name for ident, name in s.execute(select(Job.id, Job.target_name))}
+    assert named == {"j1": "h1", "j2": None}
+    db.dispose()
