@@ -70,6 +70,19 @@ def channel(tmp_path: Path) -> Iterator[tuple[str, str]]:
         server.wait(10)
 
 
+def _as(
+    cloud: Cloud, access_key: str, secret: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The command line run as another user."""
+    saved = dict(cloud.base_env)
+    cloud.base_env.update(LAMINA_ACCESS_KEY=access_key, LAMINA_SECRET_KEY=secret)
+    try:
+        return cloud.cli(*args, check=check)
+    finally:
+        cloud.base_env.clear()
+        cloud.base_env.update(saved)
+
+
 def _json(cloud: Cloud, *args: str) -> object:
     return json.loads(cloud.cli("--json", *args).stdout)
 
@@ -148,6 +161,14 @@ def test_deploy_installs_first_and_remove_takes_names(
     assert "legacy-wiki is not installed" in refused.stderr
     assert "lamina appliance install legacy-wiki" in refused.stderr
     assert _json(cloud, "appliance", "list", "--installed") == []
+    # A member may deploy but not install: told whom to ask, and what they must run.
+    with cloud.client() as admin:
+        secret = admin.add_user("bob", "bob@example.org")["key"]["secret"]
+    member = _as(cloud, "bob", secret, *deploy, "legacy-wiki", check=False)
+    assert member.returncode == 1, member.stderr
+    assert "only an administrator may install it: ask one to run lamina appliance install " in (
+        member.stderr
+    )
 
     # Not installed: installed first (the older version, as asked), then deployed.
     done = cloud.cli(*deploy, "legacy-wiki", "--version", "1.0.0-0")
