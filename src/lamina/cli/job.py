@@ -80,7 +80,12 @@ def _row(data: dict[str, Any]) -> dict[str, Any]:
 
 @job.command("list")
 @click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this status.")
-@click.option("--kind", type=click.Choice(KINDS), help="Only jobs of this kind.")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    metavar="KIND",
+    help="Only jobs of this kind: " + ", ".join(KINDS) + ".",
+)
 @click.option(
     "--target",
     metavar="NAME_OR_ID",
