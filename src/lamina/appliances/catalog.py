@@ -182,8 +182,13 @@ def find_installed(
     name: the newest installed one when ``newest`` (what a deploy takes), else
     ``Ambiguous`` listing them (what a removal needs). Else the error ``unknown`` gives."""
     row = session.get(InstalledAppliance, ref)
-    if row is not None and version is None:
-        return row
+    if row is not None:
+        if version is None or _version(version) == Version.parse(row.version):
+            return row
+        raise NotFound(
+            f"appliance {ref} is {row.name} {row.version}, not version {version}",
+            appliance=ref,
+        )
     query = select(InstalledAppliance).where(InstalledAppliance.name == ref)
     named = list(session.scalars(query))
     if version is not None:
