@@ -30,6 +30,7 @@ from lamina.identity import models as identity_models
 from lamina.images import models as image_models
 from lamina.images import quota as image_quota
 from lamina.jobs import models as job_models
+from lamina.jobs.kinds import names_by_id
 from lamina.network import models as network_models
 from lamina.network.forwards import register_forward_jobs
 from lamina.network.lifecycle import register_network_lifecycle
@@ -81,6 +82,16 @@ def register(svc: Services) -> None:
     register_forward_jobs(registry)
     # Who, besides a job's owner and the administrators, may see the jobs on a target.
     registry.register_visibility("instance", instance_jobs_visible)
+    # What the targets of jobs are called, so job lists show (and filter by) names.
+    for target_type, model in (
+        ("instance", compute_models.Instance),
+        ("host", compute_models.Host),
+        ("network", network_models.Network),
+        ("appliance", appliance_models.InstalledAppliance),
+        ("volume", volume_models.Volume),
+        ("snapshot", volume_models.Snapshot),
+    ):
+        registry.register_names(target_type, names_by_id(model))
     # What each quota counts.
     for counters in (compute_quota.COUNTERS, image_quota.COUNTERS, volume_quota.COUNTERS):
         for name, counter in counters.items():

@@ -40,7 +40,7 @@ def test_instances_from_the_command_line(cloud: Cloud, kernel: str) -> None:
     job_id = job_line.split("job ")[1].rstrip(")\n")
     shown_job = cloud.cli("job", "show", job_id, "--wait").stdout
     assert "succeeded" in shown_job and "start" in shown_job
-    assert job_id in cloud.cli("job", "list").stdout
+    assert job_id in cloud.cli("--json", "job", "list").stdout
     hosts = cloud.cli("host", "list").stdout
     assert "h1" in hosts and "up" in hosts
     assert "delete: succeeded" in cloud.cli("instance", "delete", "cli1").stdout

@@ -274,6 +274,63 @@ def test_install_dependencies_shared_layers_refusals_and_remove(
     assert client.channels() == []
 
 
+def test_channels_and_appliances_by_name(
+    manager: Cloud, published: tuple[Server, Path, str, Path], tmp_path: Path
+) -> None:
+    server, source, token, keyfile = published
+    http = manager.http
+    client = manager.client()
+    first = client.add_channel(server.url + "channel.rss", token)
+    # A second channel of the same title (the source folder's name).
+    with mock.patch("lamina.channels.build.check_layer"):
+        build_channel(source, tmp_path / "public2", load_private_key(keyfile))
+    mirror = Server(tmp_path / "public2", tmp_path / "http2.log")
+    try:
+        second = client.add_channel(mirror.url + "channel.rss", token)
+        assert first["title"] == second["title"] == "appliances"
+        twice = _error(http.get("/channels/appliances"), 400, "ambiguous_name")
+        assert {c["id"] for c in twice["details"]["candidates"]} == {first["id"], second["id"]}
+        by_url = client.channel(mirror.url + "channel.rss")
+        assert by_url["id"] == second["id"] and by_url["owner_key"] == "admin"
+        assert {i["name"] for i in by_url["items"]} >= {"webserv", "tiny-os"}
+        assert client.remove_channel(mirror.url + "channel.rss")["id"] == second["id"]
+    finally:
+        mirror.stop()
+    assert client.channel("appliances")["id"] == first["id"]
+    _error(http.get("/channels/nope"), 404, "not_found")
+
+    assert _install(manager, "webserv")["job"]["status"] == "succeeded"
+    shown = client.appliance("webserv")
+    assert shown["installed"] is True and shown["substrate"] == "tiny-os:>=12,<13"
+    assert shown["channel_title"] == "appliances" and shown["layers"] == 2
+    # Not installed: the definition comes from the channel, verified.
+    mail = client.appliance("mailserv")
+    assert mail["installed"] is False and mail["dependencies"] == ["webserv"]
+    assert mail["definition_error"] is None
+    assert [v["version"] for v in mail["versions"]] == ["1.0.0-0"]
+
+    # Removal and deploy by name: no such appliance (with a suggestion), not installed.
+    typo = _error(http.delete("/appliances/websrv"), 404, "not_found")
+    assert typo["details"]["suggestion"] == "webserv"
+    assert "did you mean webserv?" in typo["message"]
+    absent = _error(http.delete("/appliances/mailserv"), 404, "not_found")
+    assert "mailserv is not installed" in absent["message"]
+    _error(http.delete("/appliances/webserv", params={"version": "9"}), 404, "not_found")
+    deploy = http.post("/appliances/mailserv/deploy", json={"name": "m1"})
+    offered = _error(deploy, 409, "invalid_state")
+    assert offered["details"]["installable"] is True
+    assert offered["details"]["offered"] == ["1.0.0-0"]
+
+    # Jobs by kind and by their target's name.
+    [job] = client.jobs(kind="appliance.install", target="webserv")
+    assert job["target_name"] == "webserv" and job["status"] == "succeeded"
+    _error(http.get("/jobs", params={"kind": "nope"}), 400, "invalid_request")
+    _error(http.get("/jobs", params={"status": "faild"}), 400, "invalid_request")
+
+    removed = client.remove_appliance("webserv", version="1.0.0-0")
+    assert removed["name"] == "webserv"
+
+
 def test_the_manager_refreshes_its_channels_by_itself(
     make_cloud: Callable[..., Cloud], published: tuple[Server, Path, str, Path], tmp_path: Path
 ) -> None:

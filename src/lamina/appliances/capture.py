@@ -127,6 +127,7 @@ def start_capture(
             params,
             target_type="appliance",
             target_id=row_id,
+            target_name=name,
             owner=who.user_id,
         )
         row = InstalledAppliance(

@@ -20,20 +20,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lamina.appliances.catalog import find_installed
 from lamina.appliances.layered import file_of, kernel_cmdline, layered_boot
 from lamina.appliances.models import InstalledAppliance
 from lamina.compute import instances
 from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.lifecycle import NicRequest
 from lamina.compute.models import Host
-from lamina.errors import InvalidState, NotFound
+from lamina.errors import InvalidState
 from lamina.formats.definition import Appliance, Hardware
 from lamina.formats.parsing import parse_appliance
 from lamina.formats.variables import resolve_variables
-from lamina.formats.versions import Version
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.network.lifecycle import attach_nics
@@ -50,22 +49,6 @@ DEFAULT_VCPUS = 1
 DEFAULT_UPPER_BYTES = 1024**3
 
 
-def find_installed(session: Session, ref: str) -> InstalledAppliance:
-    """An installed appliance by id, else by name (its newest installed version, else its
-    newest record, which the caller finds still installing)."""
-    row = session.get(InstalledAppliance, ref)
-    if row is None:
-        named = list(
-            session.scalars(select(InstalledAppliance).where(InstalledAppliance.name == ref))
-        )
-        usable = [r for r in named if r.status == "installed"] or named
-        if usable:
-            row = max(usable, key=lambda r: Version.parse(r.version))
-    if row is None:
-        raise NotFound(f"appliance {ref!r} is not installed", appliance=ref)
-    return row
-
-
 def deploy(
     svc: Services,
     who: Principal,
@@ -77,16 +60,19 @@ def deploy(
     vcpus: int | None = None,
     networks: Sequence[NicRequest] | None = None,
     group: str | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Create an instance of the installed appliance ``ref`` (id or name) owned by ``who``;
-    answers the instance, its ``instance.create`` job and the resolved variables.
+    """Create an instance of the installed appliance ``ref`` (id, or name: its newest
+    installed version unless ``version``) owned by ``who``; answers the instance, its
+    ``instance.create`` job and the resolved variables.
 
-    Raises NotFound (not installed), InvalidState (still installing, or failed, or its
+    Raises NotFound (no such appliance, with the closest name), InvalidState (not installed
+    though a channel offers it: ``details.installable``; still installing, or failed, or its
     substrate not installed), InvalidRequest (the variables: every problem named; or the
     instance's name, size), NotSupported (an image store hosts cannot fetch from), and what
     ``create_instance`` raises (quota, capacity, name taken)."""
     with svc.db.write() as s:
-        row = find_installed(s, ref)
+        row = find_installed(s, ref, version, deploying=True)
         if row.status != "installed":
             raise InvalidState(
                 f"appliance {row.name} {row.version} is {row.status}, not installed",

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from lamina.appliances.catalog import find_installed, unknown
 from lamina.appliances.models import InstalledAppliance
 from lamina.appliances.resolve import Planned, Resolver
 from lamina.channels.feed import FileRef
@@ -90,7 +91,13 @@ def start_install(
     for. Administrators only."""
     require_admin(who)
     with http_client(svc) as client:
-        plan = Resolver(svc, client).plan(name, version)
+        resolver = Resolver(svc, client)
+        try:
+            resolver.find(name, version)
+        except NotFound:
+            with svc.db.read() as s:
+                raise unknown(s, name, version) from None
+        plan = resolver.plan(name, version)
     entries = [_entry(p) for p in plan]
     params = {"owner": who.user_id, "access_key": who.access_key, "appliances": entries}
     with svc.db.write() as s:
@@ -101,6 +108,7 @@ def start_install(
             params,
             target_type="appliance",
             target_id=entries[-1]["id"],
+            target_name=plan[-1].appliance.name,
             owner=who.user_id,
         )
         rows = [
@@ -348,15 +356,16 @@ def register_appliance_jobs(registry: JobRegistry) -> None:
 # -- remove -------------------------------------------------------------------------------
 
 
-def remove_appliance(svc: Services, who: Principal, appliance_id: str) -> dict[str, Any]:
-    """Remove an installed appliance and the images no other appliance uses. InvalidState
-    while it is installing; Conflict while an instance uses one of its images.
-    Administrators only."""
+def remove_appliance(
+    svc: Services, who: Principal, ref: str, version: str | None = None
+) -> dict[str, Any]:
+    """Remove an installed appliance (id, or name and, when several versions are installed,
+    ``version``: else ``Ambiguous``) and the images no other appliance uses. NotFound (no
+    such appliance, or not installed); InvalidState while it is installing; Conflict while
+    an instance uses one of its images. Administrators only."""
     require_admin(who)
     with svc.db.write() as s:
-        row = s.get(InstalledAppliance, appliance_id)
-        if row is None:
-            raise NotFound(f"appliance {appliance_id!r} is not installed", appliance=appliance_id)
+        row = find_installed(s, ref, version, newest=False)
         if row.status == "installing":
             raise InvalidState(f"appliance {row.name} is being installed (job {row.job_id})")
         users = _instances_using(s, row.images)

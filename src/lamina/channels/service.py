@@ -21,10 +21,12 @@ from lamina.channels.feed import MAX_BYTES, Feed, Item, parse_feed
 from lamina.channels.models import Channel
 from lamina.channels.signing import fingerprint, parse_public_key
 from lamina.channels.verify import verify_feed
+from lamina.db.refs import pick_named
 from lamina.db.types import utcnow
 from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
 from lamina.identity.access import shown_owner
 from lamina.identity.accounts import require_admin
+from lamina.identity.models import User
 from lamina.identity.principal import Principal
 
 if TYPE_CHECKING:
@@ -138,6 +140,32 @@ def get_channel(session: Session, channel_id: str) -> Channel:
     return channel
 
 
+def find_channel(session: Session, ref: str, who: Principal | None = None) -> Channel:
+    """A channel by id, by its feed's URL, else by its title (``lamina.db.refs.pick_named``:
+    several channels of that title are ``Ambiguous``); NotFound naming ``ref``."""
+    channel = session.get(Channel, ref)
+    if channel is None:
+        channel = session.scalar(select(Channel).where(Channel.url == ref))
+    if channel is None:
+        titled = list(session.scalars(select(Channel).where(Channel.title == ref)))
+        channel = pick_named("channel", ref, titled, who.user_id if who else None)
+    if channel is None:
+        raise NotFound(
+            f"no channel {ref!r} (give its id, title or feed URL: lamina channel list)",
+            channel=ref,
+        )
+    return channel
+
+
+def owner_keys(session: Session, user_ids: Sequence[str | None]) -> dict[str, str]:
+    """User id -> access key, for showing who subscribed (or owns) something by name."""
+    wanted = {u for u in user_ids if u}
+    if not wanted:
+        return {}
+    rows = session.execute(select(User.id, User.access_key).where(User.id.in_(wanted)))
+    return {user_id: key for user_id, key in rows}
+
+
 def subscribe(svc: Services, who: Principal, url: str, public_key: str) -> dict[str, Any]:
     """Fetch the feed at ``url`` and ``<url>.sig``, verify them with the pinned key and only
     then store the channel. Raises InvalidRequest (bad URL or key), Conflict (already
@@ -218,23 +246,46 @@ def refresh(svc: Services, channel_id: str) -> list[Change]:
 
 
 def refresh_channel(
-    svc: Services, who: Principal, channel_id: str
+    svc: Services, who: Principal, ref: str
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """``refresh`` on demand (administrators only): the channel as it now is, and what is new
-    or updated (``name``, ``version``, ``change``)."""
+    """``refresh`` on demand (administrators only) of the channel ``ref`` (id, URL or title):
+    the channel as it now is, and what is new or updated (``name``, ``version``,
+    ``change``)."""
     require_admin(who)
+    with svc.db.read() as s:
+        channel_id = find_channel(s, ref, who).id
     found = refresh(svc, channel_id)
     with svc.db.read() as s:
-        described = describe(get_channel(s, channel_id))
+        described = _shown(s, who, [describe(get_channel(s, channel_id))])[0]
     return described, [{"name": n, "version": v, "change": c} for n, v, c in found]
 
 
 def list_channels(svc: Services, who: Principal) -> list[dict[str, Any]]:
     """Every subscribed channel, oldest first; a member is not told who subscribed."""
     with svc.db.read() as s:
-        found = all_channels(s)
+        return _shown(s, who, all_channels(s))
+
+
+def show_channel(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
+    """One channel (id, URL or title) with the appliances its feed lists (``items``: name,
+    version, kind, label), as anyone may read it."""
+    with svc.db.read() as s:
+        channel = find_channel(s, ref, who)
+        described = _shown(s, who, [describe(channel)])[0]
+        described["items"] = [
+            {"name": i.name, "version": str(i.version), "kind": i.kind, "label": i.label}
+            for i in sorted(feed_of(channel).items, key=lambda i: (i.name, i.version))
+        ]
+    return described
+
+
+def _shown(session: Session, who: Principal, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The channels as ``who`` may see them: the subscriber's id and access key
+    (``owner_key``) only to administrators and the subscriber."""
+    keys = owner_keys(session, [c["owner"] for c in found])
     for channel in found:
         channel["owner"] = shown_owner(who, channel["owner"])
+        channel["owner_key"] = keys.get(channel["owner"] or "")
     return found
 
 
@@ -245,21 +296,21 @@ def all_channels(session: Session) -> list[dict[str, Any]]:
 def remove(
     svc: Services,
     who: Principal,
-    channel_id: str,
+    ref: str,
     in_use: Callable[[Session, str], Sequence[str]],
 ) -> dict[str, Any]:
-    """Unsubscribe (administrators only); Conflict while ``in_use`` names something installed
-    from the channel (the appliances domain says what, and calls this:
-    ``lamina.appliances.catalog.remove_channel``)."""
+    """Unsubscribe from the channel ``ref`` (id, URL or title; administrators only); Conflict
+    while ``in_use`` names something installed from the channel (the appliances domain says
+    what, and calls this: ``lamina.appliances.catalog.remove_channel``)."""
     require_admin(who)
     with svc.db.write() as s:
-        channel = get_channel(s, channel_id)
-        installed = list(in_use(s, channel_id))
+        channel = find_channel(s, ref, who)
+        installed = list(in_use(s, channel.id))
         if installed:
             raise Conflict(
-                f"channel {channel_id} still has installed appliances ({', '.join(installed)}): "
-                "remove them first",
-                channel=channel_id,
+                f"channel {channel.title or channel.id} still has installed appliances "
+                f"({', '.join(installed)}): remove them first",
+                channel=channel.id,
                 appliances=installed,
             )
         described = describe(channel)

@@ -308,16 +308,26 @@ class Client:
     def channels(self) -> list[dict[str, Any]]:
         return self._take("channels", "GET", "/channels")
 
-    def refresh_channel(self, channel_id: str) -> dict[str, Any]:
-        """The channel and ``changes``: what is new or updated since the last refresh."""
-        return self._take(None, "POST", f"/channels/{channel_id}/refresh")
+    def channel(self, ref: str) -> dict[str, Any]:
+        """A channel by id, feed URL or title, with the appliances it lists (``items``)."""
+        return self._take("channel", "GET", f"/channels/{_segment(ref)}")
 
-    def remove_channel(self, channel_id: str) -> dict[str, Any]:
-        return self._take("channel", "DELETE", f"/channels/{channel_id}")
+    def refresh_channel(self, ref: str) -> dict[str, Any]:
+        """The channel and ``changes``: what is new or updated since the last refresh."""
+        return self._take(None, "POST", f"/channels/{_segment(ref)}/refresh")
+
+    def remove_channel(self, ref: str) -> dict[str, Any]:
+        return self._take("channel", "DELETE", f"/channels/{_segment(ref)}")
 
     def appliances(self, installed: bool = False) -> list[dict[str, Any]]:
         params = {"installed": "true"} if installed else {}
         return self._take("appliances", "GET", "/appliances", params=params)
+
+    def appliance(self, ref: str, version: str | None = None) -> dict[str, Any]:
+        """An appliance by name (or an installed one's id): its ``versions`` and what the
+        definition of one (``version``, default the newest installed, else offered) holds."""
+        params = {"version": version} if version else {}
+        return self._take("appliance", "GET", f"/appliances/{_segment(ref)}", params=params)
 
     def install_appliance(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Start installing; answers ``job`` and ``appliances`` (those it installs)."""
@@ -340,17 +350,29 @@ class Client:
         vcpus: int | None = None,
         networks: list[dict[str, Any]] | None = None,
         group: str | None = None,
+        version: str | None = None,
     ) -> dict[str, Any]:
-        """Create an instance of an installed appliance (id or name); answers ``instance``,
-        ``job``, ``appliance`` and the resolved ``variables``. ``networks``: ``[{"network":
-        name, "ip": address or None}]``, the first the primary; None: the default network."""
+        """Create an instance of an installed appliance (id, or name: its newest installed
+        version unless ``version``); answers ``instance``, ``job``, ``appliance`` and the
+        resolved ``variables``. ``networks``: ``[{"network": name, "ip": address or None}]``,
+        the first the primary; None: the default network. An appliance a channel offers but
+        that is not installed: ``InvalidState`` with ``details["installable"]``."""
         body: dict[str, Any] = {"name": name, "vars": variables or {}}
-        extra = {"memory_mib": memory_mib, "vcpus": vcpus, "networks": networks, "group": group}
+        extra = {
+            "memory_mib": memory_mib,
+            "vcpus": vcpus,
+            "networks": networks,
+            "group": group,
+            "version": version,
+        }
         body.update({k: v for k, v in extra.items() if v is not None})
-        return self._take(None, "POST", f"/appliances/{ref}/deploy", json=body)
+        return self._take(None, "POST", f"/appliances/{_segment(ref)}/deploy", json=body)
 
-    def remove_appliance(self, appliance_id: str) -> dict[str, Any]:
-        return self._take("appliance", "DELETE", f"/appliances/{appliance_id}")
+    def remove_appliance(self, ref: str, version: str | None = None) -> dict[str, Any]:
+        """Remove an installed appliance by id, or by name (and ``version`` when several
+        versions are installed)."""
+        params = {"version": version} if version else {}
+        return self._take("appliance", "DELETE", f"/appliances/{_segment(ref)}", params=params)
 
     # -- volumes and snapshots (each taken by its id or its name)
     def create_volume(
@@ -709,7 +731,8 @@ class Client:
 
 
 def _segment(ref: str) -> str:
-    """An id or a name as one path segment (a name may hold spaces, ``?`` or ``#``)."""
+    """An id or a name as one path segment (a name may hold spaces, ``?`` or ``#``; a
+    channel's URL has slashes)."""
     return quote(ref, safe="")
 
 

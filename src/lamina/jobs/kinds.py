@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import select
 
 from lamina.errors import ConfigError
 
@@ -55,6 +57,21 @@ class JobKind:
 #: Whether ``who`` may see the target ``target_id`` of a job (a member sees the jobs on what
 #: they own), for one target type; registered by the domain that holds such targets.
 VisibilityCheck = Callable[["Session", str, "Principal"], bool]
+#: The names of the targets of these ids (those that still exist), for one target type;
+#: registered by the domain that holds such targets, so a job list shows names, not ids.
+TargetNames = Callable[["Session", Collection[str]], dict[str, str]]
+
+
+def names_by_id(model: Any) -> TargetNames:
+    """The ``TargetNames`` of a table whose rows have an ``id`` and a ``name``."""
+
+    def names(session: Session, ids: Collection[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        rows = session.execute(select(model.id, model.name).where(model.id.in_(list(ids))))
+        return {str(ident): str(name) for ident, name in rows if name}
+
+    return names
 
 
 class JobRegistry:
@@ -64,6 +81,7 @@ class JobRegistry:
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
         self._visibility: dict[str, VisibilityCheck] = {}
+        self._names: dict[str, TargetNames] = {}
 
     def register(self, kind: JobKind) -> JobKind:
         if kind.name in self._kinds:
@@ -79,6 +97,30 @@ class JobRegistry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._kinds
+
+    def kinds(self) -> list[str]:
+        """The names of the registered kinds, sorted."""
+        return sorted(self._kinds)
+
+    def register_names(self, target_type: str, names: TargetNames) -> None:
+        """Let ``names`` say what the targets of ``target_type`` are called."""
+        if target_type in self._names:
+            raise ConfigError(f"names of {target_type!r} targets registered twice")
+        self._names[target_type] = names
+
+    def target_names(
+        self, session: Session, targets: Collection[tuple[str | None, str | None]]
+    ) -> dict[str, str]:
+        """Target id -> its name now, for the ``(target_type, target_id)`` pairs whose type
+        registered its names and whose target still exists."""
+        by_type: dict[str, set[str]] = {}
+        for target_type, target_id in targets:
+            if target_type in self._names and target_id:
+                by_type.setdefault(target_type, set()).add(target_id)
+        found: dict[str, str] = {}
+        for target_type, ids in by_type.items():
+            found.update(self._names[target_type](session, ids))
+        return found
 
     def register_visibility(self, target_type: str, check: VisibilityCheck) -> None:
         """Let ``check`` say who, besides the job's owner and administrators, may see the

@@ -32,6 +32,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     target_type: Mapped[str | None] = mapped_column(String(32))
     target_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    #: The target's name when the job was submitted or first run (it outlives the target:
+    #: the job list of a deleted volume still names it).
+    target_name: Mapped[str | None] = mapped_column(String(255), index=True)
     owner: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: Values steps hand to later steps and to their undo (e.g. the host chosen).

@@ -224,11 +224,17 @@ class JobRunner:
             error = job.error
             retrying = job.status == "failed"
             attempts = job.undo_attempts
+            # The target's name, kept with the job while the target still exists, so that
+            # the jobs of a deleted volume or network still name it.
+            named: dict[str, Any] = {}
+            if job.target_name is None and job.target_id is not None:
+                found = self.registry.target_names(s, [(job.target_type, job.target_id)])
+                named = {"target_name": found[job.target_id]} if job.target_id in found else {}
         ctx.report = self._reporter(job_id)
         if retrying:
             self._retry_undos(kind, ctx, steps, error or "", attempts)
             return
-        self._update_job(job_id, status="running", started_at=utcnow())
+        self._update_job(job_id, status="running", started_at=utcnow(), **named)
 
         was_failing = any(
             st in ("failed", "undoing", "undone", "undo_pending", "undo_failed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from lamina.db.types import utcnow
@@ -22,10 +22,12 @@ def submit(
     *,
     target_type: str | None = None,
     target_id: str | None = None,
+    target_name: str | None = None,
     owner: str | None = None,
     deadline: float | None = None,
 ) -> Job:
-    """Record a queued job with its steps; a runner picks it up."""
+    """Record a queued job with its steps; a runner picks it up (and records the target's
+    name, unless given here, through the registry's ``target_names``)."""
     now = utcnow()
     job = Job(
         kind=kind.name,
@@ -34,6 +36,7 @@ def submit(
         state={},
         target_type=target_type,
         target_id=target_id,
+        target_name=target_name,
         owner=owner,
         created_at=now,
         deadline=now + timedelta(seconds=deadline or kind.deadline),
@@ -82,18 +85,29 @@ def list_jobs(
     session: Session,
     *,
     status: str | None = None,
+    kind: str | None = None,
     target_id: str | None = None,
     limit: int = 100,
     who: Principal | None = None,
 ) -> list[Job]:
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
-    if who is not None and not who.is_admin:
-        query = query.where(Job.owner == who.user_id)
+    """The jobs ``who`` may list (members: their own), newest first."""
+    query = visible_jobs(who).order_by(Job.created_at.desc(), Job.id).limit(limit)
     if status:
         query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
     if target_id:
         query = query.where(Job.target_id == target_id)
     return list(session.scalars(query))
+
+
+def visible_jobs(who: Principal | None) -> Select[Any]:
+    """The jobs a listing shows ``who``: all to administrators (and internal callers), a
+    member's own to a member."""
+    query = select(Job)
+    if who is not None and not who.is_admin:
+        query = query.where(Job.owner == who.user_id)
+    return query
 
 
 def stuck_jobs(session: Session, fraction: float, who: Principal | None = None) -> list[Job]:

@@ -23,16 +23,22 @@ def rollback_state(job: Job) -> str | None:
 
 
 def describe_job(
-    job: Job, *, steps: bool = True, viewer: Principal | None = None
+    job: Job,
+    *,
+    steps: bool = True,
+    viewer: Principal | None = None,
+    target_name: str | None = None,
 ) -> dict[str, Any]:
     """The job; ``viewer`` (the owner of an instance a grantee acted on) is not told who the
-    job's owner is unless it is them."""
+    job's owner is unless it is them. ``target_name``: the target's name now (else the one
+    recorded with the job)."""
     body: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
         "status": job.status,
         "target_type": job.target_type,
         "target_id": job.target_id,
+        "target_name": target_name or job.target_name,
         "owner": shown_owner(viewer, job.owner),
         "error": job.error,
         "rollback": rollback_state(job),

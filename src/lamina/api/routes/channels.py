@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import admin, principal
@@ -14,6 +14,7 @@ from lamina.api.routes.instances import NicBody, nics_of
 from lamina.appliances import capture as capturer
 from lamina.appliances import catalog as appliance_catalog
 from lamina.appliances import deploy as deployer
+from lamina.appliances import detail as appliance_detail
 from lamina.appliances import install as installer
 from lamina.channels import service
 from lamina.identity.principal import Principal
@@ -45,21 +46,29 @@ def list_channels(svc: Services = Depends(services), who: Principal = Depends(pr
     return {"channels": service.list_channels(svc, who)}
 
 
-@channels.post("/{channel_id}/refresh")
+@channels.get("/{channel_ref:path}")
+def show_channel(
+    channel_ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """One channel (id, feed URL or title) with the appliances its feed lists."""
+    return {"channel": service.show_channel(svc, who, channel_ref)}
+
+
+@channels.post("/{channel_ref:path}/refresh")
 def refresh_channel(
-    channel_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+    channel_ref: str, svc: Services = Depends(services), who: Principal = Depends(admin)
 ) -> Any:
     """Fetch the feed again (conditionally); answers the channel and what is new."""
-    described, changes = service.refresh_channel(svc, who, channel_id)
+    described, changes = service.refresh_channel(svc, who, channel_ref)
     return {"channel": described, "changes": changes}
 
 
-@channels.delete("/{channel_id}")
+@channels.delete("/{channel_ref:path}")
 def remove_channel(
-    channel_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+    channel_ref: str, svc: Services = Depends(services), who: Principal = Depends(admin)
 ) -> Any:
-    """Unsubscribe; 409 while appliances installed from it remain."""
-    return {"channel": appliance_catalog.remove_channel(svc, who, channel_id)}
+    """Unsubscribe (id, feed URL or title); 409 while appliances installed from it remain."""
+    return {"channel": appliance_catalog.remove_channel(svc, who, channel_ref)}
 
 
 @appliances.get("")
@@ -83,12 +92,28 @@ def install_appliance(
     return installer.start_install(svc, who, body.name, body.version)
 
 
-@appliances.delete("/{appliance_id}")
-def remove_appliance(
-    appliance_id: str, svc: Services = Depends(services), who: Principal = Depends(admin)
+@appliances.get("/{appliance_ref}")
+def show_appliance(
+    appliance_ref: str,
+    version: str | None = Query(None, max_length=128, description="Default: the newest"),
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
 ) -> Any:
-    """Remove an installed appliance and the images only it used; 409 while in use."""
-    return {"appliance": installer.remove_appliance(svc, who, appliance_id)}
+    """One appliance by name (or an installed one's id): its versions, and what the
+    definition of one version holds (variables, dependencies, hardware, webpanel)."""
+    return {"appliance": appliance_detail.show_appliance(svc, who, appliance_ref, version)}
+
+
+@appliances.delete("/{appliance_ref}")
+def remove_appliance(
+    appliance_ref: str,
+    version: str | None = Query(None, max_length=128, description="When several installed"),
+    svc: Services = Depends(services),
+    who: Principal = Depends(admin),
+) -> Any:
+    """Remove an installed appliance (id, or name and version) and the images only it used;
+    409 while in use; 400 ambiguous_name when several versions are installed."""
+    return {"appliance": installer.remove_appliance(svc, who, appliance_ref, version)}
 
 
 class Capture(Body):
@@ -114,6 +139,7 @@ class Deploy(Body):
     #: In order, the first being the primary; None: the default network (if any).
     networks: list[NicBody] | None = Field(None, max_length=8)
     group: str | None = Field(None, max_length=63)
+    version: str | None = Field(None, max_length=128, description="Default: the newest installed")
 
 
 @appliances.post("/{appliance_ref}/deploy", status_code=202)
@@ -135,4 +161,5 @@ def deploy_appliance(
         vcpus=body.vcpus,
         networks=nics_of(body.networks),
         group=body.group,
+        version=body.version,
     )

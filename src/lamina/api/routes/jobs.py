@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
@@ -19,14 +19,18 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 @router.get("")
 def jobs(
-    status: str | None = Query(None, pattern="^(" + "|".join(JOB_STATUSES) + ")$"),
-    target: str | None = None,
+    status: Literal[JOB_STATUSES] | None = Query(None),  # type: ignore[valid-type]
+    kind: str | None = Query(None, max_length=64, description="A job kind, e.g. instance.create"),
+    target: str | None = Query(None, max_length=255, description="The target's id or name"),
     stuck: bool = False,
     limit: int = Query(100, ge=1, le=1000),
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
-    found = queries.find_jobs(svc, who, status=status, target=target, stuck=stuck, limit=limit)
+    """The jobs the caller may see, newest first, each with its target's name."""
+    found = queries.find_jobs(
+        svc, who, status=status, kind=kind, target=target, stuck=stuck, limit=limit
+    )
     return {"jobs": found}
 
 
