@@ -21,7 +21,13 @@ VERSION_HELP = "The version (default: the newest installed, else the newest offe
 @click.group("appliance")
 def appliance() -> None:
     """Appliances from the subscribed channels: list and show what they offer, install,
-    deploy as instances, capture, remove."""
+    deploy as instances, capture, remove.
+
+    \b
+    Examples:
+      lamina appliance list
+      lamina appliance deploy webserv --name web
+    """
 
 
 def _listed(row: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,13 @@ REF = "CHANNEL"  # its id, title or feed URL
 @click.group("channel")
 def channel() -> None:
     """Appliance channels: signed RSS feeds of appliances. A channel is named by its id, its
-    title or its feed's URL."""
+    title or its feed's URL.
+
+    \b
+    Examples:
+      lamina channel list
+      lamina channel refresh https://apps.example.org/channel/feed.xml
+    """
 
 
 COLUMNS = ["title", "url", "appliances", "owner_key", "refreshed_at", "last_error"]

@@ -144,6 +144,11 @@ def image() -> None:
     Every command that takes an IMAGE takes its id or its name (your own image of that name
     first; a name several images carry is an error listing their ids). VISOR's verbs
     brief, detail and head are aliases of list and show.
+
+    \b
+    Examples:
+      lamina image list
+      lamina image show debian-12
     """
 
 

@@ -40,7 +40,13 @@ COLUMNS = ["created_at", "kind", "target", "status", "progress", "error"]
 @click.group("job")
 def job() -> None:
     """Persisted jobs and their step logs: what each long operation did, is doing, or
-    failed at."""
+    failed at.
+
+    \b
+    Examples:
+      lamina job list --limit 5
+      lamina job list --target web --status failed
+    """
 
 
 @job.command("show")

@@ -42,6 +42,11 @@ def snapshot() -> None:
 
     Every command that takes a SNAPSHOT or VOLUME takes its id or its name. VBS's verb
     describe is an alias of list.
+
+    \b
+    Examples:
+      lamina snapshot create data --name before-upgrade
+      lamina snapshot list
     """
 
 

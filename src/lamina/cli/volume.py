@@ -75,6 +75,11 @@ def volume() -> None:
 
     Every command that takes a VOLUME (or a snapshot, or an instance) takes its id or its
     name. VBS's verb describe is an alias of list.
+
+    \b
+    Examples:
+      lamina volume create --size 1G --name data
+      lamina volume attach data web
     """
 
 
