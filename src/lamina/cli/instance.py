@@ -349,7 +349,7 @@ def console_lines(obj: Context, ref: str, follow: bool) -> Iterator[str]:
 def _shown(text: str) -> Iterator[str]:
     """``text`` without busybox's prompt; nothing if that was all of it."""
     kept = ASKFIRST.sub("", text)
-    if kept.strip() or not ASKFIRST.search(text):
+    if kept and (kept.strip() or not ASKFIRST.search(text)):
         yield kept
 
 
