@@ -261,6 +261,7 @@ instance.add_command(_stop())
 @click.pass_obj
 def delete(obj: Context, ref: str, wait: bool, yes: bool, force: bool) -> None:
     """Destroy an instance (by name or id) and its disks; its volumes are detached and kept.
+    It prints the job's outcome (--json: the job, for scripts).
 
     A running, paused or unknown (host down) instance is deleted only once confirmed: on a
     terminal you are asked, naming its disks, volumes, published ports and addresses;
@@ -473,7 +474,7 @@ def expose(
 @click.pass_obj
 @api_fields(forward="--port")
 def unexpose(obj: Context, ref: str, guest_port: str, wait: bool) -> None:
-    """Stop publishing a port of an instance.
+    """Stop publishing a port of an instance (--json prints the job, for scripts).
 
     \b
     Examples:

@@ -130,7 +130,8 @@ def update(obj: Context, ref: str, visibility: str | None, description: str | No
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
 @click.pass_obj
 def delete(obj: Context, ref: str, wait: bool) -> None:
-    """Delete a network (by name or id) that no instance uses.
+    """Delete a network (by name or id) that no instance uses (--json prints the job, for
+    scripts).
 
     \b
     Examples:
@@ -232,7 +233,8 @@ def record_add(
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
 @click.pass_obj
 def record_delete(obj: Context, record_id: str, network: str, wait: bool) -> None:
-    """Delete a record you added (by its id, from `dns record list`).
+    """Delete a record you added (by its id, from `dns record list`); --json prints the
+    record, for scripts.
 
     \b
     Examples:
