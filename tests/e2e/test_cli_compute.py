@@ -170,6 +170,21 @@ def test_contradictory_flags_are_refused(cloud: Cloud, kernel: str) -> None:
     fields = {f["field"] for f in answer.json()["details"]["fields"]}
     assert fields == {"group", "networks"}
 
+    for args, flags in (
+        ([], ("--kernel", "--disk-image")),
+        (["--initrd", kernel, "--disk-image", kernel], ("--initrd", "--kernel")),
+    ):
+        refused = run(cloud, "instance", "create", "nokernel", *args)
+        assert refused.returncode == 2, refused
+        assert all(flag in refused.stderr for flag in flags), refused.stderr
+    for body, fields in (
+        ({}, {"kernel", "disk_image"}),
+        ({"initrd": kernel, "disk_image": kernel}, {"initrd", "kernel"}),
+    ):
+        answer = cloud.http.post("/instances", json={"name": "nokernel", **body})
+        assert answer.status_code == 400, answer.text
+        assert {f["field"] for f in answer.json()["details"]["fields"]} == fields
+
     create(cloud, "cfg", kernel)
     clash = run(cloud, "instance", "config", "cfg", "site=a", "--unset", "site")
     assert clash.returncode == 2 and "--unset site" in clash.stderr

@@ -112,6 +112,10 @@ def create(
       lamina instance create web --disk-image debian-12 --memory 1024 --network lan
       lamina instance create tiny --kernel vmlinuz --initrd initrd.img --no-network
     """
+    if kernel is None and disk_image is None:
+        raise click.UsageError("give --kernel or --disk-image: what the instance boots from")
+    if initrd is not None and kernel is None:
+        raise click.UsageError("--initrd needs --kernel (an initramfs goes with a kernel)")
     if group is not None and no_network:
         raise click.UsageError("--group cannot go with --no-network (a group's name is on its "
                                "networks)")  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from lamina.compute.boot import BootSources
+from lamina.compute.boot import BootSources, check_boot
 from lamina.compute.models import LIVE, Host, Instance
 from lamina.compute.quota import check_instance_quota
 from lamina.compute.scheduler import place
@@ -68,10 +68,7 @@ def create_instance(
     once the instance has its id, before its job is queued: what the caller gives it (its
     addresses: the lifecycle's ``attach_nics`` hook)."""
     check_name(name)
-    if boot.kernel is None and boot.disk_image is None:
-        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
-    if boot.initrd is not None and boot.kernel is None:
-        raise InvalidRequest("an initrd needs a kernel")
+    check_boot(boot.kernel, boot.initrd, boot.disk_image)
     if visibility not in VISIBILITIES:
         raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
     if host and not who.is_admin:
