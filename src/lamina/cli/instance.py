@@ -384,6 +384,7 @@ def update(obj: Context, ref: str, visibility: str) -> None:
 @click.argument("user")
 @click.option("--operate", is_flag=True, help="Also let them start, stop, ... it.")
 @click.pass_obj
+@api_fields(access="--operate")
 def share(obj: Context, ref: str, user: str, operate: bool) -> None:
     """Let another user (by access key) see a private instance of yours (--json prints the
     grant, for scripts).
@@ -508,6 +509,7 @@ def forwards(obj: Context, ref: str) -> None:
 @click.argument("pairs", nargs=-1, metavar="[NAME=VALUE]...")
 @click.option("--unset", multiple=True, metavar="NAME", help="Remove an item (repeatable).")
 @click.pass_obj
+@api_fields(items="NAME=VALUE")
 def config(obj: Context, ref: str, pairs: tuple[str, ...], unset: tuple[str, ...]) -> None:
     """Show, set or remove an instance's configuration items (what it reads from the
     configuration service at lamina.local); --json prints them as JSON, for scripts.
