@@ -67,6 +67,12 @@ def attach_volume(cloud: Cloud, instance: str, size: int) -> str:
     return vid
 
 
+def shown(cloud: Cloud, kind: str, ref: str) -> dict[str, Any]:
+    """An instance or volume as the API shows it now."""
+    with cloud.client() as client:
+        return dict(client.instance(ref) if kind == "instance" else client.volume(ref))
+
+
 # -- names beside ids ------------------------------------------------------------------------
 
 
@@ -218,16 +224,16 @@ def test_deleting_a_running_instance_asks_first(cloud: Cloud, kernel: str) -> No
     assert "its root disk (8.0 MiB)" in refused.stderr
     assert f"detaches volume {vid} (vdb, 16.0 MiB; kept)" in refused.stderr
     assert "--yes" in refused.stderr
-    assert cloud.client().instance("busy")["status"] == "running"
+    assert shown(cloud, "instance", "busy")["status"] == "running"
 
     # On a terminal it asks; "n" keeps it.
     kept = on_terminal(cloud, "n\n", "instance", "delete", "busy")
     assert kept.returncode == 1, kept
     assert "its root disk (8.0 MiB)" in kept.stderr and "Delete it?" in kept.stderr
-    assert cloud.client().instance("busy")["status"] == "running"
+    assert shown(cloud, "instance", "busy")["status"] == "running"
     gone = on_terminal(cloud, "y\n", "instance", "delete", "busy")
     assert gone.returncode == 0 and "delete: succeeded" in gone.stdout, gone
-    assert cloud.client().volume(vid)["status"] == "available"
+    assert shown(cloud, "volume", vid)["status"] == "available"
 
     create(cloud, "scripted", kernel)
     assert "delete: succeeded" in run(cloud, "instance", "delete", "scripted", "-y").stdout

@@ -57,9 +57,8 @@ def test_console_shows_an_unfinished_last_line() -> None:
 def test_following_shows_an_unfinished_line_once_it_has_waited(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = iter(float(n) for n in range(100))
-    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(cli.time, "sleep", lambda _: None)
+    monkeypatch.setattr(cli, "PARTIAL_AFTER", 0.0)
+    monkeypatch.setattr("time.sleep", lambda _: None)
     found = cli.console_lines(Obj(FakeConsole(["a\nlog", "in: "])), "vm", True)  # type: ignore[arg-type]
     assert [next(found), next(found)] == ["a\n", "login: "]
 
@@ -81,7 +80,7 @@ def test_deleting_names_disks_volumes_ports_and_addresses() -> None:
         "published port 127.0.0.1:8080 -> 10.0.0.5:80",
         "address 10.0.0.5 on lan",
     ]
-    layered = {"layers": [], "disk_size_bytes": None, "volumes": [], "networks": []}
+    layered: dict[str, Any] = {"layers": [], "disk_size_bytes": None, "volumes": [], "networks": []}
     assert cli.destroyed(layered, []) == [
         "its writable layer (its image's size) and configuration disk"
     ]
