@@ -116,9 +116,6 @@ def create(
         raise click.UsageError("give --kernel or --disk-image: what the instance boots from")
     if initrd is not None and kernel is None:
         raise click.UsageError("--initrd needs --kernel (an initramfs goes with a kernel)")
-    if group is not None and no_network:
-        raise click.UsageError("--group cannot go with --no-network (a group's name is on its "
-                               "networks)")  # fmt: skip
     result = obj.client.create_instance(
         name=name,
         vcpus=vcpus,
@@ -130,7 +127,7 @@ def create(
         disk_size_mib=disk_size,
         host=host,
         visibility="public" if public else "private",
-        networks=nics(networks, ips, no_network),
+        networks=nics(networks, ips, no_network, group),
         group=group,
     )
     wait_job(obj, result["job"], f"creating {name}", wait)

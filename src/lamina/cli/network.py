@@ -272,12 +272,17 @@ def nic_options(command: F) -> F:
 
 
 def nics(
-    networks: tuple[str, ...], ips: tuple[str, ...], no_network: bool
+    networks: tuple[str, ...], ips: tuple[str, ...], no_network: bool, group: str | None = None
 ) -> list[dict[str, str | None]] | None:
-    """The request's ``networks``: None lets the default network apply."""
+    """The request's ``networks``: None lets the default network apply. UsageError for
+    flags that contradict each other (``group``: the ``--group`` given, if any)."""
     if no_network:
         if networks or ips:
             raise click.UsageError("--no-network cannot go with --network or --ip")
+        if group is not None:
+            raise click.UsageError(
+                "--group cannot go with --no-network (a group's name is on its networks)"
+            )
         return []
     if len(ips) > len(networks):
         raise click.UsageError("each --ip needs a --network before it (one --ip per --network)")
