@@ -167,7 +167,7 @@ follow_job() {  # job seconds what
 }
 # A web appliance an older make up deployed before instances had networks is made again.
 if [ "$(web_status)" != absent ] && [ "$(web_field "['networks']")" = "[]" ]; then
-  within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
+  within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web --yes >/dev/null
 fi
 # Deploy or start "web" and follow its job. A start that failed (in this run, or in an earlier
 # one: then the instance is in error, or stopped with an error) is reported at once, and tried
@@ -189,7 +189,7 @@ for attempt in 1 2; do
         job=$(start_web) what="starting the web appliance" seconds=120
       else
         # Started once and failed again: make it anew.
-        within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web >/dev/null
+        within 120 "deleting web" "$JOBS_HINT" "${LAMINA[@]}" instance delete web --yes >/dev/null
         job=$(deploy_web) what="deploying the web appliance again" seconds=300
       fi ;;
     *) job="" ;;  # running, or being built, paused, ... by something else: waited for below

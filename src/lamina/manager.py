@@ -15,6 +15,7 @@ from lamina.appliances import models as appliance_models
 from lamina.appliances.capture import register_capture_jobs
 from lamina.appliances.install import register_appliance_jobs
 from lamina.appliances.layered import register_appliance_lifecycle
+from lamina.appliances.views import register_appliance_views
 from lamina.audit import models as audit_models
 from lamina.channels import models as channel_models
 from lamina.compute import models as compute_models
@@ -39,6 +40,7 @@ from lamina.services import Services
 from lamina.volumes import models as volume_models
 from lamina.volumes import quota as volume_quota
 from lamina.volumes.jobs import register_volume_jobs, register_volume_lifecycle
+from lamina.volumes.views import register_volume_views
 
 #: Every domain's models: imported, their tables are in ``Base.metadata``.
 MODELS = (
@@ -73,6 +75,9 @@ def register(svc: Services) -> None:
     register_volume_lifecycle(lifecycle)
     register_appliance_lifecycle(lifecycle)
     register_guest_lifecycle(lifecycle)
+    # What they add to an instance's description (its volumes, its appliance's name).
+    register_volume_views(lifecycle)
+    register_appliance_views(lifecycle)
     # Job kinds.
     register_compute_jobs(registry, lifecycle)
     register_appliance_jobs(registry)

@@ -43,7 +43,7 @@ def test_instances_from_the_command_line(cloud: Cloud, kernel: str) -> None:
     assert job_id in cloud.cli("--json", "job", "list").stdout
     hosts = cloud.cli("host", "list").stdout
     assert "h1" in hosts and "up" in hosts
-    assert "delete: succeeded" in cloud.cli("instance", "delete", "cli1").stdout
+    assert "delete: succeeded" in cloud.cli("instance", "delete", "cli1", "--yes").stdout
 
 
 def test_errors_are_one_clear_line(cloud: Cloud) -> None:

@@ -149,6 +149,11 @@ def test_deploy_a_traditional_appliance_and_refusals(
         assert client.wait_job(second["job"]["id"], timeout=60)["status"] == "succeeded"
         vm2 = client.instance("wiki2")
         assert (vm2["status"], vm2["memory_mib"], vm2["vcpus"]) == ("running", 64, 1)
+        # Shown with the appliance's name and version beside its id (instance show, too).
+        assert vm2["appliance"] == {"id": wiki["id"], "name": "legacy-wiki",
+                                    "version": wiki["version"]}  # fmt: skip
+        shown = cloud.cli("instance", "show", "wiki2").stdout.splitlines()
+        assert f"legacy-wiki {wiki['version']} ({wiki['id']})" in " ".join(shown)
         # The appliance cannot be removed while its instances boot from its image.
         removal = http.delete(f"/appliances/{wiki['id']}")
         _error(removal, 409, "conflict")

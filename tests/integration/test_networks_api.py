@@ -117,7 +117,7 @@ def test_networks_dns_and_records_through_a_real_agent(
     busy = cloud.cli("network", "delete", "lan", check=False)
     assert busy.returncode == 1 and "in use by instance(s) a, b, c" in busy.stderr
     for name in ("a", "b", "c"):
-        cloud.cli("instance", "delete", name)
+        cloud.cli("instance", "delete", name, "--yes")
     # The host's last instances on the networks are gone, and so are the networks from it.
     withdrawn = lambda: "10.88.0.1" not in in_ns(netns, "ip", "-o", "-4", "addr")  # noqa: E731
     wait_until(withdrawn, 30, "lan withdrawn from the host")

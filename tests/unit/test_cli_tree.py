@@ -15,8 +15,6 @@ import pytest
 from lamina.cli.main import COMMANDS
 from lamina.launcher import LOCAL, build_cli
 
-#: Groups whose modules are not yet brought to the conventions.
-NOT_YET = {"instance", "network", "dns"}
 #: Groups that hold no resources of their own: no `list`/`show` to ask of them.
 NO_RESOURCES = {"config"}
 
@@ -32,12 +30,7 @@ def _walk(command: click.Command, path: str = "lamina") -> list[tuple[str, click
     return found
 
 
-def _mine(path: str) -> bool:
-    words = path.split()
-    return len(words) < 2 or words[1] not in NOT_YET
-
-
-TREE = [(p, c) for p, c in _walk(build_cli()) if _mine(p)]
+TREE = _walk(build_cli())
 
 
 def test_the_tree_is_walked() -> None:

@@ -97,6 +97,7 @@ def deploy(
                 "cmdline": kernel_cmdline(layered.cmdline, len(layered.layers)),
                 "disk_size_bytes": upper_bytes(hardware),
             }
+        instances.check_group(group, networks)
         instance, job = instances.create_instance(
             s,
             svc.jobs,

@@ -240,7 +240,7 @@ def deploy(
     def create() -> dict[str, Any]:
         return obj.client.deploy_appliance(
             ref, instance_name, _vars(pairs), memory_mib=memory, vcpus=vcpus,
-            networks=nics(networks, ips, no_network), group=group, version=version,
+            networks=nics(networks, ips, no_network, group), group=group, version=version,
         )  # fmt: skip
 
     try:

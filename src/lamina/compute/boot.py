@@ -73,6 +73,27 @@ class BootSources:
     disk_image: BootSource | None = None
 
 
+def check_boot(kernel: object, initrd: object, disk_image: object) -> None:
+    """InvalidRequest, naming the fields, unless there is a kernel or a disk image to boot
+    from and any initrd goes with a kernel."""
+    if not kernel and not disk_image:
+        raise InvalidRequest(
+            "an instance boots from a kernel (with an initrd) or a disk image",
+            fields=[
+                {"field": "kernel", "message": "give a kernel or a disk image"},
+                {"field": "disk_image", "message": "give a kernel or a disk image"},
+            ],
+        )
+    if initrd and not kernel:
+        raise InvalidRequest(
+            "an initrd needs a kernel",
+            fields=[
+                {"field": "initrd", "message": "needs a kernel"},
+                {"field": "kernel", "message": "missing, but an initrd is given"},
+            ],
+        )
+
+
 def resolve_boot(
     session: Session,
     who: Principal,
@@ -90,10 +111,7 @@ def resolve_boot(
     store hosts cannot fetch from), PathForbidden (403 ``path_forbidden``: a host path from a
     member, or outside ``compute.boot_paths``), LocationUnavailable (400: a URL the fetch
     policy refuses or whose name does not resolve)."""
-    if not kernel and not disk_image:
-        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
-    if initrd and not kernel:
-        raise InvalidRequest("an initrd needs a kernel")
+    check_boot(kernel, initrd, disk_image)
     found = {
         label: _resolve(session, who, settings, label, value)
         for label, value in zip(LABELS, (kernel, initrd, disk_image), strict=True)

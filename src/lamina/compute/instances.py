@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from lamina.compute.boot import BootSources
+from lamina.compute.boot import BootSources, check_boot
 from lamina.compute.models import LIVE, Host, Instance
 from lamina.compute.quota import check_instance_quota
 from lamina.compute.scheduler import place
@@ -17,6 +17,7 @@ from lamina.config import ComputeSettings
 from lamina.db.refs import pick_named
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
+from lamina.identity.models import User
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -67,10 +68,7 @@ def create_instance(
     once the instance has its id, before its job is queued: what the caller gives it (its
     addresses: the lifecycle's ``attach_nics`` hook)."""
     check_name(name)
-    if boot.kernel is None and boot.disk_image is None:
-        raise InvalidRequest("an instance boots from a kernel (with an initrd) or a disk image")
-    if boot.initrd is not None and boot.kernel is None:
-        raise InvalidRequest("an initrd needs a kernel")
+    check_boot(boot.kernel, boot.initrd, boot.disk_image)
     if visibility not in VISIBILITIES:
         raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
     if host and not who.is_admin:
@@ -115,6 +113,19 @@ def create_instance(
         owner=owner,
     )
     return instance, job
+
+
+def check_group(group: str | None, networks: Sequence[Any] | None) -> None:
+    """A group is a round-robin name on each of its members' networks: an instance with no
+    network (``networks`` given and empty) cannot be in one."""
+    if group is not None and networks is not None and not networks:
+        raise InvalidRequest(
+            "an instance in a group needs a network: give networks, or no group",
+            fields=[
+                {"field": "group", "message": "needs a network"},
+                {"field": "networks", "message": "empty, but a group is given"},
+            ],
+        )
 
 
 def get_instance(session: Session, ref: str, who: Principal, need: Need = "read") -> Instance:
@@ -235,14 +246,29 @@ def delete_instance(
     )
 
 
+def owner_names(session: Session, instances: Sequence[Instance]) -> dict[str, str]:
+    """User id -> access key, for the owners of ``instances``."""
+    ids = {i.owner for i in instances if i.owner}
+    if not ids:
+        return {}
+    rows = session.execute(select(User.id, User.access_key).where(User.id.in_(ids)))
+    return {user_id: key for user_id, key in rows}
+
+
 def describe(
     instance: Instance,
     host: Host | None,
     nics: list[dict[str, Any]] | None = None,
     viewer: Principal | None = None,
+    owner_name: str | None = None,
+    more: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The instance as the API shows it (with its NICs when given). While its host is down
-    its state is unknown: the last state Lamina saw is kept in ``last_status``."""
+    its state is unknown: the last state Lamina saw is kept in ``last_status``. ``owner``
+    is its owner's id and ``owner_name`` their access key, both shown only to whom may see
+    whose it is; ``more``: the fields the other domains' views add (``appliance``,
+    ``volumes``), which are otherwise empty."""
+    owner = shown_owner(viewer, instance.owner)
     return {
         "id": instance.id,
         "name": instance.name,
@@ -250,7 +276,8 @@ def describe(
         "last_status": instance.status,
         "host": host.name if host else None,
         "host_id": instance.host_id,
-        "owner": shown_owner(viewer, instance.owner),
+        "owner": owner,
+        "owner_name": owner_name if owner else None,
         "visibility": instance.visibility,
         "vcpus": instance.vcpus,
         "memory_mib": instance.memory_mib,
@@ -260,9 +287,11 @@ def describe(
         "disk_image": instance.disk_image,
         "disk_size_bytes": instance.disk_size_bytes,
         "appliance_id": instance.appliance_id,
+        "appliance": None,
         "layers": instance.layers,
         "variables": instance.variables,
         "networks": nics if nics is not None else [],
+        "volumes": [],
         "group": instance.group_name,
         "config": instance.config or {},
         "guest_status": instance.guest_status,
@@ -271,7 +300,7 @@ def describe(
         "created_at": instance.created_at,
         "updated_at": instance.updated_at,
         "started_at": instance.started_at,
-    }
+    } | (more or {})
 
 
 def _shown_status(status: str, host: Host | None) -> str:

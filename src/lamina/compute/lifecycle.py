@@ -14,7 +14,10 @@ call them; they register here instead, once, where the manager is wired
   layered instance's config disk, the NICs of its guest, what is released with it when it
   is deleted, what follows when a host comes back up; and the data compute needs from the
   appliances: a layered instance's boot files as of now, and what the appliance an instance
-  was deployed from provides.
+  was deployed from provides;
+* **views**: fields the other domains add to an instance's description (its attached
+  volumes, the name and version of the appliance it came from), so ``instance show``
+  names them without compute knowing their tables.
 
 Each hook is optional: a manager that wires no network simply gives its instances no NICs.
 """
@@ -99,6 +102,12 @@ HostUp = Callable[[Session, JobRegistry, str], None]
 LayeredBoot = Callable[[Session, "Instance"], LayeredFiles]
 #: (session, appliance id) -> what that appliance provides (``mail``, ``smtp``, ...).
 Provides = Callable[[Session, str], tuple[str, ...]]
+#: (session, instances, viewer) -> instance id -> more fields of its description, as the
+#: domain that holds them shows them to ``viewer`` (its attached volumes, the appliance it
+#: was deployed from). The fields are the view's own: two views never give the same one.
+InstanceView = Callable[
+    [Session, "Sequence[Instance]", "Principal | None"], dict[str, dict[str, Any]]
+]
 
 
 @dataclass
@@ -114,6 +123,7 @@ class InstanceLifecycle:
     host_up: list[HostUp] = field(default_factory=list)
     layered_boot: LayeredBoot | None = None
     provides: Provides | None = None
+    views: list[InstanceView] = field(default_factory=list)
 
     def contribute(self, kind: str, step: Step) -> None:
         """Add ``step`` to the job ``kind`` at the place ``ORDER`` gives its name.
@@ -149,6 +159,16 @@ class InstanceLifecycle:
         if self.nic_views is None:
             return {}
         return self.nic_views(session, instance_ids, domain)
+
+    def more_fields(
+        self, session: Session, instances: Sequence[Instance], viewer: Principal | None
+    ) -> dict[str, dict[str, Any]]:
+        """Instance id -> the fields every registered view adds to its description."""
+        found: dict[str, dict[str, Any]] = {i.id: {} for i in instances}
+        for view in self.views:
+            for instance_id, fields in view(session, instances, viewer).items():
+                found.setdefault(instance_id, {}).update(fields)
+        return found
 
     def appliance_provides(self, session: Session, appliance_id: str) -> tuple[str, ...]:
         return self.provides(session, appliance_id) if self.provides else ()

@@ -49,6 +49,7 @@ def create_instance(
     "job"}``. ``networks``: its NICs in order, the first the primary (None: one on the default
     network, if there is one ``who`` may use)."""
     instance_service.check_name(name)  # before the boot files are looked up
+    instance_service.check_group(group, networks)
     attach = lifecycle_of(svc).attach(who, networks, svc.settings.network.default_network)
     with svc.db.write() as s:
         boot = resolve_boot(
@@ -105,15 +106,7 @@ def list_detail(
         found = instance_service.list_instances(
             s, status=status, host=host, limit=limit, marker=marker, who=who
         )
-        nics = lifecycle_of(svc).nics_by_instance(
-            s, [i.id for i in found], svc.settings.network.domain
-        )
-        return {
-            "instances": [
-                instance_service.describe(i, by_id.get(i.host_id or ""), nics.get(i.id, []), who)
-                for i in found
-            ]
-        }
+        return {"instances": _describe_all(s, svc, found, who, by_id)}
 
 
 def show_instance(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
@@ -201,10 +194,35 @@ def act(
 
 
 def _describe(s: Session, svc: Services, instance: Instance, who: Principal) -> dict[str, Any]:
-    nics = lifecycle_of(svc).nics_by_instance(s, [instance.id], svc.settings.network.domain)
-    return instance_service.describe(
-        instance, s.get(Host, instance.host_id), nics.get(instance.id, []), who
-    )
+    host = s.get(Host, instance.host_id) if instance.host_id else None
+    return _describe_all(s, svc, [instance], who, {host.id: host} if host else {})[0]
+
+
+def _describe_all(
+    s: Session,
+    svc: Services,
+    instances: Sequence[Instance],
+    who: Principal,
+    hosts: dict[str, Host],
+) -> list[dict[str, Any]]:
+    """Descriptions of ``instances`` with what the other domains add: NICs, the owner's
+    access key, the appliance and attached volumes (the lifecycle's views)."""
+    lifecycle = lifecycle_of(svc)
+    ids = [i.id for i in instances]
+    nics = lifecycle.nics_by_instance(s, ids, svc.settings.network.domain)
+    owners = instance_service.owner_names(s, instances)
+    more = lifecycle.more_fields(s, instances, who)
+    return [
+        instance_service.describe(
+            i,
+            hosts.get(i.host_id or ""),
+            nics.get(i.id, []),
+            who,
+            owner_name=owners.get(i.owner or ""),
+            more=more.get(i.id),
+        )
+        for i in instances
+    ]
 
 
 def _grant(grant: Any, user: str) -> dict[str, Any]:
