@@ -15,8 +15,9 @@ import pytest
 from lamina.cli.main import COMMANDS
 from lamina.launcher import LOCAL, build_cli
 
-#: Groups that hold no resources of their own: no `list`/`show` to ask of them.
-NO_RESOURCES = {"config"}
+#: Groups that hold no resources of their own (`dns` holds the group `record`): no
+#: `list`/`show` to ask of them.
+NO_RESOURCES = {"config", "dns"}
 
 
 def _walk(command: click.Command, path: str = "lamina") -> list[tuple[str, click.Command]]:
