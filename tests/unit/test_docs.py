@@ -233,3 +233,16 @@ def test_every_agent_route_and_procedure_is_documented(tmp_path: Path) -> None:
         if f"`{name}`" not in text
     ]
     assert not missing, "\n".join(missing)
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """pytest imports test files by their basename (no packages under tests/): two with one
+    name stop the whole run at collection, which `make check` (unit tests only) would not see."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(tests)} and {path.relative_to(tests)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, f"rename one of: {clashes}"
