@@ -20,8 +20,9 @@ VERSION_HELP = "The version (default: the newest installed, else the newest offe
 
 @click.group("appliance")
 def appliance() -> None:
-    """Appliances from the subscribed channels: list and show what they offer, install,
-    deploy as instances, capture, remove.
+    """Appliances from the subscribed channels.
+
+    List and show what they offer, install, deploy as instances, capture, remove.
 
     \b
     Examples:
