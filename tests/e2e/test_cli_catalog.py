@@ -32,6 +32,10 @@ WIKI = """<appliance version="1.0" name="legacy-wiki" kind="traditional">
     <variable name="domain" type="hostname" required="true" description="Its site's name"/>
     <variable name="port" type="int" default="80"/>
   </variables>
+  <ports>
+    <port variable="port" name="http" description="The wiki"/>
+    <port number="8443" protocol="udp"/>
+  </ports>
 </appliance>
 """
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -117,12 +121,17 @@ def test_channels_and_appliances_by_name(cloud: Cloud, channel: tuple[str, str])
     rows = _json(cloud, "appliance", "list")
     assert isinstance(rows, list) and rows[0]["channel"] == by_url["id"]
 
-    # Show: versions, variables with type, default, required, description; hardware; webpanel.
+    # Show: versions, variables with type, default, required, description; ports; hardware;
+    # webpanel.
     out = cloud.cli("appliance", "show", "legacy-wiki").stdout
     assert re.search(r"^version\s+1\.1\.0-0$", out, re.MULTILINE), out
     assert re.search(r"^webpanel\s+/admin$", out, re.MULTILINE), out
     assert re.search(r"^domain\s+hostname\s+-\s+yes\s+Its site's name$", out, re.MULTILINE), out
     assert re.search(r"^port\s+int\s+80\s+no$", out, re.MULTILINE), out
+    ports = out[out.index("\nports:\n") :].splitlines()[2:]
+    assert ports[0].split() == ["PORT", "PROTOCOL", "VARIABLE", "NAME", "DESCRIPTION"], out
+    assert ports[1].split() == ["80", "tcp", "port", "http", "The", "wiki"], out
+    assert ports[2].split() == ["8443", "udp", "-", "-"], out
     data = _json(cloud, "appliance", "show", "legacy-wiki", "--version", "1.0.0-0")
     assert isinstance(data, dict)
     assert data["version"] == "1.0.0-0" and data["installed"] is False
@@ -134,6 +143,11 @@ def test_channels_and_appliances_by_name(cloud: Cloud, channel: tuple[str, str])
         "required": True,
         "description": "Its site's name",
     }
+    assert data["ports"] == [
+        {"number": 80, "protocol": "tcp", "variable": "port", "name": "http",
+         "description": "The wiki"},
+        {"number": 8443, "protocol": "udp", "variable": None, "name": None, "description": ""},
+    ]  # fmt: skip
     assert data["hardware"]["cpus"] == 2 and data["hardware"]["memory_mib"] == 128
     assert data["webpanel"] == "/admin" and data["definition_error"] is None
     typo = cloud.cli("appliance", "show", "legacy-wki", check=False)

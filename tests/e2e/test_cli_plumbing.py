@@ -66,8 +66,17 @@ def test_errors_name_the_flag_the_user_typed(cloud: Cloud, kernel: str) -> None:
     assert port.returncode == 2, port.stderr
     assert "--port" in port.stderr and "guest_port" not in port.stderr
     as_json = cloud.cli("--json", "instance", "expose", "web", "--port", "99999", check=False)
-    fields = json_error(as_json)["details"]
-    assert isinstance(fields, dict) and fields["fields"][0]["field"] == "--port"
+    assert as_json.returncode == 2 and json_error(as_json)["code"] == "usage_error"
+    # What only the manager checks comes back in the user's flags too.
+    long = "x" * 5000
+    api = cloud.cli("--json", "instance", "create", "w2", "--kernel", kernel, "--cmdline", long,
+                    check=False)  # fmt: skip
+    assert api.returncode == 2, api.stderr
+    details = json_error(api)["details"]
+    assert details["fields"][0]["field"] == "--cmdline"
+    assert details["fields"][0]["api_field"] == "cmdline"
+    text = cloud.cli("instance", "create", "w2", "--kernel", kernel, "--cmdline", long, check=False)
+    assert text.stderr.startswith("error: --cmdline: String should have at most 4096")
     since = cloud.cli("audit", "list", "--since", "yesterday", check=False)
     assert since.returncode == 2 and since.stderr.startswith("error: --since: expected")
 

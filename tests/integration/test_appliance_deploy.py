@@ -146,8 +146,17 @@ def test_deploy_a_traditional_appliance_and_refusals(
         second = client.deploy_appliance(
             wiki["id"], "wiki2", {"domain": "w2.example.org"}, memory_mib=64, vcpus=1
         )
+        # The deploy's answer describes the instance as GET /instances/{ref} does: with what
+        # the other domains' views add (its appliance, volumes) and its owner's name.
+        answered = second["instance"]
+        assert answered["appliance"] == {"id": wiki["id"], "name": "legacy-wiki",
+                                         "version": wiki["version"]}  # fmt: skip
+        assert (answered["owner_name"], answered["volumes"]) == ("admin", [])
         assert client.wait_job(second["job"]["id"], timeout=60)["status"] == "succeeded"
         vm2 = client.instance("wiki2")
+        assert answered.keys() == vm2.keys()
+        same = ("owner", "owner_name", "appliance", "volumes", "networks", "disk_image")
+        assert [answered[k] for k in same] == [vm2[k] for k in same]
         assert (vm2["status"], vm2["memory_mib"], vm2["vcpus"]) == ("running", 64, 1)
         # Shown with the appliance's name and version beside its id (instance show, too).
         assert vm2["appliance"] == {"id": wiki["id"], "name": "legacy-wiki",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lamina.errors import InvalidRequest
-from lamina.formats.definition import Appliance, Requirement
+from lamina.formats.definition import Appliance, Port, Requirement
 from lamina.formats.parsing import parse_appliance
 from lamina.formats.variables import check_value, render, resolve_variables, template_names
 from lamina.formats.versions import Version, VersionRange, compare_versions
@@ -19,6 +19,7 @@ from lamina.formats.xmlsafe import XMLInvalid
 
 FIGURE_2 = Path(__file__).parent / "fixtures" / "storm-figure2.xml"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "appliances.md"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples" / "channel"
 SHA = "ab" * 32
 
 
@@ -80,7 +81,7 @@ def test_writing_and_reading_give_the_same_appliance() -> None:
     figure_2 = parse_appliance(FIGURE_2.read_bytes())
     assert parse_appliance(write_appliance(figure_2)) == figure_2
     full = parse_appliance(_docs_examples()[1])
-    assert full.kind == "application" and len(full.variables) == 3
+    assert full.kind == "application" and len(full.variables) == 3 and len(full.ports) == 2
     assert parse_appliance(write_appliance(full)) == full
 
 
@@ -303,6 +304,111 @@ def test_undeclared_entity_and_malformed_xml_name_the_line() -> None:
 def test_a_huge_document_is_refused_before_parsing() -> None:
     error = refused(b"<appliance>" + b" " * (1024 * 1024) + b"</appliance>")
     assert "more than the 1048576 allowed" in error.message
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+PORT_VARIABLES = (
+    "  <variables>\n"
+    '    <variable name="port" type="int" default="8080"/>\n'
+    '    <variable name="admin" type="int" required="true"/>\n'
+    '    <variable name="domain" type="hostname"/>\n'
+    "  </variables>\n"
+)
+
+
+def ported(ports: str, variables: str = PORT_VARIABLES) -> bytes:
+    """A traditional appliance with ``variables`` (from line 5) and ``ports``."""
+    return layered(variables + f"  <ports>\n{ports}  </ports>\n", kind="traditional")
+
+
+def test_ports_fixed_or_from_a_variable() -> None:
+    a = parse_appliance(
+        ported(
+            '    <port number="53" protocol="udp" name="domain" description="Queries"/>\n'
+            '    <port number="53"/>\n'
+            '    <port variable="port" name="http"/>\n'
+            '    <port variable="admin" protocol="tcp"/>\n'
+        )
+    )
+    assert a.ports == (
+        Port(number=53, protocol="udp", name="domain", description="Queries"),
+        Port(number=53, protocol="tcp"),  # tcp unless said
+        Port(variable="port", name="http"),
+        Port(variable="admin"),
+    )
+    assert [str(p) for p in a.ports] == ["53/udp", "53/tcp", "{port}/tcp", "{admin}/tcp"]
+    # A variable's port is numbered by its default, or an instance's value; none without.
+    assert [a.port_number(p) for p in a.ports] == [53, 53, 8080, None]
+    values = {"port": "8443", "admin": "9000", "domain": ""}
+    assert [a.port_number(p, values) for p in a.ports] == [53, 53, 8443, 9000]
+    assert parse_appliance(write_appliance(a)) == a
+    assert b'<port variable="port" protocol="tcp" name="http" />' in write_appliance(a)
+    assert parse_appliance(layered("", kind="traditional")).ports == ()
+
+
+@pytest.mark.parametrize(
+    ("port", "words"),
+    [
+        ('<port number="0"/>', "attribute number='0': value must be positive"),
+        ('<port number="65536"/>', "number='65536': value has to be less than or equal than 65535"),
+        ('<port number="http"/>', "'http' is not a valid positiveInteger"),
+        ('<port number="80" protocol="sctp"/>', "protocol='sctp'"),
+        ('<port number="80" name="two words"/>', "name='two words'"),
+        ("<port/>", "a port has either a number or a variable"),
+        ('<port number="80" variable="port"/>', "a port has either a number or a variable"),
+        (
+            '<port variable="nope"/>',
+            "port variable 'nope' is not one of the <variables> (they are: port, admin, domain)",
+        ),
+        ('<port variable="domain"/>', "port variable 'domain' is a hostname: a port's variable"),
+    ],
+)
+def test_wrong_ports_name_line_and_element(port: str, words: str) -> None:
+    error = refused(ported(f'    <port number="25"/>\n    {port}\n'))
+    assert (error.line, error.element) == (12, "port"), error.message
+    assert words in error.message, error.message
+
+
+def test_a_port_once_per_protocol_and_a_variable_that_is_a_port_number() -> None:
+    twice = refused(ported('    <port number="53" protocol="udp"/>\n    <port number="53"/>\n'
+                           '    <port number="53" protocol="udp"/>\n'))  # fmt: skip
+    assert (twice.line, twice.element) == (13, "port")
+    assert "a second port 53/udp" in twice.message
+    again = refused(ported('    <port variable="port"/>\n    <port variable="port"/>\n'))
+    assert "a second port {port}/tcp" in again.message
+    zero = '  <variables>\n    <variable name="port" type="int" default="0"/>\n  </variables>\n'
+    error = refused(ported('    <port variable="port"/>\n', zero))
+    assert (error.line, error.element) == (9, "port")
+    assert "port variable 'port' defaults to 0, not a port number (1 to 65535)" in error.message
+    undeclared = refused(ported('    <port variable="port"/>\n', ""))
+    assert "(they are: none)" in undeclared.message
+
+
+def test_an_instance_port_variable_must_be_a_port_number() -> None:
+    a = parse_appliance(
+        ported('    <port variable="port"/>\n    <port variable="port" protocol="udp"/>\n')
+    )
+    assert resolve_variables(a, {"admin": "1", "port": "65535"})["port"] == "65535"
+    with pytest.raises(InvalidRequest) as info:
+        resolve_variables(a, {"admin": "1", "port": "99999"})
+    assert info.value.details["problems"] == [
+        "variable port: 99999 is not a port number (1 to 65535)"  # said once for both ports
+    ]
+
+
+def test_the_sample_applications_declare_their_ports() -> None:
+    declared: dict[str, list[str]] = {}
+    for path in sorted(SAMPLES.glob("*/appliance.xml")):
+        a = parse_appliance(path.read_bytes(), source=True)
+        declared[a.name] = [f"{a.port_number(p)}/{p.protocol}" for p in a.ports]
+    assert declared == {
+        "diskprobe": [],
+        "dnsserv": ["53/udp", "53/tcp"],
+        "mailserv": ["25/tcp"],
+        "netprobe": [],
+        "webserv": ["80/tcp"],  # its port variable's default
+    }
 
 
 # -- versions --------------------------------------------------------------------------------

@@ -25,10 +25,9 @@ from sqlalchemy.orm import Session
 from lamina.appliances.catalog import find_installed
 from lamina.appliances.layered import file_of, kernel_cmdline, layered_boot
 from lamina.appliances.models import InstalledAppliance
-from lamina.compute import instances
+from lamina.compute import instances, usecases
 from lamina.compute.boot import BootSource, BootSources
 from lamina.compute.lifecycle import NicRequest
-from lamina.compute.models import Host
 from lamina.errors import InvalidState
 from lamina.formats.definition import Appliance, Hardware
 from lamina.formats.parsing import parse_appliance
@@ -36,7 +35,6 @@ from lamina.formats.variables import resolve_variables
 from lamina.identity.principal import Principal
 from lamina.jobs.views import describe_job
 from lamina.network.lifecycle import attach_nics
-from lamina.network.service import instance_nics
 
 if TYPE_CHECKING:
     from lamina.services import Services
@@ -63,8 +61,9 @@ def deploy(
     version: str | None = None,
 ) -> dict[str, Any]:
     """Create an instance of the installed appliance ``ref`` (id, or name: its newest
-    installed version unless ``version``) owned by ``who``; answers the instance, its
-    ``instance.create`` job and the resolved variables.
+    installed version unless ``version``) owned by ``who``; answers the instance (described
+    as ``GET /instances/{ref}`` describes it), its ``instance.create`` job and the resolved
+    variables.
 
     Raises NotFound (no such appliance, with the closest name), InvalidState (not installed
     though a channel offers it: ``details.installable``; still installing, or failed, or its
@@ -115,9 +114,9 @@ def deploy(
             instance.layers = [f.as_dict() for f in layered.layers]
             instance.variables = values
             instance.templates = list(appliance.templates)
-        nics = instance_nics(s, instance.id, svc.settings.network.domain)
         answer = {
-            "instance": instances.describe(instance, s.get(Host, instance.host_id), nics),
+            # As GET /instances/{ref} shows it: owner's name, appliance, NICs, volumes.
+            "instance": usecases.describe_instance(s, svc, instance, who),
             "job": describe_job(job),
             "appliance": {"id": row.id, "name": row.name, "version": row.version},
             "variables": values,

@@ -1,7 +1,7 @@
 """One appliance as a person wants to see it before deploying it (``lamina appliance show``):
 every version the channels offer or that is installed, and for one version what its
 definition holds: description, dependencies and substrate, variables (type, default,
-required, description), hardware, webpanel.
+required, description), ports, hardware, webpanel.
 
 The definition of an installed version is the one stored at install; that of a version only
 offered is fetched from its channel's mirrors and verified against the channel's pinned key
@@ -111,6 +111,16 @@ def definition_data(appliance: Appliance) -> dict[str, Any]:
                 "description": v.description,
             }
             for v in appliance.variables
+        ],
+        "ports": [
+            {
+                "number": appliance.port_number(p),
+                "protocol": p.protocol,
+                "variable": p.variable,
+                "name": p.name,
+                "description": p.description,
+            }
+            for p in appliance.ports
         ],
         "webpanel": appliance.webpanel,
         "url": appliance.url,

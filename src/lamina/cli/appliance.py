@@ -20,8 +20,9 @@ VERSION_HELP = "The version (default: the newest installed, else the newest offe
 
 @click.group("appliance")
 def appliance() -> None:
-    """Appliances from the subscribed channels: list and show what they offer, install,
-    deploy as instances, capture, remove.
+    """Appliances from the subscribed channels.
+
+    List and show what they offer, install, deploy as instances, capture, remove.
 
     \b
     Examples:
@@ -58,7 +59,7 @@ def list_(obj: Context, installed: bool) -> None:
 def show(obj: Context, ref: str, version: str | None) -> None:
     """Show an appliance (by name, or an installed one's id): its versions, offered and
     installed, and for one version its description, dependencies, substrate, variables
-    (type, default, whether required), hardware and web panel. --json prints it all.
+    (type, default, whether required), ports, hardware and web panel. --json prints it all.
 
     \b
     Examples:
@@ -100,6 +101,11 @@ def show(obj: Context, ref: str, version: str | None) -> None:
         click.echo("\nvariables:")
         variables = [{**v, "required": "yes" if v["required"] else "no"} for v in data["variables"]]
         table(variables, ["name", "type", "default", "required", "description"])
+    if "ports" in data:
+        # A port numbered by a variable names it; its number is the variable's default, if any.
+        click.echo("\nports:")
+        ports = [{**p, "port": p["number"]} for p in data["ports"]]
+        table(ports, ["port", "protocol", "variable", "name", "description"])
 
 
 @appliance.command("install")

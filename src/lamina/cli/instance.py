@@ -31,7 +31,9 @@ WAIT_HELP = "Wait for the job to finish, with a progress bar (--no-wait: print i
 
 @click.group("instance")
 def instance() -> None:
-    """Virtual machines: create, list, show, start/stop, console, delete.
+    """Virtual machines.
+
+    Create, list, show, start and stop, watch the console, publish ports, delete.
 
     \b
     Examples:

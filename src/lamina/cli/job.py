@@ -39,8 +39,9 @@ COLUMNS = ["created_at", "kind", "target", "status", "progress", "error"]
 
 @click.group("job")
 def job() -> None:
-    """Persisted jobs and their step logs: what each long operation did, is doing, or
-    failed at.
+    """Long operations and their step logs.
+
+    What each job (create, deploy, attach, install, ...) did, is doing, or failed at.
 
     \b
     Examples:

@@ -71,7 +71,7 @@ def create_instance(
             group=group,
             who=who,
         )
-        result = {"instance": _describe(s, svc, instance, who), "job": describe_job(job)}
+        result = {"instance": describe_instance(s, svc, instance, who), "job": describe_job(job)}
     svc.wake_jobs()
     return result
 
@@ -111,7 +111,8 @@ def list_detail(
 
 def show_instance(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
     with svc.db.read() as s:
-        return {"instance": _describe(s, svc, instance_service.get_instance(s, ref, who), who)}
+        instance = instance_service.get_instance(s, ref, who)
+        return {"instance": describe_instance(s, svc, instance, who)}
 
 
 def set_visibility(svc: Services, who: Principal, ref: str, visibility: str) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def set_visibility(svc: Services, who: Principal, ref: str, visibility: str) -> 
     with svc.db.write() as s:
         instance = instance_service.get_instance(s, ref, who, "own")
         instance.visibility = visibility
-        return {"instance": _describe(s, svc, instance, who)}
+        return {"instance": describe_instance(s, svc, instance, who)}
 
 
 def update_config(
@@ -193,7 +194,12 @@ def act(
     return result
 
 
-def _describe(s: Session, svc: Services, instance: Instance, who: Principal) -> dict[str, Any]:
+def describe_instance(
+    s: Session, svc: Services, instance: Instance, who: Principal
+) -> dict[str, Any]:
+    """``instance`` as ``GET /instances/{ref}`` shows it to ``who``: with its NICs, its
+    owner's access key and what the other domains' views add (appliance, volumes). For the
+    use cases of the domains above compute that make instances (an appliance's deploy)."""
     host = s.get(Host, instance.host_id) if instance.host_id else None
     return _describe_all(s, svc, [instance], who, {host.id: host} if host else {})[0]
 

@@ -7,6 +7,7 @@ form is in ``docs/appliances.md``. Units follow STORM: ``size`` and disk sizes i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +21,9 @@ KINDS: tuple[Kind, ...] = ("substrate", "application", "traditional")
 BlobRole = Literal["layer", "image", "kernel", "initrd"]
 VariableType = Literal["string", "int", "bool", "ipv4", "ipv6", "hostname"]
 DiskType = Literal["system", "swap", "user"]
+Protocol = Literal["tcp", "udp"]
+#: The numbers a ``<port>`` may have.
+PORT_NUMBERS = range(1, 65536)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,25 @@ class Variable:
 
 
 @dataclass(frozen=True)
+class Port:
+    """A port the appliance's service listens on (``<ports><port>``), as Docker's ``EXPOSE``
+    or an OVF product's service port: what to open or forward to reach it. Its ``number`` is
+    fixed, or is the value of the int ``variable`` an instance is deployed with (then
+    ``number`` is None); ``Appliance.port_number`` gives it either way."""
+
+    number: int | None = None
+    protocol: Protocol = "tcp"
+    variable: str | None = None
+    name: str | None = None  # a service name, e.g. ``http``, ``domain``, ``smtp``
+    description: str = ""
+
+    def __str__(self) -> str:
+        """``80/tcp``; ``{port}/tcp`` for the value of variable ``port``."""
+        number = str(self.number) if self.variable is None else f"{{{self.variable}}}"
+        return f"{number}/{self.protocol}"
+
+
+@dataclass(frozen=True)
 class Appliance:
     label: str
     version: Version
@@ -109,6 +132,7 @@ class Appliance:
     initrd: Blob | None = None
     cmdline: str | None = None
     variables: tuple[Variable, ...] = ()
+    ports: tuple[Port, ...] = ()
     templates: tuple[str, ...] = ()
 
     def blobs(self) -> tuple[Blob, ...]:
@@ -131,3 +155,13 @@ class Appliance:
             f"appliance {self.name} has no variable {name!r} (it has: {known})",
             variable=name,
         )
+
+    def port_number(self, port: Port, values: Mapping[str, str] | None = None) -> int | None:
+        """The number of ``port``: its own, or its variable's value in ``values`` (an
+        instance's resolved variables), else the variable's default; None when the variable
+        has no value (a required one before deploy, or an optional one left empty)."""
+        if port.variable is None:
+            return port.number
+        given = values.get(port.variable) if values is not None else None
+        text = given if given is not None else self.variable(port.variable).default
+        return int(text) if text else None

@@ -12,6 +12,7 @@ import xmlschema
 
 from lamina.errors import InvalidRequest
 from lamina.formats.definition import (
+    PORT_NUMBERS,
     Appliance,
     Blob,
     BlobRole,
@@ -19,6 +20,8 @@ from lamina.formats.definition import (
     DiskType,
     Hardware,
     Kind,
+    Port,
+    Protocol,
     Requirement,
     Variable,
     VariableType,
@@ -92,6 +95,7 @@ class _Reader:
                 root, "an appliance needs a name: a name attribute or a <provides> element"
             )
         hardware = root.find("hardware")
+        variables = self._variables()
         appliance = Appliance(
             label=self._text("label") or "",
             version=self._version(),
@@ -111,7 +115,8 @@ class _Reader:
             kernel=self._optional_blob("boot/kernel", "kernel"),
             initrd=self._optional_blob("boot/initrd", "initrd"),
             cmdline=self._text("boot/cmdline"),
-            variables=self._variables(),
+            variables=variables,
+            ports=self._ports(variables),
             templates=self._templates(),
         )
         self._check_kind(appliance)
@@ -205,6 +210,53 @@ class _Reader:
                 )
             )
         return tuple(variables)
+
+    def _ports(self, variables: tuple[Variable, ...]) -> tuple[Port, ...]:
+        """Each ``<port>``: a number, or an int variable whose value is the number (its
+        default, if any, a port number too); one port per number (or variable) and protocol."""
+        ports: list[Port] = []
+        seen: set[str] = set()
+        for element in self.root.findall("ports/port"):
+            number, variable = element.get("number"), element.get("variable")
+            if (number is None) == (variable is None):
+                raise self.doc.error(
+                    element, "a port has either a number or a variable (whose value is its number)"
+                )
+            if variable is not None:
+                self._check_port_variable(element, variable, variables)
+            port = Port(
+                number=None if number is None else int(number),
+                protocol=cast(Protocol, element.get("protocol", "tcp")),
+                variable=variable,
+                name=element.get("name"),
+                description=element.get("description", ""),
+            )
+            if str(port) in seen:
+                raise self.doc.error(element, f"a second port {port}")
+            seen.add(str(port))
+            ports.append(port)
+        return tuple(ports)
+
+    def _check_port_variable(
+        self, element: ET.Element, name: str, variables: tuple[Variable, ...]
+    ) -> None:
+        """A port's variable exists, is an int, and defaults (if it does) to a port number."""
+        found = next((v for v in variables if v.name == name), None)
+        if found is None:
+            known = ", ".join(v.name for v in variables) or "none"
+            raise self.doc.error(
+                element, f"port variable {name!r} is not one of the <variables> (they are: {known})"
+            )
+        if found.type != "int":
+            raise self.doc.error(
+                element, f"port variable {name!r} is a {found.type}: a port's variable is an int"
+            )
+        if found.default is not None and int(found.default) not in PORT_NUMBERS:
+            raise self.doc.error(
+                element,
+                f"port variable {name!r} defaults to {found.default}, not a port number "
+                "(1 to 65535)",
+            )
 
     def _templates(self) -> tuple[str, ...]:
         elements = self.root.findall("templates/template")

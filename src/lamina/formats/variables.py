@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 
 from lamina.errors import InvalidRequest
-from lamina.formats.definition import Appliance, VariableType
+from lamina.formats.definition import PORT_NUMBERS, Appliance, VariableType
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -46,8 +46,8 @@ def check_value(type_: VariableType, value: str) -> str:
 def resolve_variables(appliance: Appliance, given: Mapping[str, str]) -> dict[str, str]:
     """Every variable's value for one instance: ``given`` checked against the declared types,
     defaults filled in (``""`` for an optional variable without one). Raise InvalidRequest,
-    naming each problem, for an unknown variable, a missing required one or a value of the
-    wrong type."""
+    naming each problem, for an unknown variable, a missing required one, a value of the
+    wrong type, or a port's variable whose value is not a port number."""
     problems: list[str] = []
     values: dict[str, str] = {}
     for name, value in given.items():
@@ -62,6 +62,10 @@ def resolve_variables(appliance: Appliance, given: Mapping[str, str]) -> dict[st
             problems.append(f"variable {variable.name} is required ({variable.type})")
         else:
             values[variable.name] = variable.default or ""
+    for port_variable in dict.fromkeys(p.variable for p in appliance.ports if p.variable):
+        number = values.get(port_variable)
+        if number and int(number) not in PORT_NUMBERS:
+            problems.append(f"variable {port_variable}: {number} is not a port number (1 to 65535)")
     if problems:
         raise InvalidRequest(
             f"appliance {appliance.name}: " + "; ".join(problems), problems=problems

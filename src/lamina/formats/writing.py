@@ -88,6 +88,20 @@ def write_appliance(appliance: Appliance) -> bytes:
                     description=description,
                 ),
             )
+    if a.ports:
+        ports = ET.SubElement(root, "ports")
+        for port in a.ports:
+            ET.SubElement(
+                ports,
+                "port",
+                _attrs(
+                    number=port.number,
+                    variable=port.variable,
+                    protocol=port.protocol,
+                    name=port.name,
+                    description=port.description or None,
+                ),
+            )
     if a.templates:
         templates = ET.SubElement(root, "templates")
         for path in a.templates:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
@@ -34,7 +34,7 @@ def audit_events(
 
 @router.get("/{event_id}")
 def audit_event(
-    event_id: int,
+    event_id: int = Path(ge=1, le=2**63 - 1),  # what the id column can hold
     svc: Services = Depends(services),
     who: Principal = Depends(principal),
 ) -> dict[str, Any]:
