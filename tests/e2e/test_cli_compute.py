@@ -139,8 +139,7 @@ def test_an_api_error_names_the_api_field_that_the_flag_maps_to(cloud: Cloud) ->
     their flags those are, for the CLI's error handler to print the flag."""
     from lamina.cli.flags import flag_names
 
-    commands = client_commands().commands
-    instance = commands["instance"]
+    instance = _top("instance")
     assert isinstance(instance, click.Group)
     create_flags = flag_names(instance.commands["create"])
     assert create_flags["memory_mib"] == "--memory"
@@ -282,9 +281,17 @@ def _commands(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
     return found
 
 
-def test_every_command_answers_list_and_show_and_explains_itself() -> None:
+def _top(name: str) -> click.Command:
+    """A command of ``lamina``, loaded (the group loads each module on first use: its
+    ``commands`` holds only those loaded so far)."""
     cli = client_commands()
-    groups = {name: cli.commands[name] for name in ("instance", "network", "dns")}
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None, name
+    return command
+
+
+def test_every_command_answers_list_and_show_and_explains_itself() -> None:
+    groups = {name: _top(name) for name in ("instance", "network", "dns")}
     for name in ("instance", "network"):
         group = groups[name]
         assert isinstance(group, click.Group)
@@ -311,8 +318,7 @@ def test_every_command_answers_list_and_show_and_explains_itself() -> None:
 
 
 def test_commands_printing_data_mention_json() -> None:
-    cli = client_commands()
-    instance, network = cli.commands["instance"], cli.commands["network"]
+    instance, network = _top("instance"), _top("network")
     assert isinstance(instance, click.Group) and isinstance(network, click.Group)
     for command in ("list", "show", "create", "forwards", "grants", "config"):
         assert "--json" in (instance.commands[command].help or ""), command
