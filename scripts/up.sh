@@ -116,13 +116,17 @@ wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up
 # Debian packages), signed with a key of this data directory and served on loopback.
 "${LAMINA[@]}" channel keygen "$CHANNEL/channel.key" >/dev/null 2>&1 || true
 "${LAMINA[@]}" channel build "$CHANNEL/sources" --out "$CHANNEL/public" \
-  --key "$CHANNEL/channel.key" >/dev/null
+  --key "$CHANNEL/channel.key" --title "Lamina samples" >/dev/null
 start_cmd channel-server .venv/bin/python -m http.server --bind 127.0.0.1 \
   --directory "$CHANNEL/public" "$CHANNEL_PORT"
 channel_served() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$CHANNEL_URL').status_code != 200)"; }
 wait_for 30 "the sample channel served at $CHANNEL_URL" "$LOG/channel-server.log" channel_served
 if ! "${LAMINA[@]}" --json channel list | grep -q "\"$CHANNEL_URL\""; then
   "${LAMINA[@]}" channel add "$CHANNEL_URL" --key "$(cat "$CHANNEL/public/channel.pub")" >/dev/null
+else
+  # Subscribed by an earlier make up: the feed was just rebuilt from this tree's samples,
+  # which may be newer than what the manager last read.
+  "${LAMINA[@]}" channel refresh "$CHANNEL_URL" >/dev/null
 fi
 
 # The default network every instance joins unless told otherwise: public, so every user of

@@ -91,6 +91,7 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         names = ("manager", "agent", "channel-server")
         pids = {name: (data / "run" / f"{name}.pid").read_text() for name in names}
 
+        (first,) = json.loads(lamina(env, "--json", "channel", "list"))
         again = run("up.sh", env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "manager already running" in again.stdout
@@ -98,6 +99,10 @@ def test_up_twice_then_down(tmp_path: Path) -> None:
         assert "channel-server already running" in again.stdout
         assert {n: (data / "run" / f"{n}.pid").read_text() for n in pids} == pids
         assert len(json.loads(lamina(env, "--json", "instance", "list"))) == 1
+        # The second make up read the channel it rebuilt again (this tree's samples).
+        (channel,) = json.loads(lamina(env, "--json", "channel", "list"))
+        assert channel["title"] == "Lamina samples"
+        assert channel["refreshed_at"] > first["refreshed_at"]
     finally:
         down = run("down.sh", env)
     assert down.returncode == 0, down.stdout + down.stderr

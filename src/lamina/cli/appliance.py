@@ -9,7 +9,8 @@ import click
 
 from lamina.cli.context import Context
 from lamina.cli.flags import api_fields
-from lamina.cli.network import nic_options, nics, show_nics
+from lamina.cli.instance import show_instance
+from lamina.cli.network import nic_options, nics
 from lamina.cli.output import emit_json, record, table, wait_job
 from lamina.errors import Conflict, Forbidden, InvalidState, NotFound
 
@@ -261,8 +262,7 @@ def deploy(
     if obj.json:
         emit_json({**result, "instance": data, "job": job})
     else:
-        record(data)
-        show_nics(data)
+        show_instance(obj, data)
 
 
 def _install_first(obj: Context, ref: str, version: str | None) -> None:

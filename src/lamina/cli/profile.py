@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def _rows() -> tuple[Path, list[dict[str, Any]]]:
 @click.option("--access-key", required=True, help="The user's access key (their name).")
 @click.option(
     "--secret-key",
-    help="The secret key (default: asked for, without echo; prefer that to the command line).",
+    help="The secret key (default: asked for without echo, or one line read from a pipe; "
+    "prefer either to the command line).",
 )
 @click.option("--url", help="The manager's URL, with http:// or https://.")
 @click.option("--ca-file", help="CA certificate an HTTPS manager's certificate must chain to.")
@@ -88,6 +90,11 @@ def add(
             check_url(url, "--url")
         except InvalidRequest as exc:
             raise click.UsageError(exc.message) from None
+    if secret_key is None and not sys.stdin.isatty():
+        # Piped in (`pass show lamina | lamina profile add ...`): nothing to hide it from.
+        secret_key = sys.stdin.readline().strip()
+        if not secret_key:
+            raise click.UsageError("no secret key on standard input")
     if secret_key is None:
         secret_key = click.prompt("secret key", hide_input=True, err=True)
     path = credentials_path()
