@@ -67,6 +67,15 @@ def remove_targets_under(root: Path) -> list[int]:
 
 
 @pytest.fixture
+def kernel(tmp_path: Path) -> str:
+    """A file to give as a kernel: the libvirt test driver boots nothing, only checks the
+    path exists (tests with real guests bring their own)."""
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(b"k" * 4096)
+    return str(path)
+
+
+@pytest.fixture
 def cloud(make_cloud: Callable[..., Cloud]) -> Cloud:
     """A manager on SQLite with one host (test driver) named h1."""
     c = make_cloud()

@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,28 @@ def bare_services(tmp_path: Path, monkeypatch: Any, **settings: Any) -> Any:
     empty = tmp_path / "lamina.toml"
     empty.write_text("")
     return build_services(load_settings(empty, data_dir=tmp_path / "var", **settings))
+
+
+def dig(
+    prefix: Sequence[str], server: str, name: str, source: str, *options: str
+) -> tuple[str, list[str]]:
+    """What ``server`` answers ``source`` for ``name``'s A records, asked with dig run under
+    ``prefix`` (e.g. ``["ip", "netns", "exec", NS]``; one try, 2 s): its status (NOERROR,
+    NXDOMAIN, REFUSED, ...) and the addresses, or ``("no answer", [])`` when nothing came
+    back."""
+    done = subprocess.run(
+        [*prefix, "dig", "+time=2", "+tries=1", "-b", source, f"@{server}", name, "A",
+         *options],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if done.returncode == 9:  # no reply from the server
+        return "no answer", []
+    assert done.returncode == 0, done
+    status = re.search(r"status: (\w+)", done.stdout)
+    assert status, done.stdout
+    answers = [
+        fields[4]
+        for fields in (line.split() for line in done.stdout.splitlines())
+        if len(fields) == 5 and fields[0] == f"{name}." and fields[3] == "A"
+    ]
+    return status[1], answers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from harness import Cloud, slow_mirror, wait_until
@@ -15,13 +14,6 @@ from lamina.wire.pool import AgentPool
 from lamina.wire.protocol import GuestDefinition
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"k" * 4096)
-    return str(path)
 
 
 def test_instances_from_the_command_line(cloud: Cloud, kernel: str) -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,13 +20,6 @@ from lamina.cli.main import client_commands
 pytestmark = pytest.mark.e2e
 MiB = 1024 * 1024
 ASKFIRST = "Please press Enter to activate this console."
-
-
-@pytest.fixture
-def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"k" * 4096)
-    return str(path)
 
 
 def run(

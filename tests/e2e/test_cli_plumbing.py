@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 from harness import LAMINA, ROOT, Cloud
@@ -37,13 +36,6 @@ def json_error(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
     body = json.loads(result.stderr)
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
     return dict(body["error"])
-
-
-@pytest.fixture
-def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"k" * 4096)
-    return str(path)
 
 
 def test_errors_under_json_are_json_with_the_same_exit_codes(cloud: Cloud) -> None:

@@ -31,13 +31,6 @@ def table(out: str) -> list[list[str]]:
     return [line.split() for line in out.splitlines()]
 
 
-@pytest.fixture
-def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"k" * 4096)
-    return str(path)
-
-
 def test_images_by_name(cloud: Cloud, tmp_path: Path) -> None:
     data = os.urandom(3 * MiB)
     path = tmp_path / "nx.raw"

@@ -9,15 +9,14 @@ route, the host). By default an instance answers its own network only; one whose
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import re
 import shutil
-import subprocess
 from collections.abc import Callable
 
 import pytest
 from clouds import add_host
-from harness import Cloud, wait_until
+from harness import Cloud, dig, wait_until
 from namespaces import in_ns
 from test_layered_appliances import Channel, channel  # noqa: F401 - the module's fixture
 
@@ -30,27 +29,6 @@ pytestmark = [
 BOOT = 180
 INSIDE = "10.70.0.1"  # the host's address on the network (its gateway)
 BEYOND = "10.99.0.1"  # an address of the host's outside every Lamina network
-
-
-def dig(netns: str, server: str, name: str, source: str, *options: str) -> tuple[str, list[str]]:
-    """What ``server`` answers ``source`` for ``name``'s A records (one try, 2 s): the status
-    and the addresses, or ``("no answer", [])``."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", netns, "dig", "+time=2", "+tries=1", "-b", source,
-         f"@{server}", name, "A", *options],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    if done.returncode == 9:  # no reply from the server
-        return "no answer", []
-    assert done.returncode == 0, done
-    status = re.search(r"status: (\w+)", done.stdout)
-    assert status, done.stdout
-    answers = [
-        fields[4]
-        for fields in (line.split() for line in done.stdout.splitlines())
-        if len(fields) == 5 and fields[0] == f"{name}." and fields[3] == "A"
-    ]
-    return status[1], answers
 
 
 def test_dig_is_answered_by_dnsserv_on_its_network_address(
@@ -90,16 +68,38 @@ def test_dig_is_answered_by_dnsserv_on_its_network_address(
         shown = json.loads(cloud.cli("--json", "instance", "show", "dns-mine").stdout)
         assert mine in json.dumps(shown["networks"]), shown
 
+        ask = functools.partial(dig, ["ip", "netns", "exec", netns])
         # Its own network is answered, over UDP and TCP; an address beyond it is not.
-        assert dig(netns, mine, "example.org", INSIDE) == ("NOERROR", ["192.0.2.53"])
-        assert dig(netns, mine, "example.org", INSIDE, "+tcp") == ("NOERROR", ["192.0.2.53"])
-        assert dig(netns, mine, "www.example.org", INSIDE) == ("NOERROR", ["192.0.2.54"])
-        assert dig(netns, mine, "nope.example.org", INSIDE) == ("NXDOMAIN", [])
-        assert dig(netns, mine, "example.org", BEYOND) == ("no answer", [])
+        assert ask(mine, "example.org", INSIDE) == (
+            "NOERROR",
+            ["192.0.2.53"],
+        )
+        assert ask(mine, "example.org", INSIDE, "+tcp") == (
+            "NOERROR",
+            ["192.0.2.53"],
+        )
+        assert ask(mine, "www.example.org", INSIDE) == (
+            "NOERROR",
+            ["192.0.2.54"],
+        )
+        assert ask(mine, "nope.example.org", INSIDE) == (
+            "NXDOMAIN",
+            [],
+        )
+        assert ask(mine, "example.org", BEYOND) == ("no answer", [])
         # allow_from: the address named is answered (so the way back works), the network not.
-        assert dig(netns, theirs, "example.org", BEYOND) == ("NOERROR", ["192.0.2.53"])
-        assert dig(netns, theirs, "example.org", INSIDE) == ("no answer", [])
-        assert dig(netns, theirs, "example.org", INSIDE, "+tcp") == ("no answer", [])
+        assert ask(theirs, "example.org", BEYOND) == (
+            "NOERROR",
+            ["192.0.2.53"],
+        )
+        assert ask(theirs, "example.org", INSIDE) == (
+            "no answer",
+            [],
+        )
+        assert ask(theirs, "example.org", INSIDE, "+tcp") == (
+            "no answer",
+            [],
+        )
     finally:
         for name in ("dns-mine", "dns-theirs"):
             with contextlib.suppress(LaminaError):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import dig
 from test_layered_boot import (
     Channel,
     Disk,
@@ -666,28 +667,6 @@ def test_a_guest_without_a_nic_boots_as_before(
         stop(qemu)
 
 
-def dig(ns: Namespace, server: str, name: str, source: str, *options: str) -> tuple[str, list[str]]:
-    """What ``server`` answers ``source`` for ``name``'s A records, asked with dig (one try,
-    2 s): its status (NOERROR, NXDOMAIN, REFUSED, ...) and the addresses, or ``("no answer",
-    [])`` when nothing came back."""
-    done = subprocess.run(
-        [*ns.prefix, "dig", "+time=2", "+tries=1", "-b", source, f"@{server}", name, "A",
-         *options],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    if done.returncode == 9:  # no reply from the server
-        return "no answer", []
-    assert done.returncode == 0, done
-    status = re.search(r"status: (\w+)", done.stdout)
-    assert status, done.stdout
-    answers = [
-        fields[4]
-        for fields in (line.split() for line in done.stdout.splitlines())
-        if len(fields) == 5 and fields[0] == f"{name}." and fields[3] == "A"
-    ]
-    return status[1], answers
-
-
 @pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig (bind9-dnsutils)")
 def test_dnsserv_answers_on_its_network_address(
     channel: Channel, net: Namespace, tmp_path: Path
@@ -735,7 +714,7 @@ def test_dnsserv_answers_on_its_network_address(
         bad = guest_lines(booted.pop("bad"))
         assert "dnsserv: bad allow_from 10.1.2.3: an IPv4 network (a.b.c.d/n) expected" in bad, bad
         assert "lamina-base: /etc/lamina/start.d/50-dnsserv failed (1)" in bad, bad
-        assert dig(net, guests["bad"][1], "example.org", inside) == ("no answer", [])
+        assert dig(net.prefix, guests["bad"][1], "example.org", inside) == ("no answer", [])
         for name, (_, ip, allow_from) in list(guests.items())[:2]:
             assert_ready(booted[name])
             got = guest_lines(booted[name])
@@ -749,20 +728,19 @@ def test_dnsserv_answers_on_its_network_address(
         for server, source in ((mine, inside), (theirs, beyond)):
             for options in ((), ("+tcp",)):
                 ask = (server, source, *options)
-                assert dig(net, server, "example.org", source, *options) == (
+                assert dig(net.prefix, server, "example.org", source, *options) == (
                     "NOERROR",
                     ["192.0.2.53"],
                 ), ask
-            assert dig(net, server, "www.example.org", source) == ("NOERROR", ["192.0.2.54"])
-            assert dig(net, server, "a.b.example.org", source) == ("NOERROR", ["192.0.2.55"])
-            assert dig(net, server, "nope.example.org", source) == ("NXDOMAIN", [])
-            assert dig(net, server, "example.net", source)[0] == "REFUSED"
+            assert dig(net.prefix, server, "www.example.org", source) == ("NOERROR", ["192.0.2.54"])
+            assert dig(net.prefix, server, "a.b.example.org", source) == ("NOERROR", ["192.0.2.55"])
+            assert dig(net.prefix, server, "nope.example.org", source) == ("NXDOMAIN", [])
+            assert dig(net.prefix, server, "example.net", source)[0] == "REFUSED"
         # Outside allow_from: no answer at all, over UDP or TCP.
         for server, source in ((mine, beyond), (theirs, inside)):
             for options in ((), ("+tcp",)):
-                assert dig(net, server, "example.org", source, *options) == ("no answer", []), (
-                    server, source, options,
-                )  # fmt: skip
+                answer = dig(net.prefix, server, "example.org", source, *options)
+                assert answer == ("no answer", []), (server, source, options)
     finally:
         for qemu in qemus.values():
             stop(qemu)

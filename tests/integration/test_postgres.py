@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,13 +14,6 @@ from harness import Cloud, free_port
 from lamina.identity.signing import LaminaAuth
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def kernel(tmp_path: Path) -> str:
-    path = tmp_path / "vmlinuz"
-    path.write_bytes(b"k" * 4096)
-    return str(path)
 
 
 def test_two_managers_share_jobs_and_capacity(
