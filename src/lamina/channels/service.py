@@ -26,8 +26,8 @@ from lamina.db.types import utcnow
 from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
 from lamina.identity.access import shown_owner
 from lamina.identity.accounts import require_admin
-from lamina.identity.models import User
 from lamina.identity.principal import Principal
+from lamina.identity.users import access_keys
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -157,15 +157,6 @@ def find_channel(session: Session, ref: str, who: Principal | None = None) -> Ch
     return channel
 
 
-def owner_keys(session: Session, user_ids: Sequence[str | None]) -> dict[str, str]:
-    """User id -> access key, for showing who subscribed (or owns) something by name."""
-    wanted = {u for u in user_ids if u}
-    if not wanted:
-        return {}
-    rows = session.execute(select(User.id, User.access_key).where(User.id.in_(wanted)))
-    return {user_id: key for user_id, key in rows}
-
-
 def subscribe(svc: Services, who: Principal, url: str, public_key: str) -> dict[str, Any]:
     """Fetch the feed at ``url`` and ``<url>.sig``, verify them with the pinned key and only
     then store the channel. Raises InvalidRequest (bad URL or key), Conflict (already
@@ -282,7 +273,7 @@ def show_channel(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
 def _shown(session: Session, who: Principal, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The channels as ``who`` may see them: the subscriber's id and access key
     (``owner_key``) only to administrators and the subscriber."""
-    keys = owner_keys(session, [c["owner"] for c in found])
+    keys = access_keys(session, [c["owner"] for c in found])
     for channel in found:
         channel["owner"] = shown_owner(who, channel["owner"])
         channel["owner_key"] = keys.get(channel["owner"] or "")

@@ -17,7 +17,6 @@ from lamina.config import ComputeSettings
 from lamina.db.refs import pick_named
 from lamina.errors import Conflict, Forbidden, InvalidRequest, InvalidState, NotFound
 from lamina.identity.access import Need, check, may_see, shown_owner, visible_to
-from lamina.identity.models import User
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -244,15 +243,6 @@ def delete_instance(
         target_id=instance.id,
         owner=instance.owner,
     )
-
-
-def owner_names(session: Session, instances: Sequence[Instance]) -> dict[str, str]:
-    """User id -> access key, for the owners of ``instances``."""
-    ids = {i.owner for i in instances if i.owner}
-    if not ids:
-        return {}
-    rows = session.execute(select(User.id, User.access_key).where(User.id.in_(ids)))
-    return {user_id: key for user_id, key in rows}
 
 
 def describe(

@@ -22,6 +22,7 @@ from lamina.compute.listing import brief_listing
 from lamina.compute.models import Host, Instance
 from lamina.identity import access
 from lamina.identity.principal import Principal
+from lamina.identity.users import access_keys
 from lamina.jobs.views import describe_job
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ def _describe_all(
     lifecycle = lifecycle_of(svc)
     ids = [i.id for i in instances]
     nics = lifecycle.nics_by_instance(s, ids, svc.settings.network.domain)
-    owners = instance_service.owner_names(s, instances)
+    owners = access_keys(s, (i.owner for i in instances))
     more = lifecycle.more_fields(s, instances, who)
     return [
         instance_service.describe(

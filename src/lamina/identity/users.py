@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,15 @@ def _set_quotas(user: User, quotas: dict[str, int | None]) -> None:
         if value is not None and value < 0:
             raise InvalidRequest(f"quota {name} must be 0 or more (or null for no limit)")
         setattr(user, f"quota_{name}", value)
+
+
+def access_keys(session: Session, user_ids: Iterable[str | None]) -> dict[str, str]:
+    """User id -> access key (a user's name), for showing who owns or did something."""
+    wanted = {u for u in user_ids if u}
+    if not wanted:
+        return {}
+    rows = session.execute(select(User.id, User.access_key).where(User.id.in_(wanted)))
+    return {user_id: key for user_id, key in rows}
 
 
 def get_user(session: Session, access_key: str) -> User:

@@ -9,15 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lamina.config import Settings
 from lamina.db import Database
 from lamina.db.refs import pick_named
 from lamina.errors import InvalidRequest, NotFound
-from lamina.identity.models import User
 from lamina.identity.principal import Principal
+from lamina.identity.users import access_keys
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
 from lamina.jobs.service import get_job, list_jobs, stuck_jobs, visible_jobs
@@ -125,11 +124,7 @@ def show_job(svc: Container, who: Principal, job_id: str) -> dict[str, Any]:
 def _with_owner_keys(session: Session, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each job with its owner's access key (``owner_key``) beside the owner's id, where the
     viewer is shown the owner at all."""
-    owners = {j["owner"] for j in jobs if j["owner"]}
-    keys: dict[str, str] = {}
-    if owners:
-        rows = session.execute(select(User.id, User.access_key).where(User.id.in_(owners)))
-        keys = {user_id: key for user_id, key in rows}
+    keys = access_keys(session, (j["owner"] for j in jobs))
     for job in jobs:
         job["owner_key"] = keys.get(job["owner"] or "")
     return jobs
