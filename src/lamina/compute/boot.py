@@ -140,7 +140,7 @@ def _resolve(
         raise InvalidRequest(
             f"{label} must be an image (its id or name) or an http(s):// URL", label=label
         )
-    return image_source(images.find_image(session, value, who))
+    return image_source(images.get_image(session, value, who))
 
 
 def _host_path(who: Principal, boot_paths: tuple[Path, ...], label: str, value: str) -> str:

@@ -40,14 +40,17 @@ def visible_to(
     kind: str,
     id_column: InstrumentedAttribute[str],
     owner_column: InstrumentedAttribute[str | None],
-    visibility_column: InstrumentedAttribute[str],
+    visibility_column: InstrumentedAttribute[str] | None = None,
 ) -> ColumnElement[bool]:
-    """A WHERE clause keeping the rows ``who`` may see."""
+    """A WHERE clause keeping the rows ``who`` may see: their own, granted, or public (for
+    kinds that have a ``visibility_column``; volumes and snapshots never are)."""
     if who.is_admin:
         return true()
     granted = exists().where(
         Grant.resource_type == kind, Grant.resource_id == id_column, Grant.user_id == who.user_id
     )
+    if visibility_column is None:
+        return or_(owner_column == who.user_id, granted)
     return or_(owner_column == who.user_id, visibility_column == "public", granted)
 
 

@@ -112,22 +112,17 @@ def image_row(session: Session, ref: str, who: Principal, need: Need = "read") -
 
 
 def get_image(session: Session, ref: str, who: Principal, need: Need = "read") -> Image:
-    """The image ``ref`` means (its id, else its name: see ``find_image``), if ``who`` may
-    see it (else NotFound) and do what ``need`` says (else Forbidden)."""
+    """The image ``ref`` means, if ``who`` may see it and do what ``need`` says. An id keeps
+    VISOR's answers: NotFound for an image the caller may not see, Forbidden for one they
+    may see but not do ``need`` on. Otherwise a name (``lamina.db.refs.pick_named``: the
+    caller's own image of that name first, else the only one they may see): NotFound when
+    no image they may see has it, ``Ambiguous`` (400, listing the candidates) when several
+    have it."""
     image = session.get(Image, ref)
     if image is None:
         image = _named(session, ref, who)
     check(session, who, KIND, image, need, ref)
     return image
-
-
-def find_image(session: Session, ref: str, who: Principal, need: Need = "read") -> Image:
-    """An image ``who`` may see, by id, else by name (``lamina.db.refs.pick_named``: the
-    caller's own image of that name first, else the only one they may see). An id keeps
-    VISOR's answers: NotFound for an image the caller may not see, Forbidden for one they
-    may see but not do ``need`` on. NotFound when no image they may see has the name;
-    ``Ambiguous`` (400, listing the candidates) when several have it."""
-    return get_image(session, ref, who, need)
 
 
 def _named(session: Session, ref: str, who: Principal) -> Image:

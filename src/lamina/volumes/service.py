@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, exists, or_, select, true
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,8 +37,7 @@ from lamina.errors import (
     NotFound,
     TooLarge,
 )
-from lamina.identity.access import Need, check
-from lamina.identity.models import Grant
+from lamina.identity.access import Need, check, visible_to
 from lamina.identity.principal import Principal
 from lamina.jobs.kinds import JobRegistry
 from lamina.jobs.models import Job
@@ -384,19 +383,6 @@ def _room_of(svc: Services, who: Principal, volume_id: str) -> Room | None:
 # -- reading ------------------------------------------------------------------------------
 
 
-def _visible(
-    who: Principal, kind: str, model: type[Volume] | type[Snapshot]
-) -> ColumnElement[bool]:
-    """Volumes and snapshots are never public: their owner's, an administrator's, or
-    granted."""
-    if who.is_admin:
-        return true()
-    granted = exists().where(
-        Grant.resource_type == kind, Grant.resource_id == model.id, Grant.user_id == who.user_id
-    )
-    return or_(model.owner == who.user_id, granted)
-
-
 def _ref_id(session: Session, who: Principal, kind: str, ref: str) -> str | None:
     """The id ``ref`` means: itself if a volume or snapshot (``kind``) has that id, else the
     one of that name ``who`` may see (``pick_named``: their own first; ``Ambiguous`` if
@@ -407,7 +393,7 @@ def _ref_id(session: Session, who: Principal, kind: str, ref: str) -> str | None
     named: list[Volume | Snapshot] = list(
         session.scalars(
             select(model)
-            .where(model.name == ref, _visible(who, kind, model))
+            .where(model.name == ref, visible_to(who, kind, model.id, model.owner))
             .order_by(model.created_at, model.id)
             .limit(100)
         )

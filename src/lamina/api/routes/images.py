@@ -2,7 +2,7 @@
 headers in, headers and streams out. The handlers that stream a body or only read a row stay
 ``async`` (docs/architecture.md, "What runs where").
 
-Every ``{image_id}`` is the image's id or its name (``lamina.images.service.find_image``: an
+Every ``{image_id}`` is the image's id or its name (``lamina.images.service.get_image``: an
 id as VISOR answers it; a name means the caller's own image of that name, else the only one
 they may see, else ``400 ambiguous_name`` listing the candidates)."""
 
