@@ -57,7 +57,9 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         pool=settings.agent.volume_pool,
     )
     network = NetworkConfig(
-        namespace=settings.agent.network_namespace, uplink=settings.agent.network_uplink
+        namespace=settings.agent.network_namespace,
+        uplink=settings.agent.network_uplink,
+        tunnel_address=settings.agent.tunnel_address,
     )
     fetch = FetchConfig(
         roots=settings.fetch_roots,

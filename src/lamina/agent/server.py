@@ -135,6 +135,7 @@ class Agent:
             kvm=caps.kvm,
             vcpus=host.vcpus,
             memory_mib=host.memory_mib,
+            tunnel_address=self.network.tunnel_address or None,
         )
 
     def disk_usage(self) -> DiskUsage:

@@ -137,6 +137,7 @@ def record_heartbeat(session: Session, host: Host, status: HostStatus) -> None:
     host.memory_mib = status.info.memory_mib
     host.domain_type = status.info.domain_type
     host.agent_version = status.info.version
+    host.tunnel_address = status.info.tunnel_address
     host.disk_free_bytes = status.disk.free_bytes
     host.disk_used_bytes = status.disk.used_bytes
     host.last_heartbeat = utcnow()

@@ -34,7 +34,7 @@ from lamina.errors import ConfigError
 from lamina.jobs.kinds import JobRegistry, Step
 
 if TYPE_CHECKING:
-    from lamina.compute.models import Instance
+    from lamina.compute.models import Host, Instance
     from lamina.identity.principal import Principal
     from lamina.wire.protocol import GuestNic
 
@@ -102,6 +102,13 @@ HostUp = Callable[[Session, JobRegistry, str], None]
 LayeredBoot = Callable[[Session, "Instance"], LayeredFiles]
 #: (session, appliance id) -> what that appliance provides (``mail``, ``smtp``, ...).
 Provides = Callable[[Session, str], tuple[str, ...]]
+#: (services, instance, source host, destination host) -> None: an instance moving
+#: between hosts. ``before_move`` hooks run before the switch (the destination must then
+#: have what the guest needs: its networks with its DHCP/DNS entries, its volumes
+#: exported), ``after_move`` hooks after it (forwards re-created on the destination and
+#: removed from the source, volumes withdrawn from the source, network state pushed to
+#: both). A hook raises to stop a move before the switch.
+Move = Callable[[Any, "Instance", "Host", "Host"], None]
 #: (session, instances, viewer) -> instance id -> more fields of its description, as the
 #: domain that holds them shows them to ``viewer`` (its attached volumes, the appliance it
 #: was deployed from). The fields are the view's own: two views never give the same one.
@@ -124,6 +131,8 @@ class InstanceLifecycle:
     layered_boot: LayeredBoot | None = None
     provides: Provides | None = None
     views: list[InstanceView] = field(default_factory=list)
+    before_move: list[Move] = field(default_factory=list)
+    after_move: list[Move] = field(default_factory=list)
 
     def contribute(self, kind: str, step: Step) -> None:
         """Add ``step`` to the job ``kind`` at the place ``ORDER`` gives its name.

@@ -15,7 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lamina.compute.models import Host, Instance
-from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.errors import (
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+    NotFound,
+)
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
@@ -193,6 +200,72 @@ def remove_from_host(svc: Services, instance_id: str, force: bool) -> None:
             log.warning("forward %s stays on unreachable host %s", forward_id, host.name)
 
 
+def _spec(forward: PortForward) -> ForwardSpec:
+    return ForwardSpec(
+        bind=forward.bind,
+        host_port=forward.host_port or 0,
+        network=forward.network_id,
+        guest_ip=forward.guest_ip,
+        guest_port=forward.guest_port,
+    )
+
+
+def move_forwards(
+    svc: Services, instance_id: str, source: Host, dest: Host, source_address: str | None,
+    dest_address: str | None,
+) -> dict[str, str]:  # fmt: skip
+    """After an instance moved from ``source`` to ``dest``: each forward ``source``
+    published for it is published by ``dest`` on the same port, then withdrawn from
+    ``source``. The bind address stays (a floating address moves with the forward: the
+    destination takes it over, see docs/networks.md) unless it was ``source``'s own
+    (``source_address``): then it is ``dest``'s (``dest_address``). Answers the forwards
+    that could not move, with why (their rows say ``error``); never raises for one."""
+    failed: dict[str, str] = {}
+    moved: list[tuple[str, ForwardSpec]] = []
+    with svc.db.write() as s:
+        rows = s.scalars(
+            select(PortForward).where(
+                PortForward.instance_id == instance_id, PortForward.host_id == source.id
+            )
+        )
+        for row in list(rows):
+            bind = row.bind
+            if source_address is not None and bind == source_address and dest_address:
+                bind = dest_address
+            try:
+                with s.begin_nested():
+                    row.host_id, row.bind = dest.id, bind
+                    s.flush()
+            except IntegrityError:
+                row.status = "error"
+                row.error = f"host port {row.host_port} is taken on host {dest.name}"
+                failed[row.id] = row.error
+                continue
+            moved.append((row.id, _spec(row)))
+    target = svc.agents.for_host(dest)
+    for forward_id, spec in moved:
+        try:
+            info = target.forward_create(forward_id, spec)
+        except LaminaError as exc:
+            failed[forward_id] = f"host {dest.name}: {exc.message}"
+            info = None
+        with svc.db.write() as s:
+            stored = s.get(PortForward, forward_id)
+            if stored is not None and info is not None:
+                stored.host_port, stored.status, stored.error = info.host_port, "active", None
+            elif stored is not None:
+                stored.status, stored.error = "error", failed[forward_id]
+    # Every forward leaves the source, moved or not: the instance is not there any more.
+    withdrawn = svc.agents.for_host(source)
+    for forward_id in [f for f, _ in moved] + [f for f in failed if f not in dict(moved)]:
+        try:
+            withdrawn.forward_delete(forward_id)
+        except LaminaError as exc:
+            log.warning("forward %s stays on host %s for now: %s", forward_id, source.name,
+                        exc.message)  # fmt: skip
+    return failed
+
+
 # -- jobs ---------------------------------------------------------------------------------
 
 
@@ -210,13 +283,7 @@ def _load(ctx: StepContext) -> tuple[PortForward, Host]:
 
 def _listen(ctx: StepContext) -> None:
     forward, host = _load(ctx)
-    spec = ForwardSpec(
-        bind=forward.bind,
-        host_port=forward.host_port or 0,
-        network=forward.network_id,
-        guest_ip=forward.guest_ip,
-        guest_port=forward.guest_port,
-    )
+    spec = _spec(forward)
     info = ctx.services.agents.for_host(host).forward_create(forward.id, spec)
     with ctx.services.db.write() as s:
         row = s.get(PortForward, forward.id)

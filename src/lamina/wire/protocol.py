@@ -119,6 +119,9 @@ class ServerInfo(Wire):
     kvm: bool
     vcpus: int
     memory_mib: int
+    #: The agent's ``tunnel_address`` setting: the underlay address other hosts reach its
+    #: VXLAN tunnels at. None: the host part of the address the manager knows it by.
+    tunnel_address: str | None = None
 
 
 class HostStatus(Wire):
@@ -303,6 +306,8 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?"
 DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"  # and at most 253 characters: max_length
 #: The name every network resolves to its host's address: the configuration service.
 CONFIG_SERVICE_NAME = "lamina.local"
+#: VXLAN ids are 24 bits.
+VNI_MAX = 2**24 - 1
 
 
 def bridge_name(network: str) -> str:
@@ -367,6 +372,16 @@ class NetworkSpec(Wire):
     #: Where the agent relays guests' requests to ``http://lamina.local/guest/...``: the
     #: manager's URL. None: no configuration service on this network.
     config_service_url: str | None = Field(None, max_length=300)
+    #: The network's VXLAN id (unique in the cloud): joins its bridges across hosts.
+    vni: int | None = Field(None, ge=1, le=VNI_MAX)
+    #: This host's underlay (tunnel) address, the VXLAN device's ``local``; None: no tunnel
+    #: (the network is on this host only, or the host has no address other hosts reach).
+    local: str | None = Field(None, max_length=15)
+    #: The underlay addresses of the other hosts that carry the network: the VXLAN
+    #: device floods to each (head-end replication). Empty: no VXLAN device.
+    peers: list[str] = []
+    #: The guests' MTU, sent by DHCP (option 26): the tunnel's 50 bytes below the underlay's.
+    mtu: int | None = Field(None, ge=576, le=9000)
 
 
 class NetworkState(Wire):
@@ -387,6 +402,10 @@ class NetworkInfo(Wire):
     relay: str | None = None
     #: The VLAN device joining the bridge to the uplink, None if none.
     vlan_device: str | None = None
+    #: The VXLAN device joining the bridge to the other hosts of the network, None if none,
+    #: and the peers it floods to.
+    vxlan_device: str | None = None
+    peers: list[str] = []
 
 
 class GuestNic(Wire):
@@ -409,6 +428,9 @@ class PortForward(Wire):
 
 class ForwardInfo(PortForward):
     forward: str
+    #: The interface the agent added ``bind`` to (a floating address: one of the
+    #: data-centre network's, not the host's own; removed with the forward), else None.
+    floating: str | None = None
 
 
 GuestDefinition.model_rebuild()  # its nics refer to GuestNic, defined below it
