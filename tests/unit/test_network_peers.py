@@ -16,9 +16,9 @@ from test_networks import ALICE, make_instance, make_network
 
 from lamina.compute.lifecycle import NicRequest, lifecycle_of
 from lamina.compute.models import Host, Instance
-from lamina.errors import BackendUnavailable
+from lamina.errors import BackendUnavailable, Conflict, InvalidRequest
 from lamina.jobs.models import Job
-from lamina.network import service
+from lamina.network import forwards, service
 from lamina.network.lifecycle import abandon_move, finish_move, prepare_move
 from lamina.network.models import Port, PortForward
 from lamina.network.sync import host_state, tunnel_address
@@ -232,3 +232,27 @@ def test_an_abandoned_move_leaves_the_destination_as_it_was(svc: Services) -> No
         assert s.query(Port).filter(Port.host_id == "h-1").count() == 1
     assert agents(svc).states["two"].networks == []
     assert agents(svc).states["one"].networks[0].peers == []
+
+
+def test_bind_addresses_of_hosts_and_floating_ones(svc: Services) -> None:
+    make_network(svc)
+    a = make_instance(svc, "a", [NicRequest("lan")], host="one")
+    b = make_instance(svc, "b", [NicRequest("lan")], host="two")
+
+    def expose(instance: Instance, bind: str, port: int) -> None:
+        with svc.db.write() as s:
+            row = s.get(Instance, instance.id)
+            assert row is not None
+            forwards.expose(s, svc.jobs, row, guest_port=port, host_port=port, bind=bind)
+
+    expose(a, "10.98.0.11", 80)  # its host's own
+    expose(a, "127.0.0.1", 81)
+    expose(a, "10.98.0.200", 82)  # floating: a's from now on
+    expose(b, "127.0.0.1", 81)
+    with pytest.raises(InvalidRequest, match="host one's own address"):
+        expose(b, "10.98.0.11", 83)
+    with pytest.raises(InvalidRequest, match="host three's own address"):
+        expose(b, "10.98.0.13", 83)  # three's agent's tunnel address
+    with pytest.raises(Conflict, match="floating address 10.98.0.200 is a's"):
+        expose(b, "10.98.0.200", 84)
+    expose(a, "10.98.0.200", 85)  # more of a's ports on it

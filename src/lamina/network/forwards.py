@@ -27,6 +27,7 @@ from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.models import Network, Port, PortForward
+from lamina.network.sync import tunnel_address
 from lamina.wire.protocol import PortForward as ForwardSpec
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def expose(
         raise InvalidRequest(f"bind {bind!r} is not an IP address of the host") from None
     if instance.host_id is None:
         raise InvalidState(f"instance {instance.name!r} has no host yet")
+    _bind_free(session, instance, address)
     port = _nic(session, instance, network)
     clash = session.scalar(
         select(PortForward).where(
@@ -95,6 +97,35 @@ def expose(
         owner=requester or instance.owner,
     )
     return forward, job
+
+
+def _bind_free(session: Session, instance: Instance, bind: str) -> None:
+    """A bind address that is a host's own may be used by that host's instances only; one
+    that is no host's (a floating address, which the agent adds and which follows the
+    instance from host to host) by one instance only. Loopback and wildcard: by anyone."""
+    address = ipaddress.ip_address(bind)
+    if address.is_loopback or address.is_unspecified:
+        return
+    for host in session.scalars(select(Host)):
+        if bind in (tunnel_address(host), host.address.rpartition(":")[0].strip("[]")):
+            if host.id != instance.host_id:
+                raise InvalidRequest(
+                    f"{bind} is host {host.name}'s own address; {instance.name!r} runs on "
+                    "another host (bind a floating address to have a forward follow it)"
+                )
+            return
+    holder = session.scalar(
+        select(Instance)
+        .join(PortForward, PortForward.instance_id == Instance.id)
+        .where(PortForward.bind == bind, Instance.id != instance.id)
+        .limit(1)
+    )
+    if holder is not None:
+        name = holder.name if holder.owner == instance.owner else "another instance"
+        raise Conflict(
+            f"the floating address {bind} is {name}'s: it follows one instance's forwards",
+            bind=bind,
+        )
 
 
 def _nic(session: Session, instance: Instance, network: str | None) -> Port:

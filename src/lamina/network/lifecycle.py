@@ -92,9 +92,11 @@ def disconnect_networks(ctx: StepContext) -> None:
 
 def resync_host(session: Session, registry: JobRegistry, host_id: str) -> None:
     """An agent back from a restart or an outage gets its networks again (it missed any
-    change made meanwhile)."""
-    if session.scalar(select(Port.id).where(Port.host_id == host_id).limit(1)):
-        queue_sync(session, registry, [host_id])
+    change made meanwhile), and so do the other hosts of those networks (its tunnel
+    address may have changed with its settings)."""
+    networks = set(session.scalars(select(Port.network_id).where(Port.host_id == host_id)))
+    if networks:
+        queue_sync(session, registry, hosts_of(session, networks) | {host_id})
 
 
 # -- an instance moving between hosts (``before_move`` / ``after_move``) -------------------
