@@ -256,3 +256,23 @@ def test_bind_addresses_of_hosts_and_floating_ones(svc: Services) -> None:
     with pytest.raises(Conflict, match="floating address 10.98.0.200 is a's"):
         expose(b, "10.98.0.200", 84)
     expose(a, "10.98.0.200", 85)  # more of a's ports on it
+
+
+def test_a_forward_whose_port_is_taken_on_the_destination_does_not_stop_the_move(
+    svc: Services,
+) -> None:
+    make_network(svc)
+    a = make_instance(svc, "a", [NicRequest("lan")], host="one")
+    b = make_instance(svc, "b", [NicRequest("lan")], host="two")
+    mine = _forward(svc, a, "127.0.0.1", 8080, 80)
+    _forward(svc, b, "127.0.0.1", 8080, 80)
+    one, two = _hosts(svc)
+    prepare_move(svc, a, one, two)
+    finish_move(svc, a, one, two)
+    with svc.db.read() as s:
+        row = s.get(PortForward, mine)
+        assert row is not None
+        assert (row.status, row.error) == ("error", "host port 8080 is taken on host two")
+    # Not made on two; gone from one all the same (a is not there any more).
+    assert ("create", "two", mine) not in agents(svc).calls
+    assert ("delete", "one", mine) in agents(svc).calls
