@@ -156,5 +156,10 @@ def test_a_network_spans_two_hosts(namespaces: Namespaces, open_dir: Path) -> No
     # And back: the device is made again and floods to h2.
     _apply(h1, roots[0], a1, state(UNDERLAY[0], [UNDERLAY[1]]))
     wait_until(lambda: _ping(alpha, "10.231.10.12"), 20, "alpha pings beta again")
+    # The networks gone: bridges, tunnels and the bridge table with them.
     _apply(h1, roots[0], a1, NetworkState())
     _apply(h2, roots[1], a2, NetworkState())
+    for agent_ns in (a1, a2):
+        links = in_ns(agent_ns, "ip", "-br", "link", "show")
+        assert "lmb" not in links and "lmx" not in links, links
+        assert "lamina" not in in_ns(agent_ns, "nft", "list", "tables")
