@@ -176,6 +176,7 @@ def test_networks_and_forwards_follow_a_moving_instance(svc: Services) -> None:
     one, two = _hosts(svc)
     hooks = lifecycle_of(svc)
     assert prepare_move in hooks.before_move and finish_move in hooks.after_move
+    assert abandon_move in hooks.move_aborted
 
     prepare_move(svc, a, one, two)
     # Before the switch the destination has the network with a's DHCP entry and name, and
@@ -207,6 +208,14 @@ def test_networks_and_forwards_follow_a_moving_instance(svc: Services) -> None:
         assert s.query(Port).filter(Port.host_id == "h-1").count() == 0
     assert seen["one"].networks == []
     assert seen["two"].networks[0].peers == []
+    # Again (a manager restarted halfway): the same end, published and withdrawn again.
+    agents(svc).calls.clear()
+    finish_move(svc, a, one, two)
+    assert sorted(agents(svc).calls) == sorted(
+        [("create", "two", f) for f in (floating, own, local)]
+        + [("delete", "one", f) for f in (floating, own, local)]
+    )
+    assert agents(svc).specs[own].bind == "10.98.0.12"
 
 
 def test_an_unreachable_host_gets_its_networks_later(svc: Services) -> None:

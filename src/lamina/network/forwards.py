@@ -249,17 +249,19 @@ def move_forwards(
     published for it is published by ``dest`` on the same port, then withdrawn from
     ``source``. The bind address stays (a floating address moves with the forward: the
     destination takes it over, see docs/networks.md) unless it was ``source``'s own
-    (``source_address``): then it is ``dest``'s (``dest_address``). Answers the forwards
-    that could not move, with why (their rows say ``error``); never raises for one."""
+    (``source_address``): then it is ``dest``'s (``dest_address``). Idempotent (a manager
+    restarted halfway calls it again: what moved is published and withdrawn again, no-ops
+    for the agents). Answers the forwards that could not move, with why (their rows say
+    ``error``); never raises for one."""
     failed: dict[str, str] = {}
-    moved: list[tuple[str, ForwardSpec]] = []
     with svc.db.write() as s:
-        rows = s.scalars(
-            select(PortForward).where(
-                PortForward.instance_id == instance_id, PortForward.host_id == source.id
+        for row in list(
+            s.scalars(
+                select(PortForward).where(
+                    PortForward.instance_id == instance_id, PortForward.host_id == source.id
+                )
             )
-        )
-        for row in list(rows):
+        ):
             bind = row.bind
             if source_address is not None and bind == source_address and dest_address:
                 bind = dest_address
@@ -271,8 +273,9 @@ def move_forwards(
                 row.status = "error"
                 row.error = f"host port {row.host_port} is taken on host {dest.name}"
                 failed[row.id] = row.error
-                continue
-            moved.append((row.id, _spec(row)))
+        everything = list_forwards(s, instance_id)
+        moved = [(f.id, _spec(f)) for f in everything if f.host_id == dest.id]
+        all_ids = [f.id for f in everything]
     target = svc.agents.for_host(dest)
     for forward_id, spec in moved:
         try:
@@ -288,7 +291,7 @@ def move_forwards(
                 stored.status, stored.error = "error", failed[forward_id]
     # Every forward leaves the source, moved or not: the instance is not there any more.
     withdrawn = svc.agents.for_host(source)
-    for forward_id in [f for f, _ in moved] + [f for f in failed if f not in dict(moved)]:
+    for forward_id in all_ids:
         try:
             withdrawn.forward_delete(forward_id)
         except LaminaError as exc:

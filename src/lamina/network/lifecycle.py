@@ -195,3 +195,4 @@ def register_network_lifecycle(lifecycle: InstanceLifecycle) -> None:
     lifecycle.host_up.append(resync_host)
     lifecycle.before_move.append(prepare_move)
     lifecycle.after_move.append(finish_move)
+    lifecycle.move_aborted.append(abandon_move)
