@@ -5,11 +5,11 @@ libvirtd and agent, and the sample channel's ``netprobe`` guests under QEMU (TCG
   own host, resolve each other's names and ping each other across the VXLAN tunnel;
 - gamma, on network ``other`` (another VNI), reaches neither, nor lan's gateway;
 - alpha's port 80 is published on a floating address of the data-centre network; alpha is
-  then live-migrated to h2 by hand (``virsh migrate``, standing in for ``lamina instance
-  migrate``) between the network's ``before_move`` and ``after_move`` hooks, called in this
-  process on the manager's database: the forward answers on the same address afterwards
-  (from h2), h1 no longer holds the address, and alpha still reaches beta and is reached
-  by name."""
+  then live-migrated to h2 while a client keeps fetching the page through it: with
+  ``lamina instance migrate`` where this Lamina has it, else by hand (``virsh migrate``)
+  between the network's ``before_move`` and ``after_move`` hooks, called in this process on
+  the manager's database. The forward answers on the same address afterwards (from h2), h1
+  no longer holds the address, and alpha still reaches beta and is reached by name."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ from lamina.services import Services
 
 pytestmark = pytest.mark.integration
 BOOT = 240
+#: Whether this Lamina migrates instances itself (``lamina instance migrate``).
+MIGRATES = hasattr(Client, "migrate_instance")
 
 
 def _done(client: Client, answer: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
@@ -101,6 +103,26 @@ def _manager_services(cloud: Cloud, tmp_path: Path, monkeypatch: Any) -> Iterato
         svc.close()
 
 
+def _move_by_hand(cloud: Cloud, hosts: Lab, name: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """Live-migrate ``name`` from h1 to h2 with ``virsh migrate`` between the network's move
+    hooks (what ``lamina instance migrate`` does, for a Lamina without it)."""
+    h1, h2 = hosts.hosts["h1"], hosts.hosts["h2"]
+    with _manager_services(cloud, tmp_path, monkeypatch) as svc:
+        with svc.db.read() as s:
+            instance = s.query(Instance).filter(Instance.name == name).one()
+            source = s.query(Host).filter(Host.name == "h1").one()
+            dest = s.query(Host).filter(Host.name == "h2").one()
+            s.expunge_all()
+        prepare_move(svc, instance, source, dest)
+        h1.virsh("migrate", "--live", "--unsafe", "--persistent", "--undefinesource",
+                 instance.domain_name, h2.migration_uri, f"tcp://{h2.address}")  # fmt: skip
+        with svc.db.write() as s:
+            moved = s.get(Instance, instance.id)
+            assert moved is not None
+            moved.host_id = dest.id
+        finish_move(svc, instance, source, dest)
+
+
 class Fetcher:
     """A client fetching a page again and again in the background: how many answers, how
     many failures, the longest time without an answer."""
@@ -140,7 +162,10 @@ def test_a_network_across_hosts(
 ) -> None:
     h1, h2 = lab.hosts["h1"], lab.hosts["h2"]
     floating = str(lab.network.network_address + 200)
-    cloud = lab_cloud(hosts=("h1", "h2"))
+    # Plain qemu+tcp between the lab's hosts where Lamina migrates (lab only).
+    cloud = lab_cloud(
+        hosts=("h1", "h2"), **({"LAMINA_MIGRATION__TRANSPORT": "tcp"} if MIGRATES else {})
+    )
     client = cloud.client()
     client.add_channel(channel.url, channel.token)
     _done(client, client.install_appliance("netprobe"))
@@ -194,31 +219,22 @@ def test_a_network_across_hosts(
                              "netprobe: reach 10.81.0.1 failed"])  # fmt: skip
 
         # alpha moves to h2; its forward follows it, on the same address.
-        with (
-            _manager_services(cloud, tmp_path, monkeypatch) as svc,
-            Fetcher(f"http://{at['alpha']}/") as fetcher,
-        ):
-            with svc.db.read() as s:
-                instance = s.query(Instance).filter(Instance.name == "alpha").one()
-                source = s.query(Host).filter(Host.name == "h1").one()
-                dest = s.query(Host).filter(Host.name == "h2").one()
-                s.expunge_all()
+        with Fetcher(f"http://{at['alpha']}/") as fetcher:
             wait_until(lambda: fetcher.ok > 0, 30, "the page through the forward")
-            prepare_move(svc, instance, source, dest)
             started = time.monotonic()
-            h1.virsh("migrate", "--live", "--unsafe", "--persistent", "--undefinesource",
-                     instance.domain_name, h2.migration_uri, f"tcp://{h2.address}")  # fmt: skip
-            with svc.db.write() as s:
-                moved = s.get(Instance, instance.id)
-                assert moved is not None
-                moved.host_id = dest.id
-            finish_move(svc, instance, source, dest)
+            if MIGRATES:
+                job = client.migrate_instance("alpha", "h2", mode="live")
+                done = client.wait_job(job["id"], timeout=300)
+                assert done["status"] == "succeeded", done
+            else:
+                _move_by_hand(cloud, lab, "alpha", tmp_path, monkeypatch)
             moved_in = time.monotonic() - started
             count = fetcher.ok
             wait_until(lambda: fetcher.ok > count + 5, 60, "the page from h2")
+        domain = f"lamina-{client.instance('alpha')['id']}"
         print(f"move: {moved_in:.1f} s; fetches {fetcher.ok} ok, {fetcher.failed} failed, "
               f"longest gap {fetcher.gap:.1f} s")  # fmt: skip
-        assert instance.domain_name in h2.virsh("list", "--name")
+        assert domain in h2.virsh("list", "--name")
         assert floating not in h1.run("ip", "-4", "addr", "show", "dev", "eth0")
         assert floating in h2.run("ip", "-4", "addr", "show", "dev", "eth0")
         (forward,) = client.forwards("alpha")
