@@ -282,6 +282,8 @@ class ImageCache:
             start = _range_start(response) if response.status_code == 206 else 0
             if start not in (0, have):
                 raise BackendUnavailable(f"the manager answered a range from {start}, not {have}")
+            # Hashed as it streams in; on a resume, what the partial file holds first.
+            hasher = _hash_file(partial) if start else hashlib.sha256()
             length = int(response.headers.get("content-length", "0") or 0)
             transfer = self.tracker.begin(source, start + length)
             transfer.done = start
@@ -291,26 +293,27 @@ class ImageCache:
                 with os.fdopen(os.open(partial, flags, FILE_MODE), "wb") as out:
                     for chunk in response.iter_bytes(CHUNK):
                         out.write(chunk)
+                        hasher.update(chunk)
                         transfer.done += len(chunk)
                     out.flush()
                     os.fsync(out.fileno())
             finally:
                 self.tracker.end(transfer)
-        return self._finish_blob(partial, digest)
+        return self._finish_blob(partial, digest, hasher)
 
-    def _finish_blob(self, partial: Path, digest: str) -> CacheEntry:
-        hasher = hashlib.sha256()
-        with partial.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                hasher.update(chunk)
-        if hasher.hexdigest() != digest:
+    def _finish_blob(
+        self, partial: Path, digest: str, hasher: hashlib._Hash | None = None
+    ) -> CacheEntry:
+        """Move a whole partial file into place if its digest is ``digest``; else remove it
+        and raise ``Conflict``."""
+        got = (hasher or _hash_file(partial)).hexdigest()
+        if got != digest:
             partial.unlink(missing_ok=True)
             raise Conflict(
-                f"blob {digest} arrived with digest {hasher.hexdigest()}: nothing cached",
+                f"blob {digest} arrived with digest {got}: nothing cached",
                 source=f"{BLOB_SCHEME}{digest}",
             )
-        final = self.root / digest
-        os.replace(partial, final)
+        os.replace(partial, self.root / digest)
         return self.check(digest)
 
     def _cached(self, source: str, sha256: str | None, key: str | None) -> CacheEntry | None:
@@ -405,6 +408,14 @@ class ImageCache:
             return dict(json.loads(self._index_path.read_text()))
         except (OSError, ValueError):
             return {}
+
+
+def _hash_file(path: Path) -> hashlib._Hash:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            hasher.update(chunk)
+    return hasher
 
 
 def _range_start(response: httpx.Response) -> int:
