@@ -291,7 +291,9 @@ class ImageCache:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                 flags |= os.O_APPEND if start else os.O_TRUNC
                 with os.fdopen(os.open(partial, flags, FILE_MODE), "wb") as out:
-                    for chunk in response.iter_bytes(CHUNK):
+                    # As the connection gives them: asking httpx for bigger pieces costs
+                    # a copy of every byte (3.2 s instead of 1.2 s for 1 GiB on loopback).
+                    for chunk in response.iter_bytes():
                         out.write(chunk)
                         hasher.update(chunk)
                         transfer.done += len(chunk)
