@@ -195,7 +195,8 @@ def test_a_transfer_killed_half_way_resumes_with_range_and_is_verified(
     first, second = proxy.requests
     assert "range:" not in first.lower()
     resumed_at = int(second.lower().split("range: bytes=")[1].split("-")[0])
-    assert SIZE // 4 < resumed_at < SIZE, second
+    # Up to the cut (a reset drops what was still in flight), but not from the start.
+    assert 0 < resumed_at <= SIZE // 2, second
     # The progress reporting saw both tries, each out of the whole size: the first
     # stopped where the second resumed, which counted the bytes it had.
     source = f"blob:{digest}"
