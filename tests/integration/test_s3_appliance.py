@@ -1,5 +1,6 @@
 """An appliance whose files the repository keeps in S3 (a real Swift with s3api) installs,
-deploys and boots: the host's agent gets its kernel, initramfs and layers through the
+deploys and boots on a namespace host (its own network and libvirtd, reaching the manager
+over the lab's bridge): the host's agent gets its kernel, initramfs and layers through the
 manager's blob route (``lamina.compute.fetch``) and may read no host path at all, so nothing
 reaches it by a path into the manager's folders. The sample channel's webserv, a layered
 guest under QEMU, checked from its console."""
@@ -12,8 +13,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
-from clouds import add_host
 from harness import ROOT, Cloud, wait_until
+from hosts import lab, lab_cloud  # noqa: F401 - fixtures
 from swift import Swift
 from test_layered_appliances import BOOT, Channel
 
@@ -35,9 +36,14 @@ def _console(cloud: Cloud, name: str) -> str:
 
 
 def test_an_appliance_stored_in_s3_deploys_and_boots(
-    make_cloud: Callable[..., Cloud], channel: Channel, s3_server: Swift
+    lab_cloud: Callable[..., Cloud],  # noqa: F811
+    channel: Channel,
+    s3_server: Swift,
 ) -> None:
-    cloud = make_cloud(
+    cloud = lab_cloud(
+        hosts=("h2",),
+        # The agent may copy no host file at all: whatever it boots came over the wire.
+        agent_env={"LAMINA_AGENT__FETCH_ROOTS": "[]"},
         LAMINA_IMAGES__STORES='["file", "s3", "http"]',
         LAMINA_IMAGES__DEFAULT_STORE="s3",
         LAMINA_IMAGES__S3_ENDPOINT=s3_server.endpoint_url,
@@ -45,9 +51,7 @@ def test_an_appliance_stored_in_s3_deploys_and_boots(
         LAMINA_IMAGES__S3_ACCESS_KEY=s3_server.access_key,
         LAMINA_IMAGES__S3_SECRET_KEY=s3_server.secret_key,
     )
-    cloud.start_manager()
-    # The agent may copy no host file at all: whatever it boots came over the wire.
-    add_host(cloud, "qemu", uri="qemu:///system", LAMINA_AGENT__FETCH_ROOTS="[]")
+    assert (cloud.root / "agent-h2" / "manager.url").read_text().strip().startswith("http://10.")
     cloud.cli("channel", "add", channel.url, "--key", channel.token)
     cloud.cli("appliance", "install", "webserv")
     with cloud.client() as client:
@@ -63,7 +67,7 @@ def test_an_appliance_stored_in_s3_deploys_and_boots(
         ).stdout
     )["instance"]  # fmt: skip
     try:
-        assert web["status"] == "running", web
+        assert (web["status"], web["host"]) == ("running", "h2"), web
         assert web["kernel"].startswith("image:")
         assert all(x["source"].startswith("image:") for x in web["layers"])
         wait_until(lambda: "lamina-base: ready" in _console(cloud, "web1"), BOOT, "web1 ready")
@@ -71,7 +75,7 @@ def test_an_appliance_stored_in_s3_deploys_and_boots(
         assert "lamina-base: release lamina-base 1.0.0" in console
         assert "webserv: serving www.example.org on port 8080" in console
         # Every file the guest boots is in the host's cache under the digest the image has.
-        cache = cloud.root / "agent-qemu" / "cache"
+        cache = cloud.root / "agent-h2" / "cache"
         for image in images:
             assert (cache / image["sha256"]).is_file()
     finally:
