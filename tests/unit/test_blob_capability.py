@@ -12,10 +12,18 @@ from typing import Any
 import pytest
 from harness import bare_services
 
+from lamina.agent.cache import DownloadTracker, FetchConfig, ImageCache
+from lamina.agent.enrol import remember_manager
 from lamina.compute.boot import image_ref, parse_image_ref
 from lamina.compute.fetch import bearer, check_capability, host_source, mint, serve_blob
 from lamina.compute.models import Host
-from lamina.errors import AuthenticationFailed, InvalidState, NotFound, RangeNotSatisfiable
+from lamina.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    RangeNotSatisfiable,
+)
 from lamina.identity.secretbox import SecretBox
 from lamina.images.models import Image
 
@@ -148,3 +156,25 @@ def test_serve_blob_checks_the_capability_then_answers_ranges(svc: Any) -> None:
         s.get(Host, HOST).status = "pending"
     with pytest.raises(AuthenticationFailed):
         serve_blob(svc, cap, digest, None)
+
+
+def test_the_agent_remembers_the_manager_it_enrolled_with(tmp_path: Path) -> None:
+    default = "http://127.0.0.1:8775"
+    assert remember_manager(tmp_path, None, default) == default
+    assert remember_manager(tmp_path, "https://10.0.0.1:8775/", default) == "https://10.0.0.1:8775"
+    # Started again without --manager: the recorded one, not the settings' default.
+    assert remember_manager(tmp_path, None, default) == "https://10.0.0.1:8775"
+    assert (tmp_path / "manager.url").stat().st_mode & 0o077 == 0
+
+
+def test_a_blob_source_needs_its_capability_and_a_manager(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "c", DownloadTracker(), FetchConfig())
+    with pytest.raises(InvalidRequest):
+        cache.install(f"blob:{DIGEST}", DIGEST)  # no capability
+    with pytest.raises(InvalidRequest):
+        cache.install(f"blob:{DIGEST}", OTHER, "cap")  # another digest
+    with pytest.raises(InvalidRequest):
+        cache.install("blob:../../etc/passwd", None, "cap")
+    with pytest.raises(InvalidState, match="--manager"):
+        cache.install(f"blob:{DIGEST}", DIGEST, "cap")
+    assert list(cache.root.iterdir()) == []
