@@ -21,7 +21,7 @@ from harness import Cloud, free_port
 
 from lamina.agent.cache import DownloadTracker, FetchConfig, ImageCache
 from lamina.compute.fetch import mint
-from lamina.errors import Conflict
+from lamina.errors import BackendUnavailable, Conflict
 from lamina.identity.secretbox import SecretBox
 
 pytestmark = pytest.mark.integration
@@ -205,6 +205,28 @@ def test_a_transfer_killed_half_way_resumes_with_range_and_is_verified(
     # Cached now: asked again, nothing goes over the wire.
     cache.install(f"blob:{digest}", digest, mint(_box(cloud), host_id, digest))
     assert len(proxy.requests) == 2
+
+
+def test_a_download_given_up_resumes_in_the_next_call(
+    cloud: Cloud,
+    blob: tuple[bytes, str, str],
+    proxied: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The step that asked gives up (one try here); the partial file, named by the digest,
+    stays, and the next request (a new step attempt, a new capability) continues it."""
+    import lamina.agent.cache
+
+    data, digest, host_id = blob
+    monkeypatch.setattr(lamina.agent.cache, "BLOB_ATTEMPTS", 1)
+    cache, proxy, _ = proxied(cut_after=SIZE // 2)
+    with pytest.raises(BackendUnavailable):
+        cache.install(f"blob:{digest}", digest, mint(_box(cloud), host_id, digest))
+    kept = cache.partial_path(digest).stat().st_size
+    assert 0 < kept < SIZE and not (cache.root / digest).exists()
+    entry = cache.install(f"blob:{digest}", digest, mint(_box(cloud), host_id, digest))
+    assert Path(entry.path).read_bytes() == data
+    assert f"range: bytes={kept}-" in proxy.requests[1].lower()
 
 
 def test_a_blob_whose_bytes_do_not_match_its_digest_leaves_nothing(
