@@ -5,6 +5,7 @@ tests/integration/test_blob_fetch.py."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,15 @@ def test_a_blob_source_needs_its_capability_and_a_manager(tmp_path: Path) -> Non
     with pytest.raises(InvalidState, match="--manager"):
         cache.install(f"blob:{DIGEST}", DIGEST, "cap")
     assert list(cache.root.iterdir()) == []
+
+
+def test_downloads_left_behind_are_dropped_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    ImageCache(root, DownloadTracker())
+    fresh, old = root / f".blob-{DIGEST}", root / f".blob-{OTHER}"
+    copy = root / ".partial-123-456"
+    for path in (fresh, old, copy):
+        path.write_bytes(b"part")
+    os.utime(old, (1, 1))
+    ImageCache(root, DownloadTracker())
+    assert sorted(p.name for p in root.iterdir()) == [fresh.name]

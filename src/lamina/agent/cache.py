@@ -59,6 +59,8 @@ DIR_MODE = 0o700
 #: a broken one.
 BLOB_ATTEMPTS = 4
 BLOB_RETRY_SECONDS = 1.0
+#: A broken-off blob download not resumed for this long is dropped when the agent starts.
+STALE_PARTIAL_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ class ImageCache:
         self._lock = threading.Lock()
         self._blob_locks: dict[str, threading.Lock] = {}
         self._fix_modes()
+        self._drop_stale_partials()
 
     def _fix_modes(self) -> None:
         """Entries cached by an older agent were world-readable: no longer."""
@@ -147,6 +150,19 @@ class ImageCache:
             if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:
                 os.chmod(path, FILE_MODE)
                 log.info("cache entry %s made private (mode 0600)", path.name)
+
+    def _drop_stale_partials(self) -> None:
+        """What a download left: a file copy's (it never resumes) and blobs' untouched for a
+        day (the step that wanted them has long given up)."""
+        now = time.time()
+        for path in self.root.iterdir():
+            stale = path.name.startswith(".partial-") or (
+                path.name.startswith(".blob-")
+                and now - path.stat().st_mtime > STALE_PARTIAL_SECONDS
+            )
+            if stale and path.is_file():
+                path.unlink(missing_ok=True)
+                log.info("removed %s, left by a download that did not finish", path.name)
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)
