@@ -31,12 +31,12 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
     if not files.exist():
         if not token:
             raise ConfigError(
-                "this agent is not enrolled: start it once with --token TOKEN, the token "
+                "this agent is not enrolled: start it once with --enrol TOKEN, the token "
                 "that `lamina host add NAME --address HOST:PORT` printed"
             )
         enrol(manager_url or settings.manager.url, token, socket.gethostname(), files)
     elif token:
-        log.info("already enrolled; ignoring --token")
+        log.info("already enrolled; ignoring the enrolment token")
     domain_type = None if settings.agent.domain_type == "auto" else settings.agent.domain_type
     hypervisor = load_hypervisor(
         settings.agent.hypervisor, uri=settings.agent.libvirt_uri, domain_type=domain_type
