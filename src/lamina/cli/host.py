@@ -28,12 +28,12 @@ COLUMNS = [
 
 @click.group("host")
 def host() -> None:
-    """Hypervisor hosts and their agents (administrators only).
+    """Hypervisor hosts and their agents (administrators only; docs/hosts.md).
 
     \b
     Examples:
       lamina host list
-      lamina host add h2 --address 192.0.2.12:8776
+      lamina host disable h2 --reason "DIMM to replace"
     """
 
 
