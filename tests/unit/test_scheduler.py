@@ -13,7 +13,9 @@ from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import check_destination, place
 from lamina.config import ComputeSettings
 from lamina.db import Database
+from lamina.db.types import utcnow
 from lamina.errors import HostFull, InvalidRequest, InvalidState, NoCapacity, NotFound
+from lamina.jobs.models import Job
 
 CFG = ComputeSettings(cpu_allocation_ratio=1.0)
 PACK = ComputeSettings(cpu_allocation_ratio=1.0, scheduler="pack")
@@ -199,6 +201,29 @@ def test_no_host_up(sqlite_url: str) -> None:
     db = Database(sqlite_url)
     with db.write() as s, pytest.raises(NoCapacity, match="^no host is up to run the instance$"):
         place(s, CFG, 1, 1, None)
+
+
+def test_moves_under_way_count_on_their_destination(database: Database) -> None:
+    with database.write() as s:
+        moving = run(s, "big", 768)
+        job = Job(
+            kind="instance.migrate", status="running", target_type="instance",
+            target_id=moving.id, params={"dest_id": "small"}, deadline=utcnow(),
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        with pytest.raises(HostFull, match="it has 1 vCPU.* and 128 MiB free"):
+            place(s, CFG, 1, 256, "small")
+        assert place(s, PACK, 1, 128, None).name == "small"
+        # Switched: counted once, where it now is.
+        moving.host_id = "small"
+        s.flush()
+        assert place(s, CFG, 1, 256, "big").name == "big"
+        with pytest.raises(HostFull, match="128 MiB free"):
+            place(s, CFG, 1, 256, "small")
+        moving.host_id, job.status = "big", "failed"  # a move that failed: back where it was
+        s.flush()
+        assert place(s, CFG, 1, 896, "small").name == "small"
 
 
 class TestDestination:

@@ -23,6 +23,12 @@ from lamina.compute.hosts import ACTIVE, Usage, get_host, usage
 from lamina.compute.models import Host, Instance
 from lamina.config import ComputeSettings
 from lamina.errors import HostFull, InvalidRequest, InvalidState, NoCapacity
+from lamina.jobs.models import Job
+
+#: The job that moves an instance, and its parameter naming the destination's id: until it
+#: ends, the destination's room counts the instance (two moves to one host at once cannot
+#: both take its last room; the job is queued in the transaction that placed it).
+MOVE_KIND, MOVE_DEST = "instance.migrate", "dest_id"
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def place(
     hosts = list(session.scalars(query.order_by(Host.name).with_for_update()))
     if not hosts:
         raise NoCapacity(_nobody(session, exclude))
-    used = usage(session)
+    used = committed(session)
     rooms = [capacity(h, used.get(h.id), cfg) for h in hosts]
     fitting = [r for r in rooms if r.fits(vcpus, memory_mib)]
     if not fitting:
@@ -149,6 +155,24 @@ def check_destination(
     )
 
 
+def committed(session: Session) -> dict[str, Usage]:
+    """What each host's instances take (``hosts.usage``) and what the moves under way to it
+    will (an instance still on its source counts on both until its move ends)."""
+    used = usage(session)
+    moves = session.execute(
+        select(Job.params, Instance.host_id, Instance.vcpus, Instance.memory_mib)
+        .join(Instance, Instance.id == Job.target_id)
+        .where(Job.kind == MOVE_KIND, Job.status.in_(("queued", "running")))
+    )
+    for params, host_id, vcpus, memory_mib in moves:
+        dest = (params or {}).get(MOVE_DEST)
+        if not dest or dest == host_id:  # switched already: usage counts it there
+            continue
+        was = used.get(dest, Usage(0, 0, 0))
+        used[dest] = Usage(was.vcpus + vcpus, was.memory_mib + memory_mib, was.instances + 1)
+    return used
+
+
 def group_members(session: Session, group: str, owner: str | None = None) -> dict[str, int]:
     """Host id -> how many instances of ``group`` (``owner``'s, when given) it holds."""
     query = (
@@ -183,7 +207,7 @@ def _check_named(
             status=host.status,
             disabled=host.disabled,
         )
-    room = capacity(host, usage(session).get(host.id), cfg)
+    room = capacity(host, committed(session).get(host.id), cfg)
     if not room.fits(vcpus, memory_mib):
         free_vcpus, free_memory = max(room.vcpus, 0), max(room.memory_mib, 0)
         raise HostFull(
