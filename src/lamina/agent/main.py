@@ -36,7 +36,7 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
             )
         enrol(manager_url or settings.manager.url, token, socket.gethostname(), files)
     elif token:
-        log.info("already enrolled; ignoring the enrolment token")
+        log.info("already enrolled; ignoring --token")
     domain_type = None if settings.agent.domain_type == "auto" else settings.agent.domain_type
     hypervisor = load_hypervisor(
         settings.agent.hypervisor, uri=settings.agent.libvirt_uri, domain_type=domain_type

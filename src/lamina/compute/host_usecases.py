@@ -58,13 +58,6 @@ def new_token(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
         return {"token": host_service.new_token(s, svc.ca, host)}
 
 
-def remove_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
-    require_admin(who)
-    with svc.db.write() as s:
-        host = host_service.remove_host(s, ref)
-        return {"host": describe_host(svc, host, None)}
-
-
 def disable_host(svc: Services, who: Principal, ref: str, reason: str | None) -> dict[str, Any]:
     """No new placements on the host (nor migrations to it) until it is enabled again; its
     instances keep running. ``{"host"}``."""
@@ -80,6 +73,13 @@ def enable_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
     with svc.db.write() as s:
         host = host_service.enable_host(s, ref)
         return {"host": describe_host(svc, host, host_service.usage(s).get(host.id))}
+
+
+def remove_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
+    require_admin(who)
+    with svc.db.write() as s:
+        host = host_service.remove_host(s, ref)
+        return {"host": describe_host(svc, host, None)}
 
 
 def enrol(svc: Services, token: str, csr: str) -> EnrolResponse:
