@@ -5,8 +5,8 @@ candidate hosts' rows locked (PostgreSQL) or the database write-locked (SQLite),
 managers placing at once cannot both take the last room on a host.
 
 Among the hosts that are up, enabled, not excluded and have room, the instances of one
-group go first to the host with the fewest of its members (anti-affinity, as Nova's
-``ServerGroupSoftAntiAffinityWeigher``, a soft-anti-affinity group), then the policy (``compute.scheduler``) decides:
+group go first to the host with the fewest of its members (soft anti-affinity, as Nova's
+``ServerGroupSoftAntiAffinityWeigher``), then the policy (``compute.scheduler``) decides:
 ``spread`` the host with the most free memory, then vCPUs; ``pack`` the one with the least
 (Nova's RAM weigher with a negative multiplier, OpenNebula's packing policy).
 """
