@@ -67,7 +67,8 @@ def serve(host: str | None, port: int | None) -> None:
     "--manager",
     "manager_url",
     metavar="URL",
-    help="The manager's URL, as this host reaches it (default: manager.public_url).",
+    help="The manager's URL, as this host reaches it (default: manager.public_url, else "
+    "manager.host and port).",
 )
 @click.option(
     "--enrol",
