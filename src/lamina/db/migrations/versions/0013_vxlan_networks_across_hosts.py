@@ -2,7 +2,7 @@
 address (the gateway) on every host of a network
 
 Revision ID: 0013_vxlan_networks_across_hosts
-Revises: 0012_job_target_name
+Revises: 0013_sched_host_disable
 Create Date: 2026-12-07 17:00:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_vxlan_networks_across_hosts"
-down_revision = "0012_job_target_name"
+down_revision = "0013_sched_host_disable"
 branch_labels = None
 depends_on = None
 
