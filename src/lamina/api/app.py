@@ -14,6 +14,7 @@ from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
 from lamina.api.routes.audit import router as audit
 from lamina.api.routes.channels import appliances, channels
+from lamina.api.routes.checkpoints import checkpoints, instance_checkpoints
 from lamina.api.routes.guest import guest
 from lamina.api.routes.hosts import enrolment, hosts
 from lamina.api.routes.images import images
@@ -107,7 +108,7 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
         images, instance_forwards, instances, jobs, system, users_router, me_router,
         channels, appliances, networks,
     )  # fmt: skip
-    for router in (*domains, volumes, snapshots):
+    for router in (*domains, volumes, snapshots, instance_checkpoints, checkpoints):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])
