@@ -43,7 +43,7 @@ def checkpoint() -> None:
     """
 
 
-@checkpoint.command("create", hidden=True)
+@checkpoint.command("create")
 @click.argument("ref")
 @click.option("--as", "name", help="The checkpoint's name (default: c-<UTC date-time>).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)

@@ -137,8 +137,7 @@ def checkpoint(
         live = str(dom.XMLDesc(0))
         if domain_type == "test":
             dom.save(str(memory))
-            conn.restoreFlags(str(memory), None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
-            dom = conn.lookupByName(dom.name())
+            dom = _restore_paused(conn, memory, None, domain_type, dom.name())
         else:
             dom.snapshotCreateXML(
                 snapshot_xml(live, memory), libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
@@ -173,7 +172,7 @@ def restore(
         if existing.UUIDString() != uuid and existing.isPersistent():
             # Another guest of that name (made again since): the saved one replaces it.
             existing.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-    conn.restoreFlags(str(memory), restore_xml(saved, spec), libvirt.VIR_DOMAIN_SAVE_PAUSED)
+    _restore_paused(conn, memory, restore_xml(saved, spec), domain_type, spec.name)
     tags = spec.tags
     if tags is not None and created is not None:
         tags = dataclasses.replace(tags, created=created)
@@ -181,3 +180,18 @@ def restore(
     conn.defineXML(domain_xml(persistent, domain_type))
     if not paused:
         conn.lookupByName(spec.name).resume()
+
+
+def _restore_paused(
+    conn: libvirt.virConnect, memory: Path, xml: str | None, domain_type: str, name: str
+) -> libvirt.virDomain:
+    """Restore the saved guest with its vCPUs paused (the test driver has no such flag:
+    there it is paused right after; nor does it change a saved guest's XML: its guests have
+    no files anyway)."""
+    if domain_type != "test":
+        conn.restoreFlags(str(memory), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
+        return conn.lookupByName(name)
+    conn.restoreFlags(str(memory), None, 0)
+    dom = conn.lookupByName(name)
+    dom.suspend()
+    return dom
