@@ -96,7 +96,9 @@ def restore_xml(saved: str, spec: GuestSpec) -> str:
     initrd and console log. InvalidRequest if ``spec`` lacks a file disk the guest had."""
     root = ET.fromstring(saved)
     paths = {d.target: d.path for d in spec.disks}
-    for target, disk in disk_elements(saved).items():
+    for disk in root.iterfind("devices/disk"):
+        target_el = disk.find("target")
+        target = target_el.get("dev", "") if target_el is not None else ""
         if disk.get("type") != "file":
             continue
         if target not in paths:
