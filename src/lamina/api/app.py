@@ -103,12 +103,13 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # The configuration service authenticates instances by their tokens, not users.
     for router in (health, enrolment, login_router, guest):
         app.include_router(router)
-    # instance_forwards before instances, whose POST /{ref}/{action} would take its path.
+    # instance_forwards and instance_checkpoints before instances, whose POST /{ref}/{action}
+    # would take their paths.
     domains = (
-        images, instance_forwards, instances, jobs, system, users_router, me_router,
+        images, instance_forwards, instance_checkpoints, instances, jobs, system, users_router, me_router,
         channels, appliances, networks,
     )  # fmt: skip
-    for router in (*domains, volumes, snapshots, instance_checkpoints, checkpoints):
+    for router in (*domains, volumes, snapshots, checkpoints):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])
