@@ -1,8 +1,10 @@
-"""Checkpoints of a real layered guest (TCG), through the CLI, manager, agent and libvirt: the
-sample channel's ``ticker`` (a counter in the guest's memory, printed on the console every
-second) deployed, checkpointed while it runs on, restored (the counter goes on from where it
-was saved, not from 1), a checkpoint recording another QEMU and machine type refused before
-anything moves, and the checkpoints deleted, alone and with their instance."""
+"""Checkpoints of a real layered guest (TCG), through the CLI, manager, agents and libvirt, on
+two namespace hosts (``tests/hosts.py``: each its own libvirtd): the sample channel's
+``ticker`` (a counter in the guest's memory, printed on the console every second) deployed,
+checkpointed while it runs on, restored on its host and then on the other one (the counter
+goes on from where it was saved, not from 1; the guest leaves its old host's libvirtd), a
+checkpoint recording another QEMU and machine type refused before anything moves, and the
+checkpoints deleted, alone and with their instance."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from clouds import add_host
 from harness import ROOT, Cloud, wait_until
+from hosts import lab, lab_cloud  # noqa: F401 - fixtures
 from test_channels_manager import Server
 
 from lamina.channels.build import build_channel
 from lamina.channels.signing import generate_key, load_private_key, public_key_text
+from lamina.launcher.nshosts import Lab
 
 pytestmark = pytest.mark.integration
 BOOT = 120  # seconds for a layered guest to start counting under TCG
@@ -74,17 +77,46 @@ def database(cloud: Cloud) -> Path:
     return found
 
 
-def test_checkpoint_restore_and_refusal_of_a_real_layered_guest(
-    make_cloud: Callable[..., Cloud], channel: tuple[str, str]
+def host_of(cloud: Cloud, name: str) -> str:
+    return str(json.loads(cloud.cli("--json", "instance", "show", name).stdout)["host"])
+
+
+def restore_and_check(
+    cloud: Cloud, name: str, checkpoint: str, *options: str, moving: bool = False
+) -> tuple[float, int]:
+    """Restore ``name`` from ``checkpoint``; wait until the restored guest counts on. Answer
+    the seconds the restore took and its first tick."""
+    text, offset = console(cloud, name)
+    last = max(ticks(text))
+    started = time.monotonic()
+    cloud.cli("instance", "restore", name, checkpoint, *options)
+    took = time.monotonic() - started
+    # On another host the console is a new file; on the same one the old guest may print a
+    # tick or two before it is stopped: the restored one's first is the first that goes back.
+    offset = 0 if moving else offset
+
+    def after() -> list[int]:
+        return restored(console(cloud, name, offset)[0], last)
+
+    wait_until(after, 30, "ticks after the restore")
+    first = after()[0]
+    wait_until(lambda: max(after()) > first + 2, 30, "counting on after the restore")
+    return took, first
+
+
+def test_checkpoint_restore_here_and_on_another_host_and_refusal(
+    lab: Lab,  # noqa: F811
+    lab_cloud: Callable[..., Cloud],  # noqa: F811
+    channel: tuple[str, str],
 ) -> None:
     url, key = channel
-    cloud = make_cloud()
-    cloud.start_manager()
-    add_host(cloud, "h1", uri="qemu:///system")
+    cloud = lab_cloud(hosts=("h1", "h2"))
     cloud.cli("channel", "add", url, "--key", key)
     cloud.cli("appliance", "install", "ticker")
-    cloud.cli("appliance", "deploy", "ticker", "--name", "tick")
+    cloud.cli("appliance", "deploy", "ticker", "--name", "tick", "--no-network")
     wait_counter(cloud, "tick", 2, BOOT)
+    home = host_of(cloud, "tick")
+    other = "h2" if home == "h1" else "h1"
 
     # A checkpoint while it runs: it goes on counting, never restarted.
     before = counter(cloud, "tick")
@@ -120,29 +152,24 @@ def test_checkpoint_restore_and_refusal_of_a_real_layered_guest(
     assert not [j for j in jobs if j["kind"] == "checkpoint.restore"]
     running = wait_counter(cloud, "tick", max(later, counter(cloud, "tick")))
 
-    # Restore c1: the counter goes on from the value it had when c1 was taken.
-    text, offset = console(cloud, "tick")
-    last = ticks(text)[-1]
-    started = time.monotonic()
-    cloud.cli("instance", "restore", "tick", "c1")
-    restore_took = time.monotonic() - started
-    [job] = [j for j in json.loads(cloud.cli("--json", "job", "list").stdout)
-             if j["kind"] == "checkpoint.restore"]  # fmt: skip
-    print(f"restore: {restore_took:.2f} s (job {job['id']})")
-    # The old guest may print a tick or two before it is stopped: the restored one's first
-    # is the first that goes back.
-    wait_until(lambda: restored(console(cloud, "tick", offset)[0], last), 30, "ticks after restore")
-    first = restored(console(cloud, "tick", offset)[0], last)[0]
+    # Restore c1 on its host: the counter goes on from the value it had when c1 was taken
+    # (not from 1, not from where it had got to).
+    here, first = restore_and_check(cloud, "tick", "c1")
+    print(f"restore on {home}: {here:.2f} s")
     assert before - 1 <= first - 1 <= after + 1, (before, first, after, running)
-    assert first < running  # back in time: to c1, not on from where it was
-    wait_until(
-        lambda: max(restored(console(cloud, "tick", offset)[0], last)) > first + 2,
-        30,
-        "counting on after the restore",
-    )
+    assert json.loads(cloud.cli("--json", "instance", "show", "tick").stdout)["status"] == "running"
+
+    # Restore c1 on the other host: the instance moves there, its guest leaves its old host.
+    there, first = restore_and_check(cloud, "tick", "c1", "--host", other, moving=True)
+    print(f"restore on {other}: {there:.2f} s")
+    assert before - 1 <= first - 1 <= after + 1, (before, first, after)
+    assert host_of(cloud, "tick") == other
     shown = json.loads(cloud.cli("--json", "instance", "show", "tick").stdout)
     assert shown["status"] == "running"
-    assert took <= 15 and restore_took <= 15  # the 5 s target is benchmarks/checkpoint.py's
+    guest = f"lamina-{shown['id']}"
+    assert lab.hosts[other].virsh("list", "--name").split() == [guest]
+    assert guest not in lab.hosts[home].virsh("list", "--all", "--name").split()
+    assert max(took, here, there) <= 15  # the 5 s target is benchmarks/checkpoint.py's
 
     # Delete c2, then the instance: its checkpoints and their images go with it.
     cloud.cli("instance", "checkpoint", "delete", "tick", "c2")
