@@ -106,8 +106,8 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # instance_forwards and instance_checkpoints before instances, whose POST /{ref}/{action}
     # would take their paths.
     domains = (
-        images, instance_forwards, instance_checkpoints, instances, jobs, system, users_router, me_router,
-        channels, appliances, networks,
+        images, instance_forwards, instance_checkpoints, instances, jobs, system, users_router,
+        me_router, channels, appliances, networks,
     )  # fmt: skip
     for router in (*domains, volumes, snapshots, checkpoints):
         app.include_router(router, dependencies=[Depends(principal)])
