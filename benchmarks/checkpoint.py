@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -103,6 +104,67 @@ def virsh(*args: str) -> float:
     return time.monotonic() - started
 
 
+@dataclass
+class Figures:
+    """Seconds of each run: checkpoints taken (and the guest paused), restores (to the job's
+    end and to the guest's next tick), and each job step."""
+
+    taken: list[float] = field(default_factory=list)
+    paused: list[float] = field(default_factory=list)
+    restored: list[float] = field(default_factory=list)
+    ticking: list[float] = field(default_factory=list)
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    size: int = 0
+
+
+def measure(client: Client, name: str, runs: int, host: str | None = None) -> Figures:
+    """Checkpoint the running ticker instance ``name`` and restore it (on ``host`` if
+    given), ``runs`` times: for ``benchmarks/migration.py`` too."""
+    figures = Figures()
+    for run in range(runs):
+        checkpoint = f"b{run}-{int(time.time())}"
+        started = time.monotonic()
+        job = wait(client, client.create_checkpoint(name, checkpoint)["job"])
+        figures.taken.append(time.monotonic() - started)
+        made = client.checkpoint(name, checkpoint)
+        figures.paused.append(float(made["paused_seconds"]))
+        figures.size = int(made["size"])
+        for step, seconds in step_seconds(job).items():
+            figures.steps.setdefault(f"checkpoint.{step}", []).append(seconds)
+        time.sleep(1)
+
+        _, offset = ticks(client, name)
+        moving = host is not None and client.instance(name).get("host") != host
+        started = time.monotonic()
+        job = wait(client, {"id": client.restore_checkpoint(name, checkpoint, host)["id"]})
+        figures.restored.append(time.monotonic() - started)
+        for step, seconds in step_seconds(job).items():
+            figures.steps.setdefault(f"restore.{step}", []).append(seconds)
+        while not ticks(client, name, 0 if moving else offset)[0]:
+            time.sleep(POLL)
+        figures.ticking.append(time.monotonic() - started)
+        client.delete_checkpoint(name, checkpoint)
+        time.sleep(1)
+    return figures
+
+
+def report(figures: Figures, saved: list[float], back: list[float]) -> None:
+    print(f"{'':34}{'median (min-max)':>26}  target")
+    print(f"{'lamina instance checkpoint':34}{cell(figures.taken):>26}  <= {TARGET_S:.0f} s")
+    print(f"{'  guest paused':34}{cell(figures.paused):>26}")
+    print(f"{'lamina instance restore':34}{cell(figures.restored):>26}  <= {TARGET_S:.0f} s")
+    print(f"{'  ... to its next tick':34}{cell(figures.ticking):>26}")
+    print(f"{'virsh save (baseline)':34}{cell(saved):>26}")
+    print(f"{'virsh restore (baseline)':34}{cell(back):>26}")
+    print(f"checkpoint size: {figures.size / MiB:.1f} MiB (memory, instance layer, config disk)")
+    print("by job step:")
+    for step, values in figures.steps.items():
+        print(f"  {step:32}{cell(values):>26}")
+    for label, values in (("checkpoint", figures.taken), ("restore", figures.restored)):
+        verdict = "meets" if median(values) <= TARGET_S else "MISSES"
+        print(f"{label}: {verdict} the {TARGET_S:.0f} s target")
+
+
 def bench(work: Path, runs: int) -> None:
     with served_channel(work / "channel") as (url, token):
         with running_cloud(work / "cloud", "h1", QEMU_URI) as (_cloud, client):
@@ -115,40 +177,7 @@ def bench(work: Path, runs: int) -> None:
                   f"({len(instance['layers'])} read-only layers), TCG")  # fmt: skip
             wait_ticking(client, "tick", 3)
             time.sleep(2)  # idle: booted and settled
-
-            taken: list[float] = []
-            paused: list[float] = []
-            restored: list[float] = []
-            ticking: list[float] = []
-            steps: dict[str, list[float]] = {}
-            size = 0
-            for run in range(runs):
-                name = f"b{run}"
-                started = time.monotonic()
-                answer = client.create_checkpoint("tick", name)
-                job = wait(client, answer["job"])
-                taken.append(time.monotonic() - started)
-                made = client.checkpoint("tick", name)
-                paused.append(float(made["paused_seconds"]))
-                size = int(made["size"])
-                for step, seconds in step_seconds(job).items():
-                    steps.setdefault(f"checkpoint.{step}", []).append(seconds)
-                time.sleep(1)
-
-                _, offset = ticks(client, "tick")
-                started = time.monotonic()
-                job = wait(client, {"id": client.restore_checkpoint("tick", name)["id"]})
-                restored.append(time.monotonic() - started)
-                for step, seconds in step_seconds(job).items():
-                    steps.setdefault(f"restore.{step}", []).append(seconds)
-                while True:
-                    seen, _ = ticks(client, "tick", offset)
-                    if seen:
-                        break
-                    time.sleep(POLL)
-                ticking.append(time.monotonic() - started)
-                time.sleep(1)
-
+            figures = measure(client, "tick", runs)
             saved: list[float] = []
             back: list[float] = []
             for run in range(runs):
@@ -157,22 +186,8 @@ def bench(work: Path, runs: int) -> None:
                 back.append(virsh("restore", str(file)))
                 file.unlink()
                 time.sleep(1)
-
     print()
-    print(f"{'':34}{'median (min-max)':>26}  target")
-    print(f"{'lamina instance checkpoint':34}{cell(taken):>26}  <= {TARGET_S:.0f} s")
-    print(f"{'  guest paused':34}{cell(paused):>26}")
-    print(f"{'lamina instance restore':34}{cell(restored):>26}  <= {TARGET_S:.0f} s")
-    print(f"{'  ... to its next tick':34}{cell(ticking):>26}")
-    print(f"{'virsh save (baseline)':34}{cell(saved):>26}")
-    print(f"{'virsh restore (baseline)':34}{cell(back):>26}")
-    print(f"checkpoint size: {size / MiB:.1f} MiB (memory, instance layer, config disk)")
-    print("by job step:")
-    for step, values in steps.items():
-        print(f"  {step:32}{cell(values):>26}")
-    for label, values in (("checkpoint", taken), ("restore", restored)):
-        verdict = "meets" if median(values) <= TARGET_S else "MISSES"
-        print(f"{label}: {verdict} the {TARGET_S:.0f} s target")
+    report(figures, saved, back)
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:

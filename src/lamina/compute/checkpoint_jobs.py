@@ -202,28 +202,36 @@ def _moving(ctx: StepContext) -> bool:
     return bool(ctx.params["host_id"] != ctx.params.get("source_host_id"))
 
 
-def fetch(ctx: StepContext) -> None:
-    """The restoring host caches what the saved guest ran and the checkpoint's files.
-
-    Every file comes from the image repository by its image's location, as an instance's
-    boot files do (shared decision 2: through compute's fetch)."""
-    instance, checkpoint = _load(ctx)
-    _, agent = _agent(ctx, ctx.params["host_id"])
+def checkpoint_files(session: Session, checkpoint: Checkpoint) -> list[tuple[str, str, str | None]]:
+    """What a host must hold to restore ``checkpoint``, as (key, source, digest): what the
+    saved guest ran (its kernel, initrd and read-only layers, as its instance recorded them)
+    and the checkpoint's own files (from their images)."""
     boot = checkpoint.boot or {}
-    sources: list[tuple[str, str, str | None]] = [
+    files: list[tuple[str, str, str | None]] = [
         (key, boot[key], None) for key in ("kernel", "initrd") if boot.get(key)
     ]
-    sources += [(f"layer{i}", x["source"], x["sha256"]) for i, x in enumerate(boot["layers"])]
+    files += [(f"layer{i}", x["source"], x["sha256"]) for i, x in enumerate(boot["layers"])]
+    for role, image_id in (checkpoint.images or {}).items():
+        image = session.get(Image, image_id)
+        if image is None:
+            raise NotFound(f"image {image_id} of checkpoint {checkpoint.name} vanished")
+        files.append((role, image_source(image).location, image.sha256))
+    return files
+
+
+def fetch(ctx: StepContext) -> None:
+    """The restoring host caches the checkpoint's files and what the saved guest ran
+    (nothing it holds already is fetched again)."""
+    _, checkpoint = _load(ctx)
+    _, agent = _agent(ctx, ctx.params["host_id"])
     with ctx.services.db.read() as s:
-        for role, image_id in (checkpoint.images or {}).items():
-            image = s.get(Image, image_id)
-            if image is None:
-                raise NotFound(f"image {image_id} of checkpoint {checkpoint.name} vanished")
-            sources.append((role, image_source(image).location, image.sha256))
-    for i, (key, source, digest) in enumerate(sources):
+        files = checkpoint_files(s, checkpoint)
+    # Shared decision 2: files reach a host only through compute's fetch. At merge this loop
+    # becomes ``lamina.compute.fetch.install_files(svc, host, agent, [HostFile(*f) ...])``.
+    for i, (key, source, digest) in enumerate(files):
         entry = agent.cache_install(source, digest)
         ctx.state[f"{key}_sha256"] = entry.sha256
-        ctx.report(fraction=(i + 1) / len(sources) * 0.6)
+        ctx.report(fraction=(i + 1) / len(files) * 0.6)
 
 
 def stop_source(ctx: StepContext) -> None:
