@@ -451,3 +451,37 @@ def test_list_delete_and_an_instance_takes_its_checkpoints_with_it(svc: Services
     with svc.db.read() as s:
         assert list(s.scalars(select(Checkpoint))) == []
     assert checkpoint_images(svc) == [] and not any(f.exists() for f in files)
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+def test_the_routes_answer_over_http(svc: Services) -> None:
+    """Through the API as built (auth and all): POST /instances/{ref}/{action} must not take
+    POST .../checkpoints (Starlette tries routes in order)."""
+    from fastapi.testclient import TestClient
+
+    from lamina.api.app import create_app
+    from lamina.identity.signing import LaminaAuth
+    from lamina.identity.users import add_user
+
+    with svc.db.write() as s:
+        _, key = add_user(s, svc.box, access_key="root", email="r@example.org", role="admin")
+    auth = LaminaAuth("root", key.secret)
+    with TestClient(create_app(svc, background=False)) as http:
+        made = http.post("/instances/web/checkpoints", json={"name": "c1"}, auth=auth)
+        assert made.status_code == 202, made.text
+        assert made.json()["job"]["kind"] == "checkpoint.create"
+        run_jobs(svc)
+        listed = http.get("/instances/web/checkpoints", auth=auth).json()["checkpoints"]
+        assert [c["name"] for c in listed] == ["c1"]
+        assert http.get("/checkpoints", auth=auth).json()["checkpoints"] == listed
+        shown = http.get("/instances/web/checkpoints/c1", auth=auth).json()["checkpoint"]
+        assert shown["status"] == "available"
+        restore = http.post("/instances/web/checkpoints/c1/restore", json={}, auth=auth)
+        assert restore.status_code == 202 and restore.json()["job"]["kind"] == "checkpoint.restore"
+        run_jobs(svc)
+        gone = http.delete("/instances/web/checkpoints/c1", auth=auth)
+        assert gone.status_code == 202 and gone.json()["job"]["kind"] == "checkpoint.delete"
+        missing = http.get("/instances/web/checkpoints/nope", auth=auth)
+        assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
