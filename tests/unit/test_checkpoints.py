@@ -333,6 +333,20 @@ def test_restore_on_its_host_brings_back_disks_and_memory(svc: Services) -> None
     assert (instance(svc).status, instance(svc).host_id) == ("running", "h-1")
 
 
+def test_the_instance_records_what_the_restored_guest_booted(svc: Services) -> None:
+    take(svc)
+    booted = (instance(svc).layers, instance(svc).kernel)
+    with svc.db.write() as s:  # a newer substrate, recorded for its next start
+        row = s.get(Instance, "i-web")
+        assert row is not None
+        row.layers = [{"image": "img-new", "source": "file:///nowhere", "sha256": "0" * 64}]
+        row.kernel = "/nowhere/vmlinux"
+    checkpoints.restore_checkpoint(svc, ALICE, "web", "c1")
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    assert (instance(svc).layers, instance(svc).kernel) == booted
+
+
 def test_restore_on_another_host_moves_the_instance(svc: Services) -> None:
     h1, h2 = hosts(svc).host("h1"), hosts(svc).host("h2")
     take(svc)

@@ -297,7 +297,11 @@ def unrestore(ctx: StepContext) -> None:
 
 
 def switch(ctx: StepContext) -> None:
-    instance, _ = _load(ctx)
+    """The instance is recorded where it runs now, as it runs: on its (new) host, with the
+    layers, kernel and initrd the saved guest booted (a newer substrate installed since
+    reaches it at its next start, as ``refresh_layers`` does for any instance)."""
+    instance, checkpoint = _load(ctx)
+    boot = checkpoint.boot or {}
     state = {"running": "running", "paused": "paused"}.get(ctx.state.get("guest_state", ""))
     with ctx.services.db.write() as s:
         row = s.get(Instance, instance.id)
@@ -305,6 +309,10 @@ def switch(ctx: StepContext) -> None:
             row.host_id = ctx.params["host_id"]
             row.status = state or "running"
             row.error = None
+            row.layers = list(boot.get("layers", row.layers or []))
+            row.kernel = boot.get("kernel", row.kernel)
+            row.initrd = boot.get("initrd", row.initrd)
+            row.cmdline = boot.get("cmdline", row.cmdline)
     if not _moving(ctx):
         return
     with ctx.services.db.read() as s:
