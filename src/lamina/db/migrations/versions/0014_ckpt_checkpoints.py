@@ -1,7 +1,7 @@
 """checkpoints: an instance's memory and instance layer saved together
 
-Revision ID: 0013_ckpt_checkpoints
-Revises: 0012_job_target_name
+Revision ID: 0014_ckpt_checkpoints
+Revises: 0013_sched_host_disable
 Create Date: 2026-12-07 17:00:00.000000
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 import lamina.db.types
 
-revision = "0013_ckpt_checkpoints"
-down_revision = "0012_job_target_name"
+revision = "0014_ckpt_checkpoints"
+down_revision = "0013_sched_host_disable"
 branch_labels = None
 depends_on = None
 
