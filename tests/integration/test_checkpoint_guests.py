@@ -4,7 +4,8 @@ two namespace hosts (``tests/hosts.py``: each its own libvirtd): the sample chan
 checkpointed while it runs on, restored on its host and then on the other one (the counter
 goes on from where it was saved, not from 1; the guest leaves its old host's libvirtd), a
 checkpoint recording another QEMU and machine type refused before anything moves, and the
-checkpoints deleted, alone and with their instance."""
+checkpoints deleted, alone and with their instance; and a guest on a network restored with
+its NIC back in its bridge, its MAC and address (it answers a ping from its host)."""
 
 from __future__ import annotations
 
@@ -179,3 +180,37 @@ def test_checkpoint_restore_here_and_on_another_host_and_refusal(
     assert json.loads(cloud.cli("--json", "instance", "checkpoint", "list").stdout) == []
     ids = {i["id"] for i in json.loads(cloud.cli("--json", "image", "list").stdout)}
     assert not set(made["images"].values()) & ids
+
+
+def answers(lab_: Lab, host: str, ip: str) -> bool:
+    """Whether the guest at ``ip`` answers a ping from its host (its network's gateway)."""
+    # busybox's ping: this machine has no iputils.
+    out = lab_.hosts[host].run("busybox", "ping", "-c", "1", "-W", "2", ip, check=False)
+    return " 0% packet loss" in out
+
+
+def test_a_guest_on_a_network_is_restored_with_its_address_and_nic(
+    lab: Lab,  # noqa: F811
+    lab_cloud: Callable[..., Cloud],  # noqa: F811
+    channel: tuple[str, str],
+) -> None:
+    url, key = channel
+    cloud = lab_cloud(hosts=("h1",))
+    cloud.cli("network", "create", "lan", "--cidr", "10.71.0.0/24")
+    cloud.cli("channel", "add", url, "--key", key)
+    cloud.cli("appliance", "install", "ticker")
+    cloud.cli("appliance", "deploy", "ticker", "--name", "net1", "--network", "lan:10.71.0.20")
+    wait_counter(cloud, "net1", 2, BOOT)
+    wait_until(lambda: answers(lab, "h1", "10.71.0.20"), 60, "net1 answering on lan")
+    mac = json.loads(cloud.cli("--json", "instance", "show", "net1").stdout)["networks"][0]["mac"]
+
+    before = counter(cloud, "net1")
+    cloud.cli("instance", "checkpoint", "net1", "--as", "c1")
+    after = counter(cloud, "net1")
+    wait_counter(cloud, "net1", after + 2)
+    _, first = restore_and_check(cloud, "net1", "c1")
+    assert before - 1 <= first - 1 <= after + 1, (before, first, after)
+    # Its NIC is back in its bridge, with its MAC and address.
+    wait_until(lambda: answers(lab, "h1", "10.71.0.20"), 30, "net1 answering after restore")
+    shown = json.loads(cloud.cli("--json", "instance", "show", "net1").stdout)
+    assert shown["networks"][0]["mac"] == mac and shown["networks"][0]["ip"] == "10.71.0.20"
