@@ -1,8 +1,8 @@
 """networks across hosts: a VXLAN id per network, the hosts' tunnel addresses, one service
 address (the gateway) on every host of a network
 
-Revision ID: 0013_vxlan_networks_across_hosts
-Revises: 0013_sched_host_disable
+Revision ID: 0015_vxlan_networks_across_hosts
+Revises: 0014_ckpt_checkpoints
 Create Date: 2026-12-07 17:00:00.000000
 """
 
@@ -11,8 +11,8 @@ import ipaddress
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_vxlan_networks_across_hosts"
-down_revision = "0013_sched_host_disable"
+revision = "0015_vxlan_networks_across_hosts"
+down_revision = "0014_ckpt_checkpoints"
 branch_labels = None
 depends_on = None
 
