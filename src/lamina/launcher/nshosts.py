@@ -54,6 +54,8 @@ SUBDIRS = (
     "/etc/libvirt/qemu/networks",
 )
 QEMU_CONF = "/etc/libvirt/qemu.conf"
+#: The private folder a persistent lab keeps in each host's folder (guests' definitions).
+PERSISTENT = "/etc/libvirt/qemu"
 #: tgtd's control socket folder: private to each host too, so ``tgtadm`` inside a host talks
 #: to that host's own tgtd (a volume server's, :meth:`Lab.start_tgtd`) and never to the
 #: machine's.
@@ -244,8 +246,14 @@ class NamespaceHost:
 class Lab:
     """A bridge standing for the data-centre network and the hosts on it."""
 
-    def __init__(self, prefix: str, root: Path, subnet: str = "10.99.0.0/24") -> None:
+    def __init__(
+        self, prefix: str, root: Path, subnet: str = "10.99.0.0/24", persistent: bool = False
+    ) -> None:
         self.prefix = prefix
+        #: Hosts' guest definitions (``/etc/libvirt/qemu``) kept in their folders rather than
+        #: on tmpfs, so a host made again (``make down``, then ``make up``) still has its
+        #: stopped guests, as a real host has after a reboot.
+        self.persistent = persistent
         self.root = root.resolve()
         self.network = ipaddress.ip_network(subnet)
         self.bridge = f"{prefix}-dc"[:15]
@@ -358,6 +366,11 @@ class Lab:
         conf.write_text(qemu_conf(host))
         script = f"set -e\nmkdir -p {TGTD_DIR}\n"
         for folder in (*PRIVATE, TGTD_DIR):
+            if self.persistent and folder == PERSISTENT:
+                kept = host.folder / "etc-libvirt-qemu"
+                kept.mkdir(exist_ok=True)
+                script += f"mount --bind {kept} {folder}\n"
+                continue
             script += f"mount -t tmpfs -o mode=0755 tmpfs {folder}\n"
         for folder in SUBDIRS:
             script += f"mkdir -p {folder}\n"
@@ -541,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prefix", default="lamina")
     parser.add_argument("--dir", type=Path, required=True, help="the lab's folder")
     parser.add_argument("--subnet", default="10.99.0.0/24")
+    parser.add_argument(
+        "--persistent", action="store_true", help="keep hosts' guest definitions in DIR"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="make (or repair) the hosts named")
     up.add_argument("hosts", nargs="+")
@@ -559,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if shutil.which("nsenter") is None:
         raise SystemExit("nsenter not found (Debian package util-linux)")
-    lab = Lab(args.prefix, args.dir, args.subnet)
+    lab = Lab(args.prefix, args.dir, args.subnet, args.persistent)
     if args.command == "up":
         for host in lab.add_hosts(args.hosts):
             print(f"{host.name} {host.address} netns {host.netns}")
