@@ -18,7 +18,7 @@ RUN=$DATA/run
 LAMINA=(.venv/bin/lamina)
 
 failed=0
-LAB_DIR=$(cd "$DATA" 2>/dev/null && pwd)/hosts
+LAB_DIR=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")/hosts
 HOSTS=$(cat "$LAB_DIR/count" 2>/dev/null || echo 1)
 # What make up started itself: stopped by the pid it wrote, and waited for.
 stop() {  # name

@@ -160,6 +160,7 @@ wait_for 60 "the manager answering $URL/health" "$LOG/manager.log" healthy
 # h1 is the volume server), its agent started inside it (enrolling with a token the first
 # time), up; then its libvirtd and QEMU use the migration certificate the agent got at
 # enrolment (docs/migration-tls.md).
+# Up, and heard from since SINCE (seconds): a status left from an earlier run does not count.
 host_up_since() {  # name since
   bounded "${LAMINA[@]}" --json host show "$1" | .venv/bin/python -c "
 import json, sys, datetime
@@ -206,15 +207,7 @@ else
   else
     start_bg agent agent ${token:+--token "$token"}
   fi
-  # Up, and heard from since now: a status left from an earlier run does not count.
-  host_up() {
-    bounded "${LAMINA[@]}" --json host show "$HOST_NAME" | .venv/bin/python -c "
-  import json, sys, datetime
-  h = json.load(sys.stdin)
-  beat = h['last_heartbeat'] and datetime.datetime.fromisoformat(h['last_heartbeat']).timestamp()
-  sys.exit(not (h['status'] == 'up' and beat and beat >= $since - 1))"
-  }
-  wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up
+  wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up_since "$HOST_NAME" "$since"
 fi
 
 # The bundled sample channel (one substrate, two applications, built from this machine's
