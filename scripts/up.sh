@@ -169,7 +169,7 @@ beat = h['last_heartbeat'] and datetime.datetime.fromisoformat(h['last_heartbeat
 sys.exit(not (h['status'] == 'up' and beat and beat >= $2 - 1))"
 }
 start_lab_agents() {
-  local name address agent_dir token since settings
+  local name address agent_dir token since settings inside
   for name in "${HOST_NAMES[@]}"; do
     address=$(lab_address "$name")
     agent_dir=$LAB_DIR/$name/agent
@@ -187,7 +187,9 @@ start_lab_agents() {
       settings+=(LAMINA_AGENT__VOLUMES=false)
     fi
     since=$(date +%s)
-    start_cmd "agent-$name" env "${settings[@]}" "${NSHOSTS[@]}" enter "$name" -- \
+    # nsenter into the host's network and mount namespaces, then the agent (one pid).
+    read -ra inside <<<"$("${NSHOSTS[@]}" enter "$name")"
+    start_cmd "agent-$name" env "${settings[@]}" "${inside[@]}" \
       "$PWD/.venv/bin/lamina" agent ${token:+--token "$token"}
     wait_for 60 "host $name coming up" "$LOG/agent-$name.log" host_up_since "$name" "$since"
     "${NSHOSTS[@]}" tls "$name" "$agent_dir/pki" >/dev/null
@@ -373,7 +375,7 @@ hint "$CLI instance list" "the web appliance, running"
 hint "$CLI appliance list" "the sample channel: lamina-base, webserv, dnsserv"
 hint "$CLI appliance deploy dnsserv --name dns --var domain=example.org" "a second appliance on the same substrate"
 if ((HOSTS > 1)); then
-  hint "${NSHOSTS[*]:0:3} --dir $LAB_DIR enter HOST -- dig @ADDRESS example.org" "dnsserv answering its network, inside its host"
+  hint "\$(${NSHOSTS[*]:0:3} --dir $LAB_DIR enter HOST) dig @ADDRESS example.org" "dnsserv answering its network, inside its host"
 else
   hint "${NETNS:+ip netns exec $NETNS }dig @ADDRESS example.org" "dnsserv answering its network (ADDRESS: instance show dns)"
 fi
@@ -381,7 +383,7 @@ hint "$CLI network show default" "the default network and its addresses"
 hint "$CLI dns record list --network default" "its DNS zone"
 if ((HOSTS > 1)); then
   hint "$CLI host list" "the hosts h1..h$HOSTS, each a network namespace"
-  hint "${NSHOSTS[*]:0:3} --dir $LAB_DIR enter h1 -- virsh list" "h1's own libvirtd (inside h1)"
+  hint "\$(${NSHOSTS[*]:0:3} --dir $LAB_DIR enter h1) virsh list" "h1's own libvirtd (inside h1)"
 else
   hint "$CLI host list" "the local host and its capacity"
 fi

@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -569,9 +570,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     plain.add_argument("host")
     tgtd = sub.add_parser("tgtd", help="start (or repair) a host's own tgtd")
     tgtd.add_argument("host")
-    enter = sub.add_parser("enter", help="run a command inside a host (exec: same pid)")
+    enter = sub.add_parser(
+        "enter", help="print the command prefix that runs a command inside a host (nsenter)"
+    )
     enter.add_argument("host")
-    enter.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if shutil.which("nsenter") is None:
         raise SystemExit("nsenter not found (Debian package util-linux)")
@@ -591,10 +593,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         host = lab.start_tgtd(args.host)
         print(f"{host.name} tgtd, iSCSI portal {host.address}:3260")
     elif args.command == "enter":
-        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        if args.host not in lab.hosts or not command:
-            raise SystemExit(f"usage: enter HOST -- COMMAND... (hosts: {', '.join(lab.hosts)})")
-        os.execvp("nsenter", lab.hosts[args.host].enter(command))
+        if args.host not in lab.hosts:
+            raise SystemExit(f"no host {args.host!r} (hosts: {', '.join(lab.hosts)})")
+        # Printed, not run: `$(... enter h1) virsh list` execs nsenter, whose pid is the
+        # command's (nsenter needs no fork for these namespaces).
+        print(shlex.join(lab.hosts[args.host].enter([])))
     else:
         print(lab.state_file.read_text() if lab.state_file.exists() else "{}")
 
