@@ -123,6 +123,9 @@ class ComputeSettings(Section):
     reserved_memory_mib: int = Field(128, ge=0)
     cpu_allocation_ratio: float = Field(4.0, gt=0)
     memory_allocation_ratio: float = Field(1.0, gt=0)
+    #: How the scheduler chooses among the hosts an instance fits on: ``spread``, the one
+    #: with the most free room; ``pack``, the fullest (``lamina.compute.scheduler``).
+    scheduler: Literal["spread", "pack"] = "spread"
     #: Folders whose files administrators may boot instances from by host path or
     #: ``file://`` URL (members never may: they boot from images). Empty: no host paths.
     boot_paths: tuple[Path, ...] = ()
@@ -250,8 +253,9 @@ class AgentSettings(Section):
     #: networks that have a VLAN id; "" for none.
     network_uplink: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,9})?$")
     #: Folders whose files the agent may copy into its cache when the manager names a host
-    #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the image
-    #: store's root (``images.file_root``) and ``compute.boot_paths``.
+    #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the folders
+    #: of ``compute.boot_paths`` (the repository's files come through the manager's blob
+    #: route, never by path).
     fetch_roots: tuple[Path, ...] | None = None
 
     @field_validator("fetch_roots")
@@ -312,7 +316,7 @@ class Settings(BaseSettings):
         """The folders the agent may read boot files from."""
         if self.agent.fetch_roots is not None:
             return self.agent.fetch_roots
-        return (self.image_root, *self.compute.boot_paths)
+        return self.compute.boot_paths
 
 
 def _absolute_folders(value: tuple[Path, ...]) -> tuple[Path, ...]:

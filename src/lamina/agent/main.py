@@ -10,7 +10,7 @@ import uvicorn
 
 from lamina.agent.cache import FetchConfig
 from lamina.agent.drivers import load_hypervisor
-from lamina.agent.enrol import enrol
+from lamina.agent.enrol import enrol, remember_manager
 from lamina.agent.migration_tls import has_pki, pki_dir
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
@@ -29,19 +29,14 @@ def agent_tls(settings: Settings) -> TLSFiles:
 
 def run_agent(settings: Settings, *, manager_url: str | None, token: str | None) -> None:
     files = agent_tls(settings)
+    manager = remember_manager(settings.agent_dir, manager_url, settings.manager.url)
     if not files.exist():
         if not token:
             raise ConfigError(
-                "this agent is not enrolled: start it once with --token TOKEN, the token "
+                "this agent is not enrolled: start it once with --enrol TOKEN, the token "
                 "that `lamina host add NAME --address HOST:PORT` printed"
             )
-        enrol(
-            manager_url or settings.manager.url,
-            token,
-            socket.gethostname(),
-            files,
-            pki_dir(settings.agent_dir),
-        )
+        enrol(manager, token, socket.gethostname(), files, pki_dir(settings.agent_dir))
     elif token:
         log.info("already enrolled; ignoring --token")
     if not has_pki(pki_dir(settings.agent_dir)):
@@ -76,8 +71,15 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         roots=settings.fetch_roots,
         allow_private=settings.images.http_allow_private,
         max_redirects=settings.images.http_max_redirects,
+        manager_url=manager,
+        ca_file=files.ca,
     )
-    log.info("the image cache reads host files only under %s", ", ".join(map(str, fetch.roots)))
+    log.info(
+        "the image cache fetches the repository's files from %s, and reads host files only "
+        "under %s",
+        manager,
+        ", ".join(map(str, fetch.roots)) or "(none)",
+    )
     agent = Agent(settings.agent_dir, hypervisor, volumes, network, fetch)
     agent.restore()
     app = create_agent_app(agent)

@@ -376,7 +376,11 @@ class Lab:
         for folder in SUBDIRS:
             script += f"mkdir -p {folder}\n"
         if CAPABILITIES.is_dir():
-            script += f"cp -a {CAPABILITIES} /var/cache/libvirt/qemu/ || true\n"
+            # Staged on the shared filesystem: under the tmpfs the machine's copy is hidden.
+            staged = host.folder / "capabilities"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(CAPABILITIES, staged)
+            script += f"cp -a {staged} /var/cache/libvirt/qemu/\n"
         script += f"mount --bind {conf} {QEMU_CONF}\n"
         script += "exec sleep infinity\n"
         # ip netns exec and unshare both exec (no fork): the pid is the keeper's.
