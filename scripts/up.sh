@@ -383,6 +383,9 @@ hint "$CLI network show default" "the default network and its addresses"
 hint "$CLI dns record list --network default" "its DNS zone"
 if ((HOSTS > 1)); then
   hint "$CLI host list" "the hosts h1..h$HOSTS, each a network namespace"
+  if "${LAMINA[@]}" instance migrate --help >/dev/null 2>&1; then
+    hint "$CLI instance migrate web --live" "web to another host (over TLS) while its page answers"
+  fi
   hint "\$(${NSHOSTS[*]:0:3} --dir $LAB_DIR enter h1) virsh list" "h1's own libvirtd (inside h1)"
 else
   hint "$CLI host list" "the local host and its capacity"
