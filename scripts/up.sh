@@ -192,7 +192,13 @@ start_lab_agents() {
     start_cmd "agent-$name" env "${settings[@]}" "${inside[@]}" \
       "$PWD/.venv/bin/lamina" agent ${token:+--token "$token"}
     wait_for 60 "host $name coming up" "$LOG/agent-$name.log" host_up_since "$name" "$since"
-    "${NSHOSTS[@]}" tls "$name" "$agent_dir/pki" >/dev/null
+    if "${NSHOSTS[@]}" tls "$name" "$agent_dir/pki" | grep -q "libvirtd restarted"; then
+      # The agent's connection to the libvirtd it replaced fails once, then it connects
+      # again: a heartbeat from after the restart shows it did, before web needs it.
+      since=$(($(date +%s) + 2))
+      wait_for 60 "host $name's agent reaching its new libvirtd" "$LOG/agent-$name.log" \
+        host_up_since "$name" "$since"
+    fi
   done
 }
 if ((HOSTS > 1)); then

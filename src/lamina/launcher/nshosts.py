@@ -418,26 +418,27 @@ class Lab:
 
     # -- TLS and tgtd (added by the hosts helper) ------------------------------------------
 
-    def use_tls(self, name: str, pki: Path | None) -> NamespaceHost:
+    def use_tls(self, name: str, pki: Path | None) -> bool:
         """Host ``name``'s libvirtd with the migration certificate in ``pki`` (its agent's,
         written at enrolment): TLS only, peers' client certificates checked against the
         CA in it; QEMU's migration streams TLS with the same files (and refused without).
         ``None``: back to plain TCP. Restarts its daemons unless they already use that and
-        answer."""
+        answer; says whether it did (an agent connected to the old libvirtd fails its next
+        call, then connects again)."""
         host = self.hosts[name]
         folder = "" if pki is None else str(pki.resolve())
         missing = [f for f in PKI_FILES if folder and not (Path(folder) / f).is_file()]
         if missing:
             raise RuntimeError(f"{folder} lacks {', '.join(missing)}: has the agent enrolled?")
         if host.pki == folder and host.libvirtd_answers():
-            return host
+            return False
         host.pki = folder
         self._save()
         # Written in place: the keeper's bind mount shows this very file as qemu.conf.
         (host.folder / "qemu.conf").write_text(qemu_conf(host))
         self._start_libvirtd(host)
         self._wait(host, host.libvirtd_answers, "libvirtd")
-        return host
+        return True
 
     def start_tgtd(self, name: str) -> NamespaceHost:
         """A tgtd of host ``name``'s own (control socket in its private ``/run/tgtd``, iSCSI
@@ -588,11 +589,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "down":
         lab.remove()
     elif args.command == "tls":
-        host = lab.use_tls(args.host, args.pki)
-        print(f"{host.name} {host.migration_uri} certificate {host.pki}")
+        restarted = lab.use_tls(args.host, args.pki)
+        host = lab.hosts[args.host]
+        print(f"{host.name} {host.migration_uri} certificate {host.pki}", end="")
+        print(" (libvirtd restarted)" if restarted else "")
     elif args.command == "plain":
-        host = lab.use_tls(args.host, None)
-        print(f"{host.name} {host.migration_uri}")
+        lab.use_tls(args.host, None)
+        print(f"{args.host} {lab.hosts[args.host].migration_uri}")
     elif args.command == "tgtd":
         host = lab.start_tgtd(args.host)
         print(f"{host.name} tgtd, iSCSI portal {host.address}:3260")
