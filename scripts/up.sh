@@ -2,9 +2,9 @@
 # `make up`: libvirtd, tgtd, the manager and one local agent (enrolled automatically), then the
 # bundled sample guest. `make up HOSTS=N` (N >= 2): N hosts on this machine instead, each a
 # network namespace with its own libvirtd and agent (lamina.launcher.nshosts), joined by a
-# bridge that stands for the data-centre network (docs/hosts.md, "Several hosts on one
-# machine"). The data directory remembers N: a later make up or make down without HOSTS uses it. Everything runs in the background with logs and pid files under the
-# data directory. Running it again starts nothing twice, and repairs what an earlier run left
+# bridge that stands for the data-centre network (docs/namespace-hosts.md); the data
+# directory remembers N (a later make up or make down without HOSTS uses it). Everything
+# runs in the background with logs and pid files under the data directory. Running it again starts nothing twice, and repairs what an earlier run left
 # broken (daemons that died, a sample guest whose start failed). Every wait has a wall-clock
 # deadline and ends, when it runs out, with what did not happen and the log to read.
 set -euo pipefail
@@ -156,10 +156,6 @@ healthy() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$
 start_bg manager serve
 wait_for 60 "the manager answering $URL/health" "$LOG/manager.log" healthy
 
-# Each lab host: registered (h1 first: the manager keeps new volumes on the oldest host, and
-# h1 is the volume server), its agent started inside it (enrolling with a token the first
-# time), up; then its libvirtd and QEMU use the migration certificate the agent got at
-# enrolment (docs/migration-tls.md).
 # Up, and heard from since SINCE (seconds): a status left from an earlier run does not count.
 host_up_since() {  # name since
   bounded "${LAMINA[@]}" --json host show "$1" | .venv/bin/python -c "
@@ -168,6 +164,10 @@ h = json.load(sys.stdin)
 beat = h['last_heartbeat'] and datetime.datetime.fromisoformat(h['last_heartbeat']).timestamp()
 sys.exit(not (h['status'] == 'up' and beat and beat >= $2 - 1))"
 }
+# Each lab host: registered (h1 first: the manager keeps new volumes on the oldest host, and
+# h1 is the volume server), its agent started inside it (enrolling with a token the first
+# time), up; then its libvirtd and QEMU use the migration certificate the agent got at
+# enrolment (docs/migration-tls.md).
 start_lab_agents() {
   local name address agent_dir token since settings inside
   for name in "${HOST_NAMES[@]}"; do
