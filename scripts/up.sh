@@ -4,9 +4,10 @@
 # network namespace with its own libvirtd and agent (lamina.launcher.nshosts), joined by a
 # bridge that stands for the data-centre network (docs/namespace-hosts.md); the data
 # directory remembers N (a later make up or make down without HOSTS uses it). Everything
-# runs in the background with logs and pid files under the data directory. Running it again starts nothing twice, and repairs what an earlier run left
-# broken (daemons that died, a sample guest whose start failed). Every wait has a wall-clock
-# deadline and ends, when it runs out, with what did not happen and the log to read.
+# runs in the background with logs and pid files under the data directory. Running it again
+# starts nothing twice, and repairs what an earlier run left broken (daemons that died, a
+# sample guest whose start failed). Every wait has a wall-clock deadline and ends, when it
+# runs out, with what did not happen and the log to read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/daemons.sh
