@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -67,7 +68,7 @@ def test_an_attached_volume_is_read_on_the_host_its_guest_moved_to(
     try:
         _wait_line(client, "probe", "lamina-base: ready")
         _done(client, client.attach_volume(vol, "probe"))
-        _wait_line(client, "probe", r"diskprobe: vd[a-z] wrote LAMINA-PATTERN from probe")
+        wrote = _wait_line(client, "probe", r"diskprobe: (vd[a-z]) wrote LAMINA-PATTERN from probe")
 
         job = _done(client, client.migrate_instance("probe", away, "live"), timeout=600)
         assert job["result"]["host"] == away and job["result"]["mode"] == "live", job
@@ -82,8 +83,11 @@ def test_an_attached_volume_is_read_on_the_host_its_guest_moved_to(
         )
         assert lab.hosts[away].address in targets, targets
 
-        # Read back on the new host: detached and attached again, the guest finds it.
+        # Read back on the new host: detached and attached again, the guest finds it (once
+        # its probe, polling every second, has seen it gone).
         _done(client, client.detach_volume(vol))
+        _wait_line(client, "probe", rf"lamina-base: disk {wrote[1]} gone")
+        time.sleep(2)
         _done(client, client.attach_volume(vol, "probe"))
         _wait_line(client, "probe", r"diskprobe: vd[a-z] holds LAMINA-PATTERN from probe")
         _done(client, client.detach_volume(vol))
