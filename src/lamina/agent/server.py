@@ -35,6 +35,7 @@ from lamina.agent.drivers.base import (
 from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
 from lamina.agent.identity import DeploymentIdentity
+from lamina.agent.migration_tls import migration_uri, pki_dir
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
 from lamina.errors import GuestNotFound, InvalidRequest, InvalidState, LaminaError
@@ -139,6 +140,7 @@ class Agent:
             kvm=caps.kvm,
             vcpus=host.vcpus,
             memory_mib=host.memory_mib,
+            migration_uri=migration_uri(pki_dir(self.root)),
             qemu_version=host.qemu_version,
             machine_types=list(host.machine_types),
             cpu_model=host.cpu_model,

@@ -121,6 +121,9 @@ class ServerInfo(Wire):
     kvm: bool
     vcpus: int
     memory_mib: int
+    #: How a peer's libvirtd reaches this host's for a migration (``qemu+tls://ADDR/system``,
+    #: its certificate from the manager's CA); None: the host has no migration certificate.
+    migration_uri: str | None = None
     #: What a saved guest (a checkpoint) needs of a host to be restored on it: the QEMU
     #: version (``8.2.2``), the machine types it runs (``pc-i440fx-8.2``, ...), the host's CPU
     #: model and architecture. None or empty: the hypervisor does not tell.
@@ -271,6 +274,9 @@ class ConsoleChunk(Wire):
 class EnrolRequest(Wire):
     token: str = Field(min_length=10, max_length=300)
     csr: str = Field(max_length=20000)
+    #: A second CSR, of the key libvirtd and QEMU authenticate migrations with (a key of its
+    #: own: it is written where those daemons read it). None: an older agent.
+    migration_csr: str | None = Field(None, max_length=20000)
 
 
 class EnrolResponse(Wire):
@@ -278,6 +284,9 @@ class EnrolResponse(Wire):
     name: str
     certificate: str
     ca_certificate: str
+    #: The migration certificate (server and client use, for the host's address), when the
+    #: request had a ``migration_csr``.
+    migration_certificate: str | None = None
 
 
 # -- volumes (the volume server role) and guest disks ------------------------------------
