@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 
 from lamina.errors import CommandFailed, CommandTimeout
 
 log = logging.getLogger(__name__)
+
+#: A process :func:`start` started.
+Process = subprocess.Popen[bytes]
 
 
 def _text(data: str | bytes | None) -> str:
@@ -63,3 +67,31 @@ def run(
             args, result.returncode, result.stderr or result.stdout or "", stdout=result.stdout
         )
     return result.stdout
+
+
+def start(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None
+) -> Process:
+    """Start ``argv`` (never through a shell) in the background, in a session of its own,
+    with nothing on its standard input and its output appended to ``log`` (else discarded);
+    answer the process. For daemons that do not detach themselves (the lab's namespace
+    keepers, ``lamina.launcher.nshosts``); what must finish goes through :func:`run`."""
+    args = [str(a) for a in argv]
+    if not args:
+        raise ValueError("an empty command")
+    log_file = log.open("ab") if log else None
+    try:
+        return subprocess.Popen(
+            args,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            shell=False,
+        )
+    except OSError as exc:
+        raise CommandFailed(args, 127, f"cannot run {args[0]}: {exc.strerror}") from None
+    finally:
+        if log_file:
+            log_file.close()

@@ -32,11 +32,13 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lamina.commands import Process, run, start
+from lamina.errors import CommandFailed, CommandTimeout
 
 #: Folders each host has to itself (tmpfs in its mount namespace).
 PRIVATE = (
@@ -78,13 +80,22 @@ COMMAND_TIMEOUT = 30.0
 LIBVIRTD_WAIT = 60.0
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr}")
-    return result
+#: Any exit status: for commands whose failure is no error (``check=False``).
+ANY = range(-256, 256)
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    """Run ``argv``; its standard output. ``CommandFailed`` unless it succeeds, when
+    ``check``."""
+    return run(argv, COMMAND_TIMEOUT, ok=(0,) if check else ANY)
+
+
+def succeeds(*argv: str, timeout: float = COMMAND_TIMEOUT) -> bool:
+    try:
+        run(argv, timeout)
+    except (CommandFailed, CommandTimeout):
+        return False
+    return True
 
 
 @dataclass
@@ -136,33 +147,14 @@ class NamespaceHost:
         ]
 
     def run(self, *argv: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
-        result = subprocess.run(
-            self.enter(argv), capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(argv)} on {self.name} failed ({result.returncode}): {result.stderr}"
-            )
-        return result.stdout
+        return run(self.enter(argv), timeout, ok=(0,) if check else ANY)
 
     def popen(
         self, argv: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
-    ) -> subprocess.Popen[bytes]:
+    ) -> Process:
         """Start ``argv`` inside this host, in the background, its output appended to
         ``log`` (or discarded)."""
-        out = log.open("ab") if log else subprocess.DEVNULL
-        try:
-            return subprocess.Popen(
-                self.enter(argv),
-                env=dict(env) if env is not None else None,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            if log:
-                out.close()  # type: ignore[union-attr]
+        return start(self.enter(argv), env=env, log=log)
 
     def virsh(self, *args: str, check: bool = True) -> str:
         return self.run("virsh", "-c", "qemu:///system", *args, check=check)
@@ -170,11 +162,7 @@ class NamespaceHost:
     def libvirtd_answers(self) -> bool:
         if not self.keeper_alive():
             return False
-        argv = self.enter(["virsh", "-c", "qemu:///system", "version"])
-        try:
-            return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
+        return succeeds(*self.enter(["virsh", "-c", "qemu:///system", "version"]), timeout=10)
 
     def keeper_alive(self) -> bool:
         try:
@@ -205,11 +193,7 @@ class NamespaceHost:
     def tgtd_answers(self) -> bool:
         if not self.keeper_alive():
             return False
-        argv = self.enter(["tgtadm", "--mode", "sys", "--op", "show"])
-        try:
-            return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
+        return succeeds(*self.enter(["tgtadm", "--mode", "sys", "--op", "show"]), timeout=10)
 
     def remove_targets(self) -> None:
         """Withdraw every iSCSI target of its tgtd (if it has one)."""
@@ -226,22 +210,28 @@ class NamespaceHost:
     def reset(self) -> None:
         """Back to a fresh host, its daemons kept: every guest destroyed and undefined,
         every other process stopped (agents, dnsmasq), every interface but ``lo`` and
-        ``eth0`` deleted, the nftables ruleset flushed."""
+        ``eth0`` deleted, floating addresses (a forward's /32 on ``eth0``) removed, the
+        nftables ruleset flushed."""
         for name in self.virsh("list", "--all", "--name", check=False).split():
             self.virsh("destroy", name, check=False)
             self.virsh("undefine", name, "--nvram", check=False)
         self.remove_targets()
         stop_all(self, keep=self.daemons())
-        links = json.loads(sh("ip", "-n", self.netns, "-j", "link", "show").stdout or "[]")
+        links = json.loads(sh("ip", "-n", self.netns, "-j", "link", "show") or "[]")
         for link in links:
             if link["ifname"] not in ("lo", "eth0"):
                 sh("ip", "-n", self.netns, "link", "del", link["ifname"], check=False)
+        shown = json.loads(sh("ip", "-n", self.netns, "-j", "addr", "show", "dev", "eth0") or "[]")
+        for entry in shown:
+            for addr in entry.get("addr_info", []):
+                if addr.get("family") == "inet" and addr.get("local") != self.address:
+                    where = f"{addr['local']}/{addr['prefixlen']}"
+                    sh("ip", "-n", self.netns, "addr", "del", where, "dev", "eth0", check=False)
         sh("ip", "netns", "exec", self.netns, "nft", "flush", "ruleset", check=False)
 
     def pids(self) -> list[int]:
         """Every process in its network namespace (its keeper, daemons, guests, agent)."""
-        result = sh("ip", "netns", "pids", self.netns, check=False)
-        return [int(p) for p in result.stdout.split()]
+        return [int(p) for p in sh("ip", "netns", "pids", self.netns, check=False).split()]
 
 
 class Lab:
@@ -294,10 +284,10 @@ class Lab:
     # -- the bridge -------------------------------------------------------------------------
 
     def _ensure_bridge(self) -> None:
-        if sh("ip", "link", "show", self.bridge, check=False).returncode != 0:
+        if not succeeds("ip", "link", "show", self.bridge):
             sh("ip", "link", "add", self.bridge, "mtu", str(MTU), "type", "bridge")
         gateway = f"{self.gateway}/{self.network.prefixlen}"
-        if gateway.split("/")[0] not in sh("ip", "-br", "addr", "show", self.bridge).stdout:
+        if gateway.split("/")[0] not in sh("ip", "-br", "addr", "show", self.bridge):
             sh("ip", "addr", "add", gateway, "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
@@ -348,7 +338,7 @@ class Lab:
         return hosts
 
     def _ensure_netns(self, host: NamespaceHost) -> None:
-        if sh("ip", "netns", "pids", host.netns, check=False).returncode == 0:
+        if succeeds("ip", "netns", "pids", host.netns):
             return
         sh("ip", "netns", "add", host.netns)
         outside = host.netns[:15]
@@ -384,14 +374,11 @@ class Lab:
         script += f"mount --bind {conf} {QEMU_CONF}\n"
         script += "exec sleep infinity\n"
         # ip netns exec and unshare both exec (no fork): the pid is the keeper's.
-        log = (host.folder / "keeper.log").open("ab")
-        with log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", host.netns,
-                 "unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        proc = start(
+            ["ip", "netns", "exec", host.netns,
+             "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+            log=host.folder / "keeper.log",
+        )  # fmt: skip
         deadline = time.monotonic() + COMMAND_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
