@@ -22,6 +22,7 @@ from lamina.compute import models as compute_models
 from lamina.compute import quota as compute_quota
 from lamina.compute.jobs import register_compute_jobs
 from lamina.compute.lifecycle import InstanceLifecycle
+from lamina.compute.migration import register_migration_jobs
 from lamina.compute.visibility import instance_jobs_visible
 from lamina.config import Settings
 from lamina.db import Base, Database
@@ -80,6 +81,7 @@ def register(svc: Services) -> None:
     register_appliance_views(lifecycle)
     # Job kinds.
     register_compute_jobs(registry, lifecycle)
+    register_migration_jobs(registry, svc.settings.migration.deadline_seconds)
     register_appliance_jobs(registry)
     register_capture_jobs(registry)
     register_volume_jobs(registry)

@@ -73,6 +73,19 @@ def _fetch(ctx: StepContext, agent: AgentClient, instance: Instance) -> None:
             ctx.report(fraction=(i + 1) / len(sources) * 0.5)
 
 
+def fetch_to(ctx: StepContext, agent: AgentClient, instance: Instance) -> None:
+    """Have ``agent``'s host cache what ``instance`` boots from (as ``fetch_boot_files``
+    does for its own host): for a move, the destination's (``lamina.compute.migration``).
+    Records the digests in the job's state as ``fetch_boot_files`` does."""
+    _fetch(ctx, agent, instance)
+
+
+def definition_for(ctx: StepContext, instance: Instance) -> GuestDefinition:
+    """The guest definition of ``instance`` (after ``fetch_to``: its digests are in the
+    job's state)."""
+    return _definition(ctx, instance)
+
+
 def _report_transfer(ctx: StepContext, agent: AgentClient, source: str, i: int, n: int) -> None:
     try:
         transfers = agent.downloads().transfers

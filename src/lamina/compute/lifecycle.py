@@ -34,7 +34,7 @@ from lamina.errors import ConfigError
 from lamina.jobs.kinds import JobRegistry, Step
 
 if TYPE_CHECKING:
-    from lamina.compute.models import Instance
+    from lamina.compute.models import Host, Instance
     from lamina.identity.principal import Principal
     from lamina.wire.protocol import GuestNic
 
@@ -98,6 +98,15 @@ Nics = Callable[[Session, "Instance"], "list[GuestNic]"]
 Release = Callable[[Session, "Instance", dict[str, Any]], None]
 #: (session, job registry, host id) -> None: a host answers again after being down.
 HostUp = Callable[[Session, JobRegistry, str], None]
+#: (services, instance, source host, destination host) -> None: an instance moving between
+#: hosts (``lamina.compute.migration``). ``before_move`` hooks run before the switch (the
+#: network on the destination with the instance's DHCP and DNS, volumes exported to it),
+#: ``after_move`` hooks after it (forwards re-created on the destination and removed from
+#: the source, volumes withdrawn from the source, network state pushed to both), and
+#: ``move_aborted`` hooks when a move that ran the ``before_move`` ones is rolled back (the
+#: instance stays on the source: undo what they did for the destination). Each is
+#: idempotent: a restarted manager may call it again.
+MoveHook = Callable[[Any, "Instance", "Host", "Host"], None]
 #: (session, instance) -> the boot of a layered instance as of now.
 LayeredBoot = Callable[[Session, "Instance"], LayeredFiles]
 #: (session, appliance id) -> what that appliance provides (``mail``, ``smtp``, ...).
@@ -124,6 +133,9 @@ class InstanceLifecycle:
     layered_boot: LayeredBoot | None = None
     provides: Provides | None = None
     views: list[InstanceView] = field(default_factory=list)
+    before_move: list[MoveHook] = field(default_factory=list)
+    after_move: list[MoveHook] = field(default_factory=list)
+    move_aborted: list[MoveHook] = field(default_factory=list)
 
     def contribute(self, kind: str, step: Step) -> None:
         """Add ``step`` to the job ``kind`` at the place ``ORDER`` gives its name.

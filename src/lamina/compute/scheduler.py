@@ -7,6 +7,7 @@ once cannot both take the last room on a host.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -38,15 +39,28 @@ def capacity(host: Host, used: Usage | None, cfg: ComputeSettings) -> Room:
 
 
 def place(
-    session: Session, cfg: ComputeSettings, vcpus: int, memory_mib: int, host_ref: str | None
+    session: Session,
+    cfg: ComputeSettings,
+    vcpus: int,
+    memory_mib: int,
+    host_ref: str | None,
+    *,
+    exclude: Collection[str] = (),
 ) -> Host:
+    """The host for an instance: ``host_ref`` if it is up and has room, else the roomiest
+    that is up (never one of the ``exclude`` host ids). ``NotFound`` for an unknown host,
+    ``NoCapacity`` when none can take it."""
     if host_ref:
         hosts = [get_host(session, host_ref)]
         session.refresh(hosts[0], with_for_update=True)
     else:
-        hosts = list(session.scalars(select(Host).where(Host.status == "up").with_for_update()))
+        query = select(Host).where(Host.status == "up")
+        if exclude:
+            query = query.where(Host.id.not_in(list(exclude)))
+        hosts = list(session.scalars(query.with_for_update()))
     if not hosts:
-        raise NoCapacity("no host is up to run the instance")
+        other = " other" if exclude else ""
+        raise NoCapacity(f"no{other} host is up to run the instance")
     used = usage(session)
     rooms = [capacity(h, used.get(h.id), cfg) for h in hosts]
     if host_ref and hosts[0].status != "up":
