@@ -9,4 +9,5 @@ bash scripts/start-tgtd.sh
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy src
 .venv/bin/lint-imports --no-cache
-exec .venv/bin/python -m pytest tests "$@"
+# The slowest tests, so that what makes the suite long is seen in every run.
+exec .venv/bin/python -m pytest --durations=25 tests "$@"

@@ -62,7 +62,7 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            LAMINA + self.args,
+            self.argv(),
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -71,6 +71,9 @@ class Proc:
         )
         out.close()
         return self
+
+    def argv(self) -> list[str]:
+        return LAMINA + self.args
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
