@@ -17,7 +17,7 @@ import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina.agent.drivers.base import MigrationProgress, MigrationRequest
 from lamina.agent.guest_nics import taps, write_nics
@@ -35,12 +35,31 @@ from lamina.wire.protocol import (
 )
 
 if TYPE_CHECKING:
-    from lamina.agent.server import Agent
+    from lamina.agent.cache import ImageCache
+    from lamina.agent.disks import DiskStore
+    from lamina.agent.drivers.base import DiskSpec, Hypervisor
+    from lamina.agent.networks import NetworkHost
+    from lamina.wire.protocol import GuestDefinition, GuestNic
 
 log = logging.getLogger(__name__)
 
 #: Seconds ``qemu-img info`` may take.
 COMMAND_TIMEOUT = 60.0
+
+
+class Agent(Protocol):
+    """What of the agent (``lamina.agent.server.Agent``) its migrations use."""
+
+    hypervisor: Hypervisor
+    disks: DiskStore
+    cache: ImageCache
+    network: NetworkHost
+
+    def disk_specs(self, name: str, spec: GuestDefinition) -> list[DiskSpec]: ...
+
+    def nics(self, name: str) -> list[GuestNic]: ...
+
+    def undefine(self, name: str) -> None: ...
 
 
 @dataclass
@@ -219,7 +238,10 @@ class Migrations:
                 if disk.readonly:
                     if disk.files is None:
                         raise InvalidRequest(f"read-only disk {disk.name} needs its files")
-                    store.create(DiskCreate(guest=name, name=disk.name, files=disk.files), None)
+                    store.create(
+                        DiskCreate(guest=name, name=disk.name, format="raw", files=disk.files),
+                        None,
+                    )
                     continue
                 backing = None
                 if disk.backing:

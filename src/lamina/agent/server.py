@@ -410,26 +410,6 @@ def create_agent_app(agent: Agent) -> FastAPI:
     def guests() -> list[GuestStatus]:
         return [_status(g) for g in agent.hypervisor.list()]
 
-    @app.get("/guests/{name}")
-    def guest(name: str) -> GuestStatus:
-        return _status(agent.hypervisor.info(name))
-
-    @app.put("/guests/{name}")
-    def guest_define(name: str, spec: GuestDefinition) -> GuestStatus:
-        return agent.define(name, spec)
-
-    @app.post("/guests/{name}/capture")
-    def guest_capture(name: str, req: GuestCapture) -> CacheEntry:
-        return agent.capture(name, req)
-
-    @app.post("/guests/{name}/{action}")
-    def guest_action(name: str, action: Action) -> GuestStatus:
-        return agent.act(name, action)
-
-    @app.delete("/guests/{name}", status_code=204)
-    def guest_undefine(name: str) -> None:
-        agent.undefine(name)
-
     @app.get("/guests/{name}/migration/source")
     def migration_source(name: str, cold: bool = False) -> MigrationSource:
         return agent.migrations.source(name, cold)
@@ -485,6 +465,26 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.delete("/guests/{name}/disks/{target}", status_code=204)
     def guest_detach_disk(name: str, target: str) -> None:
         agent.detach_disk(name, target)
+
+    @app.get("/guests/{name}")
+    def guest(name: str) -> GuestStatus:
+        return _status(agent.hypervisor.info(name))
+
+    @app.put("/guests/{name}")
+    def guest_define(name: str, spec: GuestDefinition) -> GuestStatus:
+        return agent.define(name, spec)
+
+    @app.post("/guests/{name}/capture")
+    def guest_capture(name: str, req: GuestCapture) -> CacheEntry:
+        return agent.capture(name, req)
+
+    @app.post("/guests/{name}/{action}")
+    def guest_action(name: str, action: Action) -> GuestStatus:
+        return agent.act(name, action)
+
+    @app.delete("/guests/{name}", status_code=204)
+    def guest_undefine(name: str) -> None:
+        agent.undefine(name)
 
     @app.put("/network")
     def network_state(state: NetworkState) -> list[NetworkInfo]:
