@@ -293,7 +293,8 @@ def test_evacuation_moves_everything_and_says_what_could_not(svc: Services) -> N
             time.sleep(0.1)
     finally:
         runner.stop()
-    assert evacuation is not None    assert evacuation.status == "succeeded", evacuation.error
+    assert evacuation is not None
+    assert evacuation.status == "succeeded", evacuation.error
     report = {r["name"]: r for r in evacuation.state["result"]["report"]}
     assert report["web"]["outcome"] == "moved" and report["web"]["host"] == "h2"
     assert report["idle"]["outcome"] == "moved" and report["idle"]["mode"] == "cold"
