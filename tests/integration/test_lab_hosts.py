@@ -24,8 +24,8 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_three_hosts_each_with_its_own_libvirtd(
-    lab: Lab,
-    lab_cloud: Callable[..., Cloud],
+    lab: Lab,  # noqa: F811
+    lab_cloud: Callable[..., Cloud],  # noqa: F811
     sample: Path,  # noqa: F811
 ) -> None:
     cloud = lab_cloud(hosts=("h1", "h2", "h3"))

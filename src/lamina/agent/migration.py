@@ -157,7 +157,7 @@ class Migrations:
         run_ = self._runs.get(name)
         hv = self.agent.hypervisor
         progress: MigrationProgress | None = None
-        with contextlib.suppress(GuestNotFound):
+        with contextlib.suppress(GuestNotFound, InvalidState):
             progress = hv.migration_progress(name)
         if run_ is None:
             # Not started by this agent process (it restarted): the hypervisor still knows.

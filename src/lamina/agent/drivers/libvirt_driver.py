@@ -657,7 +657,16 @@ class LibvirtHypervisor(Hypervisor):
         """From ``virDomainGetJobStats`` (``VIR_DOMAIN_JOB_STATS_COMPLETED`` for the last
         finished job: on the destination, its downtime)."""
         flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
-        stats: dict[str, Any] = self._with_domain(name, lambda dom: dom.jobStats(flags))
+
+        def job_stats(dom: libvirt.virDomain) -> dict[str, Any]:
+            try:
+                return dict(dom.jobStats(flags))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+                return {}  # not running (any more: the source's guest just left)
+
+        stats: dict[str, Any] = self._with_domain(name, job_stats)
         kind = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE)
 
         def n(key: str) -> int:

@@ -1,0 +1,97 @@
+"""Live migration for real: namespace hosts with their own libvirtd (``tests/hosts.py``), a
+layered webserv instance moved from h1 to h2 while it runs, its instance layer with it
+(the site id it wrote on its first boot is still there after a reboot on h2), the bad
+requests refused before anything moves, and an evacuation of h2 back to h1.
+
+One cloud, one guest (one boot, one reboot, three moves): about a minute and a half.
+Plain ``qemu+tcp`` between the hosts (``migration.transport = "tcp"``): lab only."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from harness import Cloud, wait_until
+from hosts import lab, lab_cloud  # noqa: F401 - fixtures
+from test_layered_appliances import Channel, channel  # noqa: F401 - the module's fixture
+
+from lamina.errors import LaminaError
+from lamina.launcher.nshosts import Lab
+
+pytestmark = pytest.mark.integration
+BOOT = 180
+
+
+def _site_id(console: str) -> str | None:
+    found = re.findall(r"webserv: site-id (\S+)", console)
+    return found[-1] if found else None
+
+
+def _refused(call: Callable[[], Any], status: int) -> str:
+    with pytest.raises(LaminaError) as caught:
+        call()
+    assert caught.value.status == status, caught.value
+    return caught.value.message
+
+
+def test_a_layered_instance_moves_live_with_its_instance_layer(
+    lab: Lab,  # noqa: F811
+    lab_cloud: Callable[..., Cloud],  # noqa: F811
+    channel: Channel,  # noqa: F811
+) -> None:
+    cloud = lab_cloud(hosts=("h1", "h2"), LAMINA_MIGRATION__TRANSPORT="tcp")
+    client = cloud.client()
+    client.add_channel(channel.url, channel.token)
+    assert client.wait_job(client.install_appliance("webserv")["job"]["id"], 300)["status"] == (
+        "succeeded"
+    )
+    answer = client.deploy_appliance("webserv", "web", {"domain": "www.example.org"}, networks=[])
+    assert client.wait_job(answer["job"]["id"], timeout=300)["status"] == "succeeded"
+    wait_until(lambda: _site_id(client.console("web")["data"]), BOOT, "web's site id")
+    site = _site_id(client.console("web")["data"])
+    before = client.instance("web")
+    assert before["host"] == "h1"
+    name = f"lamina-{before['id']}"
+
+    # Refused before anything moves: the same host, an unknown one, a cold-only state.
+    assert "already on host" in _refused(lambda: client.migrate_instance("web", "h1"), 400)
+    _refused(lambda: client.migrate_instance("web", "nowhere"), 404)
+    _refused(lambda: client.migrate_instance("web", "h2", "teleport"), 400)
+    assert [j for j in client.jobs() if j["kind"] == "instance.migrate"] == []
+
+    # Live, through the CLI as an administrator would.
+    out = cloud.cli("--json", "instance", "migrate", "web", "--host", "h2", "--live")
+    job = json.loads(out.stdout)
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["host"] == "h2" and result["mode"] == "live"
+    assert result["downtime_ms"] is not None and result["downtime_ms"] < 2000, result
+    # Memory and the instance layer moved; the read-only layers were fetched by h2 itself.
+    assert 0 < result["memory_bytes"] <= 256 * 1024 * 1024 * 1.1, result
+    assert lab.hosts["h1"].virsh("list", "--all", "--name").split() == []
+    assert lab.hosts["h2"].virsh("list", "--name").split() == [name]
+    after = client.instance("web")
+    assert (after["host"], after["status"]) == ("h2", "running")
+    assert after["started_at"] == before["started_at"]  # the same boot, still running
+    state = lab.hosts["h2"].virsh("domstate", name, "--reason").strip()
+    assert state.startswith("running"), state
+
+    # The instance layer came along: rebooted on h2, it finds the site id it wrote on h1.
+    job = client.wait_job(client.instance_action("web", "reboot")["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    wait_until(lambda: "lamina-base: ready" in client.console("web")["data"], BOOT, "web up on h2")
+    assert _site_id(client.console("web")["data"]) == site
+
+    # Evacuating h2 moves it back to h1 (the only other host), live.
+    job = client.wait_job(client.evacuate_host("h2")["id"], timeout=600)
+    assert job["status"] == "succeeded", job
+    [entry] = job["result"]["report"]
+    assert (entry["name"], entry["outcome"], entry["host"], entry["mode"]) == (
+        "web", "moved", "h1", "live",
+    )  # fmt: skip
+    assert client.instance("web")["host"] == "h1"
+    assert lab.hosts["h1"].virsh("list", "--name").split() == [name]
+    assert lab.hosts["h2"].virsh("list", "--all", "--name").split() == []
