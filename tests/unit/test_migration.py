@@ -310,3 +310,48 @@ def test_the_watchdog_steps_the_downtime_up_over_half_the_deadline() -> None:
         300, 300, 640, 1320, 1660, 2000, 2000,
     ]  # fmt: skip
     assert Watchdog(300, 300, 5, 100).downtime(99) == 300
+
+
+def _volume_on_h1(svc: Services, instance: Instance) -> str:
+    """A volume served by h1's agent, exported to h1 and attached to ``instance``."""
+    from lamina.volumes.models import Attachment, Volume
+    from lamina.wire.protocol import VolumeCreate
+
+    volume = "vol-0123456789abcdef"
+    server = host(svc, "h1").volumes
+    server.create(VolumeCreate(volume=volume, size_bytes=1024 * 1024))
+    exported = server.export(volume, HOSTS["h1"])
+    with svc.db.write() as s:
+        s.add(Volume(id=volume, owner=ALICE.user_id, size_bytes=1024 * 1024, status="in-use",
+                     host_id="h1", backend="fake", export_format="raw"))  # fmt: skip
+        s.flush()
+        s.add(Attachment(volume_id=volume, instance_id=instance.id, device="vdc",
+                         iqn=exported.iqn, lun=1, portal=exported.portal, status="attached"))  # fmt: skip
+    return volume
+
+
+def test_an_attached_volume_is_exported_to_the_destination_and_withdrawn_from_the_source(
+    svc: Services,
+) -> None:
+    web = layered(svc)
+    volume = _volume_on_h1(svc, web)
+    server = host(svc, "h1").volumes
+    seen: list[list[str]] = []
+    svc.lifecycle.before_move.append(lambda *_: seen.append(list(server.acls[volume])))
+    migrate_instance(svc, ADMIN, "web", host="h2")
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    # Both hosts' initiators while it moved; the destination's alone after.
+    assert seen == [[HOSTS["h1"], HOSTS["h2"]]]
+    assert server.acls[volume] == [HOSTS["h2"]]
+    assert server.export_records[volume].initiator_address == HOSTS["h2"]
+
+
+def test_a_move_rolled_back_lets_the_destination_go_again(svc: Services) -> None:
+    web = layered(svc)
+    volume = _volume_on_h1(svc, web)
+    host(svc, "h1").hypervisor.stall_migrations = True
+    migrate_instance(svc, ADMIN, "web", host="h2")
+    [job] = run_jobs(svc)
+    assert job.status == "rolled_back"
+    assert host(svc, "h1").volumes.acls[volume] == [HOSTS["h1"]]

@@ -540,6 +540,14 @@ def create_agent_app(agent: Agent) -> FastAPI:
     def volume_export(volume: str, req: VolumeExport) -> ExportInfo:
         return volumes.export(volume, req.initiator_address)
 
+    @app.put("/volumes/{volume}/export/initiators/{address}")
+    def volume_allow(volume: str, address: str) -> ExportInfo:
+        return volumes.allow(volume, address)
+
+    @app.delete("/volumes/{volume}/export/initiators/{address}")
+    def volume_disallow(volume: str, address: str) -> ExportInfo:
+        return volumes.disallow(volume, address)
+
     @app.delete("/volumes/{volume}/export", status_code=204)
     def volume_unexport(volume: str) -> None:
         volumes.unexport(volume)

@@ -239,6 +239,19 @@ class AgentClient:
         """Idempotent for the same address; ``InvalidState`` for another one."""
         return self._call("PUT", f"/volumes/{volume}/export", wire.ExportInfo, json=_dump(req))
 
+    def volume_allow(self, volume: str, initiator_address: str) -> wire.ExportInfo:
+        """Let another host's initiator log in to the export too (an instance moving
+        there); idempotent; ``NotFound`` when the volume is not exported."""
+        return self._call(
+            "PUT", f"/volumes/{volume}/export/initiators/{initiator_address}", wire.ExportInfo
+        )
+
+    def volume_disallow(self, volume: str, initiator_address: str) -> wire.ExportInfo:
+        """Let a host's initiator go (the instance moved away); idempotent."""
+        return self._call(
+            "DELETE", f"/volumes/{volume}/export/initiators/{initiator_address}", wire.ExportInfo
+        )
+
     def volume_unexport(self, volume: str) -> None:
         """Idempotent."""
         self._do("DELETE", f"/volumes/{volume}/export")

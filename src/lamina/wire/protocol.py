@@ -63,6 +63,8 @@ PROCEDURES = (
     "incoming_remove",
     "incoming_status",
     "migration_forget",
+    "volume_allow",
+    "volume_disallow",
 )
 #: A disk's serial number as the guest sees it (``/sys/block/vdX/serial``): virtio-blk keeps
 #: 20 bytes.
