@@ -325,8 +325,10 @@ def _volume_on_h1(svc: Services, instance: Instance) -> str:
         s.add(Volume(id=volume, owner=ALICE.user_id, size_bytes=1024 * 1024, status="in-use",
                      host_id="h1", backend="fake", export_format="raw"))  # fmt: skip
         s.flush()
-        s.add(Attachment(volume_id=volume, instance_id=instance.id, device="vdc",
-                         iqn=exported.iqn, lun=1, portal=exported.portal, status="attached"))  # fmt: skip
+        s.add(
+            Attachment(volume_id=volume, instance_id=instance.id, device="vdc", iqn=exported.iqn,
+                       lun=1, portal=exported.portal, status="attached")
+        )  # fmt: skip
     return volume
 
 
@@ -355,3 +357,30 @@ def test_a_move_rolled_back_lets_the_destination_go_again(svc: Services) -> None
     [job] = run_jobs(svc)
     assert job.status == "rolled_back"
     assert host(svc, "h1").volumes.acls[volume] == [HOSTS["h1"]]
+
+
+def test_reconcile_finds_a_guest_a_killed_migration_left_and_where_it_runs(
+    svc: Services,
+) -> None:
+    """No job is left to finish the move (its record lost): reconcile asks every host."""
+    from lamina.agent.drivers.fake import FakeGuest
+    from lamina.compute.reconcile import apply_fixes, find_differences
+
+    web = layered(svc)
+    h1, h2 = host(svc, "h1").hypervisor, host(svc, "h2").hypervisor
+    spec = h1.guests[web.domain_name].spec
+    # Killed before the switch: a paused incoming half on h2, the guest still runs on h1.
+    h2.guests[web.domain_name] = FakeGuest(spec, "paused", incoming=True)
+    [diff] = find_differences(svc)
+    assert (diff.kind, diff.backend) == ("migration_leftover", "paused incoming on h2")
+    [done] = apply_fixes(find_differences(svc), [diff.id])
+    assert done["outcome"] == "fixed" and guests(svc, "h2") == {}
+    assert guests(svc, "h1") == {web.domain_name: "running"}
+
+    # Killed after the switch, before the record: it runs on h2, h1 has none.
+    h2.guests[web.domain_name] = h1.guests.pop(web.domain_name)
+    [diff] = find_differences(svc)
+    assert (diff.kind, diff.fix) == ("instance_elsewhere", "record the instance on h2 as running")
+    apply_fixes(find_differences(svc), [diff.id])
+    assert where(svc, web) == ("h2", "running")
+    assert find_differences(svc) == []
