@@ -123,6 +123,9 @@ class ComputeSettings(Section):
     reserved_memory_mib: int = Field(128, ge=0)
     cpu_allocation_ratio: float = Field(4.0, gt=0)
     memory_allocation_ratio: float = Field(1.0, gt=0)
+    #: How the scheduler chooses among the hosts an instance fits on: ``spread``, the one
+    #: with the most free room; ``pack``, the fullest (``lamina.compute.scheduler``).
+    scheduler: Literal["spread", "pack"] = "spread"
     #: Folders whose files administrators may boot instances from by host path or
     #: ``file://`` URL (members never may: they boot from images). Empty: no host paths.
     boot_paths: tuple[Path, ...] = ()

@@ -172,6 +172,15 @@ class NoCapacity(LaminaError):
     code = "no_capacity"
 
 
+class HostFull(NoCapacity):
+    """The host the caller named has no room for what it asked for: a conflict with that
+    host's state (409), where ``NoCapacity`` says the whole cloud is out of room (503).
+    ``details``: the ``host``, what was asked and what it has free."""
+
+    status = 409
+    code = "host_full"
+
+
 class BackendUnavailable(LaminaError):
     status = 503
     code = "backend_unavailable"

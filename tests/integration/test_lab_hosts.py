@@ -26,7 +26,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_three_hosts_each_with_its_own_libvirtd(
     lab: Lab,  # noqa: F811
     lab_cloud: Callable[..., Cloud],  # noqa: F811
-    sample: Path,  # noqa: F811
+    sample: Path,
 ) -> None:
     cloud = lab_cloud(hosts=("h1", "h2", "h3"))
     client = cloud.client()

@@ -139,7 +139,7 @@ def test_everything_is_refused_before_anything_moves(svc: Services) -> None:
         (Forbidden, lambda: migrate_instance(svc, ALICE, "web", host="h2")),
         (NotFound, lambda: migrate_instance(svc, ADMIN, "web", host="nowhere")),
         (InvalidRequest, lambda: migrate_instance(svc, ADMIN, "web", host="h1")),
-        (NoCapacity, lambda: migrate_instance(svc, ADMIN, "web", host="h3")),  # down
+        (InvalidState, lambda: migrate_instance(svc, ADMIN, "web", host="h3")),  # down
         (InvalidState, lambda: migrate_instance(svc, ADMIN, "idle", mode="live")),
         (InvalidRequest, lambda: migrate_instance(svc, ADMIN, "web", mode="teleport")),
         (NotFound, lambda: migrate_instance(svc, ADMIN, "ghost")),

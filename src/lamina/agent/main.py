@@ -31,7 +31,7 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
     if not files.exist():
         if not token:
             raise ConfigError(
-                "this agent is not enrolled: start it once with --token TOKEN, the token "
+                "this agent is not enrolled: start it once with --enrol TOKEN, the token "
                 "that `lamina host add NAME --address HOST:PORT` printed"
             )
         enrol(manager_url or settings.manager.url, token, socket.gethostname(), files)

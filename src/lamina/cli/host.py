@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from lamina.cli.context import Context
@@ -13,6 +15,7 @@ from lamina.errors import LaminaError
 COLUMNS = [
     "name",
     "status",
+    "disabled",
     "address",
     "vcpus",
     "vcpus_used",
@@ -26,12 +29,12 @@ COLUMNS = [
 
 @click.group("host")
 def host() -> None:
-    """Hypervisor hosts and their agents (administrators only).
+    """Hypervisor hosts and their agents (administrators only; docs/hosts.md).
 
     \b
     Examples:
       lamina host list
-      lamina host add h2 --address 192.0.2.12:8776
+      lamina host disable h2 --reason "DIMM to replace"
     """
 
 
@@ -62,7 +65,7 @@ def add(obj: Context, name: str, address: str, reserved_memory: int | None) -> N
     click.echo(f"host {name} registered; its one-time enrolment token (valid 24 h):")
     click.echo(f"  {result['token']}")
     click.echo("start its agent with:")
-    click.echo(f"  lamina agent --manager {obj.client.url} --token {result['token']}")
+    click.echo(f"  lamina agent --manager {obj.client.url} --enrol {result['token']}")
 
 
 @host.command("list")
@@ -71,13 +74,15 @@ def list_(obj: Context) -> None:
     """List hosts: status, capacity and use, last heartbeat. --json prints them for
     scripts.
 
+    DISABLED is "no", or "yes" with the reason given to `lamina host disable`.
+
     \b
     Examples:
       lamina host list
       lamina --json host list
     """
     hosts = obj.client.hosts()
-    emit_json(hosts) if obj.json else table(hosts, COLUMNS)
+    emit_json(hosts) if obj.json else table([_shown(h) for h in hosts], COLUMNS)
 
 
 @host.command("show")
@@ -108,6 +113,45 @@ def token(obj: Context, ref: str) -> None:
     """
     value = obj.client.host_token(ref)
     emit_json({"token": value}) if obj.json else click.echo(value)
+
+
+@host.command("disable")
+@click.argument("ref")
+@click.option("--reason", help="Why, shown in `host list` and `host show` (one line).")
+@click.pass_obj
+def disable(obj: Context, ref: str, reason: str | None) -> None:
+    """Place no new instance on a host (nor move one to it).
+
+    What it runs keeps running; `lamina host evacuate` moves it away. Naming the host with
+    `instance create --host` is refused until `lamina host enable`.
+
+    \b
+    Examples:
+      lamina host disable h2 --reason "memory errors, DIMM to replace"
+      lamina host enable h2
+    """
+    data = obj.client.disable_host(ref, reason)
+    if obj.json:
+        emit_json(data)
+        return
+    running = data["instances"]
+    click.echo(
+        f"host {data['name']} disabled: no new instances; it still runs {running} instance(s)"
+    )
+
+
+@host.command("enable")
+@click.argument("ref")
+@click.pass_obj
+def enable(obj: Context, ref: str) -> None:
+    """Let the scheduler place instances on a disabled host again.
+
+    \b
+    Examples:
+      lamina host enable h2
+    """
+    data = obj.client.enable_host(ref)
+    emit_json(data) if obj.json else click.echo(f"host {data['name']} enabled")
 
 
 @host.command("remove")
@@ -170,6 +214,13 @@ def evacuate(obj: Context, ref: str, wait: bool) -> None:
 
 
 alias(host, "delete", of="remove", why="as in the other groups")
+
+
+def _shown(host: dict[str, Any]) -> dict[str, Any]:
+    """A host as its table row shows it: DISABLED with its reason."""
+    reason = host.get("disabled_reason")
+    disabled = ("yes: " + reason if reason else "yes") if host.get("disabled") else "no"
+    return host | {"disabled": disabled}
 
 
 def register(cli: click.Group) -> None:

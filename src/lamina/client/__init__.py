@@ -193,6 +193,13 @@ class Client:
     def host_token(self, ref: str) -> str:
         return self._take("token", "POST", f"/hosts/{ref}/token")
 
+    def disable_host(self, ref: str, reason: str | None = None) -> dict[str, Any]:
+        """No new placements on the host; answers the host."""
+        return self._take("host", "POST", f"/hosts/{ref}/disable", json={"reason": reason})
+
+    def enable_host(self, ref: str) -> dict[str, Any]:
+        return self._take("host", "POST", f"/hosts/{ref}/enable")
+
     def remove_host(self, ref: str) -> dict[str, Any]:
         return self._take("host", "DELETE", f"/hosts/{ref}")
 

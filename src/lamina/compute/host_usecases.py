@@ -58,6 +58,23 @@ def new_token(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
         return {"token": host_service.new_token(s, svc.ca, host)}
 
 
+def disable_host(svc: Services, who: Principal, ref: str, reason: str | None) -> dict[str, Any]:
+    """No new placements on the host (nor migrations to it) until it is enabled again; its
+    instances keep running. ``{"host"}``."""
+    require_admin(who)
+    with svc.db.write() as s:
+        host = host_service.disable_host(s, ref, reason)
+        return {"host": describe_host(svc, host, host_service.usage(s).get(host.id))}
+
+
+def enable_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
+    """The scheduler may place on the host again. ``{"host"}``."""
+    require_admin(who)
+    with svc.db.write() as s:
+        host = host_service.enable_host(s, ref)
+        return {"host": describe_host(svc, host, host_service.usage(s).get(host.id))}
+
+
 def remove_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
     require_admin(who)
     with svc.db.write() as s:
@@ -84,6 +101,9 @@ def describe_host(svc: Services, host: Host, used: host_service.Usage | None) ->
         "name": host.name,
         "address": host.address,
         "status": host.status,
+        "disabled": host.disabled,
+        "disabled_reason": host.disabled_reason,
+        "disabled_at": host.disabled_at,
         "vcpus": host.vcpus,
         "memory_mib": host.memory_mib,
         "reserved_memory_mib": host.reserved_memory_mib,

@@ -116,6 +116,31 @@ def remove_host(session: Session, ref: str) -> Host:
     return host
 
 
+MAX_REASON = 255
+
+
+def disable_host(session: Session, ref: str, reason: str | None) -> Host:
+    """Keep new instances (and instances moving) off the host; it runs what it runs. A host
+    already disabled keeps the time it was disabled and takes the new reason."""
+    if reason is not None and (len(reason) > MAX_REASON or not reason.isprintable()):
+        raise InvalidRequest(
+            f"a reason is at most {MAX_REASON} printable characters on one line",
+            fields=[{"field": "reason", "message": "too long, or has control characters"}],
+        )
+    host = get_host(session, ref)
+    host.disabled_at = host.disabled_at or utcnow()
+    host.disabled_reason = reason or None
+    return host
+
+
+def enable_host(session: Session, ref: str) -> Host:
+    """Let the scheduler place on the host again (nothing changes if it was not disabled)."""
+    host = get_host(session, ref)
+    host.disabled_at = None
+    host.disabled_reason = None
+    return host
+
+
 def usage(session: Session) -> dict[str, Usage]:
     """What the instances placed on each host take."""
     rows = session.execute(
@@ -132,7 +157,7 @@ def usage(session: Session) -> dict[str, Usage]:
 
 
 def record_heartbeat(session: Session, host: Host, status: HostStatus) -> None:
-    host.status = "up" if host.status != "disabled" else "disabled"
+    host.status = "up"
     host.vcpus = status.info.vcpus
     host.memory_mib = status.info.memory_mib
     host.domain_type = status.info.domain_type

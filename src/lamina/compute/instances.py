@@ -83,7 +83,7 @@ def create_instance(
     )
     if taken:
         raise Conflict(f"an instance named {name!r} already exists", instance=taken)
-    target = place(session, cfg, vcpus, memory_mib, host)
+    target = place(session, cfg, vcpus, memory_mib, host, group=group, owner=owner)
     instance = Instance(
         name=name,
         owner=owner,

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from lamina.db.types import Base, UTCDateTime, new_id, utcnow
 
-HOST_STATUSES = ("pending", "up", "down", "disabled")
+HOST_STATUSES = ("pending", "up", "down")
 INSTANCE_STATUSES = ("building", "running", "paused", "stopped", "error", "deleting", "deleted")
 #: The statuses of an instance that still exists (holds its name, counts against quotas).
 LIVE = INSTANCE_STATUSES[:-1]
@@ -37,8 +37,16 @@ class Host(Base):
     enrolled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
+    #: Set while an administrator keeps new instances off the host (``lamina host disable``):
+    #: it runs what it runs and answers heartbeats, but the scheduler never chooses it.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_at is not None
 
 
 class Instance(Base):

@@ -56,13 +56,8 @@ class HostMonitor:
         """One round over every enrolled host."""
         svc = self.services
         with svc.db.read() as s:
-            hosts = list(
-                s.scalars(
-                    select(Host).where(
-                        Host.cert_fingerprint.is_not(None), Host.status != "disabled"
-                    )
-                )
-            )
+            # Disabled hosts too: they still run their instances (and evacuation needs them up).
+            hosts = list(s.scalars(select(Host).where(Host.cert_fingerprint.is_not(None))))
         for host in hosts:
             self.beat_host(host.id)
 

@@ -63,16 +63,30 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 @click.command("agent")
-@click.option("--manager", "manager_url", help="Manager URL used to enrol.")
-@click.option("--token", help="One-time enrolment token from `lamina host add`.")
+@click.option(
+    "--manager",
+    "manager_url",
+    metavar="URL",
+    help="The manager's URL, as this host reaches it (default: manager.public_url, else "
+    "manager.host and port).",
+)
+@click.option(
+    "--enrol",
+    "--token",
+    "token",
+    metavar="TOKEN",
+    help="One-time enrolment token from `lamina host add` (`--token` is the same).",
+)
 def agent(manager_url: str | None, token: str | None) -> None:
     """Run the host agent (enrolling first if it has no certificate).
 
-    It runs in the foreground, logs on stderr.
+    It runs in the foreground, logs on stderr. On another machine: register the host on
+    the manager (`lamina host add NAME --address ADDRESS:8776`), then start the agent there
+    once with the token it printed; later starts need no token (see docs/hosts.md).
 
     \b
     Examples:
-      lamina agent --manager http://192.0.2.10:8775 --token TOKEN
+      lamina agent --manager https://192.0.2.10:8775 --enrol TOKEN
       lamina agent
     """
     from lamina.agent.main import run_agent

@@ -64,6 +64,27 @@ def host_token(
     return host_usecases.new_token(svc, who, ref)
 
 
+class HostDisable(Body):
+    reason: str | None = Field(None, max_length=255)
+
+
+@hosts.post("/{ref}/disable")
+def disable_host(
+    ref: str,
+    body: HostDisable | None = None,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    return host_usecases.disable_host(svc, who, ref, body.reason if body else None)
+
+
+@hosts.post("/{ref}/enable")
+def enable_host(
+    ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    return host_usecases.enable_host(svc, who, ref)
+
+
 @hosts.delete("/{ref}")
 def remove_host(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
