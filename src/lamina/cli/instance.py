@@ -250,17 +250,14 @@ instance.add_command(_stop())
 @instance.command("migrate")
 @click.argument("ref")
 @click.option("--host", help="The destination host (default: the scheduler's choice).")
+@click.option("--live", is_flag=True, help="Move it while it runs (it must be running or paused).")
 @click.option(
-    "--live", "mode", flag_value="live",
-    help="Move it while it runs (it must be running or paused).",
-)  # fmt: skip
-@click.option(
-    "--cold", "mode", flag_value="cold",
+    "--cold", is_flag=True,
     help="Move it stopped (a running instance is stopped, moved and started again).",
 )  # fmt: skip
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
 @click.pass_obj
-def migrate(obj: Context, ref: str, host: str | None, mode: str | None, wait: bool) -> None:
+def migrate(obj: Context, ref: str, host: str | None, live: bool, cold: bool, wait: bool) -> None:
     """Move an instance to another host (administrators only).
 
     By default live if it runs, cold if it is stopped. Its addresses, MAC, DNS names,
@@ -272,7 +269,10 @@ def migrate(obj: Context, ref: str, host: str | None, mode: str | None, wait: bo
       lamina instance migrate web --host h2 --live
       lamina --json instance migrate web --cold --no-wait
     """
-    job = obj.client.migrate_instance(ref, host, mode or "auto")
+    if live and cold:
+        raise click.UsageError("--live and --cold exclude each other: give one, or neither")
+    mode = "live" if live else "cold" if cold else "auto"
+    job = obj.client.migrate_instance(ref, host, mode)
     job = wait_job(obj, job, f"moving {ref}", wait)
     if obj.json:
         emit_json(job)

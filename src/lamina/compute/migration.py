@@ -52,7 +52,7 @@ from lamina.compute.jobs import (
 )
 from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
-from lamina.compute.scheduler import place
+from lamina.compute.scheduler import check_destination
 from lamina.errors import (
     Forbidden,
     GuestNotFound,
@@ -122,13 +122,7 @@ def queue_migration(
             "a guest moves only from a host that answers",
             host=source.name,
         )
-    if host is not None:
-        named = get_host(s, host)  # 404 for an unknown host
-        if named.id == source.id:
-            raise InvalidRequest(
-                f"instance {instance.name!r} is already on host {source.name!r}", host=host
-            )
-    dest = _place(s, svc, instance, host, source)
+    dest = check_destination(s, svc.settings.compute, instance, host)
     if dest.domain_type and source.domain_type and dest.domain_type != source.domain_type:
         raise InvalidState(
             f"host {dest.name!r} runs {dest.domain_type} guests, {source.name!r} "
@@ -168,11 +162,6 @@ def _choose_mode(instance: Instance, mode: str) -> bool:
             f"cannot migrate instance {instance.name!r}: it is {status}", status=status
         )
     return mode == "live" or (mode == "auto" and status != "stopped")
-
-
-def _place(s: Session, svc: Services, instance: Instance, host: str | None, source: Host) -> Host:
-    cfg = svc.settings.compute
-    return place(s, cfg, instance.vcpus, instance.memory_mib, host, exclude=(source.id,))
 
 
 def evacuate_host(svc: Services, who: Principal, host_ref: str) -> dict[str, Any]:
