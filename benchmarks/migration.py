@@ -98,7 +98,8 @@ def free_subnet() -> str:
 def received(host: NamespaceHost) -> int:
     """Bytes the host has received on its link to the data-centre network (``eth0`` of its
     namespace, ``lamina.launcher.nshosts``)."""
-    return int(host.run("cat", "/sys/class/net/eth0/statistics/rx_bytes"))
+    [link] = json.loads(host.run("ip", "-s", "-j", "link", "show", "eth0"))
+    return int(link["stats64"]["rx"]["bytes"])
 
 
 def completed(host: NamespaceHost, name: str) -> dict[str, float]:
