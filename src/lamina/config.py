@@ -276,8 +276,9 @@ class AgentSettings(Section):
     #: networks that have a VLAN id; "" for none.
     network_uplink: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,9})?$")
     #: Folders whose files the agent may copy into its cache when the manager names a host
-    #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the image
-    #: store's root (``images.file_root``) and ``compute.boot_paths``.
+    #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the folders
+    #: of ``compute.boot_paths`` (the repository's files come through the manager's blob
+    #: route, never by path).
     fetch_roots: tuple[Path, ...] | None = None
 
     @field_validator("fetch_roots")
@@ -339,7 +340,7 @@ class Settings(BaseSettings):
         """The folders the agent may read boot files from."""
         if self.agent.fetch_roots is not None:
             return self.agent.fetch_roots
-        return (self.image_root, *self.compute.boot_paths)
+        return self.compute.boot_paths
 
 
 def _absolute_folders(value: tuple[Path, ...]) -> tuple[Path, ...]:

@@ -130,7 +130,10 @@ def test_deploy_a_traditional_appliance_and_refusals(
     assert deployed["job"]["status"] == "succeeded"
     vm = deployed["instance"]
     assert (vm["status"], vm["host"], vm["vcpus"], vm["memory_mib"]) == ("running", "h1", 2, 128)
-    assert vm["disk_image"].startswith("file://")
+    # The instance records the image and its digest, not where a store keeps it.
+    image_id, digest = vm["disk_image"].removeprefix("image:").split("@sha256:")
+    with cloud.client() as client:
+        assert client.image(image_id)["sha256"] == digest
     root = cloud.root / "agent-h1" / "guests" / f"lamina-{vm['id']}" / "root.img"
     info = json.loads(
         subprocess.run(
@@ -184,7 +187,8 @@ def test_deploy_a_traditional_appliance_and_refusals(
         assert client.wait_job(layered["job"]["id"], timeout=60)["status"] == "succeeded"
         t0 = client.instance("t0")
     [layer] = t0["layers"]
-    assert t0["disk_image"] is None and t0["kernel"].startswith("file://")
+    assert t0["disk_image"] is None and t0["kernel"].startswith("image:")
+    assert layer["source"] == f"image:{layer['image']}@sha256:{layer['sha256']}"
     assert t0["cmdline"].endswith("lamina.layers=l0 lamina.upper=upper lamina.config=config")
     guest = root.parent.parent / f"lamina-{t0['id']}"
     fs = subprocess.run(["blkid", "-o", "value", "-s", "TYPE", str(guest / "upper.img")],

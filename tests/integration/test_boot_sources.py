@@ -122,7 +122,7 @@ def test_members_boot_from_images_they_may_read(cloud: Cloud, tmp_path: Path) ->
     by_name = bob.create_instance(name="b", kernel="kernel-1", memory_mib=64)
     for made in (by_id, by_name):
         assert bob.wait_job(made["job"]["id"], timeout=60)["status"] == "succeeded"
-        assert made["instance"]["kernel"].startswith("file://")
+        assert made["instance"]["kernel"].startswith(f"image:{public}@sha256:")
     # Alice's private image is not there for Bob, by id or by name; it is for Alice.
     for ref in (mine, "mine"):
         response = bob_raw.post("/instances", json={"name": "c", "disk_image": ref})

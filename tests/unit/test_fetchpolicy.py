@@ -22,9 +22,11 @@ def test_the_defaults_refuse_private_addresses_and_host_paths(tmp_path: Path) ->
     assert settings.images.http_allow_private is False
     assert settings.channels.allow_private is False
     assert settings.compute.boot_paths == ()
-    assert settings.fetch_roots == (settings.image_root,)
+    # The repository's files reach hosts through the manager, never by a path into its
+    # folders: the agent reads no host path unless an administrator lists boot folders.
+    assert settings.fetch_roots == ()
     both = Settings(data_dir=tmp_path, compute={"boot_paths": ["/srv/kernels"]})
-    assert both.fetch_roots == (settings.image_root, Path("/srv/kernels"))
+    assert both.fetch_roots == (Path("/srv/kernels"),)
     assert FetchPolicy().allow_private is False
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import ssl
+from pathlib import Path
 
 import httpx
 
@@ -55,3 +56,19 @@ def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResp
     write_private(files.ca, ca_pem)
     log.info("enrolled as host %s (%s)", result.name, result.host_id)
     return result
+
+
+MANAGER_FILE = "manager.url"
+
+
+def remember_manager(agent_dir: Path, given: str | None, default: str) -> str:
+    """The manager this agent works for, whose blob route it fetches the repository's files
+    from: the URL given now (``--manager``), else the one recorded at enrolment
+    (``<agent dir>/manager.url``), else the settings' ``manager.url``; recorded for next
+    time."""
+    path = agent_dir / MANAGER_FILE
+    recorded = path.read_text().strip() if path.is_file() else None
+    url = (given or recorded or default).rstrip("/")
+    if url != recorded:
+        write_private(path, f"{url}\n".encode())
+    return url

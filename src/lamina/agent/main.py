@@ -10,7 +10,7 @@ import uvicorn
 
 from lamina.agent.cache import FetchConfig
 from lamina.agent.drivers import load_hypervisor
-from lamina.agent.enrol import enrol
+from lamina.agent.enrol import enrol, remember_manager
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
@@ -28,13 +28,14 @@ def agent_tls(settings: Settings) -> TLSFiles:
 
 def run_agent(settings: Settings, *, manager_url: str | None, token: str | None) -> None:
     files = agent_tls(settings)
+    manager = remember_manager(settings.agent_dir, manager_url, settings.manager.url)
     if not files.exist():
         if not token:
             raise ConfigError(
                 "this agent is not enrolled: start it once with --enrol TOKEN, the token "
                 "that `lamina host add NAME --address HOST:PORT` printed"
             )
-        enrol(manager_url or settings.manager.url, token, socket.gethostname(), files)
+        enrol(manager, token, socket.gethostname(), files)
     elif token:
         log.info("already enrolled; ignoring --token")
     domain_type = None if settings.agent.domain_type == "auto" else settings.agent.domain_type
@@ -63,8 +64,15 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         roots=settings.fetch_roots,
         allow_private=settings.images.http_allow_private,
         max_redirects=settings.images.http_max_redirects,
+        manager_url=manager,
+        ca_file=files.ca,
     )
-    log.info("the image cache reads host files only under %s", ", ".join(map(str, fetch.roots)))
+    log.info(
+        "the image cache fetches the repository's files from %s, and reads host files only "
+        "under %s",
+        manager,
+        ", ".join(map(str, fetch.roots)) or "(none)",
+    )
     agent = Agent(settings.agent_dir, hypervisor, volumes, network, fetch)
     agent.restore()
     app = create_agent_app(agent)

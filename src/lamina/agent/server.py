@@ -387,7 +387,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
 
     @app.post("/cache")
     def cache_install(req: CacheInstall) -> CacheEntry:
-        return agent.cache.install(req.source, req.sha256)
+        return agent.cache.install(req.source, req.sha256, req.capability)
 
     @app.get("/cache/{digest}/data")
     def cache_read(digest: str) -> FileResponse:

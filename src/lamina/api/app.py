@@ -13,6 +13,7 @@ from lamina.api.edge import EdgeMiddleware
 from lamina.api.negotiation import NegotiationMiddleware
 from lamina.api.openapi import install_openapi
 from lamina.api.routes.audit import router as audit
+from lamina.api.routes.blobs import blobs
 from lamina.api.routes.channels import appliances, channels
 from lamina.api.routes.guest import guest
 from lamina.api.routes.hosts import enrolment, hosts
@@ -99,8 +100,9 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # The one place authentication plugs in: every router but health, agent enrolment (its
     # one-time token authenticates it) and login depends on the caller's identity.
     # Starlette tries routes in order: the busiest routers come first.
-    # The configuration service authenticates instances by their tokens, not users.
-    for router in (health, enrolment, login_router, guest):
+    # The configuration service authenticates instances by their tokens, not users; the
+    # blobs, hosts by the capabilities the manager gave them (lamina.compute.fetch).
+    for router in (health, enrolment, login_router, guest, blobs):
         app.include_router(router)
     # instance_forwards before instances, whose POST /{ref}/{action} would take its path.
     domains = (
@@ -114,7 +116,7 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # Innermost, so that its refusals are audited and negotiated like any answer.
     app.add_middleware(
         AuthenticationMiddleware,
-        public=route_rules((health, enrolment, login_router, guest)),
+        public=route_rules((health, enrolment, login_router, guest, blobs)),
         uploads=route_rules((*domains, volumes, snapshots), only_uploads=True),
     )
     # Added before negotiation, so it sits inside it and reads error codes from JSON, not XML.

@@ -1,10 +1,11 @@
 """Deploying an installed appliance: an instance made from it.
 
-A ``traditional`` appliance deploys as an instance booting from its disk image: the image's
-place in the repository's store (``file://`` for the file store, ``http(s)://`` for the http
-store) is the instance's ``disk_image``, which the host fetches into its content-addressed
-cache once and puts a qcow2 overlay on (``instance.create``: ``fetch_boot_files``,
-``create_disk``), so an instance disk costs the same whatever the base's size.
+A ``traditional`` appliance deploys as an instance booting from its disk image: the image
+(its id and digest, ``lamina.compute.boot.image_ref``) is the instance's ``disk_image``,
+which the host fetches through the manager, from whichever store holds it
+(``lamina.compute.fetch``), into its content-addressed cache once and puts a qcow2 overlay
+on (``instance.create``: ``fetch_boot_files``, ``create_disk``), so an instance disk costs
+the same whatever the base's size.
 
 A ``substrate`` or ``application`` appliance deploys as a layered instance
 (``lamina.appliances.layered``): the substrate's kernel and initramfs boot its read-only
@@ -68,7 +69,7 @@ def deploy(
     Raises NotFound (no such appliance, with the closest name), InvalidState (not installed
     though a channel offers it: ``details.installable``; still installing, or failed, or its
     substrate not installed), InvalidRequest (the variables: every problem named; or the
-    instance's name, size), NotSupported (an image store hosts cannot fetch from), and what
+    instance's name, size), and what
     ``create_instance`` raises (quota, capacity, name taken)."""
     with svc.db.write() as s:
         row = find_installed(s, ref, version, deploying=True)
@@ -136,7 +137,7 @@ def upper_bytes(hardware: Hardware) -> int:
 def _disk_image(
     session: Session, who: Principal, row: InstalledAppliance, appliance: Appliance
 ) -> BootSource:
-    """Where a host fetches the appliance's disk image from: its store location."""
+    """The appliance's disk image, as an instance records it."""
     if appliance.image is None or not row.images:
         raise InvalidState(f"appliance {row.name} {row.version} has no disk image to boot")
     return file_of(session, who, row, appliance, appliance.image).boot_source

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BootFile:
-    """A file of an installed appliance, where a host fetches it from and its digest."""
+    """A file of an installed appliance: its image, what an instance records for it
+    (``lamina.compute.boot.image_ref``) and its digest."""
 
     image: str
     source: str
@@ -76,8 +77,7 @@ def layered_boot(
     session: Session, who: Principal, row: InstalledAppliance, appliance: Appliance
 ) -> LayeredBoot:
     """The boot of an instance of ``row`` (a substrate or an application) now. InvalidState
-    when no installed substrate meets its requirement or a file is not available;
-    NotSupported when a file is in a store hosts cannot fetch from."""
+    when no installed substrate meets its requirement or a file is not available."""
     if appliance.kind == "substrate":
         substrate, base = row, appliance
         own: tuple[BootFile, ...] = ()
@@ -148,7 +148,7 @@ def newest_substrate(
 def file_of(
     session: Session, who: Principal, row: InstalledAppliance, appliance: Appliance, blob: Blob
 ) -> BootFile:
-    """Where a host fetches one of the appliance's files from: its image's store location."""
+    """One of the appliance's files: its image, as an instance records it."""
     # ``row.images`` follows ``Appliance.blobs()``.
     image = images.get_image(session, row.images[appliance.blobs().index(blob)], who)
     if image.status != "available" or not image.location or not image.sha256:

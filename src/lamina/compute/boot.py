@@ -6,7 +6,9 @@ reads it (and may print it on its console), so the caller must be allowed to rea
 they name here:
 
 * an **image** of the repository they may read, by id or by name (the images domain's
-  visibility rules): the host fetches the image's file from its store's location;
+  visibility rules): the instance records the image's id and digest (``image_ref``), and
+  the host fetches the file through the manager (``lamina.compute.fetch``), whatever store
+  holds it;
 * an ``http(s)://`` URL, under the fetch policy of image locations
   (``images.http_allow_private``, ``lamina.fetchpolicy``): checked here after DNS, and again
   by the host when it connects;
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from lamina.errors import InvalidRequest, InvalidState, NotSupported, PathForbidden
+from lamina.errors import InvalidRequest, InvalidState, PathForbidden
 from lamina.fetchpolicy import (
     FetchPolicy,
     check_path,
@@ -52,8 +54,6 @@ def layer_serial(index: int) -> str:
     return f"l{index}"
 
 
-#: Image locations a host's cache can fetch itself (``lamina.agent.cache.ImageCache``).
-FETCHABLE = ("file", "http", "https")
 LABELS = ("kernel", "initrd", "disk_image")
 
 
@@ -61,6 +61,8 @@ LABELS = ("kernel", "initrd", "disk_image")
 class BootSource:
     """One boot file, checked: where the host fetches it from, and the image it is (if so)."""
 
+    #: What the instance records: ``image:<id>@sha256:<digest>`` for an image, else the
+    #: host path or URL.
     location: str
     image: str | None = None
     sha256: str | None = None
@@ -107,10 +109,10 @@ def resolve_boot(
 
     Raises InvalidRequest (a missing kernel or disk image, an initrd without a kernel, a
     malformed value, several images of that name), NotFound (no image ``who`` may read by
-    that id or name), InvalidState (an image without a file), NotSupported (an image in a
-    store hosts cannot fetch from), PathForbidden (403 ``path_forbidden``: a host path from a
-    member, or outside ``compute.boot_paths``), LocationUnavailable (400: a URL the fetch
-    policy refuses or whose name does not resolve)."""
+    that id or name), InvalidState (an image without a file), PathForbidden (403
+    ``path_forbidden``: a host path from a member, or outside ``compute.boot_paths``),
+    LocationUnavailable (400: a URL the fetch policy refuses or whose name does not
+    resolve)."""
     check_boot(kernel, initrd, disk_image)
     found = {
         label: _resolve(session, who, settings, label, value)
@@ -166,20 +168,30 @@ def _host_path(who: Principal, boot_paths: tuple[Path, ...], label: str, value: 
     return value
 
 
+IMAGE_REF = "image:"
+
+
+def image_ref(image_id: str, digest: str) -> str:
+    """What an instance records for a file of the repository: the image and its digest."""
+    return f"{IMAGE_REF}{image_id}@sha256:{digest}"
+
+
+def parse_image_ref(value: str) -> tuple[str, str] | None:
+    """``(image id, sha256)`` of an ``image_ref``, None for anything else."""
+    if not value.startswith(IMAGE_REF):
+        return None
+    image_id, sep, digest = value[len(IMAGE_REF) :].partition("@sha256:")
+    if not sep or not image_id or len(digest) != 64:
+        return None
+    return image_id, digest
+
+
 def image_source(image: Image) -> BootSource:
-    """Where a host fetches ``image``'s file from: its store location. InvalidState when it
-    has no file (yet); NotSupported when it is in a store hosts cannot fetch from."""
+    """What an instance records to boot ``image``'s file: its id and digest (hosts fetch it
+    through the manager, from whichever store holds it). InvalidState when it has no file
+    (yet)."""
     if image.status != "available" or not image.location or not image.sha256:
         raise InvalidState(
             f"image {image.id} is {image.status}: it has no file to boot from", image=image.id
         )
-    where = urllib.parse.urlsplit(image.location)
-    # A location with credentials in it would show them in the instance's record.
-    if where.scheme not in FETCHABLE or where.username or where.password:
-        raise NotSupported(
-            f"image {image.id} is in the {image.store!r} store, which hosts cannot fetch from "
-            "yet (use the file or http store)",
-            image=image.id,
-            store=image.store,
-        )
-    return BootSource(image.location, image.id, image.sha256)
+    return BootSource(image_ref(image.id, image.sha256), image.id, image.sha256)

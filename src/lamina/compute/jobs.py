@@ -6,21 +6,20 @@ forwards, release volumes, ...) and their hooks through ``lamina.compute.lifecyc
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
+from collections.abc import Callable
 from typing import Any
 
 from lamina.compute.boot import CONFIG, UPPER, layer_serial
+from lamina.compute.fetch import HostFile, install_files
 from lamina.compute.lifecycle import InstanceLifecycle, lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.db.types import utcnow
-from lamina.errors import BackendUnavailable, GuestNotFound, LaminaError, NotFound
+from lamina.errors import BackendUnavailable, GuestNotFound, NotFound
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.wire.client import AgentClient
 from lamina.wire.protocol import DiskCreate, GuestDefinition, GuestDisk
 
 log = logging.getLogger(__name__)
-PROGRESS_INTERVAL = 0.5
 GUEST_STATES = {"running": "running", "paused": "paused", "stopped": "stopped", "crashed": "error"}
 
 
@@ -54,30 +53,40 @@ def fetch_boot_files(ctx: StepContext) -> None:
 
 
 def _fetch(ctx: StepContext, agent: AgentClient, instance: Instance) -> None:
-    sources: list[tuple[str, str, str | None]] = [
-        (k, getattr(instance, k), None)
-        for k in ("kernel", "initrd", "disk_image")
-        if getattr(instance, k)
+    host = _host_of(ctx, instance)
+    entries = install_files(ctx.services, host, agent, instance_files(instance), _half(ctx))
+    for key, entry in entries.items():
+        ctx.state[f"{key}_sha256"] = entry.sha256
+
+
+def _host_of(ctx: StepContext, instance: Instance) -> Host:
+    with ctx.services.db.read() as s:
+        host: Host | None = s.get(Host, instance.host_id)
+    if host is None:
+        raise NotFound(f"host of instance {instance.name} vanished")
+    return host
+
+
+def instance_files(instance: Instance) -> list[HostFile]:
+    """The files an instance's host must hold: its kernel, initrd, disk image and layers."""
+    files = [
+        HostFile(key, getattr(instance, key))
+        for key in ("kernel", "initrd", "disk_image")
+        if getattr(instance, key)
     ]
-    sources += [(f"layer{i}", x["source"], x["sha256"]) for i, x in enumerate(_layers(instance))]
-    with ThreadPoolExecutor(1) as pool:
-        for i, (key, source, digest) in enumerate(sources):
-            pending = pool.submit(agent.cache_install, source, digest)
-            while True:
-                try:
-                    entry = pending.result(timeout=PROGRESS_INTERVAL)
-                    break
-                except FuturesTimeout:
-                    _report_transfer(ctx, agent, source, i, len(sources))
-            ctx.state[f"{key}_sha256"] = entry.sha256
-            ctx.report(fraction=(i + 1) / len(sources) * 0.5)
+    files += [
+        HostFile(f"layer{i}", x["source"], x["sha256"]) for i, x in enumerate(_layers(instance))
+    ]
+    return files
 
 
-def fetch_to(ctx: StepContext, agent: AgentClient, instance: Instance) -> None:
-    """Have ``agent``'s host cache what ``instance`` boots from (as ``fetch_boot_files``
-    does for its own host): for a move, the destination's (``lamina.compute.migration``).
-    Records the digests in the job's state as ``fetch_boot_files`` does."""
-    _fetch(ctx, agent, instance)
+def fetch_to(ctx: StepContext, host: Host, agent: AgentClient, instance: Instance) -> None:
+    """Have ``host`` (``agent``'s) cache what ``instance`` boots from, as
+    ``fetch_boot_files`` does for the instance's own host: for a move, the destination's
+    (``lamina.compute.migration``). Records the digests in the job's state as it does."""
+    entries = install_files(ctx.services, host, agent, instance_files(instance), _half(ctx))
+    for key, entry in entries.items():
+        ctx.state[f"{key}_sha256"] = entry.sha256
 
 
 def definition_for(ctx: StepContext, instance: Instance) -> GuestDefinition:
@@ -86,20 +95,13 @@ def definition_for(ctx: StepContext, instance: Instance) -> GuestDefinition:
     return _definition(ctx, instance)
 
 
-def _report_transfer(ctx: StepContext, agent: AgentClient, source: str, i: int, n: int) -> None:
-    try:
-        transfers = agent.downloads().transfers
-    except LaminaError:
-        return  # progress is best effort; the download itself decides the step
-    for t in transfers:
-        if t.source == source:
-            part = t.bytes_done / t.bytes_total if t.bytes_total else 0.0
-            ctx.report(
-                fraction=(i + part) / n * 0.5,
-                bytes_done=t.bytes_done,
-                bytes_total=t.bytes_total,
-                rate=t.rate,
-            )
+def _half(ctx: StepContext) -> Callable[..., None]:
+    """The fetch's progress as the first half of the job's."""
+
+    def report(fraction: float, **more: Any) -> None:
+        ctx.report(fraction=fraction * 0.5, **more)
+
+    return report
 
 
 def _layers(instance: Instance) -> list[dict[str, str]]:

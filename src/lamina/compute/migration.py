@@ -209,9 +209,9 @@ def fetch_to_destination(ctx: StepContext) -> None:
     """The destination caches what the guest reads but does not own (layers, kernel,
     initrd, an overlay's backing image); what it has is not fetched again. The bytes it
     did fetch are recorded (``layer_bytes``)."""
-    instance, _, _, _, dst = _agents(ctx)
+    instance, _, dest, _, dst = _agents(ctx)
     before = {e.sha256 for e in dst.cache_list()}
-    fetch_to(ctx, dst, instance)
+    fetch_to(ctx, dest, dst, instance)
     fetched = [e for e in dst.cache_list() if e.sha256 not in before]
     ctx.state["layer_bytes"] = ctx.state.get("layer_bytes", 0) + sum(e.size for e in fetched)
 

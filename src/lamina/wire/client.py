@@ -84,8 +84,12 @@ class AgentClient:
     def disk_usage(self) -> wire.DiskUsage:
         return self._call("GET", "/disk", wire.DiskUsage)
 
-    def cache_install(self, source: str, sha256: str | None = None) -> wire.CacheEntry:
-        body = wire.CacheInstall(source=source, sha256=sha256)
+    def cache_install(
+        self, source: str, sha256: str | None = None, capability: str | None = None
+    ) -> wire.CacheEntry:
+        """Have the host cache ``source`` (a ``blob:<sha256>`` of the manager's repository
+        with its ``capability``, a host path or a URL); answers the entry."""
+        body = wire.CacheInstall(source=source, sha256=sha256, capability=capability)
         return self._call("POST", "/cache", wire.CacheEntry, json=_dump(body), timeout=3600)
 
     def cache_list(self) -> list[wire.CacheEntry]:

@@ -145,10 +145,19 @@ class HostStatus(Wire):
     guests: list[GuestStatus]
 
 
+#: A source ``blob:<sha256>``: the file of the image repository with that digest, fetched
+#: from the manager the agent enrolled with (``GET <manager>/blobs/<sha256>``) with the
+#: capability sent beside it.
+BLOB_SCHEME = "blob:"
+
+
 class CacheInstall(Wire):
-    #: file:// or http(s):// URL, or an absolute path on the host.
+    #: file:// or http(s):// URL, an absolute path on the host, or ``blob:<sha256>``.
     source: str
     sha256: str | None = Field(None, pattern=DIGEST)
+    #: For a ``blob:`` source: what the manager's blob route asks for (``Authorization:
+    #: Bearer``), good for that host and digest for a few minutes.
+    capability: str | None = Field(None, max_length=300)
 
 
 class CacheEntry(Wire):
