@@ -1,21 +1,24 @@
 """Live migration for real: namespace hosts with their own libvirtd (``tests/hosts.py``), a
 layered webserv instance moved from h1 to h2 while it runs, its instance layer with it
 (the site id it wrote on its first boot is still there after a reboot on h2), the bad
-requests refused before anything moves, and an evacuation of h2 back to h1.
+requests refused before anything moves, the manager and then the source's agent killed
+while it moves (each move still ends with the guest on exactly one host, the database
+saying which), and an evacuation.
 
-One cloud, one guest (one boot, one reboot, three moves): about a minute and a half.
+One cloud, one guest (one boot, one reboot, five moves): about a minute and a half.
 Plain ``qemu+tcp`` between the hosts (``migration.transport = "tcp"``): lab only."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from harness import Cloud, wait_until
-from hosts import lab, lab_cloud  # noqa: F401 - fixtures
+from hosts import lab, lab_cloud, start_agent_on  # noqa: F401 - fixtures
 from test_layered_appliances import Channel, channel  # noqa: F401 - the module's fixture
 
 from lamina.errors import LaminaError
@@ -85,6 +88,26 @@ def test_a_layered_instance_moves_live_with_its_instance_layer(
     wait_until(lambda: "lamina-base: ready" in client.console("web")["data"], BOOT, "web up on h2")
     assert _site_id(client.console("web")["data"]) == site
 
+    # The manager killed while the guest moves (h2 -> h1): the next one resumes the job.
+    job_id = client.migrate_instance("web", "h1")["id"]
+    _in_step(client, job_id, "migrate")
+    cloud.managers[-1].kill(signal.SIGKILL)
+    cloud.start_manager()
+    job = client.wait_job(job_id, timeout=300)
+    assert job["status"] == "succeeded" and job["runs"] == 2, job
+    _only_on(lab, client, "h1", name)
+
+    # The source's agent killed while the guest moves (h1 -> h2): libvirtd carries on, the
+    # agent comes back, the job finds the guest arrived.
+    job_id = client.migrate_instance("web", "h2")["id"]
+    _in_step(client, job_id, "migrate")
+    agent = next(a for a in cloud.agents if a.name == "agent-h1" and a.alive())
+    agent.kill(signal.SIGKILL)
+    start_agent_on(cloud, lab.hosts["h1"], None)
+    job = client.wait_job(job_id, timeout=300)
+    assert job["status"] == "succeeded", job
+    _only_on(lab, client, "h2", name)
+
     # Evacuating h2 moves it back to h1 (the only other host), live.
     job = client.wait_job(client.evacuate_host("h2")["id"], timeout=600)
     assert job["status"] == "succeeded", job
@@ -92,6 +115,21 @@ def test_a_layered_instance_moves_live_with_its_instance_layer(
     assert (entry["name"], entry["outcome"], entry["host"], entry["mode"]) == (
         "web", "moved", "h1", "live",
     )  # fmt: skip
-    assert client.instance("web")["host"] == "h1"
-    assert lab.hosts["h1"].virsh("list", "--name").split() == [name]
-    assert lab.hosts["h2"].virsh("list", "--all", "--name").split() == []
+    _only_on(lab, client, "h1", name)
+    assert client.instance("web")["status"] == "running"
+
+
+def _in_step(client: Any, job_id: str, step: str) -> None:
+    def running() -> bool:
+        steps = {s["name"]: s["status"] for s in client.job(job_id)["steps"]}
+        return steps.get(step) == "running"
+
+    wait_until(running, 120, f"step {step} of job {job_id}", interval=0.05)
+
+
+def _only_on(lab: Lab, client: Any, host: str, name: str) -> None:  # noqa: F811
+    """The guest runs on ``host`` alone, and the database says so."""
+    other = "h2" if host == "h1" else "h1"
+    assert lab.hosts[host].virsh("list", "--name").split() == [name]
+    assert lab.hosts[other].virsh("list", "--all", "--name").split() == []
+    assert client.instance("web")["host"] == host
