@@ -23,6 +23,8 @@
 #   OUTDIR/sources/netprobe/     kind="application": reports names, addresses and the
 #                                configuration service it reaches
 #   OUTDIR/sources/mailserv/     kind="application": an SMTP sink on port 25 (busybox nc)
+#   OUTDIR/sources/ticker/       kind="application": a counter printed on the console every
+#                                second (checkpoints and migrations show the guest went on)
 # The static parts (init scripts, definitions, templates) are in samples/channel/.
 # The boot contract (disks found by virtio serial, kernel command line
 # lamina.layers=/lamina.upper=/lamina.config=) is described in samples/channel/initramfs/init.
@@ -253,8 +255,8 @@ sed -e "s|@VERSION@|${version}|" -e "s|@KERNEL@|${kernel_file}|" -e "s|@CMDLINE@
 cp -R "${samples}/webserv" "${src}/webserv"
 normalize_modes "${src}/webserv/layer"
 
-# --- diskprobe, netprobe, mailserv: busybox scripts only ---
-for app in diskprobe netprobe mailserv; do
+# --- diskprobe, netprobe, mailserv, ticker: busybox scripts only ---
+for app in diskprobe netprobe mailserv ticker; do
     cp -R "${samples}/${app}" "${src}/${app}"
     normalize_modes "${src}/${app}/layer"
 done

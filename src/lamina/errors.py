@@ -117,6 +117,13 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class Incompatible(Conflict):
+    """What was saved on one host cannot run on another (a checkpoint needing another QEMU,
+    machine type or CPU model): the details name each reason."""
+
+    code = "incompatible"
+
+
 class PayloadTooLarge(LaminaError):
     """A request body over its limit (``manager.max_body_bytes`` but for image uploads)."""
 

@@ -20,6 +20,7 @@ from lamina.audit import models as audit_models
 from lamina.channels import models as channel_models
 from lamina.compute import models as compute_models
 from lamina.compute import quota as compute_quota
+from lamina.compute.checkpoint_jobs import register_checkpoint_jobs, register_checkpoint_lifecycle
 from lamina.compute.jobs import register_compute_jobs
 from lamina.compute.lifecycle import InstanceLifecycle
 from lamina.compute.migration import register_migration_jobs
@@ -76,12 +77,14 @@ def register(svc: Services) -> None:
     register_volume_lifecycle(lifecycle)
     register_appliance_lifecycle(lifecycle)
     register_guest_lifecycle(lifecycle)
+    register_checkpoint_lifecycle(lifecycle)
     # What they add to an instance's description (its volumes, its appliance's name).
     register_volume_views(lifecycle)
     register_appliance_views(lifecycle)
     # Job kinds.
     register_compute_jobs(registry, lifecycle)
     register_migration_jobs(registry, svc.settings.migration.deadline_seconds)
+    register_checkpoint_jobs(registry)
     register_appliance_jobs(registry)
     register_capture_jobs(registry)
     register_volume_jobs(registry)

@@ -17,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -283,3 +284,44 @@ def test_attach_and_detach_a_network_disk(subject: Subject) -> None:
     assert hv.disks(spec.name) == [GuestDisk("vda", root.path)]
     hv.detach_disk(spec.name, "vdb")  # not there: nothing happens
     assert hv.disks(spec.name) == [GuestDisk("vda", root.path)]
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def test_checkpoint_saves_a_running_guest_that_runs_on_and_restore_brings_it_back(
+    subject: Subject, tmp_path: Path
+) -> None:
+    hv, spec = subject.hv, subject.spec()
+    hv.define(spec)
+    hv.start(spec.name)
+    seen: list[str] = []
+    memory = tmp_path / "memory"
+    saved = hv.checkpoint(spec.name, memory, lambda: seen.append(hv.info(spec.name).state))
+    assert seen == ["paused"]  # the disks are copied while it is paused
+    assert hv.info(spec.name).state == "running"  # then it runs on
+    assert memory.stat().st_size > 0
+    host = hv.host_info()
+    assert saved.domain_type == hv.capabilities.domain_type
+    assert (saved.vcpus, saved.memory_mib) == (1, 64)
+    assert saved.qemu_version == host.qemu_version
+    if saved.machine and host.machine_types:
+        assert saved.machine in host.machine_types
+    hv.destroy(spec.name)
+    hv.restore(spec, memory)
+    assert hv.info(spec.name).state == "running"
+    hv.restore(spec, memory, paused=True)  # over a running guest: it is replaced
+    assert hv.info(spec.name).state == "paused"
+
+
+def test_checkpoint_leaves_a_paused_guest_paused_and_refuses_a_stopped_one(
+    subject: Subject, tmp_path: Path
+) -> None:
+    hv, spec = subject.hv, subject.spec()
+    hv.define(spec)
+    with pytest.raises(InvalidState):
+        hv.checkpoint(spec.name, tmp_path / "memory", lambda: None)
+    hv.start(spec.name)
+    hv.pause(spec.name)
+    hv.checkpoint(spec.name, tmp_path / "memory", lambda: None)
+    assert hv.info(spec.name).state == "paused"

@@ -407,6 +407,7 @@ def test_the_sample_applications_declare_their_ports() -> None:
         "dnsserv": ["53/udp", "53/tcp"],
         "mailserv": ["25/tcp"],
         "netprobe": [],
+        "ticker": [],
         "webserv": ["80/tcp"],  # its port variable's default
     }
 

@@ -53,6 +53,7 @@ def test_instance_delete_steps(svc: Services) -> None:
         ("remove_forwards", "lamina.network.lifecycle", None, 120),
         ("release_volumes", "lamina.volumes.jobs", None, 300),
         ("release", "lamina.compute.jobs", None, 60),
+        ("remove_checkpoints", "lamina.compute.checkpoint_jobs", None, 60),
         ("disconnect_networks", "lamina.network.lifecycle", None, 60),
     ]
 

@@ -22,6 +22,7 @@ from starlette.middleware.base import RequestResponseEndpoint
 from lamina import __version__
 from lamina.agent.cache import DownloadTracker, FetchConfig, ImageCache
 from lamina.agent.capture import capture_layer
+from lamina.agent.checkpoints import restore_spec, save_guest, write_disks
 from lamina.agent.disks import DiskStore
 from lamina.agent.drivers.base import (
     DiskSpec,
@@ -37,7 +38,7 @@ from lamina.agent.identity import DeploymentIdentity
 from lamina.agent.migration import Migrations
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
-from lamina.errors import InvalidRequest, InvalidState, LaminaError
+from lamina.errors import GuestNotFound, InvalidRequest, InvalidState, LaminaError
 from lamina.httperrors import install_error_handlers
 from lamina.wire.protocol import (
     DEPLOYMENT_HEADER,
@@ -45,6 +46,7 @@ from lamina.wire.protocol import (
     PROCEDURES,
     CacheEntry,
     CacheInstall,
+    CheckpointFiles,
     ConsoleChunk,
     DiskAttach,
     DiskCreate,
@@ -54,9 +56,11 @@ from lamina.wire.protocol import (
     ExportInfo,
     ForwardInfo,
     GuestCapture,
+    GuestCheckpoint,
     GuestDefinition,
     GuestDiskInfo,
     GuestNic,
+    GuestRestore,
     GuestStatus,
     HostStatus,
     IncomingPrepare,
@@ -144,6 +148,10 @@ class Agent:
             kvm=caps.kvm,
             vcpus=host.vcpus,
             memory_mib=host.memory_mib,
+            qemu_version=host.qemu_version,
+            machine_types=list(host.machine_types),
+            cpu_model=host.cpu_model,
+            arch=host.arch,
         )
 
     def disk_usage(self) -> DiskUsage:
@@ -270,6 +278,37 @@ class Agent:
             raise InvalidState(f"guest {name} is {state}: stop it before capturing its layer")
         disk = self.disks.disk_path(name, req.disk)
         return capture_layer(disk, req.exclude, req.format, self.cache)
+
+    def checkpoint(self, name: str, req: GuestCheckpoint) -> CheckpointFiles:
+        """Save the guest's memory and disks together into the cache (``save_guest``)."""
+        return save_guest(self.hypervisor, self.disks, self.cache, name, req)
+
+    def restore_guest(self, name: str, req: GuestRestore) -> GuestStatus:
+        """Replace the guest by the one saved in the cached ``req.memory``: whatever runs
+        now is stopped, its disks written from the cached copies, the saved guest restored
+        with this host's paths, its taps put into their bridges, then let run."""
+        hv = self.hypervisor
+        memory = Path(self.cache.check(req.memory).path)
+        for digest in req.disks.values():
+            self.cache.check(digest)  # NotFound before anything is touched
+        with contextlib.suppress(GuestNotFound):
+            hv.destroy(name)
+        write_disks(self.disks, self.cache, name, req.disks)
+        nics = nic_specs(req.definition.nics, self.network.networks(), self.network.namespace)
+        spec = restore_spec(name, req.definition, self.disks, self.cache, nics, self.identity.id)
+        # Its taps appear when it is restored: it runs once they are in their bridges.
+        hv.restore(spec, memory, paused=True)
+        write_nics(self.disks.guest_dir(name), req.definition.nics)
+        try:
+            if req.definition.nics:
+                self._plug(req.definition.nics)
+            if not req.paused:
+                hv.resume(name)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                hv.destroy(name)
+            raise
+        return _status(hv.info(name))
 
     def undefine(self, name: str) -> None:
         self.hypervisor.undefine(name)
@@ -477,6 +516,14 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.post("/guests/{name}/capture")
     def guest_capture(name: str, req: GuestCapture) -> CacheEntry:
         return agent.capture(name, req)
+
+    @app.post("/guests/{name}/checkpoint")
+    def guest_checkpoint(name: str, req: GuestCheckpoint) -> CheckpointFiles:
+        return agent.checkpoint(name, req)
+
+    @app.post("/guests/{name}/restore")
+    def guest_restore(name: str, req: GuestRestore) -> GuestStatus:
+        return agent.restore_guest(name, req)
 
     @app.post("/guests/{name}/{action}")
     def guest_action(name: str, action: Action) -> GuestStatus:

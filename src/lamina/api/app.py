@@ -15,6 +15,7 @@ from lamina.api.openapi import install_openapi
 from lamina.api.routes.audit import router as audit
 from lamina.api.routes.blobs import blobs
 from lamina.api.routes.channels import appliances, channels
+from lamina.api.routes.checkpoints import checkpoints, instance_checkpoints
 from lamina.api.routes.guest import guest
 from lamina.api.routes.hosts import enrolment, hosts
 from lamina.api.routes.images import images
@@ -104,12 +105,13 @@ def create_app(svc: Services, *, background: bool = True) -> FastAPI:
     # blobs, hosts by the capabilities the manager gave them (lamina.compute.fetch).
     for router in (health, enrolment, login_router, guest, blobs):
         app.include_router(router)
-    # instance_forwards before instances, whose POST /{ref}/{action} would take its path.
+    # instance_forwards and instance_checkpoints before instances, whose POST /{ref}/{action}
+    # would take their paths.
     domains = (
-        images, instance_forwards, instances, jobs, system, users_router, me_router,
-        channels, appliances, networks,
+        images, instance_forwards, instance_checkpoints, instances, jobs, system, users_router,
+        me_router, channels, appliances, networks,
     )  # fmt: skip
-    for router in (*domains, volumes, snapshots):
+    for router in (*domains, volumes, snapshots, checkpoints):
         app.include_router(router, dependencies=[Depends(principal)])
     app.include_router(hosts, dependencies=[Depends(admin)])
     app.include_router(audit, dependencies=[Depends(admin)])

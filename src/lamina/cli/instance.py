@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from lamina.cli import checkpoint as checkpoint_commands
 from lamina.cli.context import Context
 from lamina.cli.flags import api_fields
 from lamina.cli.network import PORT, nic_options, nics, show_nics
@@ -580,3 +581,8 @@ def config(obj: Context, ref: str, pairs: tuple[str, ...], unset: tuple[str, ...
 
 def register(cli: click.Group) -> None:
     cli.add_command(instance)
+
+
+# Checkpoints (lamina.cli.checkpoint): `instance checkpoint ...` and `instance restore`.
+instance.add_command(checkpoint_commands.checkpoint)
+instance.add_command(checkpoint_commands.restore)

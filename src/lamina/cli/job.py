@@ -15,6 +15,9 @@ STATUSES = ("queued", "running", "succeeded", "failed", "rolled_back")
 KINDS = (
     "appliance.capture",
     "appliance.install",
+    "checkpoint.create",
+    "checkpoint.delete",
+    "checkpoint.restore",
     "forward.create",
     "forward.delete",
     "host.evacuate",

@@ -235,6 +235,27 @@ class Client:
         params = {"force": "true"} if force else None
         return self._take("job", "DELETE", f"/instances/{ref}", params=params)
 
+    # -- checkpoints
+    def create_checkpoint(self, ref: str, name: str | None = None) -> dict[str, Any]:
+        """Checkpoint a running or paused layered instance: ``{"checkpoint", "job"}``."""
+        return self._take(None, "POST", f"/instances/{ref}/checkpoints", json={"name": name})
+
+    def checkpoints(self, ref: str | None = None) -> list[dict[str, Any]]:
+        """The checkpoints of instance ``ref``, or of every instance you may see."""
+        path = f"/instances/{ref}/checkpoints" if ref else "/checkpoints"
+        return list(self._take("checkpoints", "GET", path))
+
+    def checkpoint(self, ref: str, name: str) -> dict[str, Any]:
+        return self._take("checkpoint", "GET", f"/instances/{ref}/checkpoints/{name}")
+
+    def delete_checkpoint(self, ref: str, name: str) -> dict[str, Any]:
+        return self._take("job", "DELETE", f"/instances/{ref}/checkpoints/{name}")
+
+    def restore_checkpoint(self, ref: str, name: str, host: str | None = None) -> dict[str, Any]:
+        """Restore instance ``ref`` from its checkpoint ``name`` (on ``host``): the job."""
+        path = f"/instances/{ref}/checkpoints/{name}/restore"
+        return self._take("job", "POST", path, json={"host": host})
+
     def console(self, ref: str, offset: int = 0) -> dict[str, Any]:
         return self._take("console", "GET", f"/instances/{ref}/console", params={"offset": offset})
 

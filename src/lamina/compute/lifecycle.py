@@ -55,6 +55,7 @@ ORDER: dict[str, tuple[str, ...]] = {
         "remove_forwards",  # lamina.network
         "release_volumes",  # lamina.volumes
         "release",
+        "remove_checkpoints",  # lamina.compute.checkpoint_jobs
         "disconnect_networks",  # lamina.network
     ),
 }

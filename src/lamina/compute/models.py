@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lamina.db.types import Base, UTCDateTime, new_id, utcnow
@@ -94,3 +104,42 @@ class Instance(Base):
     def domain_name(self) -> str:
         """The hypervisor's name for this instance's guest."""
         return f"lamina-{self.id}"
+
+
+CHECKPOINT_STATUSES = ("saving", "available", "restoring", "deleting", "error")
+
+
+class Checkpoint(Base):
+    """An instance's memory and instance-layer state saved together
+    (``lamina.compute.checkpoints``): its files are images of the repository, owned by the
+    instance's owner."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "name", name="uq_checkpoints_instance_name"),
+        Index("ix_checkpoints_created_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63))
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="saving", index=True)
+    #: The host it was taken on.
+    host_id: Mapped[str | None] = mapped_column(String(36))
+    #: The repository's images of its files: ``{"memory": id, "upper": id, "config": id}``,
+    #: and their digests and sizes (``{"memory": {"sha256", "size"}, ...}``).
+    images: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    files: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON, default=dict)
+    #: What a restore needs of its host: ``lamina.wire.protocol.SavedRequirements``.
+    requires: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: What the guest ran as it was saved: its read-only layers (as ``Instance.layers``), its
+    #: kernel and initrd (source and digest), its command line and disks' order.
+    boot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Seconds the guest was paused to take it.
+    paused_seconds: Mapped[float | None] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -139,6 +139,20 @@ class AgentClient:
             "POST", f"/guests/{name}/capture", wire.CacheEntry, json=_dump(req), timeout=1800
         )
 
+    def checkpoint(self, name: str, req: wire.GuestCheckpoint) -> wire.CheckpointFiles:
+        """Save the guest's memory and disks together into the host's cache (it goes on as
+        it was); ``InvalidState`` unless it runs or is paused."""
+        return self._call(
+            "POST", f"/guests/{name}/checkpoint", wire.CheckpointFiles, json=_dump(req),
+            timeout=600,
+        )  # fmt: skip
+
+    def restore(self, name: str, req: wire.GuestRestore) -> wire.GuestStatus:
+        """Replace the guest by the saved one whose files are in the host's cache."""
+        return self._call(
+            "POST", f"/guests/{name}/restore", wire.GuestStatus, json=_dump(req), timeout=600
+        )
+
     def undefine(self, name: str) -> None:
         self._do("DELETE", f"/guests/{name}", timeout=120)
 

@@ -65,6 +65,8 @@ PROCEDURES = (
     "migration_forget",
     "volume_allow",
     "volume_disallow",
+    "guest_checkpoint",
+    "guest_restore",
 )
 #: A disk's serial number as the guest sees it (``/sys/block/vdX/serial``): virtio-blk keeps
 #: 20 bytes.
@@ -134,6 +136,13 @@ class ServerInfo(Wire):
     #: How a peer's libvirtd reaches this host's for a migration (``qemu+tls://ADDR/system``,
     #: its certificate from the manager's CA); None: the host has no migration certificate.
     migration_uri: str | None = None
+    #: What a saved guest (a checkpoint) needs of a host to be restored on it: the QEMU
+    #: version (``8.2.2``), the machine types it runs (``pc-i440fx-8.2``, ...), the host's CPU
+    #: model and architecture. None or empty: the hypervisor does not tell.
+    qemu_version: str | None = None
+    machine_types: list[str] = []
+    cpu_model: str | None = None
+    arch: str | None = None
 
 
 class HostStatus(Wire):
@@ -218,6 +227,51 @@ class GuestCapture(Wire):
     #: Paths, relative to the root, left out of the layer (and everything under them).
     exclude: list[str] = []
     format: Literal["squashfs", "erofs"] = "squashfs"
+
+
+class GuestCheckpoint(Wire):
+    """Save a running or paused guest's memory and copy its disks, consistently (paused for
+    both), into the host's cache; the guest then goes on as it was."""
+
+    #: The guest's own disks (made with ``disk_create``) to copy with the memory.
+    disks: list[str] = Field(["upper", "config"], max_length=8)
+
+
+class SavedRequirements(Wire):
+    """What a saved guest needs of the host it is restored on, as the saving host ran it."""
+
+    domain_type: str
+    qemu_version: str | None = None
+    machine: str | None = None
+    #: ``host-passthrough`` (the host's CPU: the same model is needed), ``custom`` (a named
+    #: model, ``qemu64`` under TCG) or None.
+    cpu_mode: str | None = None
+    cpu_model: str | None = None
+    arch: str | None = None
+    vcpus: int
+    memory_mib: int
+
+
+class CheckpointFiles(Wire):
+    """A guest's checkpoint in the host's cache: its memory (the hypervisor's save image)
+    and each disk (qcow2, compact), with what a restore needs."""
+
+    memory: CacheEntry
+    disks: dict[str, CacheEntry]
+    requires: SavedRequirements
+    #: Seconds the guest was paused (memory saved and disks copied).
+    paused_seconds: float
+
+
+class GuestRestore(Wire):
+    """Replace the guest (whatever it is doing) by the one saved in ``memory``, with its
+    disks written from the cached copies ``disks`` (name -> digest) and the rest of its
+    definition (layers, kernel, NICs) from ``definition``; it then runs (or stays paused)."""
+
+    definition: GuestDefinition
+    memory: str = Field(pattern=DIGEST)
+    disks: dict[str, str]
+    paused: bool = False
 
 
 class ConsoleChunk(Wire):
@@ -530,6 +584,7 @@ class MigrationStatus(Wire):
 
 GuestDefinition.model_rebuild()  # its nics refer to GuestNic, defined below it
 IncomingPrepare.model_rebuild()
+GuestRestore.model_rebuild()
 
 
 #: Volume servers name their iSCSI targets ``<IQN_PREFIX><volume id>``.

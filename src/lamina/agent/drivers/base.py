@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from lamina.errors import NotSupported
@@ -112,6 +114,26 @@ class HostInfo:
     vcpus: int
     memory_mib: int
     cpu_model: str
+    #: What a saved guest needs of a host (see ``SavedGuest``); None/empty: not known.
+    qemu_version: str | None = None
+    machine_types: tuple[str, ...] = ()
+    arch: str | None = None
+
+
+@dataclass(frozen=True)
+class SavedGuest:
+    """What a guest saved by ``Hypervisor.checkpoint`` needs to be restored: the
+    hypervisor and machine that ran it (a restore on a host without them cannot work)."""
+
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    qemu_version: str | None = None
+    machine: str | None = None  # the machine type as run: pc-i440fx-8.2, not pc
+    cpu_mode: str | None = None  # host-passthrough, custom, ...
+    cpu_model: str | None = None  # the host's model for host-passthrough
+    arch: str | None = None
+    paused_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -260,6 +282,21 @@ class Hypervisor(abc.ABC):
     def incoming(self, name: str) -> bool:
         """Whether the guest is a migration's incoming half: paused, waiting for its state."""
         return False
+
+    def checkpoint(self, name: str, memory: Path, while_paused: Callable[[], None]) -> SavedGuest:
+        """Save the running or paused guest's memory into the file ``memory`` and call
+        ``while_paused`` (which copies its disks) with its vCPUs paused, so memory and disks
+        agree; then it goes on as it was (running again, or still paused). Raises
+        ``InvalidState`` unless it runs or is paused, ``NotSupported`` if the driver cannot.
+        """
+        raise NotSupported(f"{type(self).__name__} cannot checkpoint guests")
+
+    def restore(self, spec: GuestSpec, memory: Path, paused: bool = False) -> None:
+        """Replace the guest ``spec.name`` (destroyed first if it runs) by the one saved in
+        ``memory`` by ``checkpoint``, with the disk files, kernel, initrd and console log of
+        ``spec`` (this host's paths, disks by target), defined persistently as ``spec``.
+        It runs (paused if ``paused``) from where it was saved."""
+        raise NotSupported(f"{type(self).__name__} cannot restore guests")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""

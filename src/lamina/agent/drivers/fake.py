@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -31,9 +34,21 @@ from lamina.agent.drivers.base import (
     MigrationProgress,
     MigrationRequest,
     NetworkDisk,
+    SavedGuest,
 )
 from lamina.agent.drivers.domain_xml import domain_xml
-from lamina.errors import BackendUnavailable, Conflict, GuestNotFound, InvalidState, LaminaError
+from lamina.errors import (
+    BackendUnavailable,
+    Conflict,
+    GuestNotFound,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+)
+
+#: What the fake's saved guests need and its hosts have (tests change ``host`` to differ).
+FAKE_QEMU = "7.2.0"
+FAKE_MACHINE = "fake-7.2"
 
 
 @dataclass
@@ -61,7 +76,13 @@ class FakeHypervisor(Hypervisor):
     def __init__(self, hostname: str = "fake-host", vcpus: int = 8, memory_mib: int = 16384):
         self.capabilities = Capabilities(domain_type="test", kvm=False, extra=("reset",))
         self.host = HostInfo(
-            hostname=hostname, vcpus=vcpus, memory_mib=memory_mib, cpu_model="fake"
+            hostname=hostname,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            cpu_model="fake",
+            qemu_version=FAKE_QEMU,
+            machine_types=("fake", FAKE_MACHINE),
+            arch="x86_64",
         )
         self.guests: dict[str, FakeGuest] = {}
         self.calls: list[tuple[str, str | None]] = []
@@ -302,3 +323,54 @@ class FakeHypervisor(Hypervisor):
             self._enter("disks", name)
             found = self._disks(self._guest(name))
             return [GuestDisk(target, found[target]) for target in sorted(found)]
+
+    # -- checkpoints: the "memory" file holds the guest's record as JSON ---------------------
+
+    def checkpoint(self, name: str, memory: Path, while_paused: Callable[[], None]) -> SavedGuest:
+        with self._lock:
+            self._enter("checkpoint", name)
+            guest = self._guest(name)
+            if not guest.active:
+                raise InvalidState(
+                    f"cannot checkpoint guest {name!r}: it is {guest.state}", guest=name
+                )
+            was = guest.state
+            guest.state = "paused"
+            try:
+                saved = {
+                    "name": name,
+                    "uuid": guest.spec.uuid,
+                    "vcpus": guest.spec.vcpus,
+                    "memory_mib": guest.spec.memory_mib,
+                    "started": guest.started,
+                    "machine": FAKE_MACHINE,
+                    "qemu": self.host.qemu_version,
+                }
+                memory.write_text(json.dumps(saved))
+                while_paused()
+            finally:
+                guest.state = was
+            return SavedGuest(
+                domain_type=self.capabilities.domain_type,
+                vcpus=guest.spec.vcpus,
+                memory_mib=guest.spec.memory_mib,
+                qemu_version=self.host.qemu_version,
+                machine=FAKE_MACHINE,
+                cpu_mode="custom",
+                cpu_model="qemu64",
+                arch="x86_64",
+            )
+
+    def restore(self, spec: GuestSpec, memory: Path, paused: bool = False) -> None:
+        with self._lock:
+            self._enter("restore", spec.name)
+            saved = json.loads(memory.read_text())
+            if saved["name"] != spec.name:
+                raise InvalidRequest(f"{memory} holds guest {saved['name']}, not {spec.name}")
+            existing = self.guests.get(spec.name)
+            attached = existing.attached if existing is not None else {}
+            restored = FakeGuest(dataclasses.replace(spec, uuid=saved["uuid"]), attached=attached)
+            restored.state = "paused" if paused else "running"
+            # The guest goes on from where it was saved: its clock too.
+            restored.started = saved["started"]
+            self.guests[spec.name] = restored

@@ -10,11 +10,13 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
 
+from lamina.agent.drivers import libvirt_saves
 from lamina.agent.drivers.base import (
     Capabilities,
     GuestDisk,
@@ -27,6 +29,7 @@ from lamina.agent.drivers.base import (
     MigrationProgress,
     MigrationRequest,
     NetworkDisk,
+    SavedGuest,
 )
 from lamina.agent.drivers.domain_xml import (
     METADATA_NS,
@@ -312,9 +315,20 @@ class LibvirtHypervisor(Hypervisor):
         with self._call() as conn:
             arch, memory_mib, cpus, *_ = conn.getInfo()
             hostname = conn.getHostname()
-            caps = ET.fromstring(conn.getCapabilities())
+            capabilities = conn.getCapabilities()
+            qemu = libvirt_saves.version_text(conn.getVersion())
+        caps = ET.fromstring(capabilities)
         model = caps.findtext("host/cpu/model") or arch
-        return HostInfo(hostname=hostname, vcpus=cpus, memory_mib=memory_mib, cpu_model=model)
+        host_arch = caps.findtext("host/cpu/arch") or arch
+        return HostInfo(
+            hostname=hostname,
+            vcpus=cpus,
+            memory_mib=memory_mib,
+            cpu_model=model,
+            qemu_version=qemu,
+            machine_types=libvirt_saves.machine_types(capabilities, host_arch),
+            arch=host_arch,
+        )
 
     def define(self, spec: GuestSpec) -> None:
         """Define the guest persistently; a stopped guest of that name is replaced.
@@ -711,6 +725,30 @@ class LibvirtHypervisor(Hypervisor):
             )
 
         return self._with_domain(name, paused_for_migration)
+
+    # -- checkpoints (lamina.agent.drivers.libvirt_saves) -------------------------------
+
+    def checkpoint(self, name: str, memory: Path, while_paused: Callable[[], None]) -> SavedGuest:
+        """Pause the guest, save its memory into ``memory`` (an external memory snapshot,
+        no disk touched, no metadata kept), run ``while_paused``, resume it if it ran.
+        Raises ``InvalidState`` unless it runs or is paused."""
+        host_cpu = self.host_info().cpu_model
+        with self._call(name) as conn:
+            dom = self._domain(conn, name)
+            state = self._state(dom)
+            if state not in ("running", "paused"):
+                raise InvalidState(f"cannot checkpoint guest {name!r}: it is {state}", guest=name)
+            return libvirt_saves.checkpoint(
+                conn, dom, self.domain_type, host_cpu, memory, while_paused
+            )
+
+    def restore(self, spec: GuestSpec, memory: Path, paused: bool = False) -> None:
+        """Replace the guest by the one saved in ``memory``, with ``spec``'s paths
+        (``virDomainRestoreFlags`` with the save image's XML so changed), defined
+        persistently as ``spec``."""
+        with self._call(spec.name) as conn:
+            libvirt_saves.restore(conn, spec, memory, self.domain_type, paused)
+            self._started.pop(spec.name, None)
 
     def close(self) -> None:
         """Close the libvirt connection (a later call reopens it)."""
