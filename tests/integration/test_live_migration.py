@@ -3,9 +3,9 @@ layered webserv instance moved from h1 to h2 while it runs, its instance layer w
 (the site id it wrote on its first boot is still there after a reboot on h2), the bad
 requests refused before anything moves, the manager and then the source's agent killed
 while it moves (each move still ends with the guest on exactly one host, the database
-saying which), and an evacuation.
+saying which), an evacuation, and a cold move of the stopped guest.
 
-One cloud, one guest (one boot, one reboot, five moves): about a minute and a half.
+One cloud, one guest (one boot, a reboot, a restart, six moves): about a minute and a half.
 Plain ``qemu+tcp`` between the hosts (``migration.transport = "tcp"``): lab only."""
 
 from __future__ import annotations
@@ -117,6 +117,20 @@ def test_a_layered_instance_moves_live_with_its_instance_layer(
     )  # fmt: skip
     _only_on(lab, client, "h1", name)
     assert client.instance("web")["status"] == "running"
+
+    # Stopped, it moves cold (started paused on h1, never running there) and stays stopped;
+    # started on h2 it finds its instance layer.
+    job = client.wait_job(client.instance_action("web", "stop")["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    job = client.wait_job(client.migrate_instance("web", "h2", "cold")["id"], timeout=300)
+    assert job["status"] == "succeeded" and job["result"]["mode"] == "cold", job
+    assert (client.instance("web")["host"], client.instance("web")["status"]) == ("h2", "stopped")
+    assert lab.hosts["h2"].virsh("domstate", name).strip() == "shut off"
+    assert lab.hosts["h1"].virsh("list", "--all", "--name").split() == []
+    job = client.wait_job(client.instance_action("web", "start")["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    wait_until(lambda: _site_id(client.console("web")["data"]), BOOT, "web up again on h2")
+    assert _site_id(client.console("web")["data"]) == site
 
 
 def _in_step(client: Any, job_id: str, step: str) -> None:

@@ -638,7 +638,12 @@ class LibvirtHypervisor(Hypervisor):
             | libvirt.VIR_MIGRATE_PERSIST_DEST
             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
         )
-        params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: request.xml}
+        # The destination's paths for the running guest and for its persistent definition
+        # (without PERSIST_XML libvirt would persist the source's, with the source's paths).
+        params: dict[str, Any] = {
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: request.xml,
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: request.xml,
+        }
         if request.migrate_uri:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = request.migrate_uri
         if request.copy_disks:
