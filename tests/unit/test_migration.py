@@ -384,3 +384,26 @@ def test_reconcile_finds_a_guest_a_killed_migration_left_and_where_it_runs(
     apply_fixes(find_differences(svc), [diff.id])
     assert where(svc, web) == ("h2", "running")
     assert find_differences(svc) == []
+
+
+def test_a_source_agent_that_does_not_answer_for_a_while_is_asked_again(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent restarted mid-move (libvirtd carries the migration on meanwhile)."""
+    from lamina.errors import BackendUnavailable
+
+    web = layered(svc)
+    client = host(svc, "h1").client
+    real = client.migration_status
+    failures = [BackendUnavailable("agent at 10.0.0.1:7000 failed: peer closed connection")]
+
+    def flaky(name: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(name)
+
+    monkeypatch.setattr(client, "migration_status", flaky)
+    migrate_instance(svc, ADMIN, "web", host="h2")
+    [job] = run_jobs(svc)
+    assert job.status == "succeeded", job.error
+    assert failures == [] and where(svc, web) == ("h2", "running")

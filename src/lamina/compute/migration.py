@@ -54,6 +54,7 @@ from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
 from lamina.compute.scheduler import check_destination
 from lamina.errors import (
+    BackendUnavailable,
     Forbidden,
     GuestNotFound,
     InvalidRequest,
@@ -288,7 +289,7 @@ def migrate(ctx: StepContext) -> None:
     instance, source, dest, src, dst = _agents(ctx)
     name = instance.domain_name
     cfg = ctx.services.settings.migration
-    status = src.migration_status(name)
+    status = _status_of(src, name)
     if status.state != "running":
         if _arrived(dst, name):
             ctx.state["moved"] = True
@@ -328,10 +329,13 @@ def migrate(ctx: StepContext) -> None:
         wanted = watchdog.downtime(elapsed)
         if status.max_downtime_ms is not None and wanted > status.max_downtime_ms:
             log.info("migration of %s: allowing %d ms of downtime", instance.name, wanted)
-            status = src.migration_tune(name, wanted)
+            try:
+                status = src.migration_tune(name, wanted)
+            except BackendUnavailable:
+                status = _status_of(src, name)
             continue
         time.sleep(POLL)
-        status = src.migration_status(name)
+        status = _status_of(src, name)
     if status.state == "none" and _arrived(dst, name):
         status = MigrationStatus(state="completed")  # finished while the agent restarted
     if status.state != "completed":
@@ -346,6 +350,25 @@ def migrate(ctx: StepContext) -> None:
     ctx.state["seconds"] = round(time.time() - started, 3)
     _report(ctx, status)
     _result(ctx)
+
+
+#: Seconds the source's agent may be unreachable while a migration runs (restarted, say):
+#: libvirtd carries the migration on meanwhile, and the agent answers for it when back.
+AGENT_GRACE = 60.0
+
+
+def _status_of(src: AgentClient, name: str) -> MigrationStatus:
+    """The source's status of the migration, asked again while its agent cannot be reached
+    (for ``AGENT_GRACE`` seconds)."""
+    until = time.monotonic() + AGENT_GRACE
+    while True:
+        try:
+            return src.migration_status(name)
+        except BackendUnavailable as exc:
+            if time.monotonic() >= until:
+                raise
+            log.warning("migration of %s: its source does not answer (%s)", name, exc.message)
+            time.sleep(1.0)
 
 
 def abort_migration(ctx: StepContext) -> None:
