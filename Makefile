@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 venv: packages $(STAMP)
 
+# HOSTS=N (N >= 2): N hosts on this machine, each a network namespace with its own libvirtd
+# and agent (docs/hosts.md); remembered by the data directory.
 up: venv
-	@bash scripts/up.sh
+	@HOSTS="$(HOSTS)" bash scripts/up.sh
 
 down:
 	@bash scripts/down.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make down`: stops what `make up` started (the sample web appliance, the agent, the manager,
 # the sample channel's server, the networks' dnsmasq, the network namespace, and libvirtd and
-# tgtd if `make up` was the one that started them). Data stays in the data directory.
+# tgtd if `make up` was the one that started them). After `make up HOSTS=N`: every instance
+# is stopped, then the hosts' agents, and the hosts themselves are removed (every process in
+# their namespaces: libvirtd, virtlogd, tgtd, dnsmasq, guests; the namespaces and the bridge). Data stays in the data directory.
 # Each process is waited for until it is gone (a zombie counts as gone), SIGKILLed after a
 # deadline, and its pid file and stale sockets removed, so a `make up` right after finds nothing
 # half-stopped. Exits non-zero if something could not be stopped.
@@ -16,6 +18,8 @@ RUN=$DATA/run
 LAMINA=(.venv/bin/lamina)
 
 failed=0
+LAB_DIR=$(cd "$DATA" 2>/dev/null && pwd || echo "$DATA")/hosts
+HOSTS=$(cat "$LAB_DIR/count" 2>/dev/null || echo 1)
 # What make up started itself: stopped by the pid it wrote, and waited for.
 stop() {  # name
   local name=$1 pid
@@ -32,7 +36,23 @@ if pidfile_alive "$RUN/manager.pid" >/dev/null && pidfile_alive "$RUN/agent.pid"
     echo "web appliance stopped"
   fi
 fi
+if ((HOSTS > 1)) && pidfile_alive "$RUN/manager.pid" >/dev/null; then
+  # The hosts go, and every guest with them: each running instance is powered off first, so
+  # the manager records it stopped (the next make up starts web again).
+  for name in $(timeout 30 "${LAMINA[@]}" --json instance list 2>/dev/null | .venv/bin/python -c "
+import json, sys
+print(' '.join(i['name'] for i in json.load(sys.stdin) if i['status'] in ('running', 'paused')))" \
+      2>/dev/null); do
+    timeout 120 "${LAMINA[@]}" instance stop "$name" --force >/dev/null 2>&1 \
+      && echo "instance $name stopped"
+  done
+fi
 stop agent
+for pidfile in "$RUN"/agent-*.pid; do
+  [ -e "$pidfile" ] || continue
+  name=$(basename "$pidfile" .pid)
+  stop "$name"
+done
 stop manager
 stop channel-server
 # The agent leaves its networks' dnsmasq running across its own restarts (guests keep their
@@ -49,6 +69,17 @@ if [ -f "$RUN/netns.created-by-lamina" ]; then
   ip netns delete "$netns" 2>/dev/null || true
   rm -f "$RUN/netns.created-by-lamina"
   echo "network namespace $netns removed"
+fi
+if [ -f "$LAB_DIR/lab.json" ]; then
+  # Every process in each host (libvirtd, virtlogd, tgtd, dnsmasq, guests), then the
+  # namespaces and the bridge; what the hosts keep (agents' files, guests' definitions)
+  # stays under $LAB_DIR for the next make up.
+  if timeout 300 .venv/bin/python -m lamina.launcher.nshosts \
+      --prefix "${LAMINA_HOSTS_PREFIX:-lamina}" --dir "$LAB_DIR" down; then
+    echo "hosts removed (namespaces, their daemons and guests, the bridge)"
+  else
+    failed=1
+  fi
 fi
 if [ -f "$RUN/libvirtd.started-by-lamina" ]; then
   # libvirtd first (it holds virtlogd's socket open for its guests), each until gone; their

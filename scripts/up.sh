@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # `make up`: libvirtd, tgtd, the manager and one local agent (enrolled automatically), then the
-# bundled sample guest. Everything runs in the background with logs and pid files under the
-# data directory. Running it again starts nothing twice, and repairs what an earlier run left
-# broken (daemons that died, a sample guest whose start failed). Every wait has a wall-clock
-# deadline and ends, when it runs out, with what did not happen and the log to read.
+# bundled sample guest. `make up HOSTS=N` (N >= 2): N hosts on this machine instead, each a
+# network namespace with its own libvirtd and agent (lamina.launcher.nshosts), joined by a
+# bridge that stands for the data-centre network (docs/namespace-hosts.md); the data
+# directory remembers N (a later make up or make down without HOSTS uses it). Everything
+# runs in the background with logs and pid files under the data directory. Running it again
+# starts nothing twice, and repairs what an earlier run left broken (daemons that died, a
+# sample guest whose start failed). Every wait has a wall-clock deadline and ends, when it
+# runs out, with what did not happen and the log to read.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/daemons.sh
@@ -32,6 +36,56 @@ export LAMINA_AGENT__NETWORK_NAMESPACE=${LAMINA_AGENT__NETWORK_NAMESPACE-lamina}
 NETNS=$LAMINA_AGENT__NETWORK_NAMESPACE
 NETWORK_CIDR=${LAMINA_SAMPLE_NETWORK_CIDR:-10.77.0.0/24}
 WEB_PORT=${LAMINA_SAMPLE_WEB_PORT:-8780}
+
+# How many hosts: HOSTS (make up HOSTS=N), else what this data directory ran last, else 1.
+LAB_DIR=$(cd "$DATA" && pwd)/hosts
+HOSTS_FILE=$LAB_DIR/count
+RAN=$(cat "$HOSTS_FILE" 2>/dev/null || echo 1)
+HOSTS=${HOSTS:-$RAN}
+if ! [[ $HOSTS =~ ^[1-9][0-9]?$ ]] || ((HOSTS > 40)); then
+  echo "error: HOSTS=$HOSTS: give a number of hosts from 1 to 40" >&2
+  exit 2
+fi
+if ((HOSTS != RAN)) && { ((HOSTS == 1)) || ((HOSTS < RAN)); }; then
+  echo "error: $DATA runs $RAN namespace hosts; make up cannot take hosts away (their instances" >&2
+  echo "  live there). Use another data directory (LAMINA_DATA_DIR=...) for HOSTS=$HOSTS." >&2
+  exit 2
+fi
+if ((HOSTS > 1)) && [ -f "$DATA/agent/tls/agent.pem" ]; then
+  echo "error: $DATA runs one host (\"$HOST_NAME\", this machine's libvirtd); its instances" >&2
+  echo "  cannot move to namespace hosts. Use another data directory (LAMINA_DATA_DIR=...)" >&2
+  echo "  for HOSTS=$HOSTS, or make down and remove $DATA first." >&2
+  exit 2
+fi
+if ((HOSTS > 1)); then
+  # Namespace hosts h1..hN (lamina.launcher.nshosts), their files under $LAB_DIR. The
+  # manager listens on the bridge's address in this namespace (the gateway of the
+  # data-centre network), which this machine and every host reach, and nothing outside
+  # does; with HTTPS from Lamina's own CA, since agents enrol and fetch over that network.
+  mkdir -p "$LAB_DIR"
+  echo "$HOSTS" >"$HOSTS_FILE"
+  export LAMINA_DATA_DIR=$(cd "$DATA" && pwd)  # the same for processes inside the hosts
+  LAB_SUBNET=${LAMINA_HOSTS_SUBNET:-10.99.0.0/24}
+  NSHOSTS=(.venv/bin/python -m lamina.launcher.nshosts --prefix "${LAMINA_HOSTS_PREFIX:-lamina}"
+    --dir "$LAB_DIR" --subnet "$LAB_SUBNET" --persistent)
+  HOST_NAMES=()
+  for ((i = 1; i <= HOSTS; i++)); do HOST_NAMES+=("h$i"); done
+  GATEWAY=$(.venv/bin/python -c "import ipaddress, sys
+print(ipaddress.ip_network(sys.argv[1]).network_address + 1)" "$LAB_SUBNET")
+  export LAMINA_MANAGER__TLS=${LAMINA_MANAGER__TLS-ca}
+  export LAMINA_MANAGER__HOST=${LAMINA_MANAGER__HOST-$GATEWAY}
+  export LAMINA_MANAGER__PUBLIC_URL=${LAMINA_MANAGER__PUBLIC_URL-https://$GATEWAY:${LAMINA_MANAGER__PORT:-8775}}
+  # Each host's network is its guests' network (their bridges, dnsmasq and taps live in it).
+  export LAMINA_AGENT__NETWORK_NAMESPACE=""
+  NETNS=""
+  AGENT_PORT=${LAMINA_AGENT__PORT:-8776}
+fi
+# The address of lab host NAME.
+lab_address() {
+  "${NSHOSTS[@]}" show | .venv/bin/python -c "
+import json, sys
+print(next(h['address'] for h in json.load(sys.stdin)['hosts'] if h['name'] == '$1'))"
+}
 
 # Started by this script and still running: a zombie left by an earlier run is not.
 running() { pidfile_alive "$RUN/$1.pid" >/dev/null; }
@@ -65,6 +119,13 @@ json_field() { .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)$
 # on its socket, never because a process of its name exists: `make down` may have left it a
 # zombie. Those this script starts, `make down` stops.
 ensure_daemons() {
+  if ((HOSTS > 1)); then
+    # The hosts (made, or repaired: keepers, libvirtd and virtlogd that died), and h1's
+    # own tgtd: h1 is the volume server, its iSCSI portal on its address.
+    "${NSHOSTS[@]}" up "${HOST_NAMES[@]}"
+    "${NSHOSTS[@]}" tgtd h1 >/dev/null
+    return
+  fi
   local libvirtd_up=0
   timeout 10 virsh -c qemu:///system version >/dev/null 2>&1 && libvirtd_up=1
   if ((!libvirtd_up)) || ! socket_answers /run/libvirt/virtlogd-sock; then
@@ -84,33 +145,79 @@ fi
 bash scripts/build-sample-channel.sh "$CHANNEL"
 
 URL=$("${LAMINA[@]}" --json config show | json_field "['client']['manager_url']")
-healthy() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health').status_code != 200)"; }
+VERIFY=True
+if ((HOSTS > 1)); then
+  URL=$LAMINA_MANAGER__PUBLIC_URL
+  VERIFY="'$LAMINA_DATA_DIR/ca/ca.pem'"
+fi
+healthy() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$URL/health', verify=$VERIFY).status_code != 200)"; }
 # The first administrator, its keys written to ~/.config/lamina/credentials (or
 # $LAMINA_CREDENTIALS), which the CLI signs its requests with.
 "${LAMINA[@]}" user bootstrap
 start_bg manager serve
 wait_for 60 "the manager answering $URL/health" "$LOG/manager.log" healthy
 
-if ! "${LAMINA[@]}" host show "$HOST_NAME" >/dev/null 2>&1; then
-  token=$("${LAMINA[@]}" --json host add "$HOST_NAME" --address "$AGENT_ADDRESS" | json_field "['token']")
-elif [ ! -f "$DATA/agent/tls/agent.pem" ]; then
-  token=$("${LAMINA[@]}" --json host token "$HOST_NAME" | json_field "['token']")
-fi
-since=$(date +%s)
-if running agent; then
-  echo "agent already running (pid $(cat "$RUN/agent.pid"))"
-else
-  start_bg agent agent ${token:+--token "$token"}
-fi
-# Up, and heard from since now: a status left from an earlier run does not count.
-host_up() {
-  bounded "${LAMINA[@]}" --json host show "$HOST_NAME" | .venv/bin/python -c "
+# Up, and heard from since SINCE (seconds): a status left from an earlier run does not count.
+host_up_since() {  # name since
+  bounded "${LAMINA[@]}" --json host show "$1" | .venv/bin/python -c "
 import json, sys, datetime
 h = json.load(sys.stdin)
 beat = h['last_heartbeat'] and datetime.datetime.fromisoformat(h['last_heartbeat']).timestamp()
-sys.exit(not (h['status'] == 'up' and beat and beat >= $since - 1))"
+sys.exit(not (h['status'] == 'up' and beat and beat >= $2 - 1))"
 }
-wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up
+# Each lab host: registered (h1 first: the manager keeps new volumes on the oldest host, and
+# h1 is the volume server), its agent started inside it (enrolling with a token the first
+# time), up; then its libvirtd and QEMU use the migration certificate the agent got at
+# enrolment (docs/migration-tls.md).
+start_lab_agents() {
+  local name address agent_dir token since settings inside
+  for name in "${HOST_NAMES[@]}"; do
+    address=$(lab_address "$name")
+    agent_dir=$LAB_DIR/$name/agent
+    token=""
+    if ! "${LAMINA[@]}" host show "$name" >/dev/null 2>&1; then
+      token=$("${LAMINA[@]}" --json host add "$name" --address "$address:$AGENT_PORT" | json_field "['token']")
+    elif [ ! -f "$agent_dir/tls/agent.pem" ]; then
+      token=$("${LAMINA[@]}" --json host token "$name" | json_field "['token']")
+    fi
+    settings=(LAMINA_AGENT__DATA_DIR="$agent_dir" LAMINA_AGENT__HOST="$address"
+      LAMINA_AGENT__PORT="$AGENT_PORT" LAMINA_AGENT__LIBVIRT_URI=qemu:///system)
+    if [ "$name" = h1 ]; then
+      settings+=(LAMINA_AGENT__VOLUMES=true LAMINA_AGENT__ISCSI_PORTAL="$address:3260")
+    else
+      settings+=(LAMINA_AGENT__VOLUMES=false)
+    fi
+    since=$(date +%s)
+    # nsenter into the host's network and mount namespaces, then the agent (one pid).
+    read -ra inside <<<"$("${NSHOSTS[@]}" enter "$name")"
+    start_cmd "agent-$name" env "${settings[@]}" "${inside[@]}" \
+      "$PWD/.venv/bin/lamina" agent ${token:+--token "$token"}
+    wait_for 60 "host $name coming up" "$LOG/agent-$name.log" host_up_since "$name" "$since"
+    if "${NSHOSTS[@]}" tls "$name" "$agent_dir/pki" | grep -q "libvirtd restarted"; then
+      # The agent's connection to the libvirtd it replaced fails once, then it connects
+      # again: a heartbeat from after the restart shows it did, before web needs it.
+      since=$(($(date +%s) + 2))
+      wait_for 60 "host $name's agent reaching its new libvirtd" "$LOG/agent-$name.log" \
+        host_up_since "$name" "$since"
+    fi
+  done
+}
+if ((HOSTS > 1)); then
+  start_lab_agents
+else
+  if ! "${LAMINA[@]}" host show "$HOST_NAME" >/dev/null 2>&1; then
+    token=$("${LAMINA[@]}" --json host add "$HOST_NAME" --address "$AGENT_ADDRESS" | json_field "['token']")
+  elif [ ! -f "$DATA/agent/tls/agent.pem" ]; then
+    token=$("${LAMINA[@]}" --json host token "$HOST_NAME" | json_field "['token']")
+  fi
+  since=$(date +%s)
+  if running agent; then
+    echo "agent already running (pid $(cat "$RUN/agent.pid"))"
+  else
+    start_bg agent agent ${token:+--token "$token"}
+  fi
+  wait_for 60 "host $HOST_NAME coming up" "$LOG/agent.log" host_up_since "$HOST_NAME" "$since"
+fi
 
 # The bundled sample channel (one substrate, two applications, built from this machine's
 # Debian packages), signed with a key of this data directory and served on loopback.
@@ -224,11 +331,31 @@ if d['status'] in ('stopped', 'error'):
 wait_for 180 "the web appliance's ready line on its console" \
   "$CLI_PATH instance console web; $LOG/agent.log" console_ready
 # Its page, published on this machine's loopback.
-if ! "${LAMINA[@]}" --json instance forwards web | grep -q '"guest_port": 80,'; then
+forward_bind() {
+  bounded "${LAMINA[@]}" --json instance forwards web | .venv/bin/python -c "
+import json, sys
+print(next((f['bind'] for f in json.load(sys.stdin) if f['guest_port'] == 80), ''))"
+}
+WEB_BIND=$(forward_bind)
+if [ -z "$WEB_BIND" ] && ((HOSTS > 1)); then
+  # A floating address of the data-centre network (not a host's own), which moves with web
+  # to whichever host runs it (docs/networks.md); a Lamina without floating forwards
+  # refuses it, and web's page is published on its host's own address instead.
+  WEB_BIND=${LAMINA_SAMPLE_WEB_BIND:-$(.venv/bin/python -c "import ipaddress, sys
+print(ipaddress.ip_network(sys.argv[1]).network_address + 100)" "$LAB_SUBNET")}
+  if ! within 120 "publishing web's port 80 on $WEB_BIND" "$JOBS_HINT" "${LAMINA[@]}" instance \
+      expose web --port 80 --host-port "$WEB_PORT" --bind "$WEB_BIND" >/dev/null 2>&1; then
+    WEB_BIND=$(lab_address "$(web_field "['host']")")
+    echo "no floating address for web's page: published on its host's address, $WEB_BIND"
+    within 120 "publishing web's port 80" "$JOBS_HINT" "${LAMINA[@]}" instance expose web \
+      --port 80 --host-port "$WEB_PORT" --bind "$WEB_BIND" >/dev/null
+  fi
+elif [ -z "$WEB_BIND" ]; then
   within 120 "publishing web's port 80" "$JOBS_HINT" \
     "${LAMINA[@]}" instance expose web --port 80 --host-port "$WEB_PORT" >/dev/null
+  WEB_BIND=127.0.0.1
 fi
-WEB_URL=http://127.0.0.1:$WEB_PORT/
+WEB_URL=http://$WEB_BIND:$WEB_PORT/
 page_served() { bounded .venv/bin/python -c "import httpx,sys; sys.exit(httpx.get('$WEB_URL').status_code != 200)"; }
 wait_for 60 "the web appliance's page at $WEB_URL" "$LOG/agent.log (its port forwards)" page_served
 
@@ -240,7 +367,12 @@ else
   CLI=.venv/bin/lamina
 fi
 
-printf '\nLamina is up: manager %s, one host, the sample web appliance running as "web".\n' "$URL"
+if ((HOSTS > 1)); then
+  printf '\nLamina is up: manager %s, %d hosts (%s), the sample web appliance running as "web" on %s.\n' \
+    "$URL" "$HOSTS" "${HOST_NAMES[*]}" "$(web_field "['host']")"
+else
+  printf '\nLamina is up: manager %s, one host, the sample web appliance running as "web".\n' "$URL"
+fi
 printf '\nThe web appliance: %s\n\n' "$WEB_URL"
 hint() { printf '  %-44s # %s\n' "$1" "$2"; }
 hint "curl $WEB_URL" "its page, served inside the guest"
@@ -249,9 +381,21 @@ hint "$CLI instance console web" "its console: the page it serves, its site id"
 hint "$CLI instance list" "the web appliance, running"
 hint "$CLI appliance list" "the sample channel: lamina-base, webserv, dnsserv"
 hint "$CLI appliance deploy dnsserv --name dns --var domain=example.org" "a second appliance on the same substrate"
-hint "${NETNS:+ip netns exec $NETNS }dig @ADDRESS example.org" "dnsserv answering its network (ADDRESS: instance show dns)"
+if ((HOSTS > 1)); then
+  hint "\$(${NSHOSTS[*]:0:3} --dir $LAB_DIR enter HOST) dig @ADDRESS example.org" "dnsserv answering its network, inside its host"
+else
+  hint "${NETNS:+ip netns exec $NETNS }dig @ADDRESS example.org" "dnsserv answering its network (ADDRESS: instance show dns)"
+fi
 hint "$CLI network show default" "the default network and its addresses"
 hint "$CLI dns record list --network default" "its DNS zone"
-hint "$CLI host list" "the local host and its capacity"
+if ((HOSTS > 1)); then
+  hint "$CLI host list" "the hosts h1..h$HOSTS, each a network namespace"
+  if "${LAMINA[@]}" instance migrate --help >/dev/null 2>&1; then
+    hint "$CLI instance migrate web --live" "web to another host (over TLS) while its page answers"
+  fi
+  hint "\$(${NSHOSTS[*]:0:3} --dir $LAB_DIR enter h1) virsh list" "h1's own libvirtd (inside h1)"
+else
+  hint "$CLI host list" "the local host and its capacity"
+fi
 hint "$CLI job list" "what Lamina did, step by step"
 hint "make down" "stop what make up started"

@@ -15,7 +15,7 @@ from harness import Postgres  # noqa: E402
 
 from lamina.db import Database  # noqa: E402
 
-pytest_plugins = ["namespaces", "clouds", "swift"]
+pytest_plugins = ["namespaces", "clouds", "swift", "hosts"]
 _names = itertools.count()
 
 

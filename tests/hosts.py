@@ -19,7 +19,9 @@ import pytest
 from harness import Cloud, Proc, wait_until
 from namespaces import sh
 
+from lamina.identity.ca import CertificateAuthority
 from lamina.launcher.nshosts import Lab, NamespaceHost
+from lamina.wire.pool import AgentPool
 
 AGENT_PORT = 8776
 
@@ -100,23 +102,66 @@ def add_lab_host(cloud: Cloud, host: NamespaceHost, **env: str) -> None:
     wait_until(lambda: client.host(host.name)["status"] == "up", 60, f"host {host.name} up")
 
 
+def volume_server_env(host: NamespaceHost) -> dict[str, str]:
+    """The agent settings of a volume server on ``host`` (its own tgtd: ``Lab.start_tgtd``):
+    volumes under its agent's folder, exported at its address, where the other hosts'
+    QEMU (their iSCSI initiator) reach them over the bridge."""
+    return {"LAMINA_AGENT__VOLUMES": "true", "LAMINA_AGENT__ISCSI_PORTAL": f"{host.address}:3260"}
+
+
+def agent_pki(cloud: Cloud, host: NamespaceHost) -> Path:
+    """Where ``host``'s agent wrote its migration certificate at enrolment."""
+    return cloud.root / f"agent-{host.name}" / "pki"
+
+
+def wait_agents_reconnected(cloud: Cloud, hosts: Sequence[NamespaceHost]) -> None:
+    """Until each host's agent answers from its libvirtd again: the first call after a
+    libvirtd restart fails on the old connection (the driver then opens another)."""
+    pool = AgentPool(CertificateAuthority(cloud.root / "manager" / "ca").client_files())
+    try:
+        for host in hosts:
+            agent = pool.for_address(f"{host.address}:{AGENT_PORT}")
+            wait_until(agent.info, 30, f"{host.name}'s agent reaching its libvirtd again")
+    finally:
+        pool.close()
+
+
 @pytest.fixture
 def lab_cloud(lab: Lab, make_cloud: Callable[..., Cloud]) -> Iterator[Callable[..., Cloud]]:
-    """``lab_cloud(hosts=("h1", "h2"), **env)``: a manager on SQLite (``env`` for its
-    settings) with agents on those lab hosts, each up. The hosts are reset afterwards."""
+    """``lab_cloud(hosts=("h1", "h2"), agent_env=None, tls=False, volume_server=None,
+    **env)``: a manager on SQLite (``env`` for its settings) with agents on those lab hosts,
+    each up. The hosts are reset afterwards.
+
+    ``tls``: once enrolled, each host's libvirtd (and QEMU's migrations) use the migration
+    certificate its agent got (``Lab.use_tls``): TLS only, ``host.peer_uri(dest)`` is how a
+    source reaches a destination. ``volume_server``: that host (registered first, so the
+    manager keeps new volumes there) runs its own tgtd and is the volume server; the other
+    agents have no volumes."""
     used: list[NamespaceHost] = []
 
     def make(hosts: Sequence[str] = ("h1", "h2"), agent_env: dict[str, str] | None = None,
-             **env: str) -> Cloud:  # fmt: skip
+             tls: bool = False, volume_server: str | None = None, **env: str) -> Cloud:  # fmt: skip
         cloud = make_cloud(**env)
         cloud.base_env.update(manager_env(lab, cloud))
         cloud.start_manager()
-        for name in hosts:
+        order = list(hosts)
+        if volume_server is not None:
+            order.remove(volume_server)
+            order.insert(0, volume_server)
+            lab.start_tgtd(volume_server)
+        for name in order:
             host = lab.hosts[name]
             used.append(host)
-            add_lab_host(cloud, host, **(agent_env or {}))
+            extra = volume_server_env(host) if name == volume_server else {}
+            add_lab_host(cloud, host, **{**extra, **(agent_env or {})})
+        if tls:
+            for name in order:
+                lab.use_tls(name, agent_pki(cloud, lab.hosts[name]))
+            wait_agents_reconnected(cloud, [lab.hosts[name] for name in order])
         return cloud
 
     yield make
     for host in used:
         host.reset()
+        if host.pki:  # back to plain TCP: the next cloud's certificates are another CA's
+            lab.use_tls(host.name, None)

@@ -235,6 +235,10 @@ class NetworkSettings(Section):
     #: DNS servers hosts' dnsmasq forwards other names to; empty: each host's own resolver
     #: (none inside a network namespace).
     upstream_dns: tuple[str, ...] = ()
+    #: The guests' MTU, sent by DHCP (option 26): a network that spans hosts carries their
+    #: frames in VXLAN, 50 bytes more, so 1450 fits a 1500-byte data-centre network. 0:
+    #: none sent (for an underlay with jumbo frames, or guests that must keep 1500).
+    guest_mtu: int = Field(1450, ge=0, le=9000)
 
     @field_validator("upstream_dns")
     @classmethod
@@ -243,6 +247,13 @@ class NetworkSettings(Section):
 
         for address in value:
             ipaddress.ip_address(address)
+        return value
+
+    @field_validator("guest_mtu")
+    @classmethod
+    def _mtu(cls, value: int) -> int:
+        if value and value < 576:
+            raise ValueError("guest_mtu is 0 (none sent) or 576 to 9000")
         return value
 
 
@@ -275,6 +286,10 @@ class AgentSettings(Section):
     #: An interface (in that namespace, or the host's) carrying the 802.1Q VLANs of the
     #: networks that have a VLAN id; "" for none.
     network_uplink: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,9})?$")
+    #: This host's underlay address for the VXLAN tunnels of networks that span hosts (other
+    #: hosts send to it, UDP 4789); "" for the host part of the address the manager knows
+    #: the agent by (``host add --address``).
+    tunnel_address: str = Field("", pattern=r"^(\d{1,3}(\.\d{1,3}){3})?$")
     #: Folders whose files the agent may copy into its cache when the manager names a host
     #: path or ``file://`` URL; anything else is refused, whoever asks. Unset: the folders
     #: of ``compute.boot_paths`` (the repository's files come through the manager's blob

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from harness import ROOT, Cloud, wait_until
-from hosts import lab, lab_cloud  # noqa: F401 - fixtures
 
 from lamina.launcher.nshosts import Lab
 
@@ -24,8 +23,8 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_three_hosts_each_with_its_own_libvirtd(
-    lab: Lab,  # noqa: F811
-    lab_cloud: Callable[..., Cloud],  # noqa: F811
+    lab: Lab,
+    lab_cloud: Callable[..., Cloud],
     sample: Path,
 ) -> None:
     cloud = lab_cloud(hosts=("h1", "h2", "h3"))

@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from harness import Cloud, free_port, wait_until
 
 from lamina.agent.enrol import enrol
+from lamina.agent.migration_tls import LIBVIRT_FILES, QEMU_FILES
 from lamina.compute.models import Host
 from lamina.db import Database
 from lamina.db.types import utcnow
@@ -188,6 +189,39 @@ def test_enrolled_agents_are_up_with_server_only_certificates(enrolled: Enrolled
         assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+def test_enrolled_agents_have_a_migration_certificate_for_libvirt_and_qemu(
+    enrolled: Enrolled,
+) -> None:
+    """Enrolment also gives each host the certificate its libvirtd and QEMU authenticate
+    migrations with: a key of its own (not the agent's), server and client use, the host's
+    address, under the names both daemons read; the agent reports the URI peers use."""
+    pool = AgentPool(enrolled.ca.client_files())
+    try:
+        for name in ("h1", "h2"):
+            pki = enrolled.cloud.root / f"agent-{name}" / "pki"
+            for file in (*LIBVIRT_FILES, *QEMU_FILES):
+                assert (pki / file).stat().st_mode & 0o777 == 0o600, file
+            assert (pki / "cacert.pem").read_bytes() == enrolled.ca.cert_pem
+            assert (pki / "ca-cert.pem").read_bytes() == enrolled.ca.cert_pem
+            cert_pem = (pki / "servercert.pem").read_bytes()
+            assert (pki / "clientcert.pem").read_bytes() == cert_pem
+            assert (pki / "server-cert.pem").read_bytes() == cert_pem
+            assert (pki / "server-key.pem").read_bytes() == (pki / "serverkey.pem").read_bytes()
+            assert (pki / "serverkey.pem").read_bytes() != enrolled.agent_files(
+                name
+            ).key.read_bytes()
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(enrolled.ca.cert_pem))
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+            info = pool.for_address(str(enrolled.host(name)["address"])).info()
+            assert info.migration_uri == "qemu+tls://127.0.0.1/system"
+    finally:
+        pool.close()
 
 
 def test_token_is_single_use(enrolled: Enrolled) -> None:

@@ -58,8 +58,8 @@ def test_concurrent_instances_get_distinct_addresses(svc: Any) -> None:
     guests = sorted(p.ip for p in ports if p.instance_id in made)
     assert len(guests) == 16 and len(set(guests)) == 16
     hosts = {p.host_id: p.ip for p in ports if p.host_id}
-    assert sorted(hosts) == ["h-1", "h-2"] and len(set(hosts.values())) == 2
-    assert "10.30.0.1" in hosts.values()
+    # Every host answers its guests on the gateway (the unique key is the guests' only).
+    assert sorted(hosts) == ["h-1", "h-2"] and set(hosts.values()) == {"10.30.0.1"}
 
 
 def test_two_transactions_choosing_one_address(svc: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -213,14 +213,18 @@ def test_instances_get_addresses_a_host_gets_the_gateway(svc: Services) -> None:
         assert [n["fqdn"] for n in nics] == ["web.lan.lamina.internal", "web.back.lamina.internal"]
 
 
-def test_a_second_host_on_a_network_gets_the_next_free_address(svc: Services) -> None:
+def test_every_host_of_a_network_answers_on_its_gateway(svc: Services) -> None:
     net = make_network(svc)
     make_instance(svc, "a", [NicRequest("lan")], host="one")
-    make_instance(svc, "b", [NicRequest("lan")], host="two")
+    b = make_instance(svc, "b", [NicRequest("lan")], host="two")
     with svc.db.read() as s:
         found = s.query(Port).filter(Port.network_id == net.id, Port.host_id.is_not(None))
         hosts = {p.host_id: p.ip for p in found}
-    assert hosts == {"h-1": "10.20.0.1", "h-2": "10.20.0.4"}  # b itself has .3
+        assert s.query(Port).filter(Port.instance_id == b.id).one().ip == "10.20.0.3"
+    assert hosts == {"h-1": "10.20.0.1", "h-2": "10.20.0.1"}
+    shown = service.show_network(svc, ALICE, "lan")
+    assert (shown["addresses_used"], shown["addresses_free"]) == (3, 251)
+    assert shown["hosts"] == ["one", "two"]
 
 
 @pytest.mark.parametrize(
@@ -375,7 +379,7 @@ def test_the_zone_has_instances_groups_mail_and_manual_records(svc: Services) ->
     }
 
 
-def test_each_host_is_told_its_own_guests_and_the_whole_zone(svc: Services) -> None:
+def test_each_host_is_told_every_guest_and_the_whole_zone(svc: Services) -> None:
     net = make_network(svc, mode="isolated")
     a = make_instance(svc, "a", [NicRequest("lan")], host="one")
     make_instance(svc, "b", [NicRequest("lan")], host="two")
@@ -389,10 +393,15 @@ def test_each_host_is_told_its_own_guests_and_the_whole_zone(svc: Services) -> N
         "isolated",
         "lan.lamina.internal",
     )
-    assert [(h.hostname, h.ip, h.mac, h.primary) for h in spec.hosts] == [
-        ("a", "10.20.0.2", mac, True)
+    # Every host of the network can answer every guest's DHCP (one that moved there too).
+    assert [(h.hostname, h.ip, h.primary) for h in spec.hosts] == [
+        ("a", "10.20.0.2", True),
+        ("b", "10.20.0.3", True),
     ]
+    assert spec.hosts[0].mac == mac
     assert {r.name for r in spec.records} == {"a.lan.lamina.internal", "b.lan.lamina.internal"}
+    # Both hosts are on 127.0.0.1 here: no tunnel can join them.
+    assert (spec.vni, spec.local, spec.peers, spec.mtu) == (net.vni, None, [], 1450)
     assert spec.config_service_url == svc.settings.manager.url
     ipaddress.ip_network(spec.cidr)
 

@@ -1,4 +1,4 @@
-"""Bridges, VLAN devices and guests' taps, with iproute2.
+"""Bridges, VLAN and VXLAN devices and guests' taps, with iproute2.
 
 Builders return argument lists (tested by equality); ``links()`` reads what a namespace
 has (``ip -j -d addr show``) and the ``ensure_*`` functions run only the commands that
@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 
 BRIDGE_PREFIX = "lmb"
 TAP_PREFIX = "lmt"
+VXLAN_PREFIX = "lmx"
+#: IANA's VXLAN port.
+VXLAN_PORT = 4789
+#: What a VXLAN packet adds to the frame it carries (outer IPv4 20, UDP 8, VXLAN 8,
+#: inner Ethernet 14): a guest's MTU is the underlay's less this.
+VXLAN_OVERHEAD = 50
+#: The FDB entry that floods broadcast, unknown unicast and multicast to a peer.
+FLOOD_MAC = "00:00:00:00:00:00"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,9 @@ class Link:
     parent: str | None = None
     #: Its ``ifalias``: a Lamina bridge's says which deployment made it (``bridge_alias``).
     alias: str | None = None
+    #: For a VXLAN device: its id and underlay address.
+    vni: int | None = None
+    local: str | None = None
 
 
 def parse_links(text: str) -> dict[str, Link]:
@@ -65,6 +76,8 @@ def parse_links(text: str) -> dict[str, Link]:
             vlan_id=int(data["id"]) if kind == "vlan" and "id" in data else None,
             parent=entry.get("link") if kind == "vlan" else None,
             alias=entry.get("ifalias") or None,
+            vni=int(data["id"]) if kind == "vxlan" and "id" in data else None,
+            local=data.get("local") if kind == "vxlan" else None,
         )
     return found
 
@@ -81,14 +94,21 @@ def links(namespace: str) -> dict[str, Link]:
 # -- builders ----------------------------------------------------------------------------
 
 
-def bridge_mac(network: str, address: str) -> str:
-    """A stable, locally administered MAC for a network's bridge on one host.
+def bridge_mac(network: str) -> str:
+    """A stable, locally administered MAC for a network's bridge, the same on every host.
 
     A bridge otherwise takes the lowest MAC of its ports, so it would change as guests come
-    and go (and guests' ARP caches would go stale). The host's service address is part of
-    it: two hosts' bridges of one network (joined by a VLAN) must not share a MAC."""
-    digest = hashlib.sha256(f"{network}/{address}".encode()).hexdigest()
+    and go (and guests' ARP caches would go stale). Every host of a network answers its own
+    guests with the same service address and this same MAC (the bridge rules of
+    ``lamina.agent.firewall`` keep both off the tunnel), so a guest moved to another host
+    finds its gateway, DNS server and ``lamina.local`` unchanged."""
+    digest = hashlib.sha256(network.encode()).hexdigest()
     return "02:" + ":".join(digest[i : i + 2] for i in range(0, 10, 2))
+
+
+def vxlan_name(network: str) -> str:
+    """The VXLAN device of a network on every host: ``lmx`` + 12 hex digits of its id."""
+    return VXLAN_PREFIX + bridge_name(network).removeprefix(BRIDGE_PREFIX)
 
 
 def vlan_device(uplink: str, vlan: int) -> str:
@@ -221,13 +241,98 @@ def vlan_commands(
 
 
 def removal_commands(namespace: str, bridge: str, found: dict[str, Link]) -> list[list[str]]:
-    """What removes ``bridge`` and the VLAN devices in it (guests' taps leave it with it)."""
+    """What removes ``bridge`` and the VLAN and VXLAN devices in it (guests' taps leave it
+    with it)."""
     if bridge not in found:
         return []
     ports = sorted(
-        link.name for link in found.values() if link.master == bridge and link.kind == "vlan"
+        link.name
+        for link in found.values()
+        if link.master == bridge and link.kind in ("vlan", "vxlan")
     )
     return [link_del_argv(namespace, p) for p in ports] + [link_del_argv(namespace, bridge)]
+
+
+# -- VXLAN (a network across hosts) --------------------------------------------------------
+
+
+def bridge_argv(namespace: str, *args: str) -> list[str]:
+    """``bridge`` with ``args``, acting inside ``namespace``."""
+    return ["bridge", "-n", namespace, *args] if namespace else ["bridge", *args]
+
+
+def vxlan_add_argv(device: str, vni: int, local: str) -> list[str]:
+    """Make the VXLAN device in the host's own network, where the underlay address is: its
+    UDP socket stays there when the device moves into the agent's namespace. No group and
+    no ``remote``: it floods by head-end replication, to the peers of its FDB."""
+    return [
+        "ip", "link", "add", "name", device, "type", "vxlan", "id", str(vni),
+        "dstport", str(VXLAN_PORT), "local", local,
+    ]  # fmt: skip
+
+
+def fdb_argv(namespace: str, device: str) -> list[str]:
+    return bridge_argv(namespace, "-j", "fdb", "show", "dev", device)
+
+
+def parse_flood_peers(text: str) -> set[str]:
+    """The peers a VXLAN device floods to: the ``dst`` of its all-zeros FDB entries, from
+    the JSON of ``bridge -j fdb show dev <device>``."""
+    return {
+        str(entry["dst"])
+        for entry in json.loads(text or "[]")
+        if entry.get("mac") == FLOOD_MAC and entry.get("dst")
+    }
+
+
+def flood_add_argv(namespace: str, device: str, peer: str) -> list[str]:
+    return bridge_argv(namespace, "fdb", "append", FLOOD_MAC, "dev", device, "dst", peer)
+
+
+def flood_del_argv(namespace: str, device: str, peer: str) -> list[str]:
+    return bridge_argv(namespace, "fdb", "del", FLOOD_MAC, "dev", device, "dst", peer)
+
+
+def vxlan_commands(
+    namespace: str,
+    device: str,
+    vni: int,
+    local: str,
+    bridge: str,
+    found: dict[str, Link],
+    host: dict[str, Link],
+) -> list[list[str]]:
+    """What makes ``device`` a VXLAN device of ``vni`` on ``local``, a port of ``bridge``
+    in ``namespace``, up (``found``: that namespace's links; ``host``: the host's own
+    network's, when the namespace is another). A device with another id or address is made
+    again; one left in the host's network (the agent stopped between making and moving it)
+    is removed first. Raises ``InvalidRequest`` when the name is taken by another kind."""
+    current = found.get(device)
+    commands: list[list[str]] = []
+    if current is not None and current.kind != "vxlan":
+        raise InvalidRequest(f"{device} exists and is not a VXLAN device ({current.kind})")
+    if current is not None and (current.vni != vni or current.local != local):
+        commands.append(link_del_argv(namespace, device))
+        current = None
+    if current is None:
+        if namespace and device in host:
+            commands.append(link_del_argv("", device))
+        commands.append(vxlan_add_argv(device, vni, local))
+        if namespace:
+            commands.append(link_netns_argv(device, namespace))
+    if current is None or current.master != bridge or not current.up:
+        commands.append(link_master_argv(namespace, device, bridge))
+    return commands
+
+
+def flood_commands(
+    namespace: str, device: str, have: set[str], peers: Iterable[str]
+) -> list[list[str]]:
+    """What makes the device flood to exactly ``peers`` (``have``: to whom it floods now)."""
+    wanted = set(peers)
+    return [flood_add_argv(namespace, device, p) for p in sorted(wanted - have)] + [
+        flood_del_argv(namespace, device, p) for p in sorted(have - wanted)
+    ]
 
 
 def plug_commands(
@@ -262,6 +367,28 @@ def interface_address(address: str, cidr: str) -> str:
 def run_all(commands: Iterable[list[str]]) -> None:
     for argv in commands:
         run(argv, COMMAND_TIMEOUT)
+
+
+def flood_peers(namespace: str, device: str) -> set[str]:
+    """The peers ``device`` floods to now."""
+    return parse_flood_peers(run(fdb_argv(namespace, device), COMMAND_TIMEOUT))
+
+
+def ensure_vxlan(
+    namespace: str, device: str, vni: int, local: str, bridge: str, peers: list[str]
+) -> None:
+    """Make the network's VXLAN device what it should be (see ``vxlan_commands``) and
+    flood to exactly ``peers``. Raises ``CommandFailed`` when a command fails."""
+    found = links(namespace)
+    host = links("") if namespace else found
+    run_all(vxlan_commands(namespace, device, vni, local, bridge, found, host))
+    run_all(flood_commands(namespace, device, flood_peers(namespace, device), peers))
+
+
+def remove_vxlan(namespace: str, device: str, found: dict[str, Link]) -> None:
+    """Remove the device (a network that no longer spans hosts)."""
+    if device in found:
+        run(link_del_argv(namespace, device), COMMAND_TIMEOUT)
 
 
 def plug_taps(

@@ -223,6 +223,9 @@ def render_conf(spec: NetworkSpec, folder: Path, run_as: RunAs, upstream: bool) 
     ]
     if spec.mode == "nat":
         lines.append(f"dhcp-option=option:router,{spec.address}")
+    if spec.mtu is not None:
+        # Forced: busybox udhcpc does not ask for it, and takes it when it comes.
+        lines.append(f"dhcp-option-force=option:mtu,{spec.mtu}")
     lines += [
         f"dhcp-option=tag:{SECONDARY},option:router",
         *([] if spec.mode == "nat" else ["dhcp-option=option:router"]),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from lamina.agent.migration_tls import write_pki
 from lamina.errors import BackendUnavailable, Forbidden
 from lamina.remote_errors import raise_for_error
 from lamina.wire.protocol import EnrolRequest, EnrolResponse, split_token
@@ -28,7 +29,12 @@ from lamina.wire.tls import TLSFiles, fingerprint, key_pem, make_csr, new_key, w
 log = logging.getLogger(__name__)
 
 
-def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResponse:
+def enrol(
+    manager_url: str, token: str, name: str, files: TLSFiles, pki: Path | None = None
+) -> EnrolResponse:
+    """Enrol with ``token``: the agent's certificate into ``files`` and, with ``pki``, the
+    host's migration certificate (a key of its own) into that folder
+    (``lamina.agent.migration_tls``)."""
     _, ca_fp = split_token(token)
     try:
         with httpx.Client(base_url=manager_url, timeout=30, verify=False) as unverified:
@@ -44,7 +50,12 @@ def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResp
         trust = ssl.create_default_context()
         trust.load_verify_locations(cadata=ca_pem.decode())
         key = new_key()
-        request = EnrolRequest(token=token, csr=make_csr(key, name).decode())
+        migration_key = new_key() if pki is not None else None
+        request = EnrolRequest(
+            token=token,
+            csr=make_csr(key, name).decode(),
+            migration_csr=make_csr(migration_key, name).decode() if migration_key else None,
+        )
         with httpx.Client(base_url=manager_url, timeout=30, verify=trust) as http:
             response = http.post("/hosts/enrol", json=request.model_dump())
     except httpx.HTTPError as exc:
@@ -54,6 +65,11 @@ def enrol(manager_url: str, token: str, name: str, files: TLSFiles) -> EnrolResp
     write_private(files.key, key_pem(key))
     write_private(files.cert, result.certificate.encode())
     write_private(files.ca, ca_pem)
+    if pki is not None and migration_key is not None:
+        if result.migration_certificate:
+            write_pki(pki, ca_pem, result.migration_certificate.encode(), key_pem(migration_key))
+        else:
+            log.warning("the manager issued no migration certificate: this host cannot migrate")
     log.info("enrolled as host %s (%s)", result.name, result.host_id)
     return result
 

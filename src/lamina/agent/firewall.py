@@ -13,6 +13,11 @@ whole in one ``nft -f -`` transaction (so there is never a moment without it).
 
 Interfaces are matched by name (``lmb*`` is every Lamina bridge), so the rules hold for a
 bridge before it exists and after it is gone.
+
+A network that spans hosts has a second table, ``bridge lamina`` (``render_bridge_ruleset``):
+every host answers its own guests with the same service address and bridge MAC, so nothing
+of the service address may cross the tunnel (the VXLAN or VLAN device in the bridge): no
+ARP for it, no DHCP, no frame from or to the bridge's MAC, either way.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lamina.agent.bridges import BRIDGE_PREFIX
 from lamina.agent.netns import exec_argv
 
 TABLE = "inet lamina"
+BRIDGE_TABLE = "bridge lamina"
 LAMINA_BRIDGES = f'"{BRIDGE_PREFIX}*"'
 
 
@@ -35,6 +41,10 @@ class FirewallNetwork:
     cidr: str
     address: str
     mode: str  # "nat" or "isolated"
+    #: The bridge's MAC (the same on every host of the network).
+    mac: str = ""
+    #: The bridge's ports that lead to other hosts (its VXLAN and VLAN devices).
+    tunnels: tuple[str, ...] = ()
 
 
 def render_ruleset(networks: Sequence[FirewallNetwork]) -> str:
@@ -78,6 +88,42 @@ def render_ruleset(networks: Sequence[FirewallNetwork]) -> str:
         out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def render_bridge_ruleset(networks: Sequence[FirewallNetwork]) -> str:
+    """The ``nft -f`` input that replaces table ``bridge lamina``: for each tunnel port of a
+    network, the service address's ARP, DHCP and the bridge MAC's frames neither enter from
+    it nor leave through it. Without tunnels: the table's removal."""
+    prerouting = ["type filter hook prerouting priority filter; policy accept;"]
+    forward = ["type filter hook forward priority filter; policy accept;"]
+    output = ["type filter hook output priority filter; policy accept;"]
+    for n in networks:
+        for port in n.tunnels:
+            into, out = f'iifname "{port}"', f'oifname "{port}"'
+            prerouting += [
+                f"{into} ether saddr {n.mac} drop",
+                f"{into} ether daddr {n.mac} drop",
+                f"{into} arp saddr ip {n.address} drop",
+                f"{into} arp daddr ip {n.address} drop",
+                f"{into} udp dport {{ 67, 68 }} drop",
+            ]
+            forward += [
+                f"{out} ether daddr {n.mac} drop",
+                f"{out} arp saddr ip {n.address} drop",
+                f"{out} arp daddr ip {n.address} drop",
+                f"{out} udp dport {{ 67, 68 }} drop",
+            ]
+            output.append(f"{out} ether saddr {n.mac} drop")
+    out_lines = [f"add table {BRIDGE_TABLE}", f"delete table {BRIDGE_TABLE}"]
+    if len(output) == 1:
+        return "\n".join(out_lines) + "\n"
+    out_lines.append(f"table {BRIDGE_TABLE} {{")
+    for name, rules in (("prerouting", prerouting), ("forward", forward), ("output", output)):
+        out_lines.append(f"\tchain {name} {{")
+        out_lines += [f"\t\t{rule}" for rule in rules]
+        out_lines.append("\t}")
+    out_lines.append("}")
+    return "\n".join(out_lines) + "\n"
 
 
 def render_removal() -> str:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lamina.agent.netns import socket_in
-from lamina.errors import Conflict, InvalidRequest, NotFound
+from lamina.agent import bridges, floating
+from lamina.agent.netns import COMMAND_TIMEOUT, socket_in
+from lamina.commands import run
+from lamina.errors import Conflict, InvalidRequest, LaminaError, NotFound
 from lamina.wire.protocol import FORWARD_ID, ForwardInfo, NetworkSpec, PortForward
 
 log = logging.getLogger(__name__)
@@ -199,10 +201,13 @@ class ForwardTable:
                     )
             if current is not None:
                 current.close()
-            info = ForwardInfo(forward=forward, **spec.model_dump())
+            interface, added = self._claim(forward, spec.bind)
+            info = ForwardInfo(forward=forward, floating=interface, **spec.model_dump())
             try:
                 listener = _Listener(info, spec, self.namespace)
             except Exception:
+                if added and interface is not None:
+                    self._release(forward, spec.bind, interface)
                 if current is not None:  # put the old one back
                     with contextlib.suppress(Exception):
                         self._listeners[forward] = _Listener(
@@ -210,6 +215,8 @@ class ForwardTable:
                         )
                 raise
             self._listeners[forward] = listener
+            if current is not None and current.info.floating and current.info.bind != spec.bind:
+                self._release(forward, current.info.bind, current.info.floating)
             self._pending.pop(forward, None)
             self._save()
             log.info(
@@ -225,8 +232,60 @@ class ForwardTable:
             pending = self._pending.pop(forward, None)
             if listener is not None:
                 listener.close()
+            info = listener.info if listener is not None else pending[1] if pending else None
+            if info is not None and info.floating:
+                self._release(forward, info.bind, info.floating)
             if listener is not None or pending is not None:
                 self._save()
+
+    # -- floating addresses ----------------------------------------------------------------
+
+    def _claim(self, forward: str, bind: str) -> tuple[str | None, bool]:
+        """(the interface ``bind`` floats on, whether it was added now); (None, False) for
+        an address of the host's own (or one no network of the host holds: binding it
+        then fails with the kernel's reason)."""
+        if floating.is_fixed(bind):
+            return None, False
+        for other in self._listeners.values():
+            if other.info.forward != forward and other.info.bind == bind and other.info.floating:
+                return other.info.floating, False
+        current = self._listeners.get(forward)
+        if current is not None and current.info.bind == bind and current.info.floating:
+            return current.info.floating, False
+        found = bridges.links("")
+        if floating.has_address(bind, found):
+            return None, False
+        interface = floating.floating_interface(bind, found)
+        if interface is None:
+            return None, False
+        self._add(interface, bind, found[interface].mac)
+        return interface, True
+
+    @staticmethod
+    def _add(interface: str, bind: str, mac: str) -> None:
+        run(floating.add_argv(interface, bind), COMMAND_TIMEOUT)
+        floating.announce(interface, mac, bind)
+        log.info("floating address %s added to %s", bind, interface)
+
+    def _release(self, forward: str, bind: str, interface: str) -> None:
+        """Remove the floating ``bind`` unless another forward still uses it."""
+        for other in self._listeners.values():
+            if other.info.forward != forward and other.info.bind == bind:
+                return
+        try:
+            run(floating.del_argv(interface, bind), COMMAND_TIMEOUT)
+            log.info("floating address %s removed from %s", bind, interface)
+        except LaminaError as exc:
+            log.warning("floating address %s on %s: %s", bind, interface, exc.message)
+
+    def _reclaim(self, info: ForwardInfo) -> None:
+        """At the start: a stored forward's floating address again (if it went)."""
+        if not info.floating:
+            return
+        found = bridges.links("")
+        link = found.get(info.floating)
+        if link is not None and not floating.has_address(info.bind, found):
+            self._add(info.floating, info.bind, link.mac)
 
     def get(self, forward: str) -> ForwardInfo:
         with self._lock:
@@ -258,8 +317,9 @@ class ForwardTable:
                     log.error("forward %s in %s is unreadable: %s", forward, self.path, exc)
                     continue
                 try:
+                    self._reclaim(info)
                     self._listeners[forward] = _Listener(info, requested, self.namespace)
-                except (Conflict, InvalidRequest) as exc:
+                except LaminaError as exc:
                     log.error("forward %s cannot listen again: %s", forward, exc.message)
                     self._pending[forward] = (requested, info)
 

@@ -11,6 +11,7 @@ import uvicorn
 from lamina.agent.cache import FetchConfig
 from lamina.agent.drivers import load_hypervisor
 from lamina.agent.enrol import enrol, remember_manager
+from lamina.agent.migration_tls import has_pki, pki_dir
 from lamina.agent.networks import NetworkConfig
 from lamina.agent.server import Agent, create_agent_app
 from lamina.agent.volumes import VolumeConfig
@@ -35,9 +36,15 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
                 "this agent is not enrolled: start it once with --enrol TOKEN, the token "
                 "that `lamina host add NAME --address HOST:PORT` printed"
             )
-        enrol(manager, token, socket.gethostname(), files)
+        enrol(manager, token, socket.gethostname(), files, pki_dir(settings.agent_dir))
     elif token:
         log.info("already enrolled; ignoring --token")
+    if not has_pki(pki_dir(settings.agent_dir)):
+        log.warning(
+            "no migration certificate in %s: guests cannot migrate to or from this host "
+            "(enrolled before Lamina issued them: enrol again to get one)",
+            pki_dir(settings.agent_dir),
+        )
     domain_type = None if settings.agent.domain_type == "auto" else settings.agent.domain_type
     hypervisor = load_hypervisor(
         settings.agent.hypervisor, uri=settings.agent.libvirt_uri, domain_type=domain_type
@@ -58,7 +65,9 @@ def run_agent(settings: Settings, *, manager_url: str | None, token: str | None)
         pool=settings.agent.volume_pool,
     )
     network = NetworkConfig(
-        namespace=settings.agent.network_namespace, uplink=settings.agent.network_uplink
+        namespace=settings.agent.network_namespace,
+        uplink=settings.agent.network_uplink,
+        tunnel_address=settings.agent.tunnel_address,
     )
     fetch = FetchConfig(
         roots=settings.fetch_roots,

@@ -18,10 +18,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from lamina.agent.drivers.base import MigrationProgress, MigrationRequest
 from lamina.agent.guest_nics import taps, write_nics
+from lamina.agent.migration_tls import peer_uri, pki_dir
 from lamina.commands import run
 from lamina.errors import GuestNotFound, InvalidRequest, InvalidState, LaminaError
 from lamina.wire.protocol import (
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The agent's folder of its migration certificate (libvirtd's and QEMU's names for it).
-PKI = "pki"
 #: Seconds ``qemu-img info`` may take.
 COMMAND_TIMEOUT = 60.0
 
@@ -129,7 +127,9 @@ class Migrations:
             if self.agent.hypervisor.migration_progress(name).active:
                 raise InvalidState(f"guest {name} has a hypervisor job running", guest=name)
             request = MigrationRequest(
-                dest_uri=peer_uri(req.dest_uri, self.agent.root / PKI) if req.tls else req.dest_uri,
+                dest_uri=peer_uri(req.dest_uri, pki_dir(self.agent.root))
+                if req.tls
+                else req.dest_uri,
                 xml=req.xml,
                 migrate_uri=req.migrate_uri,
                 copy_disks=tuple(req.copy_disks),
@@ -350,18 +350,6 @@ def _file_disks(xml: str) -> dict[str, str]:
             if source.get("file") and target.get("dev"):
                 found[str(target.get("dev"))] = str(source.get("file"))
     return found
-
-
-def peer_uri(destination: str, folder: Path) -> str:
-    """``destination`` (the peer's ``qemu+tls://`` URI) as this host's libvirtd opens it for
-    a peer-to-peer migration: with ``pkipath`` naming this host's migration certificate,
-    which it presents as the client (``lamina.agent.migration_tls`` makes it; without the
-    folder, libvirtd's own default certificate)."""
-    if not folder.is_dir():
-        return destination
-    parts = urlsplit(destination)
-    query = "&".join(q for q in (parts.query, urlencode({"pkipath": str(folder)}, safe="/")) if q)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def _readonly_disks(xml: str) -> set[str]:

@@ -1,7 +1,8 @@
 """A host's networks: it converges to the state the manager pushes (``PUT /network``).
 
 For each network: a bridge with the host's service address (and a VLAN device on the
-uplink), a dnsmasq, the configuration-service relay; for all of them, the nftables table.
+uplink, and a VXLAN device to the other hosts of the network), a dnsmasq, the
+configuration-service relay; for all of them, the nftables tables.
 What the state does not list is removed. The state is stored in
 ``<agent>/networks/state.json`` and applied again when the agent starts; dnsmasq outlives
 the agent (it is found again by its pid file), the relays are the agent's threads.
@@ -44,6 +45,9 @@ class NetworkConfig:
     namespace: str = ""
     #: The 802.1Q trunk of networks with a VLAN id; "" for none.
     uplink: str = ""
+    #: This host's underlay address for VXLAN tunnels; "" for the one the manager sends
+    #: (the host part of the address it knows the agent by).
+    tunnel_address: str = ""
 
 
 def check_state(state: NetworkState) -> dict[str, NetworkSpec]:
@@ -59,6 +63,14 @@ def check_state(state: NetworkState) -> dict[str, NetworkSpec]:
                 f"networks {bridges_seen[bridge]} and {spec.network} would share bridge {bridge}"
             )
         check_spec(spec)
+        for address in [spec.local or "", *spec.peers]:
+            if address:
+                try:
+                    ipaddress.IPv4Address(address)
+                except ValueError:
+                    raise InvalidRequest(
+                        f"network {spec.network}: tunnel address {address!r} is not IPv4"
+                    ) from None
         for other in specs.values():
             if ipaddress.ip_network(other.cidr).overlaps(ipaddress.ip_network(spec.cidr)):
                 raise InvalidRequest(
@@ -90,6 +102,7 @@ class NetworkHost:
         self.deployment = deployment
         self.namespace = config.namespace
         self.uplink = config.uplink
+        self.tunnel_address = config.tunnel_address
         self.tls_dir = tls_dir
         self._specs: dict[str, NetworkSpec] = {}
         self._relays: dict[str, Relay] = {}
@@ -163,24 +176,53 @@ class NetworkHost:
                 raise NetworkFailed(f"networks not brought up: {names}", networks=failures)
             return self._infos()
 
+    def _local(self, spec: NetworkSpec) -> str | None:
+        """The underlay address of the network's VXLAN device; None: no device (the
+        network is on this host only, or no tunnel address is known)."""
+        local = self.tunnel_address or spec.local
+        return local if spec.vni is not None and spec.peers and local else None
+
+    def _tunnels(self, spec: NetworkSpec) -> tuple[str, ...]:
+        """The bridge's ports to other hosts, as they will be."""
+        ports = []
+        if self._local(spec) is not None:
+            ports.append(bridges.vxlan_name(spec.network))
+        if spec.vlan is not None and self.uplink:
+            ports.append(bridges.vlan_device(self.uplink, spec.vlan))
+        return tuple(ports)
+
     def _firewall(self, specs: list[NetworkSpec]) -> None:
-        if not specs:
-            run(firewall.nft_argv(self.namespace), COMMAND_TIMEOUT, input=firewall.render_removal())
-            return
         rules = [
-            firewall.FirewallNetwork(bridge_name(s.network), s.cidr, s.address, s.mode)
+            firewall.FirewallNetwork(
+                bridge_name(s.network),
+                s.cidr,
+                s.address,
+                s.mode,
+                mac=bridges.bridge_mac(s.network),
+                tunnels=self._tunnels(s),
+            )  # fmt: skip
             for s in specs
         ]
-        run(
-            firewall.nft_argv(self.namespace), COMMAND_TIMEOUT, input=firewall.render_ruleset(rules)
-        )
+        nft = firewall.nft_argv(self.namespace)
+        if not specs:
+            run(nft, COMMAND_TIMEOUT, input=firewall.render_removal())
+        else:
+            run(nft, COMMAND_TIMEOUT, input=firewall.render_ruleset(rules))
+        # The bridge table: before a tunnel joins a bridge. Without tunnels it is only
+        # removed, which a kernel without nftables' bridge family may refuse: harmless.
+        try:
+            run(nft, COMMAND_TIMEOUT, input=firewall.render_bridge_ruleset(rules))
+        except LaminaError as exc:
+            if any(r.tunnels for r in rules):
+                raise
+            log.debug("no bridge table to remove: %s", exc.message)
         if any(s.mode == "nat" for s in specs):
             run(firewall.ip_forward_argv(self.namespace), COMMAND_TIMEOUT)
 
     def _converge(self, spec: NetworkSpec, found: dict[str, bridges.Link]) -> None:
         bridge = bridge_name(spec.network)
         address = bridges.interface_address(spec.address, spec.cidr)
-        mac = bridges.bridge_mac(spec.network, spec.address)
+        mac = bridges.bridge_mac(spec.network)
         alias = bridges.bridge_alias(self.deployment(), spec.network)
         bridges.run_all(
             bridges.bridge_commands(self.namespace, bridge, mac, address, found.get(bridge), alias)
@@ -189,6 +231,11 @@ class NetworkHost:
             bridges.run_all(
                 bridges.vlan_commands(self.namespace, self.uplink, spec.vlan, bridge, found)
             )
+        device, local = bridges.vxlan_name(spec.network), self._local(spec)
+        if local is not None and spec.vni is not None:
+            bridges.ensure_vxlan(self.namespace, device, spec.vni, local, bridge, spec.peers)
+        else:
+            bridges.remove_vxlan(self.namespace, device, found)
         folder = self.root / spec.network
         folder.mkdir(parents=True, exist_ok=True)
         files = render(spec, folder.resolve(), choose_run_as(folder), self.namespace)
@@ -259,6 +306,8 @@ class NetworkHost:
                 name = f"{self.uplink}.{spec.vlan}"
                 vlan = name if name in found else None
             relay = self._relays.get(spec.network)
+            device = bridges.vxlan_name(spec.network)
+            vxlan = device if device in found else None
             infos.append(
                 NetworkInfo(
                     network=spec.network,
@@ -268,6 +317,8 @@ class NetworkHost:
                     dnsmasq_pid=Dnsmasq((self.root / spec.network).resolve(), self.namespace).pid(),
                     relay=relay.listening if relay is not None else None,
                     vlan_device=vlan,
+                    vxlan_device=vxlan,
+                    peers=sorted(spec.peers) if vxlan else [],
                 )
             )
         return infos

@@ -36,6 +36,7 @@ from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
 from lamina.agent.identity import DeploymentIdentity
 from lamina.agent.migration import Migrations
+from lamina.agent.migration_tls import migration_uri, pki_dir
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
 from lamina.errors import GuestNotFound, InvalidRequest, InvalidState, LaminaError
@@ -148,10 +149,12 @@ class Agent:
             kvm=caps.kvm,
             vcpus=host.vcpus,
             memory_mib=host.memory_mib,
+            migration_uri=migration_uri(pki_dir(self.root)),
             qemu_version=host.qemu_version,
             machine_types=list(host.machine_types),
             cpu_model=host.cpu_model,
             arch=host.arch,
+            tunnel_address=self.network.tunnel_address or None,
         )
 
     def disk_usage(self) -> DiskUsage:

@@ -480,7 +480,8 @@ def grants(obj: Context, ref: str) -> None:
     "--bind",
     default="127.0.0.1",
     show_default=True,
-    help="The host address to listen on (0.0.0.0: all of them).",
+    help="The host address to listen on (0.0.0.0: all of them); an address of the "
+    "data-centre network that is no host's own floats: it follows the instance.",
 )
 @click.option("--network", help="Which of its networks' addresses (default: its primary).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
@@ -498,6 +499,7 @@ def expose(
     Examples:
       lamina instance expose web --port 80 --host-port 8080
       lamina instance expose web --port 22 --bind 0.0.0.0
+      lamina instance expose web --port 80 --host-port 8080 --bind 10.98.0.200
     """
     result = obj.client.expose(ref, guest_port, host_port, bind, network)
     wait_job(obj, result["job"], f"publishing port {guest_port} of {ref}", wait)

@@ -82,10 +82,10 @@ def remove_host(svc: Services, who: Principal, ref: str) -> dict[str, Any]:
         return {"host": describe_host(svc, host, None)}
 
 
-def enrol(svc: Services, token: str, csr: str) -> EnrolResponse:
+def enrol(svc: Services, token: str, csr: str, migration_csr: str | None = None) -> EnrolResponse:
     """An agent's enrolment: authenticated by its one-time ``token``, not by a caller."""
     with svc.db.write() as s:
-        return host_service.enrol(s, svc.ca, token, csr)
+        return host_service.enrol(s, svc.ca, token, csr, migration_csr)
 
 
 def ca_certificate(svc: Services) -> bytes:

@@ -65,8 +65,15 @@ def new_token(session: Session, ca: CertificateAuthority, host: Host) -> str:
     return f"{secret}.{ca.fingerprint}"
 
 
-def enrol(session: Session, ca: CertificateAuthority, token: str, csr: str) -> EnrolResponse:
-    """Sign an agent's CSR if its token is valid; the token is then spent."""
+def enrol(
+    session: Session,
+    ca: CertificateAuthority,
+    token: str,
+    csr: str,
+    migration_csr: str | None = None,
+) -> EnrolResponse:
+    """Sign an agent's CSR (and its migration CSR, if any) if its token is valid; the token
+    is then spent."""
     secret, ca_fp = split_token(token)
     if not hmac.compare_digest(ca_fp, ca.fingerprint):
         raise Forbidden("enrolment token was issued by another CA")
@@ -77,6 +84,18 @@ def enrol(session: Session, ca: CertificateAuthority, token: str, csr: str) -> E
         raise Forbidden("enrolment token has expired; run `lamina host token NAME` for another")
     address, _ = parse_address(host.address)
     cert = ca.sign(csr.encode(), common_name=host.name, sans=[address], server=True)
+    # libvirtd and QEMU serve their peers and connect to them with this one.
+    migration = (
+        ca.sign(
+            migration_csr.encode(),
+            common_name=host.name,
+            sans=[address],
+            server=True,
+            client=True,
+        ).decode()
+        if migration_csr
+        else None
+    )
     host.token_hash = None
     host.token_expires = None
     host.cert_fingerprint = fingerprint(cert)
@@ -87,6 +106,7 @@ def enrol(session: Session, ca: CertificateAuthority, token: str, csr: str) -> E
         name=host.name,
         certificate=cert.decode(),
         ca_certificate=ca.cert_pem.decode(),
+        migration_certificate=migration,
     )
 
 
@@ -162,6 +182,7 @@ def record_heartbeat(session: Session, host: Host, status: HostStatus) -> None:
     host.memory_mib = status.info.memory_mib
     host.domain_type = status.info.domain_type
     host.agent_version = status.info.version
+    host.tunnel_address = status.info.tunnel_address
     host.disk_free_bytes = status.disk.free_bytes
     host.disk_used_bytes = status.disk.used_bytes
     host.last_heartbeat = utcnow()

@@ -41,6 +41,9 @@ class Host(Base):
     disk_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
     domain_type: Mapped[str | None] = mapped_column(String(16))
     agent_version: Mapped[str | None] = mapped_column(String(32))
+    #: The underlay address the agent says other hosts reach its VXLAN tunnels at (its
+    #: ``tunnel_address`` setting); None: the host part of ``address``.
+    tunnel_address: Mapped[str | None] = mapped_column(String(45))
     token_hash: Mapped[str | None] = mapped_column(String(64))
     token_expires: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cert_fingerprint: Mapped[str | None] = mapped_column(String(64))

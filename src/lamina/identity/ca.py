@@ -78,9 +78,19 @@ class CertificateAuthority:
         write_private(self.key_path, key_pem(key))
         write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
-    def sign(self, csr_pem: bytes, *, common_name: str, sans: list[str], server: bool) -> bytes:
+    def sign(
+        self,
+        csr_pem: bytes,
+        *,
+        common_name: str,
+        sans: list[str],
+        server: bool,
+        client: bool | None = None,
+    ) -> bytes:
         """Issue a leaf certificate for a CSR. ``server`` certificates are for agents (they
-        serve TLS and must match their address); others are client certificates."""
+        serve TLS and must match their address); others are client certificates. ``client``
+        (default: not ``server``) adds client use: a host's migration certificate is both, as
+        libvirtd and QEMU serve their peers and connect to them with the same one."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError:
@@ -90,7 +100,9 @@ class CertificateAuthority:
         now = datetime.now(UTC)
         # One purpose per certificate: an agent's certificate must not open another agent
         # as a client, and the manager's client certificate must not serve as an agent.
-        usage = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if client if client is not None else not server:
+            usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

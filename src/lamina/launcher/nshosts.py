@@ -29,11 +29,12 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +55,20 @@ SUBDIRS = (
     "/etc/libvirt/qemu/networks",
 )
 QEMU_CONF = "/etc/libvirt/qemu.conf"
+#: The private folder a persistent lab keeps in each host's folder (guests' definitions).
+PERSISTENT = "/etc/libvirt/qemu"
+#: tgtd's control socket folder: private to each host too, so ``tgtadm`` inside a host talks
+#: to that host's own tgtd (a volume server's, :meth:`Lab.start_tgtd`) and never to the
+#: machine's.
+TGTD_DIR = "/run/tgtd"
+#: The files of a migration certificate's folder (``lamina.agent.migration_tls``) that
+#: libvirtd and QEMU read.
+PKI_FILES = (
+    "cacert.pem", "servercert.pem", "serverkey.pem", "clientcert.pem", "clientkey.pem",
+    "ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem",
+)  # fmt: skip
+#: tgtd's allocator (as scripts/start-tgtd.sh sets it: docs/benchmarks.md, section 6).
+TGTD_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=33554432"
 #: The capabilities libvirtd probes QEMU for on its first start (~8 s under TCG): copied from
 #: the machine's own cache when it has one, still valid (libvirt checks it against QEMU).
 CAPABILITIES = Path("/var/cache/libvirt/qemu/capabilities")
@@ -83,6 +98,12 @@ class NamespaceHost:
     root: str
     #: The keeper's pid: its mount namespace is the host's.
     keeper: int = 0
+    #: The folder of its migration certificate once :meth:`Lab.use_tls` was given one: its
+    #: libvirtd then listens with TLS only (no plain TCP), QEMU's migration streams are TLS
+    #: and must be. "": plain TCP without authentication, on the lab's bridge only.
+    pki: str = ""
+    #: Whether it runs a tgtd of its own (a volume server: :meth:`Lab.start_tgtd`).
+    tgtd: bool = False
 
     @property
     def folder(self) -> Path:
@@ -90,8 +111,19 @@ class NamespaceHost:
 
     @property
     def migration_uri(self) -> str:
-        """Its libvirtd as a peer reaches it (plain TCP, inside the lab only)."""
-        return f"qemu+tcp://{self.address}/system"
+        """Its libvirtd as a peer reaches it: TLS once it has a certificate, else plain TCP
+        (inside the lab only)."""
+        scheme = "qemu+tls" if self.pki else "qemu+tcp"
+        return f"{scheme}://{self.address}/system"
+
+    def peer_uri(self, dest: NamespaceHost) -> str:
+        """``dest``'s libvirtd as this host's opens it for a peer-to-peer migration: over
+        TLS, with this host's certificate as the client's (``pkipath``)."""
+        if not dest.pki:
+            return dest.migration_uri
+        if not self.pki:
+            raise RuntimeError(f"host {self.name} has no certificate to reach {dest.name} with")
+        return f"{dest.migration_uri}?pkipath={self.pki}"
 
     def enter(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside this host's network and mount namespaces."""
@@ -152,12 +184,44 @@ class NamespaceHost:
         return self.keeper > 0
 
     def daemons(self) -> set[int]:
-        """The pids of its keeper, libvirtd and virtlogd."""
+        """The pids of its keeper, libvirtd and virtlogd (and tgtd's processes)."""
         pids = {self.keeper}
         for daemon in ("libvirtd", "virtlogd"):
             with contextlib.suppress(OSError, ValueError):
                 pids.add(int((self.folder / f"{daemon}.pid").read_text()))
+        if self.tgtd:
+            pids.update(self.tgtd_pids())
         return pids
+
+    def tgtd_pids(self) -> set[int]:
+        """Its tgtd's processes (tgtd forks a second one)."""
+        pids = set()
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "tgtd":
+                    pids.add(pid)
+        return pids
+
+    def tgtd_answers(self) -> bool:
+        if not self.keeper_alive():
+            return False
+        argv = self.enter(["tgtadm", "--mode", "sys", "--op", "show"])
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def remove_targets(self) -> None:
+        """Withdraw every iSCSI target of its tgtd (if it has one)."""
+        if not (self.tgtd and self.tgtd_answers()):
+            return
+        shown = self.run("tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show",
+                         check=False)  # fmt: skip
+        for line in shown.splitlines():
+            if line.startswith("Target ") and ":" in line:
+                tid = line.split()[1].rstrip(":")
+                self.run("tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "delete",
+                         "--force", "--tid", tid, check=False)  # fmt: skip
 
     def reset(self) -> None:
         """Back to a fresh host, its daemons kept: every guest destroyed and undefined,
@@ -166,6 +230,7 @@ class NamespaceHost:
         for name in self.virsh("list", "--all", "--name", check=False).split():
             self.virsh("destroy", name, check=False)
             self.virsh("undefine", name, "--nvram", check=False)
+        self.remove_targets()
         stop_all(self, keep=self.daemons())
         links = json.loads(sh("ip", "-n", self.netns, "-j", "link", "show").stdout or "[]")
         for link in links:
@@ -182,8 +247,14 @@ class NamespaceHost:
 class Lab:
     """A bridge standing for the data-centre network and the hosts on it."""
 
-    def __init__(self, prefix: str, root: Path, subnet: str = "10.99.0.0/24") -> None:
+    def __init__(
+        self, prefix: str, root: Path, subnet: str = "10.99.0.0/24", persistent: bool = False
+    ) -> None:
         self.prefix = prefix
+        #: Hosts' guest definitions (``/etc/libvirt/qemu``) kept in their folders rather than
+        #: on tmpfs, so a host made again (``make down``, then ``make up``) still has its
+        #: stopped guests, as a real host has after a reboot.
+        self.persistent = persistent
         self.root = root.resolve()
         self.network = ipaddress.ip_network(subnet)
         self.bridge = f"{prefix}-dc"[:15]
@@ -271,6 +342,9 @@ class Lab:
                         f"(its files: {host.folder})"
                     )
                 time.sleep(0.2)
+        for host in hosts:
+            if host.tgtd and not host.tgtd_answers():
+                self._start_tgtd(host)
         return hosts
 
     def _ensure_netns(self, host: NamespaceHost) -> None:
@@ -290,9 +364,14 @@ class Lab:
 
     def _start_keeper(self, host: NamespaceHost) -> int:
         conf = host.folder / "qemu.conf"
-        conf.write_text(qemu_conf())
-        script = "set -e\n"
-        for folder in PRIVATE:
+        conf.write_text(qemu_conf(host))
+        script = f"set -e\nmkdir -p {TGTD_DIR}\n"
+        for folder in (*PRIVATE, TGTD_DIR):
+            if self.persistent and folder == PERSISTENT:
+                kept = host.folder / "etc-libvirt-qemu"
+                kept.mkdir(exist_ok=True)
+                script += f"mount --bind {kept} {folder}\n"
+                continue
             script += f"mount -t tmpfs -o mode=0755 tmpfs {folder}\n"
         for folder in SUBDIRS:
             script += f"mkdir -p {folder}\n"
@@ -325,7 +404,7 @@ class Lab:
 
     def _start_libvirtd(self, host: NamespaceHost) -> None:
         conf = host.folder / "libvirtd.conf"
-        conf.write_text(libvirtd_conf(host.address))
+        conf.write_text(libvirtd_conf(host.address, host.pki))
         for daemon in ("virtlogd", "libvirtd"):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int((host.folder / f"{daemon}.pid").read_text()), signal.SIGKILL)
@@ -337,9 +416,69 @@ class Lab:
         host.popen(["libvirtd", "-d", "--listen", "-f", str(conf), "-p", pidfile],
                    log=host.folder / "libvirtd.log")  # fmt: skip
 
+    # -- TLS and tgtd (added by the hosts helper) ------------------------------------------
+
+    def use_tls(self, name: str, pki: Path | None) -> bool:
+        """Host ``name``'s libvirtd with the migration certificate in ``pki`` (its agent's,
+        written at enrolment): TLS only, peers' client certificates checked against the
+        CA in it; QEMU's migration streams TLS with the same files (and refused without).
+        ``None``: back to plain TCP. Restarts its daemons unless they already use that and
+        answer; says whether it did (an agent connected to the old libvirtd fails its next
+        call, then connects again)."""
+        host = self.hosts[name]
+        folder = "" if pki is None else str(pki.resolve())
+        missing = [f for f in PKI_FILES if folder and not (Path(folder) / f).is_file()]
+        if missing:
+            raise RuntimeError(f"{folder} lacks {', '.join(missing)}: has the agent enrolled?")
+        if host.pki == folder and host.libvirtd_answers():
+            return False
+        host.pki = folder
+        self._save()
+        # Written in place: the keeper's bind mount shows this very file as qemu.conf.
+        (host.folder / "qemu.conf").write_text(qemu_conf(host))
+        self._start_libvirtd(host)
+        self._wait(host, host.libvirtd_answers, "libvirtd")
+        return True
+
+    def start_tgtd(self, name: str) -> NamespaceHost:
+        """A tgtd of host ``name``'s own (control socket in its private ``/run/tgtd``, iSCSI
+        portal on its address, port 3260): what makes it a volume server other hosts'
+        guests reach over the bridge. Started again by :meth:`add_hosts` if it died."""
+        host = self.hosts[name]
+        if not host.tgtd:
+            host.tgtd = True
+            self._save()
+        if not host.tgtd_answers():
+            self._start_tgtd(host)
+        return host
+
+    def _start_tgtd(self, host: NamespaceHost) -> None:
+        for pid in host.tgtd_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        env = {**os.environ, "GLIBC_TUNABLES": TGTD_TUNABLES}
+        host.popen(["tgtd", "--pid-file", str(host.folder / "tgtd.pid")], env=env,
+                   log=host.folder / "tgtd.log").wait(COMMAND_TIMEOUT)  # fmt: skip
+        self._wait(host, host.tgtd_answers, "tgtd")
+
+    @staticmethod
+    def _wait(host: NamespaceHost, answers: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + LIBVIRTD_WAIT
+        while not answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"host {host.name}'s {what} did not answer within {LIBVIRTD_WAIT:g} s "
+                    f"(its files: {host.folder})"
+                )
+            time.sleep(0.2)
+
     def remove_host(self, name: str) -> None:
         host = self.hosts.pop(name, None)
         if host is not None:
+            # tgtd ignores SIGTERM: its targets withdrawn, it is told to exit.
+            host.remove_targets()
+            if host.tgtd and host.keeper_alive():
+                host.run("tgtadm", "--mode", "system", "--op", "delete", check=False)
             stop_all(host)
             # The pair goes with the namespace, but only once nothing holds it any more.
             sh("ip", "link", "del", host.netns[:15], check=False)
@@ -374,7 +513,19 @@ def stop_all(
             return
 
 
-def libvirtd_conf(address: str) -> str:
+def libvirtd_conf(address: str, pki: str = "") -> str:
+    if pki:
+        # TLS only: the server's certificate and key, and the CA a peer's client certificate
+        # must come from (checked: tls_no_verify_certificate stays 0). docs/migration-tls.md.
+        return (
+            "listen_tls = 1\n"
+            "listen_tcp = 0\n"
+            f'listen_addr = "{address}"\n'
+            f'key_file = "{pki}/serverkey.pem"\n'
+            f'cert_file = "{pki}/servercert.pem"\n'
+            f'ca_file = "{pki}/cacert.pem"\n'
+            'unix_sock_group = "root"\n'
+        )
     # Plain TCP without authentication: the lab's own bridge only (see docs/hosts.md for a
     # real host's TLS).
     return (
@@ -386,10 +537,22 @@ def libvirtd_conf(address: str) -> str:
     )
 
 
-def qemu_conf() -> str:
+def qemu_conf(host: NamespaceHost | None = None) -> str:
     """Guests as root, no security driver, no cgroups: what works in these containers (as
-    ``scripts/start-libvirtd.sh`` sets for the machine's own libvirtd)."""
-    return 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\ncgroup_controllers = [ ]\n'
+    ``scripts/start-libvirtd.sh`` sets for the machine's own libvirtd). For ``host``: the
+    address a source's QEMU sends an incoming migration to (the machine's hostname means
+    nothing inside a namespace) and, once it has a certificate, QEMU's migration TLS with
+    it, required."""
+    conf = 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\ncgroup_controllers = [ ]\n'
+    if host is not None:
+        conf += f'migration_host = "{host.address}"\n'
+    if host is not None and host.pki:
+        conf += (
+            f'migrate_tls_x509_cert_dir = "{host.pki}"\n'
+            "migrate_tls_x509_verify = 1\n"
+            "migrate_tls_force = 1\n"
+        )
+    return conf
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -397,20 +560,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prefix", default="lamina")
     parser.add_argument("--dir", type=Path, required=True, help="the lab's folder")
     parser.add_argument("--subnet", default="10.99.0.0/24")
+    parser.add_argument(
+        "--persistent", action="store_true", help="keep hosts' guest definitions in DIR"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="make (or repair) the hosts named")
     up.add_argument("hosts", nargs="+")
     sub.add_parser("down", help="remove every host of the lab, and its bridge")
     sub.add_parser("show", help="print the lab's record")
+    tls = sub.add_parser("tls", help="a host's libvirtd and QEMU with a migration certificate")
+    tls.add_argument("host")
+    tls.add_argument("pki", type=Path, help="the folder (its agent's pki, after enrolment)")
+    plain = sub.add_parser("plain", help="a host's libvirtd back to plain TCP")
+    plain.add_argument("host")
+    tgtd = sub.add_parser("tgtd", help="start (or repair) a host's own tgtd")
+    tgtd.add_argument("host")
+    enter = sub.add_parser(
+        "enter", help="print the command prefix that runs a command inside a host (nsenter)"
+    )
+    enter.add_argument("host")
     args = parser.parse_args(argv)
     if shutil.which("nsenter") is None:
         raise SystemExit("nsenter not found (Debian package util-linux)")
-    lab = Lab(args.prefix, args.dir, args.subnet)
+    lab = Lab(args.prefix, args.dir, args.subnet, args.persistent)
     if args.command == "up":
         for host in lab.add_hosts(args.hosts):
             print(f"{host.name} {host.address} netns {host.netns}")
     elif args.command == "down":
         lab.remove()
+    elif args.command == "tls":
+        restarted = lab.use_tls(args.host, args.pki)
+        host = lab.hosts[args.host]
+        print(f"{host.name} {host.migration_uri} certificate {host.pki}", end="")
+        print(" (libvirtd restarted)" if restarted else "")
+    elif args.command == "plain":
+        lab.use_tls(args.host, None)
+        print(f"{args.host} {lab.hosts[args.host].migration_uri}")
+    elif args.command == "tgtd":
+        host = lab.start_tgtd(args.host)
+        print(f"{host.name} tgtd, iSCSI portal {host.address}:3260")
+    elif args.command == "enter":
+        if args.host not in lab.hosts:
+            raise SystemExit(f"no host {args.host!r} (hosts: {', '.join(lab.hosts)})")
+        # Printed, not run: `$(... enter h1) virsh list` execs nsenter, whose pid is the
+        # command's (nsenter needs no fork for these namespaces).
+        print(shlex.join(lab.hosts[args.host].enter([])))
     else:
         print(lab.state_file.read_text() if lab.state_file.exists() else "{}")
 

@@ -15,11 +15,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lamina.compute.models import Host, Instance
-from lamina.errors import BackendUnavailable, Conflict, InvalidRequest, InvalidState, NotFound
+from lamina.errors import (
+    BackendUnavailable,
+    Conflict,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+    NotFound,
+)
 from lamina.jobs.kinds import JobKind, JobRegistry, Step, StepContext
 from lamina.jobs.models import Job
 from lamina.jobs.service import submit
 from lamina.network.models import Network, Port, PortForward
+from lamina.network.sync import tunnel_address
 from lamina.wire.protocol import PortForward as ForwardSpec
 
 if TYPE_CHECKING:
@@ -50,6 +58,7 @@ def expose(
         raise InvalidRequest(f"bind {bind!r} is not an IP address of the host") from None
     if instance.host_id is None:
         raise InvalidState(f"instance {instance.name!r} has no host yet")
+    _bind_free(session, instance, address)
     port = _nic(session, instance, network)
     clash = session.scalar(
         select(PortForward).where(
@@ -88,6 +97,35 @@ def expose(
         owner=requester or instance.owner,
     )
     return forward, job
+
+
+def _bind_free(session: Session, instance: Instance, bind: str) -> None:
+    """A bind address that is a host's own may be used by that host's instances only; one
+    that is no host's (a floating address, which the agent adds and which follows the
+    instance from host to host) by one instance only. Loopback and wildcard: by anyone."""
+    address = ipaddress.ip_address(bind)
+    if address.is_loopback or address.is_unspecified:
+        return
+    for host in session.scalars(select(Host)):
+        if bind in (tunnel_address(host), host.address.rpartition(":")[0].strip("[]")):
+            if host.id != instance.host_id:
+                raise InvalidRequest(
+                    f"{bind} is host {host.name}'s own address; {instance.name!r} runs on "
+                    "another host (bind a floating address to have a forward follow it)"
+                )
+            return
+    holder = session.scalar(
+        select(Instance)
+        .join(PortForward, PortForward.instance_id == Instance.id)
+        .where(PortForward.bind == bind, Instance.id != instance.id)
+        .limit(1)
+    )
+    if holder is not None:
+        name = holder.name if holder.owner == instance.owner else "another instance"
+        raise Conflict(
+            f"the floating address {bind} is {name}'s: it follows one instance's forwards",
+            bind=bind,
+        )
 
 
 def _nic(session: Session, instance: Instance, network: str | None) -> Port:
@@ -193,6 +231,75 @@ def remove_from_host(svc: Services, instance_id: str, force: bool) -> None:
             log.warning("forward %s stays on unreachable host %s", forward_id, host.name)
 
 
+def _spec(forward: PortForward) -> ForwardSpec:
+    return ForwardSpec(
+        bind=forward.bind,
+        host_port=forward.host_port or 0,
+        network=forward.network_id,
+        guest_ip=forward.guest_ip,
+        guest_port=forward.guest_port,
+    )
+
+
+def move_forwards(
+    svc: Services, instance_id: str, source: Host, dest: Host, source_address: str | None,
+    dest_address: str | None,
+) -> dict[str, str]:  # fmt: skip
+    """After an instance moved from ``source`` to ``dest``: each forward ``source``
+    published for it is published by ``dest`` on the same port, then withdrawn from
+    ``source``. The bind address stays (a floating address moves with the forward: the
+    destination takes it over, see docs/networks.md) unless it was ``source``'s own
+    (``source_address``): then it is ``dest``'s (``dest_address``). Idempotent (a manager
+    restarted halfway calls it again: what moved is published and withdrawn again, no-ops
+    for the agents). Answers the forwards that could not move, with why (their rows say
+    ``error``); never raises for one."""
+    failed: dict[str, str] = {}
+    with svc.db.write() as s:
+        for row in list(
+            s.scalars(
+                select(PortForward).where(
+                    PortForward.instance_id == instance_id, PortForward.host_id == source.id
+                )
+            )
+        ):
+            bind = row.bind
+            if source_address is not None and bind == source_address and dest_address:
+                bind = dest_address
+            try:
+                with s.begin_nested():
+                    row.host_id, row.bind = dest.id, bind
+                    s.flush()
+            except IntegrityError:
+                row.status = "error"
+                row.error = f"host port {row.host_port} is taken on host {dest.name}"
+                failed[row.id] = row.error
+        everything = list_forwards(s, instance_id)
+        moved = [(f.id, _spec(f)) for f in everything if f.host_id == dest.id]
+        all_ids = [f.id for f in everything]
+    target = svc.agents.for_host(dest)
+    for forward_id, spec in moved:
+        try:
+            info = target.forward_create(forward_id, spec)
+        except LaminaError as exc:
+            failed[forward_id] = f"host {dest.name}: {exc.message}"
+            info = None
+        with svc.db.write() as s:
+            stored = s.get(PortForward, forward_id)
+            if stored is not None and info is not None:
+                stored.host_port, stored.status, stored.error = info.host_port, "active", None
+            elif stored is not None:
+                stored.status, stored.error = "error", failed[forward_id]
+    # Every forward leaves the source, moved or not: the instance is not there any more.
+    withdrawn = svc.agents.for_host(source)
+    for forward_id in all_ids:
+        try:
+            withdrawn.forward_delete(forward_id)
+        except LaminaError as exc:
+            log.warning("forward %s stays on host %s for now: %s", forward_id, source.name,
+                        exc.message)  # fmt: skip
+    return failed
+
+
 # -- jobs ---------------------------------------------------------------------------------
 
 
@@ -210,13 +317,7 @@ def _load(ctx: StepContext) -> tuple[PortForward, Host]:
 
 def _listen(ctx: StepContext) -> None:
     forward, host = _load(ctx)
-    spec = ForwardSpec(
-        bind=forward.bind,
-        host_port=forward.host_port or 0,
-        network=forward.network_id,
-        guest_ip=forward.guest_ip,
-        guest_port=forward.guest_port,
-    )
+    spec = _spec(forward)
     info = ctx.services.agents.for_host(host).forward_create(forward.id, spec)
     with ctx.services.db.write() as s:
         row = s.get(PortForward, forward.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from lamina.db.types import Base, UTCDateTime, utcnow
@@ -36,6 +36,7 @@ def forward_id() -> str:
 
 class Network(Base):
     __tablename__ = "networks"
+    __table_args__ = (Index("uq_networks_vni", "vni", unique=True),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=network_id)
     #: A DNS label, unique (it is part of the zone's name). A deleted network's row goes.
@@ -48,6 +49,8 @@ class Network(Base):
     mode: Mapped[str] = mapped_column(String(16), default="nat")
     #: 802.1Q tag joining the network's bridges across hosts (agents with an uplink).
     vlan: Mapped[int | None] = mapped_column(Integer, unique=True)
+    #: The VXLAN id joining the network's bridges across hosts, allocated at creation.
+    vni: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -56,11 +59,22 @@ class Network(Base):
 
 class Port(Base):
     """An address on a network: an instance's NIC (``instance_id``, ``mac``, ``hostname``)
-    or a host's service address (``host_id``: its bridge, DHCP/DNS server and gateway)."""
+    or a host's service address (``host_id``: its bridge, DHCP/DNS server and gateway).
+
+    A host's row says the host carries the network; its address is the network's gateway,
+    the same on every host (each answers its own guests), so only instances' addresses are
+    unique on a network."""
 
     __tablename__ = "network_ports"
     __table_args__ = (
-        UniqueConstraint("network_id", "ip", name="uq_ports_network_ip"),
+        Index(
+            "uq_ports_network_ip",
+            "network_id",
+            "ip",
+            unique=True,
+            sqlite_where=text("host_id IS NULL"),
+            postgresql_where=text("host_id IS NULL"),
+        ),  # fmt: skip
         UniqueConstraint("mac", name="uq_ports_mac"),
         UniqueConstraint("network_id", "hostname", name="uq_ports_network_hostname"),
         UniqueConstraint("network_id", "instance_id", name="uq_ports_network_instance"),

@@ -35,6 +35,7 @@ from lamina.network.addresses import (
 from lamina.network.dns import zone
 from lamina.network.models import NETWORK_MODES, DnsRecord, Network, Port, PortForward
 from lamina.network.sync import hosts_of, queue_sync
+from lamina.wire.protocol import VNI_MAX
 
 if TYPE_CHECKING:
     from lamina.services import Services
@@ -221,6 +222,7 @@ def _create_network(
     if vlan is not None and session.scalar(select(Network.id).where(Network.vlan == vlan)):
         raise Conflict(f"VLAN {vlan} is used by another network", vlan=vlan)
     row = Network(
+        vni=next_vni(session),
         name=name,
         owner=who.user_id,
         visibility=visibility,
@@ -232,6 +234,20 @@ def _create_network(
     session.add(row)
     session.flush()
     return row
+
+
+def next_vni(session: Session) -> int:
+    """The VXLAN id of a new network: one above the highest in use, so a deleted network's
+    id is not soon used again (a host that missed the deletion would join the two); the
+    lowest free one once the 24 bits are used up. Callers hold ``_lock_networks``."""
+    highest = session.scalar(select(func.max(Network.vni))) or 0
+    if highest < VNI_MAX:
+        return highest + 1
+    used = set(session.scalars(select(Network.vni).where(Network.vni.is_not(None))))
+    free = next((v for v in range(1, VNI_MAX + 1) if v not in used), None)
+    if free is None:
+        raise Conflict("every VXLAN id is in use")
+    return free
 
 
 def _lock_networks(session: Session) -> None:
@@ -274,11 +290,9 @@ def describe_network(
     instances = session.scalar(
         select(func.count()).where(Port.network_id == network.id, Port.instance_id.is_not(None))
     )
-    used = session.scalar(select(func.count()).where(Port.network_id == network.id)) or 0
-    # The gateway is kept for the first host's service address even before one exists.
-    gateway_held = session.scalar(
-        select(Port.id).where(Port.network_id == network.id, Port.ip == str(gateway(cidr)))
-    )
+    # Every host of the network answers on the gateway: it counts once, and is kept for
+    # the hosts even before one has the network.
+    used = (instances or 0) + 1
     hosts = session.scalars(
         select(Host.name)
         .join(Port, Port.host_id == Host.id)
@@ -293,13 +307,14 @@ def describe_network(
         "mode": network.mode,
         "zone": zone(network, domain),
         "vlan": network.vlan,
+        "vni": network.vni,
         "owner": shown_owner(viewer, network.owner),
         "visibility": network.visibility,
         "status": network.status,
         "description": network.description,
         "instances": instances,
         "addresses_used": used,
-        "addresses_free": cidr.num_addresses - 2 - used - (0 if gateway_held else 1),
+        "addresses_free": cidr.num_addresses - 2 - used,
         "hosts": list(hosts),
         "created_at": network.created_at,
     }
@@ -433,16 +448,16 @@ def _insert(session: Session, port: Port) -> Port:
 
 
 def service_port(session: Session, network: Network, host_id: str) -> Port:
-    """The host's address on the network, allocated when it first has an instance there:
-    the gateway for the first host, the next free address for each other."""
+    """The host's row on the network, made when it first carries it (an instance there, or
+    one moving there): the host then answers its own guests on the network's gateway, the
+    same address on every host (see docs/networks.md, "Networks across hosts")."""
     existing = session.scalar(
         select(Port).where(Port.network_id == network.id, Port.host_id == host_id)
     )
     if existing is not None:
         return existing
     cidr = ipaddress.IPv4Network(network.cidr)
-    taken = session.scalars(select(Port.ip).where(Port.network_id == network.id))
-    port = Port(network_id=network.id, host_id=host_id, ip=first_free(cidr, taken, service=True))
+    port = Port(network_id=network.id, host_id=host_id, ip=str(gateway(cidr)))
     return _insert(session, port)
 
 

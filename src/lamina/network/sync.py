@@ -1,12 +1,17 @@
 """A host's share of the networks, pushed to its agent whole (``PUT /network``): the
-networks it has instances on, each with its guests' DHCP entries and the network's whole
-zone. Pushing is idempotent, so any change that concerns a host simply pushes again: in
-the job step that needs it at once (an instance's network before its guest is defined), or
-as a queued ``network.sync`` job for the other hosts (coalesced: one queued per host)."""
+networks it carries (it has instances on them, or one is moving there), each with the DHCP
+entries of every instance on the network and the network's whole zone (the same on every
+host of the network: any host can answer any of its guests, one that just moved too), its
+VXLAN id, this host's tunnel address and the other carriers' (the peers its VXLAN device
+floods to). Pushing is idempotent, so any change that concerns a host simply pushes again:
+in the job step that needs it at once (an instance's network before its guest is defined),
+or as a queued ``network.sync`` job for the other hosts (coalesced: one queued per host)."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -31,12 +36,51 @@ log = logging.getLogger(__name__)
 SYNC = "network.sync"
 
 
+def tunnel_address(host: Host) -> str | None:
+    """The host's underlay address for VXLAN: its agent's ``tunnel_address`` setting, else
+    the host part of the address the manager reaches it at (a name is resolved). None for
+    a loopback address (hosts on one machine sharing one network: no tunnel can join them)
+    or a name that does not resolve."""
+    text = host.tunnel_address or host.address.rpartition(":")[0].strip("[]")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        try:
+            address = ipaddress.ip_address(socket.gethostbyname(text))
+        except (OSError, UnicodeError, ValueError):
+            log.warning("host %s: no tunnel address (%r does not resolve)", host.name, text)
+            return None
+    if not isinstance(address, ipaddress.IPv4Address) or address.is_loopback:
+        return None
+    return str(address)
+
+
+def carriers(session: Session, network_id: str) -> list[Host]:
+    """The hosts that carry the network (hold a service row on it), by name."""
+    return list(
+        session.scalars(
+            select(Host)
+            .join(Port, Port.host_id == Host.id)
+            .where(Port.network_id == network_id)
+            .order_by(Host.name)
+        )
+    )
+
+
+def peers_of(session: Session, network_id: str, host: Host) -> tuple[str | None, list[str]]:
+    """(the host's tunnel address, the other carriers' ones) on the network."""
+    local = tunnel_address(host)
+    others = {tunnel_address(h) for h in carriers(session, network_id) if h.id != host.id}
+    return local, sorted(a for a in others if a is not None and a != local)
+
+
 def host_state(
     session: Session, host_id: str, settings: Settings, *, provides: Provides | None
 ) -> NetworkState:
     """What the host should have: every active network it holds a service address on
     (``provides``: as for ``lamina.network.dns.zone_records``)."""
     domain = settings.network.domain
+    host = session.get(Host, host_id)
     rows = session.execute(
         select(Network, Port)
         .join(Port, Port.network_id == Network.id)
@@ -48,13 +92,10 @@ def host_state(
         guests = session.execute(
             select(Port, Instance)
             .join(Instance, Port.instance_id == Instance.id)
-            .where(
-                Port.network_id == network.id,
-                Instance.host_id == host_id,
-                Instance.status.in_(NAMED),
-            )
+            .where(Port.network_id == network.id, Instance.status.in_(NAMED))
             .order_by(Port.ip)
         ).all()
+        local, peers = peers_of(session, network.id, host) if host else (None, [])
         specs.append(
             NetworkSpec(
                 network=network.id,
@@ -76,6 +117,10 @@ def host_state(
                 records=zone_records(session, network, domain, provides=provides),
                 upstream_dns=list(settings.network.upstream_dns),
                 config_service_url=settings.manager.url,
+                vni=network.vni,
+                local=local,
+                peers=peers if local is not None else [],
+                mtu=settings.network.guest_mtu or None,
             )
         )
     return NetworkState(networks=specs)

@@ -143,6 +143,9 @@ class ServerInfo(Wire):
     machine_types: list[str] = []
     cpu_model: str | None = None
     arch: str | None = None
+    #: The agent's ``tunnel_address`` setting: the underlay address other hosts reach its
+    #: VXLAN tunnels at. None: the host part of the address the manager knows it by.
+    tunnel_address: str | None = None
 
 
 class HostStatus(Wire):
@@ -283,6 +286,9 @@ class ConsoleChunk(Wire):
 class EnrolRequest(Wire):
     token: str = Field(min_length=10, max_length=300)
     csr: str = Field(max_length=20000)
+    #: A second CSR, of the key libvirtd and QEMU authenticate migrations with (a key of its
+    #: own: it is written where those daemons read it). None: an older agent.
+    migration_csr: str | None = Field(None, max_length=20000)
 
 
 class EnrolResponse(Wire):
@@ -290,6 +296,9 @@ class EnrolResponse(Wire):
     name: str
     certificate: str
     ca_certificate: str
+    #: The migration certificate (server and client use, for the host's address), when the
+    #: request had a ``migration_csr``.
+    migration_certificate: str | None = None
 
 
 # -- volumes (the volume server role) and guest disks ------------------------------------
@@ -381,6 +390,8 @@ _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?"
 DNS_NAME = rf"^{_LABEL}(\.{_LABEL})*$"  # and at most 253 characters: max_length
 #: The name every network resolves to its host's address: the configuration service.
 CONFIG_SERVICE_NAME = "lamina.local"
+#: VXLAN ids are 24 bits.
+VNI_MAX = 2**24 - 1
 
 
 def bridge_name(network: str) -> str:
@@ -445,6 +456,16 @@ class NetworkSpec(Wire):
     #: Where the agent relays guests' requests to ``http://lamina.local/guest/...``: the
     #: manager's URL. None: no configuration service on this network.
     config_service_url: str | None = Field(None, max_length=300)
+    #: The network's VXLAN id (unique in the cloud): joins its bridges across hosts.
+    vni: int | None = Field(None, ge=1, le=VNI_MAX)
+    #: This host's underlay (tunnel) address, the VXLAN device's ``local``; None: no tunnel
+    #: (the network is on this host only, or the host has no address other hosts reach).
+    local: str | None = Field(None, max_length=15)
+    #: The underlay addresses of the other hosts that carry the network: the VXLAN
+    #: device floods to each (head-end replication). Empty: no VXLAN device.
+    peers: list[str] = []
+    #: The guests' MTU, sent by DHCP (option 26): the tunnel's 50 bytes below the underlay's.
+    mtu: int | None = Field(None, ge=576, le=9000)
 
 
 class NetworkState(Wire):
@@ -465,6 +486,10 @@ class NetworkInfo(Wire):
     relay: str | None = None
     #: The VLAN device joining the bridge to the uplink, None if none.
     vlan_device: str | None = None
+    #: The VXLAN device joining the bridge to the other hosts of the network, None if none,
+    #: and the peers it floods to.
+    vxlan_device: str | None = None
+    peers: list[str] = []
 
 
 class GuestNic(Wire):
@@ -487,6 +512,9 @@ class PortForward(Wire):
 
 class ForwardInfo(PortForward):
     forward: str
+    #: The interface the agent added ``bind`` to (a floating address: one of the
+    #: data-centre network's, not the host's own; removed with the forward), else None.
+    floating: str | None = None
 
 
 # -- live migration (docs/migration.md) ----------------------------------------------------

@@ -95,7 +95,7 @@ def remove_host(
 @enrolment.post("/hosts/enrol", tags=["hosts"])
 def enrol(body: EnrolRequest, svc: Services = Depends(services)) -> EnrolResponse:
     """Authenticated by the one-time token in the body, not by a signature."""
-    return host_usecases.enrol(svc, body.token, body.csr)
+    return host_usecases.enrol(svc, body.token, body.csr, body.migration_csr)
 
 
 @enrolment.get(
