@@ -136,6 +136,29 @@ class ComputeSettings(Section):
         return _absolute_folders(value)
 
 
+class MigrationSettings(Section):
+    """Moving instances between hosts (``lamina instance migrate``, docs/migration.md)."""
+
+    #: How libvirt reaches the destination: ``tls`` (``qemu+tls``, the migration URI the
+    #: destination's agent reports, certificates from Lamina's CA; the stream over TLS too)
+    #: or ``tcp`` (plain ``qemu+tcp``, no authentication: for labs of namespace hosts only).
+    transport: Literal["tls", "tcp"] = "tls"
+    #: ``copy``: the instance layer (or overlay) moves with the guest by block migration,
+    #: the config disk is made again; ``shared``: the hosts' agents keep guests' disks in
+    #: one shared folder, nothing is copied.
+    storage: Literal["copy", "shared"] = "copy"
+    #: Seconds a live migration may run; one that has not converged by then is aborted and
+    #: the guest keeps running on its source.
+    deadline_seconds: float = Field(300.0, gt=0)
+    #: The pause allowed at the switch (ms): at first, and the most the watchdog steps it
+    #: up to (in ``downtime_steps`` steps over the first half of the deadline).
+    downtime_ms: int = Field(300, ge=1)
+    max_downtime_ms: int = Field(2000, ge=1)
+    downtime_steps: int = Field(5, ge=0)
+    #: QEMU throttles the guest's vCPUs while it dirties memory faster than it is copied.
+    auto_converge: bool = True
+
+
 class IdentitySettings(Section):
     #: Seconds a manager keeps a user's keys in memory; other managers see a revoked key
     #: within this time (changes made through a manager apply there at once). 0: no cache.
@@ -290,6 +313,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     jobs: JobSettings = JobSettings()
     compute: ComputeSettings = ComputeSettings()
+    migration: MigrationSettings = MigrationSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     identity: IdentitySettings = IdentitySettings()
     images: ImageSettings = ImageSettings()

@@ -23,6 +23,7 @@ from lamina.compute import quota as compute_quota
 from lamina.compute.checkpoint_jobs import register_checkpoint_jobs, register_checkpoint_lifecycle
 from lamina.compute.jobs import register_compute_jobs
 from lamina.compute.lifecycle import InstanceLifecycle
+from lamina.compute.migration import register_migration_jobs
 from lamina.compute.visibility import instance_jobs_visible
 from lamina.config import Settings
 from lamina.db import Base, Database
@@ -82,6 +83,7 @@ def register(svc: Services) -> None:
     register_appliance_views(lifecycle)
     # Job kinds.
     register_compute_jobs(registry, lifecycle)
+    register_migration_jobs(registry, svc.settings.migration.deadline_seconds)
     register_checkpoint_jobs(registry)
     register_appliance_jobs(registry)
     register_capture_jobs(registry)

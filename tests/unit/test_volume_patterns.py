@@ -63,6 +63,13 @@ TGT_DELETE = [
 TGT_SHOW = [["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", "show"]]
 
 
+def tgt_acl(op: str) -> list[list[str]]:
+    return [
+        ["tgtadm", "--lld", "iscsi", "--mode", "target", "--op", op, "--tid", "7",
+         "--initiator-address", "192.0.2.10"]
+    ]  # fmt: skip
+
+
 def lun_new(path: str, bstype: str, *flags: str) -> list[str]:
     return [
         "tgtadm", "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "7",
@@ -140,6 +147,8 @@ def test_qcow2_commands() -> None:
         "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
+        "allow": tgt_acl("bind"),
+        "disallow": tgt_acl("unbind"),
     }
 
 
@@ -157,6 +166,8 @@ def test_raw_commands() -> None:
         "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
+        "allow": tgt_acl("bind"),
+        "disallow": tgt_acl("unbind"),
     }
 
 
@@ -245,6 +256,8 @@ def test_lvm_commands() -> None:
         "export": [TGT_NEW, *TGT_UPDATE, lun_new(path, "rdwr", "--bsoflags", "direct"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
+        "allow": tgt_acl("bind"),
+        "disallow": tgt_acl("unbind"),
     }
     lvs = '{"report": [{"lv": [{"lv_size": "1073741824"}]}]}'
     assert parse_info(backend, lvs) == (1073741824, 1073741824, None)
@@ -280,6 +293,8 @@ def test_rbd_commands() -> None:
         "export": [TGT_NEW, *TGT_UPDATE, lun_new(f"volumes/{VOL}", "rbd"), TGT_BIND],
         "unexport": TGT_DELETE,
         "show_exports": TGT_SHOW,
+        "allow": tgt_acl("bind"),
+        "disallow": tgt_acl("unbind"),
     }
     info = json.dumps({"size": 2147483648, "parent": {"pool": "volumes", "image": SNAP}})
     assert parse_info(backend, info) == (2147483648, 2147483648, SNAP)

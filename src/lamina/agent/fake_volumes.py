@@ -64,6 +64,8 @@ class FakeVolumeBackend(VolumeBackend):
         self.volume_records: dict[str, VolumeInfo] = {}
         self.snapshot_records: dict[str, SnapshotInfo] = {}
         self.export_records: dict[str, ExportInfo] = {}
+        #: The initiators each export lets in (the first is its ``initiator_address``).
+        self.acls: dict[str, list[str]] = {}
         self.calls: list[str] = []
         self._failures: dict[str, LaminaError] = {}
         self._lock = threading.RLock()
@@ -270,6 +272,31 @@ class FakeVolumeBackend(VolumeBackend):
             self._enter("unexport")
             _check(volume, VOLUME_ID, "volume")
             self.export_records.pop(volume, None)
+            self.acls.pop(volume, None)
+
+    def allow(self, volume: str, initiator_address: str) -> ExportInfo:
+        return self._acl("allow", volume, initiator_address)
+
+    def disallow(self, volume: str, initiator_address: str) -> ExportInfo:
+        return self._acl("disallow", volume, initiator_address)
+
+    def _acl(self, op: str, volume: str, initiator_address: str) -> ExportInfo:
+        with self._lock:
+            self._enter(op)
+            address = str(ipaddress.ip_address(initiator_address))
+            existing = self.export_records.get(volume)
+            if existing is None:
+                raise NotFound(f"volume {volume} is not exported", volume=volume)
+            acl = self.acls.setdefault(volume, [existing.initiator_address])
+            if op == "allow" and address not in acl:
+                acl.append(address)
+            elif op == "disallow" and address in acl:
+                if acl == [address]:
+                    raise InvalidState(f"{address} is the only initiator of volume {volume}")
+                acl.remove(address)
+            info = existing.model_copy(update={"initiator_address": acl[0]})
+            self.export_records[volume] = info
+            return info
 
     def exports(self) -> list[ExportInfo]:
         with self._lock:

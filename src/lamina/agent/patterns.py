@@ -17,7 +17,8 @@ Pattern file keys:
   copy-on-write), ``extend``, ``export``, ``unexport``, ``show_exports``, ``info`` and
   optionally ``list`` (names one per line; absent: the files of ``root``), ``measure`` and
   ``pad`` (for qcow2: the file is padded to its fully allocated size so that a fixed-size
-  iSCSI LUN leaves the image room to grow);
+  iSCSI LUN leaves the image room to grow), ``allow`` and ``disallow`` (another initiator
+  let in to an export, or let go: an instance moving between hosts);
 - ``[info]``: where ``info``'s JSON output holds ``size``, ``allocated`` and ``backing``
   (dotted key paths; a missing ``allocated`` means fully allocated);
 - ``[timeouts]``: seconds per operation, ``default`` for the rest.
@@ -61,9 +62,13 @@ OPERATIONS = frozenset(
         "list",
         "measure",
         "pad",
+        "allow",
+        "disallow",
     }
 )
-REQUIRED = frozenset(OPERATIONS - {"clone_from_snapshot", "list", "measure", "pad"})
+REQUIRED = frozenset(
+    OPERATIONS - {"clone_from_snapshot", "list", "measure", "pad", "allow", "disallow"}
+)
 DEFAULT_TIMEOUT = 120.0
 
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9_./:-]+$")

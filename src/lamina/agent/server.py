@@ -35,6 +35,7 @@ from lamina.agent.drivers.base import (
 from lamina.agent.forwards import ForwardTable
 from lamina.agent.guest_nics import NICS, nic_specs, read_nics, taps, write_nics
 from lamina.agent.identity import DeploymentIdentity
+from lamina.agent.migration import Migrations
 from lamina.agent.migration_tls import migration_uri, pki_dir
 from lamina.agent.networks import NetworkConfig, NetworkHost
 from lamina.agent.volumes import VolumeBackend, VolumeConfig, VolumeServer
@@ -63,6 +64,13 @@ from lamina.wire.protocol import (
     GuestRestore,
     GuestStatus,
     HostStatus,
+    IncomingPrepare,
+    IncomingPrepared,
+    IncomingStatus,
+    MigrationSource,
+    MigrationStart,
+    MigrationStatus,
+    MigrationTune,
     NetworkInfo,
     NetworkState,
     PortForward,
@@ -115,6 +123,7 @@ class Agent:
             root / "forwards.json", self.network.namespace, self.network.networks
         )
         self.started = time.monotonic()
+        self.migrations = Migrations(self)
 
     def restore(self) -> None:
         """At the agent's start: the stored networks and forwards again, and running
@@ -161,18 +170,7 @@ class Agent:
     def define(self, name: str, spec: GuestDefinition) -> GuestStatus:
         guest_dir = self.disks.guest_dir(name)
         guest_dir.mkdir(parents=True, exist_ok=True)
-        disks = []
-        for i, disk in enumerate(spec.disks):
-            target = f"vd{chr(ord('a') + i)}"
-            if disk.layer:
-                # A cached layer, shared read-only by every guest of this host that uses it.
-                path = Path(self.cache.check(disk.layer).path)
-                disks.append(DiskSpec(str(path), target, "raw", True, disk.serial))
-                continue
-            path = self.disks.disk_path(name, disk.name)
-            if not path.is_file():
-                raise InvalidRequest(f"disk {disk.name!r} of {name!r} has not been created")
-            disks.append(DiskSpec(str(path), target, disk.format, disk.readonly, disk.serial))
+        disks = self.disk_specs(name, spec)
         nics = nic_specs(spec.nics, self.network.networks(), self.network.namespace)
         self.hypervisor.define(
             GuestSpec(
@@ -194,6 +192,23 @@ class Agent:
         )
         write_nics(guest_dir, spec.nics)
         return _status(self.hypervisor.info(name))
+
+    def disk_specs(self, name: str, spec: GuestDefinition) -> list[DiskSpec]:
+        """The hypervisor's disks of a guest defined as ``spec`` on this host: cached
+        layers, and disks made with ``disk_create`` (``InvalidRequest`` if one is not)."""
+        disks = []
+        for i, disk in enumerate(spec.disks):
+            target = f"vd{chr(ord('a') + i)}"
+            if disk.layer:
+                # A cached layer, shared read-only by every guest of this host that uses it.
+                path = Path(self.cache.check(disk.layer).path)
+                disks.append(DiskSpec(str(path), target, "raw", True, disk.serial))
+                continue
+            path = self.disks.disk_path(name, disk.name)
+            if not path.is_file():
+                raise InvalidRequest(f"disk {disk.name!r} of {name!r} has not been created")
+            disks.append(DiskSpec(str(path), target, disk.format, disk.readonly, disk.serial))
+        return disks
 
     def nics(self, name: str) -> list[GuestNic]:
         """The NICs the guest was defined with."""
@@ -437,6 +452,62 @@ def create_agent_app(agent: Agent) -> FastAPI:
     def guests() -> list[GuestStatus]:
         return [_status(g) for g in agent.hypervisor.list()]
 
+    @app.get("/guests/{name}/migration/source")
+    def migration_source(name: str, cold: bool = False) -> MigrationSource:
+        return agent.migrations.source(name, cold)
+
+    @app.delete("/guests/{name}/migration/source", status_code=204)
+    def migration_forget(name: str, keep_disks: bool = False) -> None:
+        agent.migrations.forget(name, keep_disks)
+
+    @app.post("/guests/{name}/migration")
+    def migration_start(name: str, req: MigrationStart) -> MigrationStatus:
+        return agent.migrations.start(name, req)
+
+    @app.get("/guests/{name}/migration")
+    def migration_status(name: str) -> MigrationStatus:
+        return agent.migrations.status(name)
+
+    @app.patch("/guests/{name}/migration")
+    def migration_tune(name: str, req: MigrationTune) -> MigrationStatus:
+        return agent.migrations.tune(name, req.max_downtime_ms)
+
+    @app.delete("/guests/{name}/migration", status_code=204)
+    def migration_abort(name: str) -> None:
+        agent.migrations.abort(name)
+
+    @app.put("/guests/{name}/incoming")
+    def incoming_prepare(name: str, req: IncomingPrepare) -> IncomingPrepared:
+        return agent.migrations.prepare(name, req)
+
+    @app.get("/guests/{name}/incoming")
+    def incoming_status(name: str) -> IncomingStatus:
+        return agent.migrations.presence(name)
+
+    @app.post("/guests/{name}/incoming/finish")
+    def incoming_finish(name: str) -> MigrationStatus:
+        return agent.migrations.finish(name)
+
+    @app.delete("/guests/{name}/incoming", status_code=204)
+    def incoming_remove(name: str) -> None:
+        agent.migrations.remove_incoming(name)
+
+    @app.get("/guests/{name}/console")
+    def guest_console(name: str, offset: int = Query(0, ge=0)) -> ConsoleChunk:
+        return agent.console(name, offset)
+
+    @app.get("/guests/{name}/disks")
+    def guest_disks(name: str) -> list[GuestDiskInfo]:
+        return agent.guest_disks(name)
+
+    @app.put("/guests/{name}/disks/{target}", status_code=204)
+    def guest_attach_disk(name: str, target: str, req: DiskAttach) -> None:
+        agent.attach_disk(name, target, req)
+
+    @app.delete("/guests/{name}/disks/{target}", status_code=204)
+    def guest_detach_disk(name: str, target: str) -> None:
+        agent.detach_disk(name, target)
+
     @app.get("/guests/{name}")
     def guest(name: str) -> GuestStatus:
         return _status(agent.hypervisor.info(name))
@@ -464,22 +535,6 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.delete("/guests/{name}", status_code=204)
     def guest_undefine(name: str) -> None:
         agent.undefine(name)
-
-    @app.get("/guests/{name}/console")
-    def guest_console(name: str, offset: int = Query(0, ge=0)) -> ConsoleChunk:
-        return agent.console(name, offset)
-
-    @app.get("/guests/{name}/disks")
-    def guest_disks(name: str) -> list[GuestDiskInfo]:
-        return agent.guest_disks(name)
-
-    @app.put("/guests/{name}/disks/{target}", status_code=204)
-    def guest_attach_disk(name: str, target: str, req: DiskAttach) -> None:
-        agent.attach_disk(name, target, req)
-
-    @app.delete("/guests/{name}/disks/{target}", status_code=204)
-    def guest_detach_disk(name: str, target: str) -> None:
-        agent.detach_disk(name, target)
 
     @app.put("/network")
     def network_state(state: NetworkState) -> list[NetworkInfo]:
@@ -534,6 +589,14 @@ def create_agent_app(agent: Agent) -> FastAPI:
     @app.put("/volumes/{volume}/export")
     def volume_export(volume: str, req: VolumeExport) -> ExportInfo:
         return volumes.export(volume, req.initiator_address)
+
+    @app.put("/volumes/{volume}/export/initiators/{address}")
+    def volume_allow(volume: str, address: str) -> ExportInfo:
+        return volumes.allow(volume, address)
+
+    @app.delete("/volumes/{volume}/export/initiators/{address}")
+    def volume_disallow(volume: str, address: str) -> ExportInfo:
+        return volumes.disallow(volume, address)
 
     @app.delete("/volumes/{volume}/export", status_code=204)
     def volume_unexport(volume: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lamina.agent.patterns import Backend, run_all
 from lamina.commands import run
-from lamina.errors import CommandFailed, InvalidState
+from lamina.errors import CommandFailed, InvalidState, NotFound, NotSupported
 from lamina.wire.protocol import IQN_PREFIX
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,41 @@ class Tgt:
                 raise
             log.info("exported %s as target %d to %s", volume, tid, address)
             return Export(volume, tid, iqn_for(volume), path, address)
+
+    def allow(self, volume: str, path: str, address: str, params: dict[str, str]) -> Export:
+        """Let ``address`` log in to the volume's target too (a guest moving to its host);
+        already let in: a no-op. ``NotFound`` when the volume is not exported."""
+        return self._acl("allow", volume, path, address, params)
+
+    def disallow(self, volume: str, path: str, address: str, params: dict[str, str]) -> Export:
+        """No longer let ``address`` log in (its sessions go on: a guest that moved away
+        has closed its own); not let in: a no-op. ``InvalidState`` for the last initiator
+        (unexport instead)."""
+        return self._acl("disallow", volume, path, address, params)
+
+    def _acl(self, op: str, volume: str, path: str, address: str, params: dict[str, str]) -> Export:
+        with self._machine_lock():
+            target = next(
+                (t for t in self.targets() if t.iqn == iqn_for(volume) and t.luns.get(LUN) == path),
+                None,
+            )
+            if target is None:
+                raise NotFound(f"volume {volume} is not exported", volume=volume)
+            if (op == "allow") == (address in target.acl):
+                return _export(volume, target)
+            if op == "disallow" and target.acl == (address,):
+                raise InvalidState(
+                    f"{address} is the only initiator of volume {volume}: unexport it instead",
+                    volume=volume,
+                )
+            if op not in self.backend.operations:
+                raise NotSupported(f"volume backend {self.backend.name} cannot {op} initiators")
+            commands = self.backend.render(
+                op, {**params, "tid": target.tid, "initiator_address": address}
+            )
+            run_all(commands, self.backend.timeout(op))
+            log.info("%s %s on target %d of %s", op, address, target.tid, volume)
+            return self.find(volume, path) or _export(volume, target)
 
     def unexport(self, volume: str, path: str) -> bool:
         """Remove the target of ``volume``; answer whether there was one (idempotent)."""

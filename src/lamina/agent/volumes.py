@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lamina.agent.cache import DownloadTracker
 from lamina.agent.patterns import SNAPSHOT_ID, VOLUME_ID, load_backend, parse_info, run_all
@@ -126,6 +126,15 @@ class VolumeBackend(Protocol):
 
     def unexport(self, volume: str) -> None:
         """Withdraw the volume's export (idempotent)."""
+        ...
+
+    def allow(self, volume: str, initiator_address: str) -> ExportInfo:
+        """Let another initiator log in to the volume's export too (idempotent). Raises
+        ``NotFound`` when it is not exported, ``InvalidRequest`` for a bad address."""
+        ...
+
+    def disallow(self, volume: str, initiator_address: str) -> ExportInfo:
+        """Let an initiator go (idempotent); ``InvalidState`` for the last one."""
         ...
 
     def exports(self) -> list[ExportInfo]:
@@ -534,6 +543,24 @@ class VolumeServer(VolumeBackend):
             if self._read_export_record(volume)[1] is None:  # the same export again keeps it
                 tag = {"deployment": self.deployment(), "created": time.time()}
                 self._export_record(volume).write_text(json.dumps(tag))
+            return self._export_info(export)
+
+    def allow(self, volume: str, initiator_address: str) -> ExportInfo:
+        return self._acl(self.tgt.allow, volume, initiator_address)
+
+    def disallow(self, volume: str, initiator_address: str) -> ExportInfo:
+        return self._acl(self.tgt.disallow, volume, initiator_address)
+
+    def _acl(self, change: Any, volume: str, initiator_address: str) -> ExportInfo:
+        self._require_enabled()
+        try:
+            address = str(ipaddress.ip_address(initiator_address))
+        except ValueError:
+            raise InvalidRequest(
+                f"{initiator_address!r} is not an IP address", initiator_address=initiator_address
+            ) from None
+        with self._locked(volume):
+            export = change(volume, self.volume_path(volume), address, self._base_str())
             return self._export_info(export)
 
     def unexport(self, volume: str) -> None:

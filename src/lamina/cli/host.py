@@ -8,8 +8,9 @@ import click
 
 from lamina.cli.context import Context
 from lamina.cli.flags import api_fields
-from lamina.cli.output import emit_json, record, table
+from lamina.cli.output import emit_json, record, table, wait_job
 from lamina.cli.verbs import alias
+from lamina.errors import LaminaError
 
 COLUMNS = [
     "name",
@@ -165,6 +166,51 @@ def remove(obj: Context, ref: str) -> None:
     """
     data = obj.client.remove_host(ref)
     emit_json(data) if obj.json else click.echo(f"host {data['name']} removed")
+
+
+@host.command("evacuate")
+@click.argument("ref")
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True,
+    help="Wait for every instance to have moved, then print the report.",
+)  # fmt: skip
+@click.pass_obj
+def evacuate(obj: Context, ref: str, wait: bool) -> None:
+    """Move every instance of a host to other hosts (live if it runs, cold if stopped).
+
+    Prints what moved where and what could not move, and why. Disable the host first
+    (lamina host disable) so that nothing new is placed on it meanwhile.
+
+    
+    Examples:
+      lamina host evacuate h2
+      lamina --json host evacuate h2 --no-wait
+    """
+    job = wait_job(obj, obj.client.evacuate_host(ref), f"evacuating {ref}", False)
+    if wait:
+        job = obj.client.wait_job(job["id"])
+    if obj.json:
+        emit_json(job)
+        return
+    result = job.get("result") or {}
+    report = result.get("report") or []
+    if not wait:
+        click.echo(f"evacuating {ref}: job {job['id']}")
+        return
+    rows = [
+        {
+            "instance": r.get("name"),
+            "outcome": r.get("outcome"),
+            "mode": r.get("mode", ""),
+            "host": r.get("host") or "",
+            "reason": r.get("reason") or "",
+        }
+        for r in report
+    ]
+    table(rows, ["instance", "outcome", "mode", "host", "reason"])
+    click.echo(result.get("summary") or f"evacuation {job['status']}")
+    if job["status"] != "succeeded":
+        raise LaminaError(f"host.evacuate {job['status']}: {job['error']} (job {job['id']})")
 
 
 alias(host, "delete", of="remove", why="as in the other groups")

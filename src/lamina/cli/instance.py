@@ -248,6 +248,50 @@ for _name, _doc in (
 instance.add_command(_stop())
 
 
+@instance.command("migrate")
+@click.argument("ref")
+@click.option("--host", help="The destination host (default: the scheduler's choice).")
+@click.option("--live", is_flag=True, help="Move it while it runs (it must be running or paused).")
+@click.option(
+    "--cold", is_flag=True,
+    help="Move it stopped (a running instance is stopped, moved and started again).",
+)  # fmt: skip
+@click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)
+@click.pass_obj
+def migrate(obj: Context, ref: str, host: str | None, live: bool, cold: bool, wait: bool) -> None:
+    """Move an instance to another host (administrators only).
+
+    By default live if it runs, cold if it is stopped. Its addresses, MAC, DNS names,
+    forwards and volumes stay as they are; its instance layer moves with it.
+
+    \b
+    Examples:
+      lamina instance migrate web
+      lamina instance migrate web --host h2 --live
+      lamina --json instance migrate web --cold --no-wait
+    """
+    if live and cold:
+        raise click.UsageError("--live and --cold exclude each other: give one, or neither")
+    mode = "live" if live else "cold" if cold else "auto"
+    job = obj.client.migrate_instance(ref, host, mode)
+    job = wait_job(obj, job, f"moving {ref}", wait)
+    if obj.json:
+        emit_json(job)
+        return
+    state = job.get("result") or {}
+    if job["status"] != "succeeded":
+        click.echo(f"migrate: {job['status']} (job {job['id']})")
+        return
+    figures = [
+        f"{state['seconds']:.1f} s" if state.get("seconds") is not None else None,
+        f"downtime {state['downtime_ms']} ms" if state.get("downtime_ms") is not None else None,
+        f"memory {human_bytes(state.get('memory_bytes') or 0)}",
+        f"disk {human_bytes(state.get('disk_bytes') or 0)}",
+        f"layers fetched {human_bytes(state.get('layer_bytes') or 0)}",
+    ]
+    click.echo(f"{ref} now on {state.get('host')}: " + ", ".join(f for f in figures if f))
+
+
 @instance.command("delete")
 @click.argument("ref")
 @click.option("--wait/--no-wait", default=True, show_default=True, help=WAIT_HELP)

@@ -220,6 +220,17 @@ class Client:
         params = {"force": "true"} if force else None
         return self._take("job", "POST", f"/instances/{ref}/{action}", params=params)
 
+    def migrate_instance(
+        self, ref: str, host: str | None = None, mode: str = "auto"
+    ) -> dict[str, Any]:
+        """Move an instance to ``host`` (None: the scheduler's choice); answers the job."""
+        body = {"host": host, "mode": mode}
+        return self._take("job", "POST", f"/instances/{ref}/migrate", json=body)
+
+    def evacuate_host(self, ref: str) -> dict[str, Any]:
+        """Move every instance of a host away; answers the job (its state: the report)."""
+        return self._take("job", "POST", f"/hosts/{ref}/evacuate")
+
     def delete_instance(self, ref: str, force: bool = False) -> dict[str, Any]:
         params = {"force": "true"} if force else None
         return self._take("job", "DELETE", f"/instances/{ref}", params=params)

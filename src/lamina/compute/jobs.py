@@ -80,6 +80,21 @@ def instance_files(instance: Instance) -> list[HostFile]:
     return files
 
 
+def fetch_to(ctx: StepContext, host: Host, agent: AgentClient, instance: Instance) -> None:
+    """Have ``host`` (``agent``'s) cache what ``instance`` boots from, as
+    ``fetch_boot_files`` does for the instance's own host: for a move, the destination's
+    (``lamina.compute.migration``). Records the digests in the job's state as it does."""
+    entries = install_files(ctx.services, host, agent, instance_files(instance), _half(ctx))
+    for key, entry in entries.items():
+        ctx.state[f"{key}_sha256"] = entry.sha256
+
+
+def definition_for(ctx: StepContext, instance: Instance) -> GuestDefinition:
+    """The guest definition of ``instance`` (after ``fetch_to``: its digests are in the
+    job's state)."""
+    return _definition(ctx, instance)
+
+
 def _half(ctx: StepContext) -> Callable[..., None]:
     """The fetch's progress as the first half of the job's."""
 

@@ -66,17 +66,27 @@ def find_differences(svc: Services) -> list[Difference]:
     by_guest = {i.domain_name: i for i in instances}
     ours, grace = svc.deployment, svc.settings.reconcile.grace_seconds
     diffs: list[Difference] = []
+    found: dict[str, dict[str, Any]] = {}
     for host in hosts:
         try:
-            guests = {g.name: g for g in svc.agents.for_host(host).guests()}
+            found[host.id] = {g.name: g for g in svc.agents.for_host(host).guests()}
         except LaminaError as exc:
             diffs.append(
                 Difference("host_unreachable", f"host {host.name}", host.status, exc.message, None)
             )
+    # Guests of live instances on a host other than their record's: a migration interrupted
+    # (its job gone) left the guest on the destination, or a paused leftover there.
+    moved = _elsewhere(svc, hosts, found, instances, busy)
+    diffs.extend(moved.values())
+    for host in hosts:
+        if host.id not in found:
             continue
+        guests = found[host.id]
         # A guest another deployment tagged is not the one our record speaks of.
         mine = {n: g for n, g in guests.items() if g.deployment in (None, ours)}
         for instance in (i for i in instances if i.host_id == host.id and i.id not in busy):
+            if instance.id in moved:
+                continue
             diffs.extend(_compare(svc, host, instance, mine.get(instance.domain_name)))
         for name, guest in guests.items():
             known = by_guest.get(name)
@@ -112,6 +122,83 @@ def find_differences(svc: Services) -> list[Difference]:
                 )
             )
     return diffs
+
+
+def _elsewhere(
+    svc: Services,
+    hosts: Sequence[Host],
+    found: dict[str, dict[str, Any]],
+    instances: Sequence[Instance],
+    busy: set[str | None],
+) -> dict[str, Difference]:
+    """Instance id -> the difference of a live instance (no job running) whose guest is also
+    or only on another host: a paused incoming leftover there while it runs where recorded
+    (fix: remove the leftover), or running there while its recorded host has none running
+    (fix: record it there). Both running: reported, no fix."""
+    by_id = {h.id: h for h in hosts}
+    diffs: dict[str, Difference] = {}
+    for instance in instances:
+        if instance.id in busy or instance.status in ("deleted", "building", "deleting"):
+            continue
+        name = instance.domain_name
+        others = [
+            h for hid, guests in found.items() if hid != instance.host_id and name in guests
+            for h in (by_id[hid],)
+        ]  # fmt: skip
+        if not others or instance.host_id not in found:
+            continue
+        home = by_id[instance.host_id]
+        here = found[home.id].get(name)
+        running_here = here is not None and here.state in ("running", "paused")
+        other = others[0]
+        there = found[other.id][name]
+        what = f"instance {instance.name} ({instance.id})"
+        try:
+            presence = svc.agents.for_host(other).incoming_status(name)
+        except LaminaError:
+            continue
+        if presence == "incoming" and running_here:
+            diffs[instance.id] = Difference(
+                "migration_leftover", what, f"on {home.name}", f"paused incoming on {other.name}",
+                f"remove the incoming guest from {other.name}",
+                _remove_incoming(svc, other, name),
+            )  # fmt: skip
+        elif presence == "arrived" and there.state in ("running", "paused") and not running_here:
+            seen = GUEST_STATES.get(there.state, "error")
+            diffs[instance.id] = Difference(
+                "instance_elsewhere", what, f"on {home.name}", f"{there.state} on {other.name}",
+                f"record the instance on {other.name} as {seen}",
+                _set_host(svc, instance.id, other.id, seen),
+            )  # fmt: skip
+        elif presence == "arrived" and running_here and there.state in ("running", "paused"):
+            diffs[instance.id] = Difference(
+                "guest_twice",
+                what,
+                f"on {home.name}",
+                f"also {there.state} on {other.name}",
+                None,
+            )
+    return diffs
+
+
+def _remove_incoming(svc: Services, host: Host, name: str) -> Callable[[], None]:
+    def apply() -> None:
+        # The agent refuses if the guest runs there after all (not a leftover).
+        svc.agents.for_host(host).incoming_remove(name)
+
+    return apply
+
+
+def _set_host(svc: Services, instance_id: str, host_id: str, status: str) -> Callable[[], None]:
+    def apply() -> None:
+        with svc.db.write() as s:
+            instance = s.get(Instance, instance_id)
+            if instance is not None:
+                instance.host_id = host_id
+                instance.status = status
+                instance.error = None
+
+    return apply
 
 
 def _compare(svc: Services, host: Host, instance: Instance, guest: Any) -> list[Difference]:

@@ -47,6 +47,9 @@ def describe_job(
         "bytes_done": job.bytes_done,
         "bytes_total": job.bytes_total,
         "rate": job.rate,
+        # What a finished job has to tell beyond its status (a migration's figures, an
+        # evacuation's report): its state's ``result``, if it set one.
+        "result": (job.state or {}).get("result"),
         "runs": job.runs,
         "deadline": job.deadline,
         "created_at": job.created_at,

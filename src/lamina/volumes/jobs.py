@@ -462,8 +462,51 @@ def release_volumes(ctx: StepContext) -> None:
     release_instance_volumes(ctx.services, ctx.params["instance_id"])
 
 
+# -- an instance moving between hosts (lamina.compute.migration) ---------------------------
+
+
+def _exported(svc: Services, instance: Instance) -> list[tuple[str, AgentClient]]:
+    """(volume id, its server's agent) of each volume attached to ``instance``."""
+    with svc.db.read() as s:
+        rows = list(
+            s.execute(
+                select(Attachment.volume_id, Volume.host_id)
+                .join(Volume, Volume.id == Attachment.volume_id)
+                .where(Attachment.instance_id == instance.id)
+            )
+        )
+        servers = {
+            h.id: h for h in s.scalars(select(Host).where(Host.id.in_([r[1] for r in rows])))
+        }
+    return [(v, svc.agents.for_host(servers[h])) for v, h in rows if h in servers]
+
+
+def volumes_to_destination(svc: Services, instance: Instance, source: Host, dest: Host) -> None:
+    """Before the switch: each attached volume's export lets the destination's initiator in
+    too (its QEMU logs in when the guest's incoming half starts)."""
+    for volume, server in _exported(svc, instance):
+        server.volume_allow(volume, initiator_address(dest))
+        log.info("volume %s exported to %s too (instance %s moving)", volume, dest.name,
+                 instance.name)  # fmt: skip
+
+
+def volumes_from_source(svc: Services, instance: Instance, source: Host, dest: Host) -> None:
+    """After the switch: the source's initiator is let go (its QEMU closed its session)."""
+    for volume, server in _exported(svc, instance):
+        server.volume_disallow(volume, initiator_address(source))
+
+
+def volumes_stay(svc: Services, instance: Instance, source: Host, dest: Host) -> None:
+    """A move rolled back: the destination's initiator is let go again."""
+    for volume, server in _exported(svc, instance):
+        server.volume_disallow(volume, initiator_address(dest))
+
+
 def register_volume_lifecycle(lifecycle: InstanceLifecycle) -> None:
     lifecycle.contribute("instance.delete", Step("release_volumes", release_volumes, timeout=300))
+    lifecycle.before_move.append(volumes_to_destination)
+    lifecycle.after_move.append(volumes_from_source)
+    lifecycle.move_aborted.append(volumes_stay)
 
 
 def detach_failed(ctx: StepContext, error: str) -> None:

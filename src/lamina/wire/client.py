@@ -92,6 +92,9 @@ class AgentClient:
         body = wire.CacheInstall(source=source, sha256=sha256, capability=capability)
         return self._call("POST", "/cache", wire.CacheEntry, json=_dump(body), timeout=3600)
 
+    def cache_list(self) -> list[wire.CacheEntry]:
+        return self._call("GET", "/cache", list[wire.CacheEntry])
+
     def cache_check(self, digest: str) -> wire.CacheEntry:
         return self._call("GET", f"/cache/{digest}", wire.CacheEntry)
 
@@ -158,6 +161,65 @@ class AgentClient:
             "GET", f"/guests/{name}/console", wire.ConsoleChunk, params={"offset": offset}
         )
 
+    # -- live migration (docs/migration.md) ----------------------------------------------
+
+    def migration_source(self, name: str, cold: bool = False) -> wire.MigrationSource:
+        """The running guest's migratable definition and own disks (on its source); with
+        ``cold`` a stopped guest is started paused first."""
+        return self._call(
+            "GET", f"/guests/{name}/migration/source", wire.MigrationSource,
+            params={"cold": "true" if cold else "false"}, timeout=120,
+        )  # fmt: skip
+
+    def migration_forget(self, name: str, keep_disks: bool = False) -> None:
+        """On the source once the guest left: its definition and (unless ``keep_disks``)
+        files go; ``InvalidState`` while it still runs there."""
+        self._do(
+            "DELETE", f"/guests/{name}/migration/source",
+            params={"keep_disks": "true" if keep_disks else "false"}, timeout=120,
+        )  # fmt: skip
+
+    def migration_start(self, name: str, req: wire.MigrationStart) -> wire.MigrationStatus:
+        """Start moving the guest (idempotent while one runs); answers at once."""
+        return self._call(
+            "POST", f"/guests/{name}/migration", wire.MigrationStatus, json=_dump(req)
+        )
+
+    def migration_status(self, name: str) -> wire.MigrationStatus:
+        return self._call("GET", f"/guests/{name}/migration", wire.MigrationStatus)
+
+    def migration_tune(self, name: str, max_downtime_ms: int) -> wire.MigrationStatus:
+        body = wire.MigrationTune(max_downtime_ms=max_downtime_ms)
+        return self._call(
+            "PATCH", f"/guests/{name}/migration", wire.MigrationStatus, json=_dump(body)
+        )
+
+    def migration_abort(self, name: str) -> None:
+        """Abort the guest's migration (it stays on the source); idempotent."""
+        self._do("DELETE", f"/guests/{name}/migration", timeout=60)
+
+    def incoming_prepare(self, name: str, req: wire.IncomingPrepare) -> wire.IncomingPrepared:
+        """On the destination: empty disks of the right sizes, and the definition with its
+        paths."""
+        return self._call(
+            "PUT", f"/guests/{name}/incoming", wire.IncomingPrepared, json=_dump(req),
+            timeout=600,
+        )  # fmt: skip
+
+    def incoming_status(self, name: str) -> str:
+        """``incoming`` or ``arrived`` (see ``IncomingStatus``); ``GuestNotFound`` if the
+        guest is not on the host."""
+        return self._call("GET", f"/guests/{name}/incoming", wire.IncomingStatus).presence
+
+    def incoming_finish(self, name: str) -> wire.MigrationStatus:
+        """On the destination once the guest arrived: taps plugged, figures answered."""
+        return self._call("POST", f"/guests/{name}/incoming/finish", wire.MigrationStatus)
+
+    def incoming_remove(self, name: str) -> None:
+        """On the destination: remove a migration's leftover (``InvalidState`` if the guest
+        runs there)."""
+        self._do("DELETE", f"/guests/{name}/incoming", timeout=120)
+
     # -- volumes (the volume server role) ---------------------------------------------
 
     def volume_create(self, req: wire.VolumeCreate) -> wire.VolumeInfo:
@@ -194,6 +256,19 @@ class AgentClient:
     def volume_export(self, volume: str, req: wire.VolumeExport) -> wire.ExportInfo:
         """Idempotent for the same address; ``InvalidState`` for another one."""
         return self._call("PUT", f"/volumes/{volume}/export", wire.ExportInfo, json=_dump(req))
+
+    def volume_allow(self, volume: str, initiator_address: str) -> wire.ExportInfo:
+        """Let another host's initiator log in to the export too (an instance moving
+        there); idempotent; ``NotFound`` when the volume is not exported."""
+        return self._call(
+            "PUT", f"/volumes/{volume}/export/initiators/{initiator_address}", wire.ExportInfo
+        )
+
+    def volume_disallow(self, volume: str, initiator_address: str) -> wire.ExportInfo:
+        """Let a host's initiator go (the instance moved away); idempotent."""
+        return self._call(
+            "DELETE", f"/volumes/{volume}/export/initiators/{initiator_address}", wire.ExportInfo
+        )
 
     def volume_unexport(self, volume: str) -> None:
         """Idempotent."""

@@ -53,6 +53,18 @@ PROCEDURES = (
     "forward_create",
     "forward_delete",
     "forward_list",
+    "migration_source",
+    "migration_start",
+    "migration_status",
+    "migration_tune",
+    "migration_abort",
+    "incoming_prepare",
+    "incoming_finish",
+    "incoming_remove",
+    "incoming_status",
+    "migration_forget",
+    "volume_allow",
+    "volume_disallow",
     "guest_checkpoint",
     "guest_restore",
 )
@@ -505,7 +517,101 @@ class ForwardInfo(PortForward):
     floating: str | None = None
 
 
+# -- live migration (docs/migration.md) ----------------------------------------------------
+
+
+class MigrationDisk(Wire):
+    """A disk of a guest that moves with it (the instance layer, the config disk, a qcow2
+    overlay): its name (``disk_create``), device and virtual size."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    target: str = Field(pattern=r"^vd[a-z]$")
+    size_bytes: int = Field(ge=0)
+    format: Literal["qcow2", "raw"] = "raw"
+    #: A qcow2 overlay's backing image (a digest in the destination's cache).
+    backing: str | None = Field(None, pattern=DIGEST)
+    #: Read-only (the config disk): the hypervisor cannot copy it; the destination makes it
+    #: again from ``files`` (its tar archive's files), which the manager gives.
+    readonly: bool = False
+    files: dict[str, str] | None = None
+
+
+class MigrationSource(Wire):
+    """What the source tells of a running guest about to move: its migratable definition
+    and the disks that are its own (not layers, not volumes)."""
+
+    xml: str
+    disks: list[MigrationDisk] = []
+
+
+class IncomingPrepare(Wire):
+    """The destination makes room for a guest: the definition it would give it
+    (``GuestDefinition``: its paths come from that), the source's migratable XML, and the
+    disks to create empty with the same size (none with ``shared`` storage)."""
+
+    definition: GuestDefinition
+    xml: str
+    disks: list[MigrationDisk] = []
+    shared: bool = False
+
+
+class IncomingPrepared(Wire):
+    #: The source's XML with this host's paths: what the guest is defined with here.
+    xml: str
+    #: The devices the source copies (``migrate_disks``); empty with shared storage.
+    copy_disks: list[str] = []
+
+
+class IncomingStatus(Wire):
+    """A guest on a migration's destination: ``incoming`` (paused, waiting for its state)
+    or ``arrived`` (a guest of this host, in ``state``)."""
+
+    presence: Literal["incoming", "arrived"]
+    state: str
+
+
+class MigrationStart(Wire):
+    """The source moves a running guest to ``dest_uri`` (an agent thread runs it)."""
+
+    dest_uri: str = Field(max_length=300)
+    #: QEMU's stream: ``tcp://ADDR``; None: libvirt's choice from the destination's name.
+    migrate_uri: str | None = Field(None, max_length=300)
+    xml: str
+    copy_disks: list[str] = []
+    tls: bool = False
+    max_downtime_ms: int = Field(300, ge=1, le=60000)
+    auto_converge: bool = True
+    #: Leave the guest paused there (a stopped guest is moved started paused).
+    paused: bool = False
+
+
+class MigrationTune(Wire):
+    max_downtime_ms: int = Field(ge=1, le=60000)
+
+
+class MigrationStatus(Wire):
+    """A guest's migration as this host sees it. ``state``: ``none`` (none known),
+    ``running``, ``completed`` (the guest left this host), ``failed``, ``cancelled``
+    (aborted: the guest still runs here). Bytes from the hypervisor's job statistics."""
+
+    state: Literal["none", "running", "completed", "failed", "cancelled"]
+    error: str | None = None
+    elapsed_ms: int = 0
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    dirty_rate: int = 0
+    iteration: int = 0
+    max_downtime_ms: int | None = None
+    #: The guest's pause at the switch (the destination's record of a completed one).
+    downtime_ms: int | None = None
+
+
 GuestDefinition.model_rebuild()  # its nics refer to GuestNic, defined below it
+IncomingPrepare.model_rebuild()
 GuestRestore.model_rebuild()
 
 

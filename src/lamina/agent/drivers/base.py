@@ -137,6 +137,44 @@ class SavedGuest:
 
 
 @dataclass(frozen=True)
+class MigrationRequest:
+    """A guest moved to another host's hypervisor while it runs (``Hypervisor.migrate``).
+
+    ``xml`` is the guest's migratable definition with the destination's paths; the disks at
+    ``copy_disks`` (targets) are copied over the destination's NBD server into files it has
+    made of the same size, only their top image (a qcow2 overlay's backing must be there
+    already); the others (read-only layers, network disks) are the destination's own."""
+
+    dest_uri: str  # the destination's libvirtd: qemu+tls://ADDR/system (qemu+tcp in labs)
+    xml: str
+    migrate_uri: str | None = None  # where QEMU's stream goes: tcp://ADDR
+    copy_disks: tuple[str, ...] = ()
+    tls: bool = False  # QEMU's stream (and NBD) over TLS too
+    max_downtime_ms: int = 300
+    auto_converge: bool = True
+    #: Leave the guest paused on the destination (a stopped guest moved: it never ran).
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """A guest's migration job as the hypervisor counts it (bytes). ``active`` while one
+    runs; ``downtime_ms`` once completed (where the hypervisor reports it)."""
+
+    active: bool
+    elapsed_ms: int = 0
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
+    disk_remaining: int = 0
+    dirty_rate: int = 0  # pages per second
+    iteration: int = 0
+    downtime_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a hypervisor can do, as data callers check."""
 
@@ -215,6 +253,35 @@ class Hypervisor(abc.ABC):
     @abc.abstractmethod
     def disks(self, name: str) -> builtins.list[GuestDisk]:
         """The guest's disks as they are now (live when it runs)."""
+
+    # -- migration (optional: a driver without it raises NotSupported) ---------------------
+
+    def migratable_xml(self, name: str) -> str:
+        """The running guest's definition as another host of the same hypervisor accepts it
+        (``VIR_DOMAIN_XML_MIGRATABLE``)."""
+        raise NotSupported(f"{type(self).__name__} cannot migrate guests")
+
+    def migrate(self, name: str, request: MigrationRequest) -> None:
+        """Move the running (or paused) guest to ``request.dest_uri``; blocks until it runs
+        there (the source's definition is then removed) or the migration failed or was
+        aborted (the guest still runs here). Raises on failure."""
+        raise NotSupported(f"{type(self).__name__} cannot migrate guests")
+
+    def migration_progress(self, name: str, completed: bool = False) -> MigrationProgress:
+        """The guest's migration job now, or (``completed``) the last one that finished."""
+        raise NotSupported(f"{type(self).__name__} cannot migrate guests")
+
+    def set_migration_downtime(self, name: str, milliseconds: int) -> None:
+        """Allow the running migration's final pause this long."""
+        raise NotSupported(f"{type(self).__name__} cannot migrate guests")
+
+    def abort_migration(self, name: str) -> None:
+        """Abort the guest's running migration (it stays here); none running is a no-op."""
+        raise NotSupported(f"{type(self).__name__} cannot migrate guests")
+
+    def incoming(self, name: str) -> bool:
+        """Whether the guest is a migration's incoming half: paused, waiting for its state."""
+        return False
 
     def checkpoint(self, name: str, memory: Path, while_paused: Callable[[], None]) -> SavedGuest:
         """Save the running or paused guest's memory into the file ``memory`` and call

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import urlsplit
 
 from lamina.agent.drivers.base import (
     Capabilities,
@@ -29,10 +31,20 @@ from lamina.agent.drivers.base import (
     GuestTags,
     HostInfo,
     Hypervisor,
+    MigrationProgress,
+    MigrationRequest,
     NetworkDisk,
     SavedGuest,
 )
-from lamina.errors import Conflict, GuestNotFound, InvalidRequest, InvalidState, LaminaError
+from lamina.agent.drivers.domain_xml import domain_xml
+from lamina.errors import (
+    BackendUnavailable,
+    Conflict,
+    GuestNotFound,
+    InvalidRequest,
+    InvalidState,
+    LaminaError,
+)
 
 #: What the fake's saved guests need and its hosts have (tests change ``host`` to differ).
 FAKE_QEMU = "7.2.0"
@@ -46,6 +58,8 @@ class FakeGuest:
     started: float | None = None
     #: Network disks attached after the definition: target -> disk.
     attached: dict[str, NetworkDisk] = field(default_factory=dict)
+    #: A migration's incoming half: paused, waiting for its state.
+    incoming: bool = False
 
     @property
     def active(self) -> bool:
@@ -55,6 +69,9 @@ class FakeGuest:
 class FakeHypervisor(Hypervisor):
     """An in-memory hypervisor. ``guests`` is its whole state (name -> ``FakeGuest``);
     ``calls`` records every interface call as ``(method, guest name or None)``."""
+
+    #: Fakes a migration reaches, by the address in its destination URI (``reachable_at``).
+    peers: ClassVar[dict[str, FakeHypervisor]] = {}
 
     def __init__(self, hostname: str = "fake-host", vcpus: int = 8, memory_mib: int = 16384):
         self.capabilities = Capabilities(domain_type="test", kvm=False, extra=("reset",))
@@ -71,6 +88,13 @@ class FakeHypervisor(Hypervisor):
         self.calls: list[tuple[str, str | None]] = []
         self._failures: dict[str, LaminaError] = {}
         self._lock = threading.RLock()
+        #: Migrations never converge while set (they run until aborted).
+        self.stall_migrations = False
+        #: The requests migrations were started with, and the downtimes set since.
+        self.migrations: list[MigrationRequest] = []
+        self.downtimes: list[int] = []
+        self._running: dict[str, threading.Event] = {}
+        self._completed: dict[str, MigrationProgress] = {}
 
     # -- for tests -----------------------------------------------------------------------
 
@@ -89,6 +113,10 @@ class FakeHypervisor(Hypervisor):
             return self.guests[name]
         except KeyError:
             raise GuestNotFound(name) from None
+
+    def reachable_at(self, address: str) -> None:
+        """Let migrations to ``qemu+...://address/...`` arrive here."""
+        FakeHypervisor.peers[address] = self
 
     # -- the Hypervisor interface --------------------------------------------------------
 
@@ -228,6 +256,67 @@ class FakeHypervisor(Hypervisor):
             guest.spec = dataclasses.replace(
                 guest.spec, disks=tuple(d for d in guest.spec.disks if d.target != target)
             )
+
+    # -- migration: the guest's record moves to the peer at once (or, stalled, never) ------
+
+    def migratable_xml(self, name: str) -> str:
+        with self._lock:
+            self._enter("migratable_xml", name)
+            return domain_xml(self._guest(name).spec, "test")
+
+    def migrate(self, name: str, request: MigrationRequest) -> None:
+        with self._lock:
+            self._enter("migrate", name)
+            guest = self._guest(name)
+            if not guest.active:
+                raise InvalidState(f"guest {name!r} is not running", guest=name)
+            peer = self.peers.get(urlsplit(request.dest_uri).hostname or "")
+            if peer is None:
+                raise BackendUnavailable(f"no hypervisor at {request.dest_uri}")
+            self.migrations.append(request)
+            aborted = self._running[name] = threading.Event()
+        if self.stall_migrations:
+            aborted.wait(60)
+            self._running.pop(name, None)
+            raise LaminaError("operation aborted: migration out job: canceled by client")
+        memory = guest.spec.memory_mib * 1024 * 1024
+        with self._lock, peer._lock:
+            self._running.pop(name, None)
+            state: GuestState = "paused" if request.paused else guest.state
+            peer.guests[name] = FakeGuest(guest.spec, state, guest.started, dict(guest.attached))
+            peer._completed[name] = MigrationProgress(
+                active=False, memory_total=memory, memory_processed=memory // 4, downtime_ms=42
+            )
+            del self.guests[name]
+
+    def migration_progress(self, name: str, completed: bool = False) -> MigrationProgress:
+        with self._lock:
+            guest = self._guest(name)
+            if completed:
+                return self._completed.get(name, MigrationProgress(active=False))
+            if name not in self._running:
+                return MigrationProgress(active=False)
+            memory = guest.spec.memory_mib * 1024 * 1024
+            return MigrationProgress(
+                active=True, memory_total=memory, memory_processed=memory // 2,
+                memory_remaining=memory // 2, dirty_rate=5000,
+            )  # fmt: skip
+
+    def set_migration_downtime(self, name: str, milliseconds: int) -> None:
+        with self._lock:
+            self._guest(name)
+            self.downtimes.append(milliseconds)
+
+    def abort_migration(self, name: str) -> None:
+        with self._lock:
+            self._guest(name)
+            event = self._running.get(name)
+        if event is not None:
+            event.set()
+
+    def incoming(self, name: str) -> bool:
+        with self._lock:
+            return self._guest(name).incoming
 
     def disks(self, name: str) -> builtins.list[GuestDisk]:
         with self._lock:

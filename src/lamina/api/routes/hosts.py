@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute import host_usecases
+from lamina.compute import host_usecases, migration
 from lamina.identity.principal import Principal
 from lamina.services import Services
 from lamina.wire.protocol import EnrolRequest, EnrolResponse
@@ -47,6 +47,14 @@ def show_host(
     ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
     return host_usecases.show_host(svc, who, ref)
+
+
+@hosts.post("/{ref}/evacuate", status_code=202)
+def evacuate_host(
+    ref: str, svc: Services = Depends(services), who: Principal = Depends(principal)
+) -> Any:
+    """Move every instance of the host away (a job whose state holds the report)."""
+    return migration.evacuate_host(svc, who, ref)
 
 
 @hosts.post("/{ref}/token")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lamina.api.auth import principal
 from lamina.api.deps import services
-from lamina.compute import usecases
+from lamina.compute import migration, usecases
 from lamina.compute.lifecycle import NicRequest
 from lamina.identity.principal import Principal
 from lamina.services import Services
@@ -193,6 +193,29 @@ def unshare(
     ref: str, user: str, svc: Services = Depends(services), who: Principal = Depends(principal)
 ) -> Any:
     return usecases.unshare(svc, who, ref, user)
+
+
+class MigrateBody(Body):
+    host: str | None = Field(
+        None, max_length=63, description="Destination host (name or id); none: any other"
+    )
+    mode: Literal["auto", "live", "cold"] = Field(
+        "auto",
+        description="live: running or paused; cold: stopped (a running one is stopped "
+        "and started again there); auto: live if it runs",
+    )
+
+
+@instances.post("/{ref}/migrate", status_code=202)
+def migrate(
+    ref: str,
+    body: MigrateBody | None = None,
+    svc: Services = Depends(services),
+    who: Principal = Depends(principal),
+) -> Any:
+    """Move the instance to another host (administrators only)."""
+    body = body or MigrateBody()
+    return migration.migrate_instance(svc, who, ref, body.host, body.mode)
 
 
 # Last: its path would otherwise swallow /{ref}/grants.
