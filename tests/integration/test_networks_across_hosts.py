@@ -129,6 +129,7 @@ class Fetcher:
 
     def __init__(self, url: str) -> None:
         self.url, self.ok, self.failed, self.gap = url, 0, 0, 0.0
+        self.errors: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -140,8 +141,9 @@ class Fetcher:
                 self.ok += 1
                 now = time.monotonic()
                 self.gap, last = max(self.gap, now - last), now
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 self.failed += 1
+                self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
             time.sleep(0.2)
 
     def __enter__(self) -> Fetcher:
@@ -232,8 +234,13 @@ def test_a_network_across_hosts(
             count = fetcher.ok
             wait_until(lambda: fetcher.ok > count + 5, 60, "the page from h2")
         domain = f"lamina-{client.instance('alpha')['id']}"
-        print(f"move: {moved_in:.1f} s; fetches {fetcher.ok} ok, {fetcher.failed} failed, "
-              f"longest gap {fetcher.gap:.1f} s")  # fmt: skip
+        errors = [(round(t - started, 1), e) for t, e in fetcher.errors]
+        print(f"move: {moved_in:.1f} s; fetches {fetcher.ok} ok, {fetcher.failed} failed "
+              f"{errors}, longest gap {fetcher.gap:.1f} s")  # fmt: skip
+        # The client fetches one request at a time: only the one in flight at the switch may
+        # be lost (the forward's relay ends at the host, docs/networks.md); every other
+        # request is answered, before the move by h1, after it by h2.
+        assert fetcher.failed <= 1, errors
         assert domain in h2.virsh("list", "--name")
         assert floating not in h1.run("ip", "-4", "addr", "show", "dev", "eth0")
         assert floating in h2.run("ip", "-4", "addr", "show", "dev", "eth0")
