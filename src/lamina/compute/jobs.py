@@ -34,7 +34,8 @@ def _load(ctx: StepContext) -> tuple[Instance, Host, AgentClient]:
     return instance, host, ctx.services.agents.for_host(host)
 
 
-def _set(ctx: StepContext, **values: Any) -> None:
+def set_instance(ctx: StepContext, **values: Any) -> None:
+    """Set fields of the job's instance (``params["instance_id"]``), if it still exists."""
     with ctx.services.db.write() as s:
         instance = s.get(Instance, ctx.params["instance_id"])
         if instance is not None:
@@ -196,7 +197,9 @@ def undefine_guest(ctx: StepContext) -> None:
 def start_guest(ctx: StepContext) -> None:
     instance, _, agent = _load(ctx)
     status = agent.act(instance.domain_name, "start")
-    _set(ctx, status=GUEST_STATES.get(status.state, "running"), started_at=utcnow(), error=None)
+    set_instance(
+        ctx, status=GUEST_STATES.get(status.state, "running"), started_at=utcnow(), error=None
+    )
 
 
 def destroy_guest(ctx: StepContext) -> None:
@@ -208,7 +211,7 @@ def destroy_guest(ctx: StepContext) -> None:
 
 
 def mark_error(ctx: StepContext, error: str) -> None:
-    _set(ctx, status="error", error=error)
+    set_instance(ctx, status="error", error=error)
 
 
 # -- start, stop, pause, resume, reboot ---------------------------------------------------
@@ -229,7 +232,9 @@ def refresh_layers(ctx: StepContext) -> None:
         return
     if agent.guest(instance.domain_name).state != "stopped":
         return  # a running guest keeps its layers until it is stopped and started again
-    _set(ctx, kernel=boot.kernel, initrd=boot.initrd, cmdline=boot.cmdline, layers=boot.layers)
+    set_instance(
+        ctx, kernel=boot.kernel, initrd=boot.initrd, cmdline=boot.cmdline, layers=boot.layers
+    )
     instance, _, agent = _load(ctx)
     _fetch(ctx, agent, instance)
     agent.define(instance.domain_name, _definition(ctx, instance))
@@ -244,7 +249,7 @@ def _action_step(action: str) -> Step:
         values: dict[str, Any] = {"status": GUEST_STATES.get(status.state, "error"), "error": None}
         if action == "start":
             values["started_at"] = utcnow()
-        _set(ctx, **values)
+        set_instance(ctx, **values)
 
     return Step(action, run, timeout=90 if action == "stop" else 60)
 
@@ -256,7 +261,7 @@ def refresh_after_failure(ctx: StepContext, error: str) -> None:
         state = GUEST_STATES.get(agent.guest(instance.domain_name).state, "error")
     except Exception:
         state = "error"
-    _set(ctx, status=state, error=error)
+    set_instance(ctx, status=state, error=error)
 
 
 # -- instance.delete ----------------------------------------------------------------------

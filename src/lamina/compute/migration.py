@@ -49,6 +49,7 @@ from lamina.compute.jobs import (
     config_files,
     definition_for,
     fetch_to,
+    set_instance,
 )
 from lamina.compute.lifecycle import lifecycle_of
 from lamina.compute.models import Host, Instance
@@ -223,7 +224,7 @@ def stop_for_cold(ctx: StepContext) -> None:
         return
     instance, _, _, src, _ = _agents(ctx)
     status = src.act(instance.domain_name, "stop")
-    _set(ctx, status=GUEST_STATES.get(status.state, "stopped"))
+    set_instance(ctx, status=GUEST_STATES.get(status.state, "stopped"))
 
 
 def restart_on_source(ctx: StepContext) -> None:
@@ -232,7 +233,7 @@ def restart_on_source(ctx: StepContext) -> None:
     instance, _, _, src, _ = _agents(ctx)
     if src.guest(instance.domain_name).state == "stopped":
         status = src.act(instance.domain_name, "start")
-        _set(ctx, status=GUEST_STATES.get(status.state, "running"))
+        set_instance(ctx, status=GUEST_STATES.get(status.state, "running"))
 
 
 def before_move(ctx: StepContext) -> None:
@@ -452,7 +453,7 @@ def switch(ctx: StepContext) -> None:
             state = dst.act(name, "destroy").state
         if ctx.params["restart"]:
             state = dst.act(name, "start").state
-    _set(ctx, host_id=dest.id, status=GUEST_STATES.get(state, "error"), error=None)
+    set_instance(ctx, host_id=dest.id, status=GUEST_STATES.get(state, "error"), error=None)
     _result(ctx, dest.name)
     ctx.report(fraction=0.95)
 
@@ -499,14 +500,6 @@ def _result(ctx: StepContext, host: str | None = None) -> None:
     state["result"] = result
 
 
-def _set(ctx: StepContext, **values: Any) -> None:
-    with ctx.services.db.write() as s:
-        instance = s.get(Instance, ctx.params["instance_id"])
-        if instance is not None:
-            for key, value in values.items():
-                setattr(instance, key, value)
-
-
 def settle(ctx: StepContext, error: str) -> None:
     """After a failure (and its rollback): the instance is recorded on the host where its
     guest runs, in the state it is in there, with the error."""
@@ -516,7 +509,7 @@ def settle(ctx: StepContext, error: str) -> None:
     if where is not None:
         values["host_id"] = where.id
         values["status"] = GUEST_STATES.get(state or "", "error")
-    _set(ctx, **values)
+    set_instance(ctx, **values)
 
 
 def locate(
