@@ -56,6 +56,7 @@ def test_instance_lifecycle(client: Client, kernel: str) -> None:
         "remove_forwards",
         "release_volumes",
         "release",
+        "remove_checkpoints",
         "disconnect_networks",
     ]
     with pytest.raises(Exception, match="does not exist"):

@@ -174,6 +174,7 @@ def test_deleting_an_instance_releases_its_volumes(
         "remove_forwards",
         "release_volumes",
         "release",
+        "remove_checkpoints",
         "disconnect_networks",
     ]
     released = client.volume(vol["id"])
