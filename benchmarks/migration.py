@@ -20,6 +20,11 @@ Run from the repository root, as root (namespace hosts need it)::
    (the recipe of MACHINE-NOTES: ``dumpxml --migratable``, paths rewritten, the instance
    layer pre-created with its size, the config disk copied): the same figures.
 
+5. The sample ``ticker`` (256 MiB, a counter on its console) checkpointed where it runs and
+   restored on the other host (``benchmarks/checkpoint.measure``): both times against the
+   5 s target, and until it counts on again (same-host figures beside ``virsh save`` and
+   ``virsh restore``: ``benchmarks/checkpoint.py``).
+
 Prints the figures and Lamina's as ratios of virsh's. Everything is removed at the end. It
 never fails because a figure is slow. See docs/benchmarks.md.
 """
@@ -48,6 +53,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from boot import PRODUCTION_DEFAULTS, ratio  # noqa: E402
+from checkpoint import TARGET_S, cell, measure, ticks  # noqa: E402
 from harness import Cloud, wait_until  # noqa: E402
 from hosts import add_lab_host, manager_env  # noqa: E402
 from test_layered_appliances import Channel  # noqa: E402
@@ -186,6 +192,29 @@ def virsh_move(src: NamespaceHost, dest: NamespaceHost, name: str, scratch: Path
     return {"seconds": seconds, "wire_bytes": received(dest) - before, **completed(dest, name)}
 
 
+def checkpoints(client: Any, hosts: dict[str, NamespaceHost]) -> None:
+    """The sample ``ticker`` (a counter on its console, 256 MiB) checkpointed where it runs and
+    restored on the other host, through the repository: the times of both, and how long
+    until it counts again there (from where it was)."""
+    client.wait_job(client.install_appliance("ticker")["job"]["id"], timeout=300)
+    deployed = client.deploy_appliance("ticker", "tick", {}, memory_mib=256, networks=[])
+    client.wait_job(deployed["job"]["id"], timeout=300)
+    wait_until(lambda: ticks(client, "tick")[0], BOOT, "ticker counting")
+    time.sleep(3)  # idle
+    here = client.instance("tick")["host"]
+    other = next(name for name in hosts if name != here)
+    figures = measure(client, "tick", 1, host=other)
+    print(f"\nCheckpoint on {here}, restored on {other} (ticker, 256 MiB, TCG):")
+    print(f"  {'lamina instance checkpoint':34}{cell(figures.taken):>26}  <= {TARGET_S:.0f} s")
+    print(f"  {'  guest paused':34}{cell(figures.paused):>26}")
+    print(
+        f"  {'lamina instance restore --host':34}{cell(figures.restored):>26}  <= {TARGET_S:.0f} s"
+    )
+    print(f"  {'  ... counting again':34}{cell(figures.ticking):>26}")
+    print(f"  checkpoint size {figures.size / MIB:.1f} MiB; same-host figures and virsh save/"
+          "restore beside them: benchmarks/checkpoint.py")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-network", action="store_true", help="no network, no pinger")
@@ -279,6 +308,7 @@ def main() -> None:
             "bytes into the destination: what its links received during the move (the "
             "migration stream, NBD, any layer fetched); libvirt counts zero blocks as copied"
         )
+        checkpoints(client, hosts)
     finally:
         if cloud is not None:
             cloud.stop()
