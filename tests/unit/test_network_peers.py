@@ -16,7 +16,7 @@ from test_networks import ALICE, make_instance, make_network
 
 from lamina.compute.lifecycle import NicRequest, lifecycle_of
 from lamina.compute.models import Host, Instance
-from lamina.errors import BackendUnavailable, Conflict, InvalidRequest
+from lamina.errors import BackendUnavailable, Conflict, Forbidden, InvalidRequest
 from lamina.jobs.models import Job
 from lamina.network import forwards, service
 from lamina.network.lifecycle import abandon_move, finish_move, prepare_move
@@ -252,7 +252,9 @@ def test_bind_addresses_of_hosts_and_floating_ones(svc: Services) -> None:
         with svc.db.write() as s:
             row = s.get(Instance, instance.id)
             assert row is not None
-            forwards.expose(s, svc.jobs, row, guest_port=port, host_port=port, bind=bind)
+            forwards.expose(
+                s, svc.jobs, row, guest_port=port, host_port=port, bind=bind, may_float=True
+            )
 
     expose(a, "10.98.0.11", 80)  # its host's own
     expose(a, "127.0.0.1", 81)
@@ -285,3 +287,16 @@ def test_a_forward_whose_port_is_taken_on_the_destination_does_not_stop_the_move
     # Not made on two; gone from one all the same (a is not there any more).
     assert ("create", "two", mine) not in agents(svc).calls
     assert ("delete", "one", mine) in agents(svc).calls
+
+
+def test_only_administrators_bind_floating_addresses(svc: Services) -> None:
+    """A floating address is taken by the host on the data-centre network: a member must not
+    make a host claim, say, the manager's address."""
+    make_network(svc)
+    a = make_instance(svc, "a", [NicRequest("lan")], host="one")
+    with svc.db.write() as s:
+        row = s.get(Instance, a.id)
+        assert row is not None
+        with pytest.raises(Forbidden, match="only administrators"):
+            forwards.expose(s, svc.jobs, row, guest_port=80, host_port=80, bind="10.98.0.1")
+        forwards.expose(s, svc.jobs, row, guest_port=80, host_port=80, bind="10.98.0.11")

@@ -41,7 +41,7 @@ def expose(
         instance = get_instance(s, ref, who, "operate")
         forward, job = forwards.expose(
             s, svc.jobs, instance, guest_port=guest_port, host_port=host_port, bind=bind,
-            network=network, requester=who.user_id,
+            network=network, requester=who.user_id, may_float=who.is_admin,
         )  # fmt: skip
         result = forwards.describe_forward(forward), job
     svc.wake_jobs()

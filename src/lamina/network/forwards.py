@@ -18,6 +18,7 @@ from lamina.compute.models import Host, Instance
 from lamina.errors import (
     BackendUnavailable,
     Conflict,
+    Forbidden,
     InvalidRequest,
     InvalidState,
     LaminaError,
@@ -46,10 +47,13 @@ def expose(
     bind: str = "127.0.0.1",
     network: str | None = None,
     requester: str | None = None,
+    may_float: bool = False,
 ) -> tuple[PortForward, Job]:
     """Record a forward of ``guest_port`` of the instance's address on ``network`` (name or
     id; default its primary network) to ``bind:host_port`` on its host (``host_port``
-    None: the host picks a free one), and queue the job that makes the host listen."""
+    None: the host picks a free one), and queue the job that makes the host listen.
+    ``may_float``: whether ``bind`` may be a floating address (administrators only: the
+    host takes that address on the data-centre network)."""
     if not 1 <= guest_port <= 65535 or (host_port is not None and not 1 <= host_port <= 65535):
         raise InvalidRequest("ports are 1 to 65535")
     try:
@@ -58,7 +62,7 @@ def expose(
         raise InvalidRequest(f"bind {bind!r} is not an IP address of the host") from None
     if instance.host_id is None:
         raise InvalidState(f"instance {instance.name!r} has no host yet")
-    _bind_free(session, instance, address)
+    _bind_free(session, instance, address, may_float)
     port = _nic(session, instance, network)
     clash = session.scalar(
         select(PortForward).where(
@@ -99,7 +103,7 @@ def expose(
     return forward, job
 
 
-def _bind_free(session: Session, instance: Instance, bind: str) -> None:
+def _bind_free(session: Session, instance: Instance, bind: str, may_float: bool) -> None:
     """A bind address that is a host's own may be used by that host's instances only; one
     that is no host's (a floating address, which the agent adds and which follows the
     instance from host to host) by one instance only. Loopback and wildcard: by anyone."""
@@ -114,6 +118,13 @@ def _bind_free(session: Session, instance: Instance, bind: str) -> None:
                     "another host (bind a floating address to have a forward follow it)"
                 )
             return
+    if not may_float:
+        # The host would add it to its interface and announce it: a member could take over
+        # any address of the data-centre network (the manager's, a router's).
+        raise Forbidden(
+            f"{bind} is no host's own address: only administrators may bind a floating "
+            "address; bind 127.0.0.1, 0.0.0.0 or the host's address"
+        )
     holder = session.scalar(
         select(Instance)
         .join(PortForward, PortForward.instance_id == Instance.id)
